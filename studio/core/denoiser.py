@@ -1,0 +1,99 @@
+"""Model + labels + guidance → (ε̂, x̂₀) at a point of the chain.
+
+Every sampler calls a Denoiser; it converts the network output to ε̂ and x̂₀
+(see ``prediction``), applies classifier-free or classifier guidance in ε
+(one batched forward of [cond, uncond] for CFG), and post-processes x̂₀
+(clip / dynamic threshold). The returned ε̂ is the guided but un-clipped one,
+as in diffusers' DDIM (``use_clipped_model_output=False``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from .guidance import Guidance, classifier_log_prob_grad
+from .prediction import eps_to_x0, process_x0, to_epsilon
+
+
+@dataclass(frozen=True)
+class Prediction:
+    eps: torch.Tensor
+    x0: torch.Tensor
+    guided: bool = False
+    grad: Optional[torch.Tensor] = None  # ∇ log p(y|x_t), for the mean-shift form only
+    scale: float = 0.0
+
+
+class Denoiser:
+    def __init__(
+        self,
+        model,
+        labels: Optional[torch.Tensor] = None,
+        guidance: Guidance = Guidance(),
+        x0_mode: str = "none",
+        clip_range: float = 1.0,
+        threshold_ratio: float = 0.995,
+        threshold_max: float = 1.0,
+    ):
+        self.model = model
+        self.guidance = guidance.validate()
+        self.x0_mode = x0_mode
+        self.clip_range = clip_range
+        self.threshold_ratio = threshold_ratio
+        self.threshold_max = threshold_max
+        self.labels = labels
+        self.nfe = 0
+        info = model.info
+        if guidance.mode == "cfg" and info.null_label is None:
+            raise ValueError(
+                f"model {info.name!r} has no null class, so classifier-free guidance is not possible; "
+                "use --guidance none or classifier"
+            )
+        if guidance.mode == "classifier" and getattr(model, "classifier", None) is None:
+            raise ValueError(
+                f"model {info.name!r} has no noise-aware classifier; pass --classifier PATH or choose another guidance"
+            )
+        if guidance.mode in ("cfg", "classifier") and labels is None:
+            raise ValueError("guidance needs a class label; pass --label K")
+
+    def _forward(self, x: torch.Tensor, t: float, labels: Optional[torch.Tensor], sigma: float) -> torch.Tensor:
+        m = self.model
+        tt = torch.full((x.shape[0],), float(t), device=x.device, dtype=torch.float32)
+        out = m.predict(x.to(m.dtype), tt, labels, sigma)
+        return out.to(x.dtype)
+
+    def __call__(self, x: torch.Tensor, t: float, alpha_bar: float, fraction: float) -> Prediction:
+        """Predict at x_t (VP scale) with ᾱ = ``alpha_bar``, timestep ``t`` for the network."""
+        self.nfe += 1
+        a, b = math.sqrt(alpha_bar), math.sqrt(1.0 - alpha_bar)
+        sigma = b / a
+        g = self.guidance
+        ptype = self.model.info.prediction_type
+        active = g.active(fraction)
+        labels = self.labels
+        null = self.model.info.null_label
+        if g.mode == "cfg" and active and g.scale != 1.0:
+            lab = torch.cat([labels, torch.full_like(labels, null)])
+            out = self._forward(torch.cat([x, x]), t, lab, sigma)
+            eps_c, eps_u = to_epsilon(out, torch.cat([x, x]), a, b, ptype).chunk(2)
+            eps = eps_u + g.scale * (eps_c - eps_u)
+            guided = True
+        else:
+            if labels is None and null is not None:
+                labels = torch.full((x.shape[0],), null, device=x.device, dtype=torch.long)
+            eps = to_epsilon(self._forward(x, t, labels, sigma), x, a, b, ptype)
+            guided = g.mode == "cfg" and active
+        grad = None
+        if g.mode == "classifier" and active and g.scale != 0.0:
+            tt = torch.full((x.shape[0],), float(t), device=x.device, dtype=torch.float32)
+            grad = classifier_log_prob_grad(self.model.classifier, x, tt, self.labels, sigma)
+            if g.classifier_form == "eps":
+                eps = eps - g.scale * b * grad
+                grad = None
+            guided = True
+        x0 = eps_to_x0(eps, x, a, b)
+        x0 = process_x0(x0, self.x0_mode, self.clip_range, self.threshold_ratio, self.threshold_max)
+        return Prediction(eps, x0, guided, grad, g.scale_at(fraction))

@@ -1,0 +1,139 @@
+"""One entry point over schedules, plans, denoiser and samplers: ``sample(...)`` yields StepRecords."""
+from __future__ import annotations
+
+import math
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+
+from .denoiser import Denoiser
+from .guidance import Guidance
+from .noise import NoiseSource
+from .records import StepRecord
+from .samplers import SamplerSpec, get_sampler
+from .schedule import NoiseSchedule, Plan, discrete_plan, dpm_plan, sigma_plan
+
+
+def schedule_for(model, overrides: Optional[dict] = None) -> NoiseSchedule:
+    """The model's scheduler config, with any non-None override applied."""
+    return NoiseSchedule.from_config(model.info.scheduler_config, **(overrides or {}))
+
+
+def default_x0_mode(model) -> str:
+    sc = model.info.scheduler_config
+    if sc.get("thresholding"):
+        return "threshold"
+    return "clip" if sc.get("clip_sample") else "none"
+
+
+def make_plan(spec: SamplerSpec, sched: NoiseSchedule, steps: int, spacing: Optional[str] = None,
+              karras: bool = False) -> Plan:
+    spacing = spacing or spec.default_spacing
+    if spec.plan_kind == "discrete":
+        if karras:
+            raise ValueError(f"Karras sigmas apply to the σ-space samplers (euler, euler_a, heun, dpmpp_2m), not {spec.name}")
+        return discrete_plan(sched, steps, spacing)
+    if spec.plan_kind == "sigma":
+        return sigma_plan(sched, steps, spacing, karras)
+    return dpm_plan(sched, steps, spacing, karras)
+
+
+def branch_plan(spec: SamplerSpec, sched: NoiseSchedule, t_start: float, steps: int) -> Plan:
+    """A plan that starts at timestep ``t_start`` (a branch point) and ends at 0, evenly spaced in t."""
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps left must be a positive integer, got {steps!r}")
+    all_sigmas = sched.sigmas
+    if spec.plan_kind == "discrete":
+        ts = np.unique(np.linspace(t_start, 0, steps).round().astype(np.int64))[::-1].copy()
+        if len(ts) < steps:
+            raise ValueError(f"only {len(ts)} distinct timesteps remain below t={t_start:g}; use at most {len(ts)} steps")
+        ab = np.array([sched.alpha_bar(int(t)) for t in ts] + [sched.final_alpha_cumprod], dtype=np.float64)
+        return Plan(ts.astype(np.float64), np.sqrt((1 - ab) / ab), ab, "branch")
+    ts = np.linspace(t_start, 0, steps)
+    sig = np.interp(ts, np.arange(len(all_sigmas)), all_sigmas)
+    sig = np.concatenate([sig, [0.0]]).astype(np.float32)
+    s = sig.astype(np.float64)
+    return Plan(ts, sig, 1.0 / (1.0 + s * s), "branch")
+
+
+def sampler_options(spec: SamplerSpec, eta: float = 0.0, variance: str = "fixed_small",
+                    corrector_steps: int = 1, snr: float = 0.16, sched: Optional[NoiseSchedule] = None) -> dict:
+    opts: dict = {}
+    if spec.name == "ddim":
+        opts["eta"] = eta
+    elif spec.name == "euler_a":
+        opts["eta"] = 1.0 if eta in (None, 0.0) else eta
+    elif spec.name == "ddpm":
+        opts["variance"] = variance
+    elif spec.name == "langevin":
+        opts.update(corrector_steps=corrector_steps, snr=snr)
+        if sched is not None:
+            opts["alphas"] = (1.0 - sched.betas).tolist()
+    return opts
+
+
+def labels_tensor(model, label: Optional[int], batch: int, device) -> Optional[torch.Tensor]:
+    info = model.info
+    if label is None:
+        return None
+    if not info.conditional:
+        raise ValueError(f"model {info.name!r} is unconditional and takes no label; leave --label out")
+    if not isinstance(label, (int, np.integer)) or not (0 <= label < info.num_classes):
+        names = f" ({', '.join(info.class_names)})" if info.class_names else ""
+        raise ValueError(f"label {label!r} is out of range; model {info.name!r} has classes 0..{info.num_classes - 1}{names}")
+    return torch.full((batch,), int(label), device=device, dtype=torch.long)
+
+
+def sample(
+    model,
+    sampler: str,
+    steps: int,
+    *,
+    seed: int = 0,
+    batch: int = 1,
+    label: Optional[int] = None,
+    guidance: Guidance = Guidance(),
+    eta: float = 0.0,
+    variance: str = "fixed_small",
+    corrector_steps: int = 1,
+    snr: float = 0.16,
+    spacing: Optional[str] = None,
+    karras: bool = False,
+    x0_mode: Optional[str] = None,
+    schedule_overrides: Optional[dict] = None,
+    init_noise: Optional[torch.Tensor] = None,
+    start: Optional[StepRecord] = None,
+    plan: Optional[Plan] = None,
+    state: Optional[torch.Tensor] = None,
+) -> Iterator[StepRecord]:
+    """Run a reverse chain, yielding one record per step.
+
+    ``start`` continues a run exactly after that record (same plan, its carry).
+    ``plan`` + ``state`` start a new branch from a VP state at plan point 0.
+    """
+    spec = get_sampler(sampler)
+    sched = schedule_for(model, schedule_overrides)
+    if not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be a positive integer, got {batch!r}")
+    device = model.device
+    noise = NoiseSource(seed, device, torch.float32)
+    plan = plan or make_plan(spec, sched, steps, spacing, karras)
+    info = model.info
+    shape = (batch, info.in_channels, info.sample_size, info.sample_size)
+    den = Denoiser(model, labels_tensor(model, label, batch, device), guidance,
+                   x0_mode or default_x0_mode(model))
+    if guidance.mode == "classifier" and guidance.classifier_form == "mean" and spec.name != "ddpm":
+        raise ValueError("the mean-shift form of classifier guidance exists only for ddpm; use the eps form")
+    opts = sampler_options(spec, eta, variance, corrector_steps, snr, sched)
+    if start is not None:
+        return spec.fn(den, start.x, plan, noise, start=start.index + 1, carry=dict(start.carry), **opts)
+    if state is not None:
+        x = state.to(device, torch.float32)
+    elif init_noise is not None:
+        if tuple(init_noise.shape) != shape:
+            raise ValueError(f"initial noise has shape {tuple(init_noise.shape)} but the run needs {shape}")
+        x = init_noise.to(device, torch.float32)
+    else:
+        x = noise.initial(shape)
+    return spec.fn(den, x, plan, noise, **opts)

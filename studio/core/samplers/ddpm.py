@@ -1,0 +1,62 @@
+"""Ancestral DDPM and DDIM: samplers on integer timesteps."""
+from __future__ import annotations
+
+import math
+from typing import Iterator, Optional
+
+import torch
+
+from ..records import StepRecord
+from .base import Denoiser, NoiseSource, Plan, make_record, predict
+
+VARIANCE_TYPES = ("fixed_small", "fixed_large")
+
+
+def posterior(x: torch.Tensor, x0: torch.Tensor, ab: float, ab_prev: float, variance: str) -> tuple[torch.Tensor, float]:
+    """q(x_{t'} | x_t, x̂₀) of Ho et al. 2020, eq. 6–7, with β_t generalised to 1 − ᾱ_t/ᾱ_{t'} for skipped steps.
+    Returns the mean μ and the variance (β̃ for fixed_small, β for fixed_large)."""
+    alpha = ab / ab_prev
+    beta = 1.0 - alpha
+    mean = (math.sqrt(ab_prev) * beta / (1 - ab)) * x0 + (math.sqrt(alpha) * (1 - ab_prev) / (1 - ab)) * x
+    var = max((1 - ab_prev) / (1 - ab) * beta, 1e-20) if variance == "fixed_small" else beta
+    return mean, var
+
+
+def sample_ddpm(
+    denoiser: Denoiser, x: torch.Tensor, plan: Plan, noise: NoiseSource, *, start: int = 0,
+    carry: Optional[dict] = None, variance: str = "fixed_small",
+) -> Iterator[StepRecord]:
+    """Ancestral sampling, Ho et al. 2020, Alg. 2; classifier guidance's mean form is Dhariwal & Nichol 2021, Alg. 1."""
+    if variance not in VARIANCE_TYPES:
+        raise ValueError(f"unknown DDPM variance {variance!r}; choose fixed_small or fixed_large")
+    nfe = (carry or {}).get("nfe", 0)
+    for i in range(start, plan.steps):
+        ab, ab_prev = float(plan.alpha_bars[i]), float(plan.alpha_bars[i + 1])
+        pred = predict(denoiser, x, plan, i)
+        nfe += 1
+        mean, var = posterior(x, pred.x0, ab, ab_prev, variance)
+        if pred.grad is not None:  # μ + s Σ ∇ log p(y|x_t)
+            mean = mean + pred.scale * var * pred.grad
+        last = i == plan.steps - 1
+        x = mean if last else mean + math.sqrt(var) * noise.step(i, tuple(x.shape))
+        yield make_record("ddpm", plan, i, x, pred, nfe, {"nfe": nfe})
+
+
+def sample_ddim(
+    denoiser: Denoiser, x: torch.Tensor, plan: Plan, noise: NoiseSource, *, start: int = 0,
+    carry: Optional[dict] = None, eta: float = 0.0,
+) -> Iterator[StepRecord]:
+    """DDIM, Song et al. 2021, eq. 12: x_{t'} = √ᾱ_{t'} x̂₀ + √(1 − ᾱ_{t'} − σ²) ε̂ + σ z,
+    σ = η √((1−ᾱ_{t'})/(1−ᾱ_t)) √(1 − ᾱ_t/ᾱ_{t'}) (eq. 16). η = 0 is deterministic."""
+    if not (isinstance(eta, (int, float)) and math.isfinite(eta) and 0.0 <= eta <= 1.0):
+        raise ValueError(f"eta must be between 0 and 1, got {eta!r}")
+    nfe = (carry or {}).get("nfe", 0)
+    for i in range(start, plan.steps):
+        ab, ab_prev = float(plan.alpha_bars[i]), float(plan.alpha_bars[i + 1])
+        pred = predict(denoiser, x, plan, i)
+        nfe += 1
+        std = eta * math.sqrt((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev))
+        x = math.sqrt(ab_prev) * pred.x0 + math.sqrt(max(1 - ab_prev - std**2, 0.0)) * pred.eps
+        if std > 0:
+            x = x + std * noise.step(i, tuple(x.shape))
+        yield make_record("ddim", plan, i, x, pred, nfe, {"nfe": nfe})

@@ -1,0 +1,86 @@
+"""σ-space samplers (Karras et al. 2022 notation): dx/dσ = (x − x̂₀)/σ on x = x_t/√ᾱ_t.
+
+The internal state is x_σ = x_t √(1+σ²) (diffusers' "scaled" sample); records hold x_t.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterator, Optional
+
+import torch
+
+from ..records import StepRecord
+from .base import Denoiser, NoiseSource, Plan, make_record, predict
+
+
+def _vp(x_sigma: torch.Tensor, sigma: float) -> torch.Tensor:
+    return x_sigma / math.sqrt(sigma * sigma + 1.0)
+
+
+def _start_state(x: torch.Tensor, plan: Plan, start: int, carry: Optional[dict]) -> torch.Tensor:
+    if carry and "state" in carry:
+        return carry["state"]
+    return x * math.sqrt(float(plan.sigmas[start]) ** 2 + 1.0)
+
+
+def ancestral_step(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[float, float]:
+    """k-diffusion get_ancestral_step: split σ → σ_next into a deterministic σ_down and fresh noise σ_up."""
+    if not eta or sigma_next == 0:
+        return sigma_next, 0.0
+    up = min(sigma_next, eta * math.sqrt(sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2))
+    return math.sqrt(sigma_next**2 - up**2), up
+
+
+def sample_euler(
+    denoiser: Denoiser, x: torch.Tensor, plan: Plan, noise: NoiseSource, *, start: int = 0, carry: Optional[dict] = None,
+) -> Iterator[StepRecord]:
+    """Euler's method on the probability-flow ODE (Karras et al. 2022, Alg. 1 without the 2nd-order correction)."""
+    xs = _start_state(x, plan, start, carry)
+    nfe = (carry or {}).get("nfe", 0)
+    for i in range(start, plan.steps):
+        s, s_next = float(plan.sigmas[i]), float(plan.sigmas[i + 1])
+        pred = predict(denoiser, _vp(xs, s), plan, i)
+        nfe += 1
+        d = (xs - pred.x0) / s
+        xs = xs + d * (s_next - s)
+        yield make_record("euler", plan, i, _vp(xs, s_next), pred, nfe, {"state": xs, "nfe": nfe})
+
+
+def sample_euler_ancestral(
+    denoiser: Denoiser, x: torch.Tensor, plan: Plan, noise: NoiseSource, *, start: int = 0,
+    carry: Optional[dict] = None, eta: float = 1.0,
+) -> Iterator[StepRecord]:
+    """Ancestral Euler (k-diffusion ``sample_euler_ancestral``): an Euler step to σ_down, then noise of std σ_up."""
+    xs = _start_state(x, plan, start, carry)
+    nfe = (carry or {}).get("nfe", 0)
+    for i in range(start, plan.steps):
+        s, s_next = float(plan.sigmas[i]), float(plan.sigmas[i + 1])
+        pred = predict(denoiser, _vp(xs, s), plan, i)
+        nfe += 1
+        down, up = ancestral_step(s, s_next, eta)
+        xs = xs + (xs - pred.x0) / s * (down - s)
+        if up > 0:
+            xs = xs + noise.step(i, tuple(xs.shape)) * up
+        yield make_record("euler_a", plan, i, _vp(xs, s_next), pred, nfe, {"state": xs, "nfe": nfe})
+
+
+def sample_heun(
+    denoiser: Denoiser, x: torch.Tensor, plan: Plan, noise: NoiseSource, *, start: int = 0, carry: Optional[dict] = None,
+) -> Iterator[StepRecord]:
+    """Heun's 2nd-order method, Karras et al. 2022, Alg. 1 (Euler on the last step to σ = 0)."""
+    xs = _start_state(x, plan, start, carry)
+    nfe = (carry or {}).get("nfe", 0)
+    for i in range(start, plan.steps):
+        s, s_next = float(plan.sigmas[i]), float(plan.sigmas[i + 1])
+        pred = predict(denoiser, _vp(xs, s), plan, i)
+        nfe += 1
+        d = (xs - pred.x0) / s
+        if s_next == 0:
+            xs = xs + d * (s_next - s)
+        else:
+            x2 = xs + d * (s_next - s)
+            pred2 = predict(denoiser, _vp(x2, s_next), plan, i, at_next=True)
+            nfe += 1
+            d2 = (x2 - pred2.x0) / s_next
+            xs = xs + (d + d2) / 2 * (s_next - s)
+        yield make_record("heun", plan, i, _vp(xs, s_next), pred, nfe, {"state": xs, "nfe": nfe})

@@ -1,0 +1,272 @@
+"""Noise schedules and inference timestep plans.
+
+Beta schedules follow Ho et al. 2020 (linear), Rombach et al. 2022
+(scaled_linear) and Nichol & Dhariwal 2021 (squaredcos_cap_v2). Timestep
+spacings follow Lin et al. 2023, "Common Diffusion Noise Schedules and Sample
+Steps are Flawed", Table 2, with the same formulas as diffusers so that plans
+agree with diffusers' schedulers step for step.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+SPACINGS = ("leading", "trailing", "linspace")
+
+
+class ScheduleError(ValueError):
+    """A schedule or plan setting that cannot be used."""
+
+
+def _cosine_betas(n: int, max_beta: float = 0.999) -> torch.Tensor:
+    """Nichol & Dhariwal 2021, eq. 17: ᾱ(t) = cos²((t/T + s)/(1 + s) · π/2), s = 0.008."""
+    def abar(t: float) -> float:
+        return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+
+    betas = [min(1 - abar((i + 1) / n) / abar(i / n), max_beta) for i in range(n)]
+    return torch.tensor(betas, dtype=torch.float32)
+
+
+@dataclass(frozen=True)
+class NoiseSchedule:
+    """A discrete DDPM schedule: β_t, α_t = 1 − β_t, ᾱ_t = ∏ α_i, σ_t = √((1−ᾱ_t)/ᾱ_t).
+
+    ``alphas_cumprod`` is kept in float32, computed exactly as diffusers does,
+    so that plans and steps agree with diffusers to float32 rounding.
+    """
+
+    betas: torch.Tensor
+    beta_schedule: str = "linear"
+    beta_start: float = 0.0001
+    beta_end: float = 0.02
+    final_alpha_cumprod: float = 1.0
+    steps_offset: int = 0
+    alphas_cumprod: torch.Tensor = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        betas = self.betas.to(torch.float32)
+        if betas.ndim != 1 or len(betas) < 2:
+            raise ScheduleError("betas must be a 1-D list of at least 2 values")
+        if not torch.isfinite(betas).all() or (betas <= 0).any() or (betas >= 1).any():
+            raise ScheduleError("every beta must be finite and strictly between 0 and 1")
+        object.__setattr__(self, "betas", betas)
+        object.__setattr__(self, "alphas_cumprod", torch.cumprod(1.0 - betas, dim=0))
+
+    # -- construction -------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        beta_schedule: str = "linear",
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        trained_betas: list[float] | None = None,
+        final_alpha_cumprod: float = 1.0,
+        steps_offset: int = 0,
+    ) -> "NoiseSchedule":
+        if trained_betas is not None:
+            betas = torch.tensor(list(trained_betas), dtype=torch.float32)
+            beta_schedule = "explicit"
+        elif num_train_timesteps < 2:
+            raise ScheduleError(f"num_train_timesteps must be at least 2, got {num_train_timesteps}")
+        elif beta_schedule == "linear":
+            betas = torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float32)
+        elif beta_schedule == "scaled_linear":
+            betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float32) ** 2
+        elif beta_schedule == "squaredcos_cap_v2":
+            betas = _cosine_betas(num_train_timesteps)
+        else:
+            raise ScheduleError(
+                f"unknown beta schedule {beta_schedule!r}; choose one of {', '.join(BETA_SCHEDULES)} or give explicit betas"
+            )
+        return cls(betas, beta_schedule, beta_start, beta_end, final_alpha_cumprod, steps_offset)
+
+    @classmethod
+    def from_config(cls, config: dict, **overrides) -> "NoiseSchedule":
+        """Build from a diffusers ``scheduler_config.json`` dict; ``overrides`` win."""
+        c = {**config, **{k: v for k, v in overrides.items() if v is not None}}
+        set_one = c.get("set_alpha_to_one", True)
+        sched = cls.create(
+            beta_schedule=c.get("beta_schedule", "linear"),
+            num_train_timesteps=int(c.get("num_train_timesteps", 1000)),
+            beta_start=float(c.get("beta_start", 0.0001)),
+            beta_end=float(c.get("beta_end", 0.02)),
+            trained_betas=c.get("trained_betas"),
+            steps_offset=int(c.get("steps_offset", 0) or 0),
+        )
+        if not set_one:
+            object.__setattr__(sched, "final_alpha_cumprod", float(sched.alphas_cumprod[0]))
+        return sched
+
+    def to_config(self) -> dict:
+        d = {
+            "beta_schedule": self.beta_schedule,
+            "num_train_timesteps": self.num_train_timesteps,
+            "beta_start": self.beta_start,
+            "beta_end": self.beta_end,
+            "steps_offset": self.steps_offset,
+            "set_alpha_to_one": self.final_alpha_cumprod == 1.0,
+        }
+        if self.beta_schedule == "explicit":
+            d["trained_betas"] = [float(b) for b in self.betas]
+        return d
+
+    # -- derived quantities -------------------------------------------------
+    @property
+    def num_train_timesteps(self) -> int:
+        return len(self.betas)
+
+    @property
+    def sigmas(self) -> np.ndarray:
+        """k-diffusion σ_t = √((1−ᾱ_t)/ᾱ_t) for every training timestep (float32, as diffusers)."""
+        ac = self.alphas_cumprod
+        return np.array(((1 - ac) / ac) ** 0.5)
+
+    def alpha_bar(self, t: int) -> float:
+        """ᾱ_t for an integer timestep; t < 0 means 'after the last step' (final ᾱ)."""
+        return self.final_alpha_cumprod if t < 0 else float(self.alphas_cumprod[t])
+
+    def sigma_at(self, t: float | np.ndarray) -> np.ndarray:
+        """σ at a (possibly fractional) timestep, linear in t as diffusers' Euler scheduler."""
+        s = self.sigmas
+        return np.interp(t, np.arange(len(s)), s)
+
+    def log_snr(self) -> np.ndarray:
+        ac = self.alphas_cumprod.double().numpy()
+        return np.log(ac) - np.log1p(-ac)
+
+
+# -- timestep spacings --------------------------------------------------------
+def _check_steps(sched: NoiseSchedule, steps: int, spacing: str) -> None:
+    if spacing not in SPACINGS:
+        raise ScheduleError(f"unknown timestep spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
+    if not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ScheduleError(f"steps must be a positive integer, got {steps!r}")
+    if steps > sched.num_train_timesteps:
+        raise ScheduleError(
+            f"steps ({steps}) cannot exceed the model's {sched.num_train_timesteps} training timesteps"
+        )
+
+
+def integer_timesteps(sched: NoiseSchedule, steps: int, spacing: str = "leading") -> np.ndarray:
+    """Descending integer timesteps as diffusers' DDIM/DDPM schedulers choose them."""
+    _check_steps(sched, steps, spacing)
+    T = sched.num_train_timesteps
+    if spacing == "linspace":
+        ts = np.linspace(0, T - 1, steps).round()[::-1].copy().astype(np.int64)
+    elif spacing == "leading":
+        ratio = T // steps
+        ts = (np.arange(0, steps) * ratio).round()[::-1].copy().astype(np.int64) + sched.steps_offset
+    else:
+        ts = np.round(np.arange(T, 0, -T / steps)).astype(np.int64) - 1
+    return ts
+
+
+def fractional_timesteps(sched: NoiseSchedule, steps: int, spacing: str = "linspace") -> np.ndarray:
+    """Descending float timesteps as diffusers' Euler/Heun schedulers choose them."""
+    _check_steps(sched, steps, spacing)
+    T = sched.num_train_timesteps
+    if spacing == "linspace":
+        return np.linspace(0, T - 1, steps, dtype=np.float32)[::-1].copy()
+    if spacing == "leading":
+        ratio = T // steps
+        ts = (np.arange(0, steps) * ratio).round()[::-1].copy().astype(np.float32)
+        return ts + sched.steps_offset
+    ts = np.arange(T, 0, -T / steps).round().copy().astype(np.float32)
+    return ts - 1
+
+
+def dpm_timesteps(sched: NoiseSchedule, steps: int, spacing: str = "linspace") -> np.ndarray:
+    """Descending integer timesteps as diffusers' DPMSolverMultistepScheduler chooses them."""
+    _check_steps(sched, steps, spacing)
+    T = sched.num_train_timesteps
+    if spacing == "linspace":
+        return np.linspace(0, T - 1, steps + 1).round()[::-1][:-1].copy().astype(np.int64)
+    if spacing == "leading":
+        ratio = T // (steps + 1)
+        ts = (np.arange(0, steps + 1) * ratio).round()[::-1][:-1].copy().astype(np.int64)
+        return ts + sched.steps_offset
+    return np.arange(T, 0, -T / steps).round().copy().astype(np.int64) - 1
+
+
+def sigma_to_t(sigma: float, log_sigmas: np.ndarray) -> float:
+    """Invert σ(t) by interpolation in log σ (diffusers ``_sigma_to_t``)."""
+    log_sigma = np.log(np.maximum(sigma, 1e-10))
+    dists = log_sigma - log_sigmas[:, np.newaxis]
+    low = np.cumsum((dists >= 0), axis=0).argmax(axis=0).clip(max=log_sigmas.shape[0] - 2)
+    high = low + 1
+    lo, hi = log_sigmas[low], log_sigmas[high]
+    w = np.clip((lo - log_sigma) / (lo - hi), 0, 1)
+    return float(((1 - w) * low + w * high).reshape(np.shape(sigma)))
+
+
+def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) -> np.ndarray:
+    """Karras et al. 2022, eq. 5: σ_i = (σ_max^{1/ρ} + i/(n−1) (σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ."""
+    ramp = np.linspace(0, 1, n)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return (hi + ramp * (lo - hi)) ** rho
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Where a run evaluates the model: ``timesteps[i]`` (what the network sees) and
+    ``sigmas[i]`` for i = 0..N−1, plus ``sigmas[N]`` (0 or the final σ) where the chain ends.
+    ``alpha_bars`` = 1/(1+σ²) at the same N+1 points."""
+
+    timesteps: np.ndarray
+    sigmas: np.ndarray
+    alpha_bars: np.ndarray
+    spacing: str
+    karras: bool = False
+
+    @property
+    def steps(self) -> int:
+        return len(self.timesteps)
+
+
+def _abar_from_sigmas(sig: np.ndarray) -> np.ndarray:
+    s = sig.astype(np.float64)
+    return 1.0 / (1.0 + s * s)
+
+
+def discrete_plan(sched: NoiseSchedule, steps: int, spacing: str = "leading") -> Plan:
+    """Plan on integer timesteps (DDPM, DDIM, Langevin); the last point is the final ᾱ."""
+    ts = integer_timesteps(sched, steps, spacing)
+    ab = np.array([sched.alpha_bar(int(t)) for t in ts] + [sched.final_alpha_cumprod], dtype=np.float64)
+    sig = np.sqrt((1 - ab) / ab)
+    return Plan(ts.astype(np.float64), sig, ab, spacing)
+
+
+def sigma_plan(sched: NoiseSchedule, steps: int, spacing: str = "linspace", karras: bool = False) -> Plan:
+    """Plan in σ for the k-diffusion samplers (Euler, Euler a, Heun), as diffusers' Euler scheduler."""
+    ts = fractional_timesteps(sched, steps, spacing)
+    all_sigmas = sched.sigmas
+    sig = np.interp(ts, np.arange(len(all_sigmas)), all_sigmas)
+    if karras:
+        sig = karras_sigmas(float(sig[-1]), float(sig[0]), steps)
+        log_sigmas = np.log(all_sigmas)
+        ts = np.array([sigma_to_t(s, log_sigmas) for s in sig])
+    sig = np.concatenate([sig, [0.0]]).astype(np.float32)
+    return Plan(np.asarray(ts, dtype=np.float64), sig, _abar_from_sigmas(sig), spacing, karras)
+
+
+def dpm_plan(sched: NoiseSchedule, steps: int, spacing: str = "linspace", karras: bool = False) -> Plan:
+    """Plan for DPM-Solver++ as diffusers' DPMSolverMultistepScheduler (final σ = 0)."""
+    all_sigmas = sched.sigmas
+    log_sigmas = np.log(all_sigmas)
+    if karras:
+        _check_steps(sched, steps, spacing)
+        flipped = np.flip(all_sigmas).copy()
+        sig = karras_sigmas(float(flipped[-1]), float(flipped[0]), steps)
+        ts = np.array([sigma_to_t(s, log_sigmas) for s in sig])
+        if sched.beta_schedule != "squaredcos_cap_v2":
+            ts = ts.round()
+    else:
+        ts = dpm_timesteps(sched, steps, spacing)
+        sig = np.interp(ts, np.arange(len(all_sigmas)), all_sigmas)
+    sig = np.concatenate([sig, [0.0]]).astype(np.float32)
+    return Plan(np.asarray(ts, dtype=np.float64), sig, _abar_from_sigmas(sig), spacing, karras)

@@ -1,0 +1,155 @@
+"""Qt-free orchestration: open a model for a recipe, run it step by step into a Trajectory, branch.
+
+GUI, CLI, tests and benchmarks all go through ``Run``.
+"""
+from __future__ import annotations
+
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+
+from ..core import engine
+from ..core.loading import load_model
+from ..core.samplers import get_sampler
+from .recipe import Recipe, RecipeError
+from .trajectory import Trajectory
+
+PLAN_KEYS = ("sampler", "steps", "spacing", "karras", "schedule", "eta", "variance", "corrector_steps", "snr")
+
+
+class ModelCache:
+    """Keeps the last opened model so repeated runs don't reload it."""
+
+    def __init__(self):
+        self._key = None
+        self._model = None
+
+    def get(self, recipe: Recipe):
+        key = (recipe.model, recipe.device, recipe.dtype, recipe.classifier)
+        if key != self._key:
+            self._model = load_model(recipe.model, recipe.device, recipe.dtype, classifier=recipe.classifier)
+            self._key = key
+        return self._model
+
+    def put(self, recipe: Recipe, model) -> None:
+        self._key = (recipe.model, recipe.device, recipe.dtype, recipe.classifier)
+        self._model = model
+
+
+def load_init_noise(path: str) -> torch.Tensor:
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise RecipeError(f"{path}: cannot read initial noise as .npy ({e})") from None
+    if arr.dtype != np.float32 or arr.ndim != 4:
+        raise RecipeError(f"{path}: initial noise must be a float32 array of shape (batch, C, H, W), got {arr.dtype} {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise RecipeError(f"{path}: initial noise contains NaN or inf")
+    return torch.from_numpy(arr)
+
+
+def same_plan(a: Recipe, b: Recipe) -> bool:
+    return all(getattr(a, k) == getattr(b, k) for k in PLAN_KEYS)
+
+
+class Run:
+    """One reverse chain: iterate it to advance step by step; ``trajectory`` keeps everything."""
+
+    def __init__(self, recipe: Recipe, model=None, cache: Optional[ModelCache] = None,
+                 parent: Optional[Trajectory] = None, from_step: Optional[int] = None):
+        recipe = recipe.validate()
+        self.model = model if model is not None else (cache or ModelCache()).get(recipe)
+        self.spec = get_sampler(recipe.sampler)
+        info = self.model.info
+        if parent is not None:
+            k = -1 if from_step is None else from_step
+            if not (-1 <= k < len(parent)):
+                raise RecipeError(f"cannot branch from step {k + 1}: the run has {len(parent)} steps")
+            recipe = recipe.replace(branch={"parent": parent.recipe.to_dict(), "from_step": k},
+                                    batch=parent.recipe.batch, seed=recipe.seed)
+        self.recipe = recipe
+        guidance = recipe.guidance_settings()
+        kwargs = dict(
+            seed=recipe.seed, batch=recipe.batch, label=recipe.label, guidance=guidance, eta=recipe.eta,
+            variance=recipe.variance, corrector_steps=recipe.corrector_steps, snr=recipe.snr,
+            spacing=recipe.spacing, karras=recipe.karras, x0_mode=recipe.x0_mode,
+            schedule_overrides=recipe.schedule or None,
+        )
+        if parent is None:
+            init = load_init_noise(recipe.init_noise) if recipe.init_noise else None
+            self._gen = engine.sample(self.model, recipe.sampler, recipe.steps, init_noise=init, **kwargs)
+            initial = init if init is not None else None
+            sched = engine.schedule_for(self.model, recipe.schedule or None)
+            self.plan = engine.make_plan(self.spec, sched, recipe.steps, recipe.spacing, recipe.karras)
+            self.offset = 0
+            if initial is None:
+                from ..core.noise import NoiseSource
+
+                shape = (recipe.batch, info.in_channels, info.sample_size, info.sample_size)
+                initial = NoiseSource(recipe.seed).initial(shape)
+            self.trajectory = Trajectory(recipe, initial, self.plan.steps)
+        else:
+            k = -1 if from_step is None else from_step
+            parent_recipe = parent.recipe
+            sched = engine.schedule_for(self.model, recipe.schedule or None)
+            if k >= 0 and same_plan(parent_recipe, recipe):
+                # exact continuation: same plan, the parent's carry
+                self.plan = engine.make_plan(self.spec, sched, recipe.steps, recipe.spacing, recipe.karras)
+                rec = parent.record(k)
+                self._gen = engine.sample(self.model, recipe.sampler, recipe.steps, start=rec, plan=self.plan, **kwargs)
+                self.offset = k + 1
+                self.trajectory = Trajectory(recipe, rec.x, self.plan.steps)
+            elif k < 0:
+                init = parent.full_state(-1)["x"]
+                self._gen = engine.sample(self.model, recipe.sampler, recipe.steps, init_noise=init, **kwargs)
+                self.plan = engine.make_plan(self.spec, sched, recipe.steps, recipe.spacing, recipe.karras)
+                self.offset = 0
+                self.trajectory = Trajectory(recipe, init, self.plan.steps)
+            else:
+                t_start = parent.meta[k].t_next
+                if t_start < 0:
+                    raise RecipeError("cannot branch from the last step: the chain has already reached t = 0")
+                self.plan = engine.branch_plan(self.spec, sched, t_start, recipe.steps)
+                state = parent.full_state(k)["x"]
+                self._gen = engine.sample(self.model, recipe.sampler, recipe.steps, plan=self.plan, state=state, **kwargs)
+                self.offset = 0
+                self.trajectory = Trajectory(recipe, state, self.plan.steps)
+        self.guidance = guidance
+        self.stopped = False
+
+    @property
+    def total_steps(self) -> int:
+        return self.plan.steps - self.offset
+
+    def __iter__(self) -> Iterator:
+        for rec in self._gen:
+            self.trajectory.append(rec, self.guidance.scale_at(rec.index / rec.steps))
+            yield rec
+            if self.stopped:
+                break
+        else:
+            self.trajectory.finished = True
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def run_to_end(self) -> Trajectory:
+        for _ in self:
+            pass
+        return self.trajectory
+
+
+def execute(recipe: Recipe, cache: Optional[ModelCache] = None, progress=None) -> Trajectory:
+    """Run a recipe to the end (re-running its parent first when it is a branch)."""
+    cache = cache or ModelCache()
+    if recipe.branch:
+        parent_recipe = Recipe.from_dict(recipe.branch["parent"])
+        parent = execute(parent_recipe, cache)
+        run = Run(recipe.replace(branch=None), cache=cache, parent=parent, from_step=int(recipe.branch["from_step"]))
+    else:
+        run = Run(recipe, cache=cache)
+    for rec in run:
+        if progress:
+            progress(rec.index + 1 - run.offset, run.total_steps)
+    return run.trajectory

@@ -1,0 +1,187 @@
+"""Command-line entry points for dataset generation and training.
+
+The main ``studio`` CLI registers these with :func:`add_dataset_parser` and
+:func:`add_train_parser`; until then they can be run as
+``python -m studio.training.cli_train {dataset,train} ...``.
+
+    studio dataset --out DIR --n N [--seed S]
+    studio train {diffusion,classifier,evaluator} --out DIR [--steps N]
+                 [--batch-size B] [--seed S] [--resume/--no-resume]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from .ckpt import format_eta
+
+DEFAULTS = {
+    # kind: (steps, batch_size, seed, lr)
+    "diffusion": (4500, 64, 0, 5e-4),
+    "classifier": (3000, 128, 1, 1e-3),
+    "evaluator": (1500, 128, 2, 2e-3),
+}
+
+
+class ProgressBar:
+    """Plain ``\\r`` progress line on stderr: step/total, loss, s/it and ETA."""
+
+    def __init__(self, label: str, stream=None, min_interval: float = 0.5):
+        self.label = label
+        self.stream = stream if stream is not None else sys.stderr
+        self.min_interval = min_interval
+        self._last = 0.0
+        self._t0 = time.time()
+        self._tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+
+    def __call__(self, step: int, total: int, loss: float, eta_s: float) -> None:
+        now = time.time()
+        if step < total and now - self._last < self.min_interval:
+            return
+        self._last = now
+        width = 24
+        frac = min(1.0, step / max(1, total))
+        bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
+        line = (f"{self.label} [{bar}] {step}/{total} loss {loss:.4f} "
+                f"elapsed {format_eta(now - self._t0)} eta {format_eta(eta_s)}")
+        if self._tty:
+            self.stream.write("\r" + line)
+        else:
+            self.stream.write(line + "\n")
+        if step >= total:
+            self.stream.write("\n" if self._tty else "")
+        self.stream.flush()
+
+
+def _threads(args) -> None:
+    import torch
+
+    n = getattr(args, "threads", None)
+    if n:
+        torch.set_num_threads(int(n))
+
+
+def cmd_dataset(args: argparse.Namespace) -> int:
+    from .dataset import write_dataset
+
+    bar = ProgressBar("dataset")
+    t0 = time.time()
+
+    def prog(i, n):
+        if i % 100 == 0 or i == n:
+            el = time.time() - t0
+            bar(i, n, float("nan"), el / i * (n - i))
+
+    out = write_dataset(args.out, args.n, args.seed, progress=prog)
+    print(f"wrote {args.n} images to {out}/images and {out}/labels.csv", file=sys.stderr)
+    return 0
+
+
+def _common(args, kind: str) -> dict:
+    steps, bs, seed, lr = DEFAULTS[kind]
+    return {
+        "out_dir": args.out,
+        "steps": args.steps if args.steps is not None else steps,
+        "batch_size": args.batch_size if args.batch_size is not None else bs,
+        "seed": args.seed if args.seed is not None else seed,
+        "lr": args.lr if args.lr is not None else lr,
+        "resume": args.resume,
+        "progress": ProgressBar(kind),
+        "dataset_cache": args.cache_dir,
+        "time_limit_s": args.time_limit_min * 60.0 if args.time_limit_min else None,
+    }
+
+
+def cmd_train_diffusion(args: argparse.Namespace) -> int:
+    from .diffusion import train_diffusion
+
+    _threads(args)
+    kw = _common(args, "diffusion")
+    if args.checkpoint_every is not None:
+        kw["checkpoint_every"] = args.checkpoint_every
+    if args.ema_decay is not None:
+        kw["ema_decay"] = args.ema_decay
+    summary = train_diffusion(**kw)
+    print(json.dumps(summary, indent=1), file=sys.stderr)
+    return 0
+
+
+def cmd_train_classifier(args: argparse.Namespace) -> int:
+    from .classifier import train_classifier
+
+    _threads(args)
+    kw = _common(args, "classifier")
+    if args.checkpoint_every is not None:
+        kw["checkpoint_every"] = args.checkpoint_every
+    summary = train_classifier(**kw)
+    print(json.dumps(summary, indent=1), file=sys.stderr)
+    return 0
+
+
+def cmd_train_evaluator(args: argparse.Namespace) -> int:
+    from .evaluator import train_evaluator
+
+    _threads(args)
+    kw = _common(args, "evaluator")
+    if args.checkpoint_every is not None:
+        kw["checkpoint_every"] = args.checkpoint_every
+    summary = train_evaluator(**kw)
+    print(json.dumps(summary, indent=1), file=sys.stderr)
+    return 0
+
+
+_TRAIN_CMDS = {
+    "diffusion": cmd_train_diffusion,
+    "classifier": cmd_train_classifier,
+    "evaluator": cmd_train_evaluator,
+}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    return _TRAIN_CMDS[args.what](args)
+
+
+def add_dataset_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("dataset", help="render the synthetic digits dataset to PNGs")
+    p.add_argument("--out", required=True, help="output folder (images/ + labels.csv)")
+    p.add_argument("--n", type=int, required=True, help="number of images")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_dataset)
+    return p
+
+
+def add_train_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("train", help="train the digits diffusion model / classifiers")
+    p.add_argument("what", choices=sorted(_TRAIN_CMDS), help="which model to train")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, logs, export)")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--ema-decay", type=float, default=None, help="diffusion only")
+    p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
+    p.add_argument("--time-limit-min", type=float, default=None,
+                   help="stop (checkpoint + export) after this many minutes")
+    p.add_argument("--cache-dir", default="training-runs/cache",
+                   help="where the in-memory training set is cached as .npz")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="resume from the newest checkpoint in --out (default: yes)")
+    p.set_defaults(func=cmd_train)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m studio.training.cli_train")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_dataset_parser(sub)
+    add_train_parser(sub)
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
