@@ -124,7 +124,7 @@ class NoiseSchedule:
     def sigmas(self) -> np.ndarray:
         """k-diffusion σ_t = √((1−ᾱ_t)/ᾱ_t) for every training timestep (float32, as diffusers)."""
         ac = self.alphas_cumprod
-        return np.array(((1 - ac) / ac) ** 0.5)
+        return (((1 - ac) / ac) ** 0.5).numpy()
 
     def alpha_bar(self, t: int) -> float:
         """ᾱ_t for an integer timestep; t < 0 means 'after the last step' (final ᾱ)."""

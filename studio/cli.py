@@ -1,0 +1,251 @@
+"""The ``studio`` command: the window with no arguments, and headless subcommands.
+
+  studio                      open the window on the default model
+  studio sample …             run a sampler headless and write frames, grid, recipe
+  studio samplers             list the samplers
+  studio info MODEL           describe a model
+  studio dataset / train …    make the built-in model's data and weights
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+
+_BAR_OPEN = [False]
+
+
+def _err(msg: str) -> None:
+    """One line on stderr, after ending any progress bar line."""
+    if _BAR_OPEN[0]:
+        sys.stderr.write("\n")
+        _BAR_OPEN[0] = False
+    print(f"studio: error: {msg}", file=sys.stderr)
+
+
+class ProgressBar:
+    """A one-line progress bar with steps per second on stderr."""
+
+    def __init__(self, label: str = "sampling", stream=None, width: int = 30):
+        self.label, self.stream, self.width = label, stream or sys.stderr, width
+        self.t0 = time.perf_counter()
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if done < total and now - self.last < 0.1:
+            return
+        self.last = now
+        elapsed = max(now - self.t0, 1e-9)
+        rate = done / elapsed
+        left = (total - done) / rate if rate > 0 else 0.0
+        fill = int(self.width * done / max(total, 1))
+        self.stream.write(f"\r{self.label} [{'#' * fill}{'.' * (self.width - fill)}] {done}/{total} "
+                          f"{rate:.1f} steps/s, {left:.0f}s left ")
+        _BAR_OPEN[0] = done < total
+        if done >= total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def _recipe_from_args(args):
+    from .session.recipe import Recipe, RecipeError
+
+    if args.recipe:
+        base = Recipe.load(args.recipe)
+        if base.init_noise and not os.path.isabs(base.init_noise):
+            base = base.replace(init_noise=str(Path(args.recipe).resolve().parent / base.init_noise))
+    else:
+        base = Recipe()
+    changes = {}
+    mapping = {
+        "model": "model", "sampler": "sampler", "steps": "steps", "eta": "eta", "variance": "variance",
+        "corrector_steps": "corrector_steps", "snr": "snr", "guidance": "guidance", "scale": "scale",
+        "classifier_form": "classifier_form", "classifier": "classifier", "label": "label", "seed": "seed",
+        "batch": "batch", "timestep_spacing": "spacing", "x0": "x0_mode", "device": "device", "dtype": "dtype",
+        "init_noise": "init_noise",
+    }
+    for arg, field in mapping.items():
+        v = getattr(args, arg, None)
+        if v is not None:
+            changes[field] = v
+    if args.karras:
+        changes["karras"] = True
+    if args.guidance_interval is not None:
+        changes["guidance_interval"] = tuple(args.guidance_interval)
+    sched = dict(base.schedule)
+    for arg, key in (("beta_schedule", "beta_schedule"), ("beta_start", "beta_start"), ("beta_end", "beta_end")):
+        v = getattr(args, arg, None)
+        if v is not None:
+            sched[key] = v
+    if sched:
+        changes["schedule"] = sched
+    if "init_noise" in changes:
+        changes["init_noise"] = str(Path(changes["init_noise"]).expanduser().resolve())
+    if "model" in changes and changes["model"] not in ("default", "gmm"):
+        changes["model"] = str(Path(changes["model"]).expanduser().resolve())
+    recipe = base.replace(**changes)
+    if recipe.init_noise and "batch" not in changes:
+        import numpy as np
+
+        try:
+            shape = np.load(recipe.init_noise, mmap_mode="r", allow_pickle=False).shape
+            if len(shape) == 4:
+                recipe = recipe.replace(batch=int(shape[0]))
+        except (OSError, ValueError) as e:
+            raise RecipeError(f"{recipe.init_noise}: cannot read initial noise as .npy ({e})") from None
+    return recipe.validate()
+
+
+def cmd_sample(args) -> int:
+    from .session.output import write_run_folder
+    from .session.runner import execute
+
+    recipe = _recipe_from_args(args)
+    extra = {}
+    if recipe.init_noise:
+        extra["init_noise.npy"] = Path(recipe.init_noise)
+    bar = None if args.quiet else ProgressBar(f"{recipe.sampler} {recipe.steps} steps")
+    traj = execute(recipe, progress=bar)
+    if recipe.init_noise:  # the folder is self-contained: its recipe points at its own copy
+        traj.recipe = traj.recipe.replace(init_noise="init_noise.npy")
+    out = write_run_folder(traj, Path(args.out), save_raw=args.save_raw, scale=args.image_scale,
+                           overwrite=args.overwrite, extra_files=extra)
+    if not args.quiet:
+        print(f"wrote {out}/final.png, {len(traj.xt)} x_t and {len(traj.x0)} x̂₀ frames, recipe.json"
+              + (", trajectory.npz" if args.save_raw else ""), file=sys.stderr)
+    return 0
+
+
+def cmd_samplers(args) -> int:
+    from .core.samplers import SAMPLERS
+
+    width = max(len(n) for n in SAMPLERS)
+    for name, spec in SAMPLERS.items():
+        kind = "deterministic" if spec.deterministic else "stochastic"
+        print(f"{name:<{width}}  {spec.description} [{kind}]")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .core.loading import load_model
+
+    model = load_model(args.model if args.model in ("default", "gmm") else str(Path(args.model).expanduser()),
+                       args.device or "cpu", allow_pickle=args.allow_pickle)
+    print(model.info.describe())
+    return 0
+
+
+def cmd_gui(args) -> int:
+    try:
+        from .gui.app import main as gui_main
+    except ImportError as e:
+        print(f"studio: error: the window cannot start ({e}); install PySide6-Essentials or use `studio sample`",
+              file=sys.stderr)
+        return 1
+    return gui_main([] if getattr(args, "model", None) is None else ["--model", args.model])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .core.samplers import SAMPLERS
+    from .core.schedule import BETA_SCHEDULES, SPACINGS
+
+    p = argparse.ArgumentParser(prog="studio", description="Sampling Studio: watch and control diffusion sampling.")
+    sub = p.add_subparsers(dest="command")
+
+    s = sub.add_parser("sample", help="run a sampler headless and write frames, a grid and the recipe")
+    s.add_argument("--recipe", help="start from a recipe.json (flags given here override it)")
+    s.add_argument("--model", help="default, gmm, or a diffusers UNet2DModel folder")
+    s.add_argument("--sampler", choices=list(SAMPLERS))
+    s.add_argument("--steps", type=int)
+    s.add_argument("--eta", type=float, help="DDIM η (0 deterministic .. 1 DDPM-like); euler_a noise scale")
+    s.add_argument("--variance", choices=["fixed_small", "fixed_large"], help="DDPM posterior variance")
+    s.add_argument("--corrector-steps", type=int, help="langevin: corrector steps per step")
+    s.add_argument("--snr", type=float, help="langevin: target signal-to-noise ratio")
+    s.add_argument("--guidance", choices=["none", "cfg", "classifier"])
+    s.add_argument("--scale", type=float, help="guidance scale (CFG w, 1 = conditional; classifier s)")
+    s.add_argument("--guidance-interval", type=float, nargs=2, metavar=("START", "END"),
+                   help="apply guidance only between these fractions of the run (0 1 = always)")
+    s.add_argument("--classifier-form", choices=["eps", "mean"], help="classifier guidance: eps (any sampler) or mean (ddpm)")
+    s.add_argument("--classifier", help="noise-aware classifier folder (config.json + model.safetensors)")
+    s.add_argument("--label", type=int, help="class label")
+    s.add_argument("--seed", type=int)
+    s.add_argument("--batch", type=int)
+    s.add_argument("--init-noise", help="float32 .npy of shape (batch, C, H, W) used as x_T")
+    s.add_argument("--timestep-spacing", choices=list(SPACINGS))
+    s.add_argument("--karras", action="store_true", help="Karras σ spacing (euler, euler_a, heun, dpmpp_2m)")
+    s.add_argument("--x0", choices=["none", "clip", "threshold"], help="x̂₀ processing (default: the model's config)")
+    s.add_argument("--beta-schedule", choices=list(BETA_SCHEDULES), help="override the model's beta schedule")
+    s.add_argument("--beta-start", type=float)
+    s.add_argument("--beta-end", type=float)
+    s.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
+    s.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
+    s.add_argument("--out", required=True, help="output folder (must be new or empty)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    s.add_argument("--save-raw", action="store_true", help="also write trajectory.npz (float32 xt, x0, t)")
+    s.add_argument("--scale-images", dest="image_scale", type=int, default=1, help="nearest-neighbour upscale of PNGs")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_sample)
+
+    sub.add_parser("samplers", help="list the samplers").set_defaults(func=cmd_samplers)
+
+    i = sub.add_parser("info", help="describe a model: resolution, channels, classes, prediction type, schedule")
+    i.add_argument("model")
+    i.add_argument("--device", default="cpu")
+    i.add_argument("--allow-pickle", action="store_true", help="allow .bin/.ckpt weights (torch.load weights_only)")
+    i.set_defaults(func=cmd_info)
+
+    g = sub.add_parser("gui", help="open the window (the same as `studio` with no arguments)")
+    g.add_argument("--model")
+    g.set_defaults(func=cmd_gui)
+
+    try:
+        from .training import cli_train
+
+        cli_train.add_dataset_parser(sub)
+        cli_train.add_train_parser(sub)
+    except (ImportError, AttributeError):
+        pass
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        return cmd_gui(args)
+    from .core.loading import ModelLoadError
+    from .core.records import SamplingError
+    from .session.output import OutputError
+    from .session.recipe import RecipeError
+
+    try:
+        return int(args.func(args) or 0)
+    except (ModelLoadError, RecipeError, SamplingError, OutputError) as e:
+        _err(str(e))
+        return 2
+    except KeyboardInterrupt:
+        _err("interrupted; nothing was written")
+        return 130
+    except MemoryError:
+        _err("out of memory; lower --batch or the image size")
+        return 1
+    except (ValueError, OSError) as e:
+        msg = str(e).splitlines()[0] if str(e) else e.__class__.__name__
+        _err(msg)
+        return 2
+    except RuntimeError as e:
+        msg = str(e).splitlines()[0] if str(e) else e.__class__.__name__
+        if "out of memory" in msg.lower():
+            msg = "out of memory; lower --batch or use a smaller dtype"
+        _err(msg)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,409 @@
+"""Exporting what a run showed: frame sequences, animations, contact sheets, final images, comparisons.
+
+Qt-free. Every export is atomic (written to a temporary file or folder in the
+destination folder, then moved into place with ``os.replace``), refuses to
+overwrite unless ``overwrite=True``, writes the recipe beside the export
+(``recipe.json`` inside a frame folder, ``<name>.recipe.json`` beside a file),
+and embeds the recipe JSON in every PNG as a ``recipe`` text chunk. Failures
+raise a one-line ``ExportError`` and leave nothing behind.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from PIL.PngImagePlugin import PngInfo
+
+from .frames import make_grid
+from .recipe import Recipe, RecipeError
+
+WHICH = ("xt", "x0", "both")
+ANIMATION_SUFFIXES = {".gif": "GIF", ".png": "PNG", ".apng": "PNG", ".mp4": "MP4"}
+BG = (24, 24, 28)
+FG = (230, 230, 235)
+
+
+class ExportError(RuntimeError):
+    """An export that could not be written; the message is one line naming the path and the problem."""
+
+
+def mp4_available() -> bool:
+    """MP4 needs imageio's ffmpeg plugin (``pip install imageio-ffmpeg``)."""
+    try:
+        import imageio_ffmpeg  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# -- reading recipes back -------------------------------------------------------
+def read_recipe(path: str | os.PathLike) -> Recipe:
+    """A recipe from a ``.json`` file or from the ``recipe`` text chunk of an exported PNG."""
+    p = Path(path)
+    if p.suffix.lower() in (".png", ".apng"):
+        try:
+            with Image.open(p) as im:
+                text = getattr(im, "text", {}).get("recipe") or im.info.get("recipe")
+        except OSError as e:
+            raise RecipeError(f"{p}: cannot read image ({e})") from None
+        if not text:
+            raise RecipeError(f"{p}: this PNG carries no recipe (it was not exported by the studio)")
+        try:
+            return Recipe.from_json(text)
+        except RecipeError as e:
+            raise RecipeError(f"{p}: {e}") from None
+    return Recipe.load(p)
+
+
+# -- pixels ---------------------------------------------------------------------
+def upscale(img: np.ndarray, scale: int) -> np.ndarray:
+    """Pixel-exact nearest-neighbour enlargement by an integer factor."""
+    scale = max(1, int(scale))
+    return img if scale == 1 else np.repeat(np.repeat(img, scale, axis=0), scale, axis=1)
+
+
+def _font(size: int = 12):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # very old Pillow: bitmap font only
+        return ImageFont.load_default()
+
+
+def _captioned(img: np.ndarray, text: str, size: int = 12) -> np.ndarray:
+    """``img`` with a dark caption strip above it."""
+    h = size + 8
+    out = Image.new("RGB", (max(img.shape[1], 8), img.shape[0] + h), BG)
+    out.paste(Image.fromarray(img), (0, h))
+    ImageDraw.Draw(out).text((4, 3), text, fill=FG, font=_font(size))
+    return np.asarray(out)
+
+
+def hstack(images: Sequence[np.ndarray], gap: int = 6) -> np.ndarray:
+    h = max(i.shape[0] for i in images)
+    parts = []
+    for k, im in enumerate(images):
+        if im.shape[0] < h:
+            im = np.concatenate([im, np.full((h - im.shape[0], im.shape[1], 3), BG, np.uint8)])
+        if k:
+            parts.append(np.full((h, gap, 3), BG, np.uint8))
+        parts.append(im)
+    return np.concatenate(parts, axis=1)
+
+
+def vstack(images: Sequence[np.ndarray], gap: int = 6) -> np.ndarray:
+    w = max(i.shape[1] for i in images)
+    parts = []
+    for k, im in enumerate(images):
+        if im.shape[1] < w:
+            im = np.concatenate([im, np.full((im.shape[0], w - im.shape[1], 3), BG, np.uint8)], axis=1)
+        if k:
+            parts.append(np.full((gap, w, 3), BG, np.uint8))
+        parts.append(im)
+    return np.concatenate(parts, axis=0)
+
+
+def positions(traj) -> int:
+    """Number of x_t positions available (initial noise + completed steps)."""
+    return len(traj.meta) + 1
+
+
+def frame_grid(traj, which: str, pos: int, scale: int = 1) -> np.ndarray:
+    """The batch grid at trajectory position ``pos`` (0 = noise, k = after step k) for x_t, x̂₀ or both."""
+    if which not in WHICH:
+        raise ExportError(f"unknown frame kind {which!r}; choose xt, x0 or both")
+    xt = make_grid(traj.frame_xt(pos))
+    if which == "xt":
+        return upscale(xt, scale)
+    x0 = make_grid(traj.frame_x0(pos - 1)) if pos >= 1 else np.full_like(xt, BG[0])
+    if which == "x0":
+        return upscale(x0, scale)
+    return hstack([upscale(xt, scale), upscale(x0, scale)])
+
+
+def step_caption(traj, pos: int) -> str:
+    n = traj.steps
+    if pos == 0 or not traj.meta:
+        return f"noise  t={traj.meta[0].t:.0f}" if traj.meta else "noise"
+    m = traj.meta[pos - 1]
+    return f"step {m.index + 1}/{n}  t={max(m.t_next, 0):.0f}"
+
+
+def _frames(traj, which: str, scale: int, caption: bool, start: int = 0) -> list[np.ndarray]:
+    out = []
+    for pos in range(start, positions(traj)):
+        img = frame_grid(traj, which, pos, scale)
+        out.append(_captioned(img, step_caption(traj, pos)) if caption else img)
+    return out
+
+
+# -- atomic writing -------------------------------------------------------------
+def _check_target(path: Path, overwrite: bool, extra: Sequence[Path] = ()) -> Path:
+    if not path.name or path.name in (".", ".."):
+        raise ExportError(f"{path}: give a file name")
+    if "\x00" in str(path):
+        raise ExportError(f"{path!r}: the name contains a NUL character")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.exists():
+        raise ExportError(f"{parent}: the folder does not exist")
+    if not parent.is_dir():
+        raise ExportError(f"{parent}: not a folder")
+    if not overwrite:
+        for p in (path, *extra):
+            if p.exists():
+                raise ExportError(f"{p}: already exists; choose another name or allow overwriting")
+    return parent
+
+
+def _oserror(path: Path, e: BaseException) -> ExportError:
+    reason = getattr(e, "strerror", None) or (str(e).splitlines()[0] if str(e) else e.__class__.__name__)
+    return ExportError(f"{path}: cannot write ({reason})")
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".recipe.json")
+
+
+def _recipe_json(recipe) -> str:
+    return recipe.to_json() if recipe is not None else "{}"
+
+
+def _write_files(writers: dict[Path, Callable[[str], None]], overwrite: bool) -> None:
+    """Write each target through a temp file in its folder, then move them all into place."""
+    targets = list(writers)
+    parent = _check_target(targets[0], overwrite, targets[1:])
+    temps: dict[Path, str] = {}
+    try:
+        for target, write in writers.items():
+            fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{target.name}.", suffix=".part")
+            os.close(fd)
+            temps[target] = tmp
+            write(tmp)
+        for target, tmp in temps.items():
+            os.replace(tmp, target)
+    except ExportError:
+        _cleanup(temps.values())
+        raise
+    except (OSError, ValueError) as e:
+        _cleanup(temps.values())
+        raise _oserror(targets[0], e) from None
+
+
+def _cleanup(paths) -> None:
+    for p in paths:
+        try:
+            os.unlink(p)
+        except OSError:
+            pass
+
+
+def _png_info(recipe) -> PngInfo:
+    info = PngInfo()
+    if recipe is not None:
+        info.add_text("recipe", recipe.to_json())
+    return info
+
+
+def _save_png(img: np.ndarray, path: str, recipe) -> None:
+    Image.fromarray(img).save(path, format="PNG", pnginfo=_png_info(recipe))
+
+
+def _write_text(text: str) -> Callable[[str], None]:
+    def write(path: str) -> None:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    return write
+
+
+# -- exports ----------------------------------------------------------------------
+def export_frames(traj, folder: str | os.PathLike, which: str = "both", scale: int = 1,
+                  overwrite: bool = False) -> Path:
+    """Numbered PNG frames (``xt_0000.png`` … position 0 = noise; ``x0_0001.png`` … per step) and recipe.json."""
+    folder = Path(folder)
+    parent = _check_target(folder, overwrite)
+    kinds = ("xt", "x0") if which == "both" else (which,)
+    if any(k not in ("xt", "x0") for k in kinds):
+        raise ExportError(f"unknown frame kind {which!r}; choose xt, x0 or both")
+    recipe = traj.recipe
+    try:
+        tmp = tempfile.mkdtemp(dir=parent, prefix=f".{folder.name}.", suffix=".part")
+    except OSError as e:
+        raise _oserror(folder, e) from None
+    backup = None
+    try:
+        for kind in kinds:
+            for pos in range(0 if kind == "xt" else 1, positions(traj)):
+                _save_png(frame_grid(traj, kind, pos, scale), os.path.join(tmp, f"{kind}_{pos:04d}.png"), recipe)
+        _write_text(_recipe_json(recipe))(os.path.join(tmp, "recipe.json"))
+        if folder.exists():
+            backup = tempfile.mkdtemp(dir=parent, prefix=f".{folder.name}.", suffix=".old")
+            os.rmdir(backup)
+            os.replace(folder, backup)
+        os.replace(tmp, folder)
+    except (OSError, ValueError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if backup and os.path.exists(backup) and not folder.exists():
+            os.replace(backup, folder)
+        raise _oserror(folder, e) from None
+    if backup:
+        shutil.rmtree(backup, ignore_errors=True)
+    return folder
+
+
+def _animation_writer(frames: list[np.ndarray], fmt: str, fps: float, recipe) -> Callable[[str], None]:
+    duration = max(1, int(round(1000 / max(fps, 0.1))))
+
+    def write(path: str) -> None:
+        if fmt == "MP4":
+            import imageio.v3 as iio
+
+            iio.imwrite(path, np.stack(_even(frames)), extension=".mp4", fps=fps)
+            return
+        ims = [Image.fromarray(f) for f in frames]
+        kw = dict(format=fmt, save_all=True, append_images=ims[1:], duration=duration, loop=0)
+        if fmt == "PNG":
+            kw["pnginfo"] = _png_info(recipe)
+        ims[0].save(path, **kw)
+    return write
+
+
+def _even(frames: list[np.ndarray]) -> list[np.ndarray]:
+    h, w = frames[0].shape[:2]
+    return [np.pad(f, ((0, h % 2), (0, w % 2), (0, 0))) for f in frames]
+
+
+def _animation_format(path: Path) -> str:
+    fmt = ANIMATION_SUFFIXES.get(path.suffix.lower())
+    if fmt is None:
+        raise ExportError(f"{path}: unknown animation type; use .gif, .png/.apng or .mp4")
+    if fmt == "MP4" and not mp4_available():
+        raise ExportError(f"{path}: MP4 export needs imageio-ffmpeg (pip install imageio-ffmpeg); use GIF or APNG")
+    return fmt
+
+
+def export_animation(traj, path: str | os.PathLike, which: str = "x0", fps: float = 10, scale: int = 4,
+                     caption: bool = True, overwrite: bool = False) -> Path:
+    """An animated GIF, APNG (.png/.apng) or MP4 of the run (one frame per position), plus the recipe."""
+    path = Path(path)
+    fmt = _animation_format(path)
+    _check_target(path, overwrite, [_sidecar(path)])
+    frames = _frames(traj, which, scale, caption, start=1 if which == "x0" else 0)
+    if not frames:
+        raise ExportError(f"{path}: the run has no steps to export")
+    _write_files({path: _animation_writer(frames, fmt, fps, traj.recipe),
+                  _sidecar(path): _write_text(_recipe_json(traj.recipe))}, overwrite)
+    return path
+
+
+def export_contact_sheet(traj, path: str | os.PathLike, every: int = 5, scale: int = 2,
+                         overwrite: bool = False) -> Path:
+    """One PNG: x_t (top row) and x̂₀ (bottom row) at every ``every``-th position, labelled, plus the recipe."""
+    path = Path(path)
+    every = max(1, int(every))
+    n = positions(traj)
+    picks = list(range(0, n, every))
+    if picks[-1] != n - 1:
+        picks.append(n - 1)
+    cols = []
+    for pos in picks:
+        label = "noise" if pos == 0 else f"step {traj.meta[pos - 1].index + 1}"
+        xt = frame_grid(traj, "xt", pos, scale)
+        x0 = frame_grid(traj, "x0", pos, scale)
+        cols.append(vstack([_captioned(xt, label), x0]))
+    sheet = _captioned(hstack(cols), "top: x_t   bottom: predicted x0", 12)
+    _write_files({path: lambda p: _save_png(sheet, p, traj.recipe),
+                  _sidecar(path): _write_text(_recipe_json(traj.recipe))}, overwrite)
+    return path
+
+
+def export_final(traj, path: str | os.PathLike, scale: int = 1, overwrite: bool = False) -> Path:
+    """The last x_t (the sample when the run finished) as one PNG grid, plus the recipe."""
+    path = Path(path)
+    img = frame_grid(traj, "xt", positions(traj) - 1, scale)
+    _write_files({path: lambda p: _save_png(img, p, traj.recipe),
+                  _sidecar(path): _write_text(_recipe_json(traj.recipe))}, overwrite)
+    return path
+
+
+def export_recipe(recipe, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    path = Path(path)
+    _write_files({path: _write_text(_recipe_json(recipe))}, overwrite)
+    return path
+
+
+# -- comparisons ------------------------------------------------------------------
+def at_fraction(traj, fraction: float) -> int:
+    """The position nearest to ``fraction`` (0..1) of a run's planned steps, clamped to what exists."""
+    pos = int(round(min(max(fraction, 0.0), 1.0) * traj.steps))
+    return min(pos, positions(traj) - 1)
+
+
+def compare_frame(trajs: Sequence, labels: Sequence[str], fraction: float, which: str = "x0",
+                  scale: int = 4) -> np.ndarray:
+    cells = []
+    for traj, label in zip(trajs, labels):
+        pos = at_fraction(traj, fraction)
+        if which == "x0" and pos == 0:
+            pos = min(1, positions(traj) - 1)
+        cells.append(_captioned(frame_grid(traj, which, pos, scale), f"{label}  [{step_caption(traj, pos)}]", 11))
+    return hstack(cells, gap=10)
+
+
+def _compare_sidecar(trajs) -> str:
+    import json
+
+    return json.dumps({"compare": [t.recipe.to_dict() for t in trajs]}, indent=2)
+
+
+def export_compare_grid(trajs: Sequence, labels: Sequence[str], path: str | os.PathLike, which: str = "x0",
+                        fractions: Sequence[float] = (0.25, 0.5, 0.75, 1.0), scale: int = 4,
+                        overwrite: bool = False) -> Path:
+    """One labelled PNG: a row per fraction of the run, a column per configuration."""
+    path = Path(path)
+    rows = [compare_frame(trajs, labels, f, which, scale) for f in fractions]
+    img = vstack(rows, gap=10)
+    recipe = trajs[0].recipe if trajs else None
+    _write_files({path: lambda p: _save_png(img, p, recipe),
+                  _sidecar(path): _write_text(_compare_sidecar(trajs))}, overwrite)
+    return path
+
+
+def export_compare_animation(trajs: Sequence, labels: Sequence[str], path: str | os.PathLike, which: str = "x0",
+                             frames: Optional[int] = None, fps: float = 10, scale: int = 4,
+                             overwrite: bool = False) -> Path:
+    """One synchronised animation: every configuration side by side at the same fraction of its run."""
+    path = Path(path)
+    fmt = _animation_format(path)
+    n = frames or max(t.steps for t in trajs)
+    imgs = [compare_frame(trajs, labels, k / max(n, 1), which, scale) for k in range(0 if which != "x0" else 1, n + 1)]
+    _write_files({path: _animation_writer(imgs, fmt, fps, trajs[0].recipe),
+                  _sidecar(path): _write_text(_compare_sidecar(trajs))}, overwrite)
+    return path
+
+
+KINDS = {
+    "frames": "PNG frame sequence (folder)",
+    "gif": "animated GIF",
+    "apng": "animated PNG (APNG)",
+    "mp4": "MP4 video",
+    "contact": "contact sheet (every k-th step)",
+    "final": "final image (PNG)",
+}
+
+
+def export(traj, kind: str, path: str | os.PathLike, **kw) -> Path:
+    """Dispatch by kind: frames, gif, apng, mp4, contact, final."""
+    if kind == "frames":
+        return export_frames(traj, path, **{k: v for k, v in kw.items() if k in ("which", "scale", "overwrite")})
+    if kind in ("gif", "apng", "mp4"):
+        return export_animation(traj, path, **{k: v for k, v in kw.items()
+                                               if k in ("which", "fps", "scale", "caption", "overwrite")})
+    if kind == "contact":
+        return export_contact_sheet(traj, path, **{k: v for k, v in kw.items() if k in ("every", "scale", "overwrite")})
+    if kind == "final":
+        return export_final(traj, path, **{k: v for k, v in kw.items() if k in ("scale", "overwrite")})
+    raise ExportError(f"unknown export kind {kind!r}; choose one of {', '.join(KINDS)}")

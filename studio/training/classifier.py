@@ -1,0 +1,352 @@
+"""Noise-aware digit classifier for classifier guidance.
+
+``NoiseAwareClassifier(x_t, t)`` predicts the digit class of a *noisy* image
+``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps`` (VP scale, same linear beta
+schedule as the diffusion model) at timestep ``t`` (float; fractional values are
+allowed because the timestep embedding is sinusoidal).
+
+Saved as ``config.json`` + ``model.safetensors``; :func:`load_classifier`
+validates both and raises :class:`ValueError` with a one-line message naming the
+file and the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from . import ckpt as C
+from .dataset import load_cached, to_float
+from .unet_config import BETA_END, BETA_START, NUM_TRAIN_TIMESTEPS, alphas_cumprod
+
+ProgressFn = Callable[[int, int, float, float], None]
+
+T_RANGES = ((0, 100), (100, 300), (300, 500), (500, 700), (700, 900), (900, 1000))
+
+
+# ----------------------------------------------------------------------------- model
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of (possibly fractional) timesteps ``t`` (B,) -> (B, dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
+    args = t.float().reshape(-1, 1) * freqs.reshape(1, -1)
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, emb_dim: int, groups: int):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(min(groups, cin), cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, 2 * cout)
+        self.norm2 = nn.GroupNorm(min(groups, cout), cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x, emb):
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.emb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(F.silu(h))
+        return h + self.skip(x)
+
+
+class NoiseAwareClassifier(nn.Module):
+    """Small time-conditioned ResNet: logits (B, num_classes) for noisy x_t at timestep t."""
+
+    CLASS_NAME = "NoiseAwareClassifier"
+
+    def __init__(self, in_channels: int = 3, base_channels: int = 32,
+                 channel_mult: tuple[int, ...] = (1, 2, 4), num_res_blocks: int = 1,
+                 time_embed_dim: int = 128, norm_groups: int = 8, num_classes: int = 10,
+                 num_train_timesteps: int = NUM_TRAIN_TIMESTEPS, sample_size: int = 32):
+        super().__init__()
+        self._config = {
+            "in_channels": int(in_channels), "base_channels": int(base_channels),
+            "channel_mult": [int(m) for m in channel_mult], "num_res_blocks": int(num_res_blocks),
+            "time_embed_dim": int(time_embed_dim), "norm_groups": int(norm_groups),
+            "num_classes": int(num_classes), "num_train_timesteps": int(num_train_timesteps),
+            "sample_size": int(sample_size),
+        }
+        self.time_embed_dim = time_embed_dim
+        self.time_mlp = nn.Sequential(
+            nn.Linear(time_embed_dim, time_embed_dim), nn.SiLU(),
+            nn.Linear(time_embed_dim, time_embed_dim))
+        self.stem = nn.Conv2d(in_channels, base_channels, 3, padding=1)
+        blocks = []
+        downs = []
+        ch = base_channels
+        for i, m in enumerate(channel_mult):
+            stage = nn.ModuleList()
+            for _ in range(num_res_blocks):
+                stage.append(_ResBlock(ch, base_channels * m, time_embed_dim, norm_groups))
+                ch = base_channels * m
+            blocks.append(stage)
+            downs.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1)
+                         if i < len(channel_mult) - 1 else nn.Identity())
+        self.blocks = nn.ModuleList(blocks)
+        self.downs = nn.ModuleList(downs)
+        self.out_norm = nn.GroupNorm(min(norm_groups, ch), ch)
+        self.head = nn.Linear(ch, num_classes)
+
+    @property
+    def config(self) -> dict:
+        return {"_class_name": self.CLASS_NAME, **json.loads(json.dumps(self._config)),
+                "beta_schedule": "linear", "beta_start": BETA_START, "beta_end": BETA_END,
+                "input_scale": "VP: x_t = sqrt(abar_t) x0 + sqrt(1-abar_t) eps, x0 in [-1,1]"}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "NoiseAwareClassifier":
+        keys = ("in_channels", "base_channels", "channel_mult", "num_res_blocks",
+                "time_embed_dim", "norm_groups", "num_classes", "num_train_timesteps",
+                "sample_size")
+        return cls(**{k: config[k] for k in keys if k in config})
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if not torch.is_tensor(t):
+            t = torch.tensor(t, dtype=torch.float32)
+        t = t.to(x_t.device).float().reshape(-1)
+        if t.numel() == 1 and x_t.shape[0] != 1:
+            t = t.expand(x_t.shape[0])
+        emb = self.time_mlp(timestep_embedding(t, self.time_embed_dim).to(x_t.dtype))
+        h = self.stem(x_t)
+        for stage, down in zip(self.blocks, self.downs):
+            for blk in stage:
+                h = blk(h, emb)
+            h = down(h)
+        h = F.silu(self.out_norm(h)).mean(dim=(2, 3))
+        return self.head(h)
+
+
+# ----------------------------------------------------------------------------- save / load
+def save_module(model: nn.Module, directory, extra: dict | None = None) -> Path:
+    """Write ``directory/config.json`` (``model.config`` + ``extra``) and
+    ``directory/model.safetensors``."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    cfg = dict(model.config)
+    if extra:
+        cfg.update(extra)
+    save_file(C.state_to_cpu(model.state_dict()), str(d / "model.safetensors"))
+    (d / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    return d
+
+
+def load_module(directory, cls):
+    """Validate and load a module saved by :func:`save_module`. Raises ``ValueError``."""
+    d = Path(directory)
+    cfg_path = d / "config.json"
+    w_path = d / "model.safetensors"
+    if not cfg_path.is_file():
+        raise ValueError(f"{cfg_path}: file not found")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{cfg_path}: malformed JSON ({str(e).splitlines()[0]})") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{cfg_path}: expected a JSON object")
+    if cfg.get("_class_name") != cls.CLASS_NAME:
+        raise ValueError(f"{cfg_path}: _class_name is {cfg.get('_class_name')!r}, "
+                         f"expected {cls.CLASS_NAME!r}")
+    try:
+        model = cls.from_config(cfg)
+    except (TypeError, ValueError, KeyError, ZeroDivisionError) as e:
+        raise ValueError(f"{cfg_path}: invalid architecture config "
+                         f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    if not w_path.is_file():
+        raise ValueError(f"{w_path}: file not found")
+    try:
+        sd = load_file(str(w_path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"{w_path}: not a valid safetensors file ({msg})") from None
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing[:3]}{'...' if len(missing) > 3 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}")
+        raise ValueError(f"{w_path}: does not match config.json: " + "; ".join(parts))
+    for k, v in expected.items():
+        if tuple(sd[k].shape) != tuple(v.shape):
+            raise ValueError(f"{w_path}: shape mismatch for {k}: file {tuple(sd[k].shape)}, "
+                             f"config expects {tuple(v.shape)}")
+    model.load_state_dict({k: sd[k].to(v.dtype) for k, v in expected.items()})
+    model.eval()
+    return model
+
+
+def save_classifier(model: NoiseAwareClassifier, directory, extra: dict | None = None) -> Path:
+    return save_module(model, directory, extra)
+
+
+def load_classifier(directory) -> NoiseAwareClassifier:
+    return load_module(directory, NoiseAwareClassifier)
+
+
+# ----------------------------------------------------------------------------- training
+def noisy_batch(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, ac: torch.Tensor):
+    a = ac[t].view(-1, 1, 1, 1)
+    return a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+
+def cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    p = (step - warmup) / max(1, total - warmup)
+    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
+
+
+def train_loop(model: nn.Module, out_dir, steps: int, batch_size: int, seed: int, lr: float,
+               loss_fn, checkpoint_every: int, resume: bool, progress: ProgressFn | None,
+               time_limit_s: float | None, warmup_steps: int, weight_decay: float,
+               extra_state: dict, log_every: int = 10, keep_checkpoints: int = 2):
+    """Generic resumable AdamW/cosine loop. ``loss_fn(model, rng, gen) -> loss tensor``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    start_step, train_seconds = 0, 0.0
+    ck = C.latest_checkpoint(out_dir) if resume else None
+    if ck is not None:
+        st = C.read_state(ck)
+        model.load_state_dict(load_file(str(ck / "model.safetensors")))
+        C.load_optimizer(opt, ck / "optimizer.safetensors", st["optimizer"])
+        C.set_numpy_rng_state(rng, st["numpy_rng"])
+        gen.set_state(load_file(str(ck / "rng.safetensors"))["torch_generator"])
+        start_step = int(st["step"])
+        train_seconds = float(st.get("train_seconds", 0.0))
+    log = C.LossLog(out_dir / "loss.csv", ["step", "loss", "lr", "train_seconds", "s_per_it"],
+                    start_step if ck is not None else None)
+
+    def save(step):
+        p = C.write_checkpoint(out_dir, step, {"model.safetensors": model.state_dict()}, opt,
+                               {"numpy_rng": C.numpy_rng_state(rng), "train_seconds": train_seconds,
+                                "seed": seed, "batch_size": batch_size, "lr": lr,
+                                "config": model.config, **extra_state},
+                               keep=keep_checkpoints)
+        save_file({"torch_generator": gen.get_state()}, str(p / "rng.safetensors"))
+        return p
+
+    model.train()
+    step = start_step
+    t_start = time.time()
+    recent: list[tuple[float, float]] = []
+    stopped_early = False
+    while step < steps:
+        if time_limit_s is not None and time.time() - t_start > time_limit_s:
+            stopped_early = True
+            break
+        t0 = time.time()
+        cur = cosine_lr(step, steps, lr, warmup_steps)
+        for g in opt.param_groups:
+            g["lr"] = cur
+        loss = loss_fn(model, rng, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        dt = time.time() - t0
+        train_seconds += dt
+        recent.append((loss.item(), dt))
+        recent = recent[-50:]
+        spi = sum(r[1] for r in recent) / len(recent)
+        lmean = sum(r[0] for r in recent[-log_every:]) / len(recent[-log_every:])
+        if step % log_every == 0 or step == steps:
+            log.write(step=step, loss=f"{lmean:.6f}", lr=f"{cur:.3g}",
+                      train_seconds=f"{train_seconds:.1f}", s_per_it=f"{spi:.4f}")
+        if progress is not None:
+            progress(step, steps, lmean, spi * (steps - step))
+        if checkpoint_every and step % checkpoint_every == 0 and step < steps:
+            save(step)
+    log.close()
+    final = save(step) if (step > start_step or ck is None) else ck
+    model.eval()
+    return {"step": step, "target_steps": steps, "stopped_early": stopped_early,
+            "train_seconds_total": round(train_seconds, 1),
+            "s_per_it_mean": round(train_seconds / step, 4) if step else None,
+            "recent_loss_mean": (sum(r[0] for r in recent) / len(recent)) if recent else None,
+            "checkpoint": str(final)}
+
+
+@torch.no_grad()
+def noisy_accuracy(model: NoiseAwareClassifier, images: np.ndarray, labels: np.ndarray,
+                   seed: int = 123, t_ranges=T_RANGES, batch: int = 500) -> dict:
+    """Accuracy on held-out images noised at t drawn uniformly inside each range."""
+    model.eval()
+    ac = alphas_cumprod().float()
+    g = torch.Generator().manual_seed(seed)
+    res = {}
+    y_all = torch.from_numpy(labels)
+    for lo, hi in t_ranges:
+        correct = 0
+        for i in range(0, len(images), batch):
+            x0 = to_float(images[i:i + batch])
+            t = torch.randint(lo, hi, (x0.shape[0],), generator=g)
+            xt = noisy_batch(x0, t, torch.randn(x0.shape, generator=g), ac)
+            pred = model(xt, t.float()).argmax(1)
+            correct += (pred == y_all[i:i + batch]).sum().item()
+        res[f"{lo}-{hi - 1}"] = round(correct / len(images), 4)
+    return res
+
+
+CLASSIFIER_DEFAULT = {"base_channels": 32, "channel_mult": (1, 2, 4), "num_res_blocks": 1,
+                      "time_embed_dim": 128, "norm_groups": 8}
+
+
+def train_classifier(out_dir, steps: int = 3000, batch_size: int = 128, seed: int = 1,
+                     lr: float = 1e-3, checkpoint_every: int = 300, resume: bool = True,
+                     progress: ProgressFn | None = None, dataset_cache=None,
+                     dataset_n: int = 60000, dataset_seed: int = 0, model_config: dict | None = None,
+                     time_limit_s: float | None = None, warmup_steps: int = 100,
+                     weight_decay: float = 1e-4, eval_n: int = 2000, eval_seed: int = 1001,
+                     export: bool = True) -> dict:
+    """Train the noise-aware classifier; exports to ``out_dir/final`` (config.json +
+    model.safetensors) and writes ``out_dir/summary.json`` with noisy accuracy per t-range."""
+    out_dir = Path(out_dir)
+    images, labels = load_cached(dataset_cache, dataset_n, dataset_seed)
+    torch.manual_seed(seed)
+    model = NoiseAwareClassifier(**(model_config or CLASSIFIER_DEFAULT))
+    ac = alphas_cumprod().float()
+    T = ac.shape[0]
+
+    def loss_fn(m, rng, gen):
+        idx = rng.integers(0, images.shape[0], size=batch_size)
+        x0 = to_float(images[idx])
+        y = torch.from_numpy(labels[idx].copy())
+        t = torch.randint(0, T, (batch_size,), generator=gen)
+        xt = noisy_batch(x0, t, torch.randn(x0.shape, generator=gen), ac)
+        return F.cross_entropy(m(xt, t.float()), y)
+
+    summary = train_loop(model, out_dir, steps, batch_size, seed, lr, loss_fn, checkpoint_every,
+                         resume, progress, time_limit_s, warmup_steps, weight_decay,
+                         {"dataset_n": dataset_n, "dataset_seed": dataset_seed})
+    if eval_n:
+        ev_images, ev_labels = load_cached(dataset_cache, eval_n, eval_seed)
+        summary["noisy_accuracy"] = noisy_accuracy(model, ev_images, ev_labels)
+        summary["eval"] = {"n": eval_n, "dataset_seed": eval_seed}
+    summary["params"] = sum(p.numel() for p in model.parameters())
+    if export:
+        save_classifier(model, out_dir / "final",
+                        {"noisy_accuracy": summary.get("noisy_accuracy"), "train_steps": summary["step"]})
+        summary["export"] = str(out_dir / "final")
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary

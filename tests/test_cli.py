@@ -1,0 +1,144 @@
+"""The `studio` command, run as a real subprocess and in-process."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from studio.cli import main
+
+
+def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "studio", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_samplers_lists_every_sampler_with_a_description():
+    from studio.core.samplers import SAMPLERS
+
+    r = run_cli("samplers")
+    assert r.returncode == 0
+    lines = r.stdout.strip().splitlines()
+    assert [ln.split()[0] for ln in lines] == list(SAMPLERS)
+    assert all(len(ln.split(None, 1)[1]) > 20 for ln in lines)
+
+
+def test_info_describes_the_gmm(capsys):
+    assert main(["info", "gmm"]) == 0
+    out = capsys.readouterr().out
+    assert "16x16" in out and "disc" in out and "epsilon" in out and "linear" in out
+
+
+def test_sample_writes_frames_grid_recipe_and_raw(tmp_path):
+    out = tmp_path / "run"
+    r = run_cli("sample", "--model", "gmm", "--sampler", "ddim", "--steps", "6", "--batch", "3", "--seed", "5",
+                "--label", "1", "--guidance", "cfg", "--scale", "2.5", "--save-raw", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "steps/s" in r.stderr  # the progress bar
+    assert sorted(p.name for p in (out / "xt").iterdir()) == [f"{i:04d}.png" for i in range(7)]
+    assert sorted(p.name for p in (out / "x0").iterdir()) == [f"{i:04d}.png" for i in range(6)]
+    raw = np.load(out / "trajectory.npz")
+    assert raw["xt"].shape == (7, 3, 3, 16, 16) and raw["xt"].dtype == np.float32
+    assert raw["x0"].shape == (6, 3, 3, 16, 16)
+    assert raw["t"].shape == (6,) and np.all(np.diff(raw["t"]) < 0)
+    recipe = json.loads((out / "recipe.json").read_text())
+    assert recipe["sampler"] == "ddim" and recipe["scale"] == 2.5 and recipe["label"] == 1
+    assert recipe["versions"]["torch"]
+    img = Image.open(out / "final.png")
+    assert json.loads(img.text["recipe"])["seed"] == 5
+    # the final grid is the last x_t of the raw trajectory, quantised
+    from studio.session.frames import make_grid, to_uint8
+    import torch
+
+    expect = make_grid(to_uint8(torch.from_numpy(raw["xt"][-1])))
+    assert np.array_equal(np.asarray(img.convert("RGB")), expect)
+
+
+def test_recipe_reproduces_a_run(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(["sample", "--model", "gmm", "--sampler", "euler_a", "--steps", "5", "--seed", "11",
+                 "--quiet", "--save-raw", "--out", str(a)]) == 0
+    assert main(["sample", "--recipe", str(a / "recipe.json"), "--quiet", "--save-raw", "--out", str(b)]) == 0
+    assert np.array_equal(np.load(a / "trajectory.npz")["xt"], np.load(b / "trajectory.npz")["xt"])
+    c = tmp_path / "c"
+    assert main(["sample", "--recipe", str(a / "recipe.json"), "--seed", "12", "--quiet", "--save-raw", "--out", str(c)]) == 0
+    assert not np.array_equal(np.load(a / "trajectory.npz")["xt"][-1], np.load(c / "trajectory.npz")["xt"][-1])
+
+
+def test_init_noise_is_used_as_x_T_and_travels_with_the_recipe(tmp_path):
+    noise = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    np.save(tmp_path / "n.npy", noise)
+    out = tmp_path / "o"
+    assert main(["sample", "--model", "gmm", "--steps", "4", "--init-noise", str(tmp_path / "n.npy"),
+                 "--quiet", "--save-raw", "--out", str(out)]) == 0
+    raw = np.load(out / "trajectory.npz")
+    assert np.array_equal(raw["xt"][0], noise)
+    (tmp_path / "n.npy").unlink()  # the output folder is self-contained
+    out2 = tmp_path / "o2"
+    assert main(["sample", "--recipe", str(out / "recipe.json"), "--quiet", "--save-raw", "--out", str(out2)]) == 0
+    assert np.array_equal(np.load(out2 / "trajectory.npz")["xt"], raw["xt"])
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--model", "/no/such/model"], "no such folder"),
+        (["--model", "gmm", "--guidance", "cfg", "--scale", "nan", "--label", "1"], "finite"),
+        (["--model", "gmm", "--guidance", "cfg", "--scale", "inf", "--label", "1"], "finite"),
+        (["--model", "gmm", "--guidance", "classifier", "--scale", "-2", "--label", "1"], "≥ 0"),
+        (["--model", "gmm", "--label", "9"], "out of range"),
+        (["--model", "gmm", "--steps", "0"], "steps"),
+        (["--model", "gmm", "--steps", "5000"], "cannot exceed"),
+        (["--model", "gmm", "--eta", "1.5"], "eta"),
+        (["--model", "gmm", "--device", "cuda:0"], "cuda"),
+        (["--model", "gmm", "--guidance", "cfg"], "label"),
+        (["--model", "gmm", "--sampler", "ddim", "--karras"], "Karras"),
+        (["--model", "gmm", "--guidance-interval", "0.8", "0.2", "--guidance", "cfg", "--label", "0"], "interval"),
+    ],
+)
+def test_bad_input_is_one_line_on_stderr_and_nothing_is_written(tmp_path, args, needle):
+    out = tmp_path / "out"
+    r = run_cli("sample", "--steps", "3", *args, "--out", str(out)) if "--steps" not in args else run_cli(
+        "sample", *args, "--out", str(out))
+    assert r.returncode != 0
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert lines and lines[-1].startswith("studio: error:"), r.stderr
+    assert needle in lines[-1]
+    assert "Traceback" not in r.stderr
+    assert not out.exists()
+    assert not any(p.name.startswith(".out") for p in tmp_path.iterdir())
+
+
+def test_existing_output_folder_is_not_overwritten_without_asking(tmp_path):
+    out = tmp_path / "keep"
+    out.mkdir()
+    (out / "mine.txt").write_text("precious")
+    r = run_cli("sample", "--model", "gmm", "--steps", "2", "--out", str(out))
+    assert r.returncode == 2 and "--overwrite" in r.stderr
+    assert (out / "mine.txt").read_text() == "precious"
+    assert main(["sample", "--model", "gmm", "--steps", "2", "--quiet", "--overwrite", "--out", str(out)]) == 0
+    assert (out / "final.png").exists() and not (out / "mine.txt").exists()
+
+
+def test_unwritable_output_gives_one_line_and_leaves_nothing(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    r = run_cli("sample", "--model", "gmm", "--steps", "2", "--out", str(blocker / "x"))
+    assert r.returncode == 2
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("studio: error:") and "a-file" in last and "Traceback" not in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+def test_bad_recipe_file_is_refused(tmp_path):
+    p = tmp_path / "r.json"
+    p.write_text('{"sampler": "warp_drive"}')
+    r = run_cli("sample", "--recipe", str(p), "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "unknown sampler" in r.stderr and "Traceback" not in r.stderr
+    p.write_text("{not json")
+    r = run_cli("sample", "--recipe", str(p), "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "not valid JSON" in r.stderr

@@ -1,0 +1,216 @@
+"""Tests for studio.training: dataset, trainers (tiny configs), save/load."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from studio.training import dataset as D
+from studio.training.classifier import (NoiseAwareClassifier, load_classifier, save_classifier,
+                                        train_classifier)
+from studio.training.diffusion import export_checkpoint, fixed_batch_loss, train_diffusion
+from studio.training.evaluator import DigitEvaluator, load_evaluator, save_evaluator, train_evaluator
+from studio.training.unet_config import TINY_UNET_CONFIG, make_unet
+
+TINY_CLF = dict(base_channels=8, channel_mult=(1, 2), time_embed_dim=32, norm_groups=4)
+TINY_EVAL = dict(widths=(8, 16), feature_dim=16)
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(min(2, old))
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+# ----------------------------------------------------------------------------- dataset
+def test_dataset_deterministic_for_seed():
+    a_img, a_lab = D.make_dataset(40, seed=7)
+    b_img, b_lab = D.make_dataset(40, seed=7)
+    c_img, c_lab = D.make_dataset(40, seed=8)
+    assert np.array_equal(a_img, b_img) and np.array_equal(a_lab, b_lab)
+    assert not np.array_equal(a_img, c_img)
+    rng1, rng2 = np.random.default_rng(3), np.random.default_rng(3)
+    assert np.array_equal(D.render_digit(5, rng1), D.render_digit(5, rng2))
+
+
+def test_dataset_values_and_labels():
+    images, labels = D.make_dataset(200, seed=0)
+    assert images.shape == (200, 32, 32, 3) and images.dtype == np.uint8
+    assert labels.shape == (200,) and labels.dtype == np.int64
+    assert labels.min() >= 0 and labels.max() <= 9
+    counts = np.bincount(labels, minlength=10)
+    assert counts.min() >= 15 and counts.max() <= 25  # balanced-ish
+    per_image_std = images.reshape(200, -1).std(axis=1)
+    assert (per_image_std > 10).all()  # no constant images
+    # the float view is in [-1, 1]
+    x = D.to_float(images[:4])
+    assert x.shape == (4, 3, 32, 32) and x.min() >= -1 and x.max() <= 1
+
+
+def test_every_font_renders_every_digit():
+    for font in D.FONT_NAMES:
+        for label in range(10):
+            g = D._glyph(label, font, 0)
+            assert g.size[0] > 5 and g.size[1] > 20, (font, label)
+
+
+def test_write_dataset_reads_back(tmp_path):
+    out = D.write_dataset(tmp_path / "ds", 12, seed=3)
+    files = sorted(p.name for p in (out / "images").iterdir())
+    assert files[0] == "000000.png" and len(files) == 12
+    with open(out / "labels.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0].keys()) == ["file", "label"] and len(rows) == 12
+    images, labels = D.read_dataset(out)
+    ref_img, ref_lab = D.make_dataset(12, seed=3)
+    assert np.array_equal(images, ref_img) and np.array_equal(labels, ref_lab)
+
+
+def test_dataset_cache_roundtrip(tmp_path):
+    a = D.load_cached(tmp_path, 20, 4)
+    assert len(list(tmp_path.glob("*.npz"))) == 1
+    b = D.load_cached(tmp_path, 20, 4)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+# ----------------------------------------------------------------------------- diffusion
+def test_diffusion_tiny_trains_checkpoints_and_resumes(tmp_path, cache):
+    out = tmp_path / "diff"
+    kw = dict(batch_size=8, seed=0, lr=3e-3, checkpoint_every=15, dataset_cache=cache,
+              dataset_n=64, unet_config=TINY_UNET_CONFIG, warmup_steps=1, grid_per_class=1,
+              grid_steps=2)
+    images, labels = D.load_cached(cache, 64, 0)
+    x0, y = D.to_float(images[:16]), torch.from_numpy(labels[:16])
+    torch.manual_seed(0)
+    before = fixed_batch_loss(make_unet(TINY_UNET_CONFIG), x0, y)
+
+    s1 = train_diffusion(out, steps=30, **kw)
+    assert s1["step"] == 30
+    ck = out / "checkpoints" / "step_000030"
+    for name in ("model.safetensors", "ema.safetensors", "optimizer.safetensors",
+                 "rng.safetensors", "state.json", "samples.png"):
+        assert (ck / name).is_file(), name
+    assert (out / "samples" / "step_000015.png").is_file()
+    final = out / "final"
+    assert {"config.json", "diffusion_pytorch_model.safetensors",
+            "scheduler_config.json"} <= {p.name for p in final.iterdir()}
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    m = UNet2DModel.from_pretrained(str(final))
+    assert m.config.num_class_embeds == 11
+    assert DDPMScheduler.from_pretrained(str(final)).config.prediction_type == "epsilon"
+    raw = make_unet(TINY_UNET_CONFIG)
+    from safetensors.torch import load_file
+
+    raw.load_state_dict(load_file(str(ck / "model.safetensors")))
+    after = fixed_batch_loss(raw, x0, y)
+    assert after < before
+
+    # resume continues from step 30, not from 0
+    s2 = train_diffusion(out, steps=36, **kw)
+    assert s2["step"] == 36
+    with open(out / "loss.csv", newline="") as f:
+        steps = [int(r["step"]) for r in csv.DictReader(f)]
+    assert steps == sorted(steps) and steps[-1] == 36 and steps.count(30) == 1
+    assert json.loads((out / "checkpoints" / "step_000036" / "state.json").read_text())["step"] == 36
+    # an explicit export of a checkpoint works too
+    export_checkpoint(out / "checkpoints" / "step_000036", tmp_path / "exp")
+    assert (tmp_path / "exp" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_diffusion_resume_is_exact(tmp_path, cache):
+    """30 straight steps == 15 steps + resume to 30 (same weights)."""
+    kw = dict(batch_size=4, seed=1, lr=1e-3, checkpoint_every=0, dataset_cache=cache,
+              dataset_n=64, unet_config=TINY_UNET_CONFIG, warmup_steps=1, grid_per_class=1,
+              grid_steps=1, export=False)
+    train_diffusion(tmp_path / "a", steps=20, **kw)
+    train_diffusion(tmp_path / "b", steps=10, **kw)
+    train_diffusion(tmp_path / "b", steps=20, **kw)
+    from safetensors.torch import load_file
+
+    a = load_file(str(tmp_path / "a/checkpoints/step_000020/model.safetensors"))
+    b = load_file(str(tmp_path / "b/checkpoints/step_000020/model.safetensors"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+# ----------------------------------------------------------------------------- classifier
+def test_classifier_tiny_trains_and_resumes(tmp_path, cache):
+    out = tmp_path / "clf"
+    kw = dict(batch_size=16, seed=0, lr=3e-3, checkpoint_every=20, dataset_cache=cache,
+              dataset_n=64, model_config=TINY_CLF, eval_n=20, warmup_steps=1)
+    s1 = train_classifier(out, steps=40, **kw)
+    assert s1["step"] == 40 and (out / "checkpoints" / "step_000040" / "model.safetensors").is_file()
+    with open(out / "loss.csv", newline="") as f:
+        losses = [float(r["loss"]) for r in csv.DictReader(f)]
+    assert losses[-1] < losses[0]
+    assert set(s1["noisy_accuracy"]) == {"0-99", "100-299", "300-499", "500-699", "700-899", "900-999"}
+    s2 = train_classifier(out, steps=50, **kw)
+    assert s2["step"] == 50
+    m = load_classifier(out / "final")
+    assert isinstance(m, NoiseAwareClassifier)
+
+
+def test_classifier_roundtrip_and_fractional_t(tmp_path):
+    torch.manual_seed(0)
+    m = NoiseAwareClassifier(**TINY_CLF).eval()
+    save_classifier(m, tmp_path / "c")
+    cfg = json.loads((tmp_path / "c" / "config.json").read_text())
+    assert cfg["_class_name"] == "NoiseAwareClassifier"
+    assert cfg["num_classes"] == 10 and cfg["num_train_timesteps"] == 1000
+    m2 = load_classifier(tmp_path / "c")
+    x = torch.randn(3, 3, 32, 32)
+    t = torch.tensor([0.0, 250.5, 999.0])
+    with torch.no_grad():
+        out1, out2 = m(x, t), m2(x, t)
+    assert out1.shape == (3, 10) and torch.equal(out1, out2)
+    assert NoiseAwareClassifier.from_config(m.config).config == m.config
+
+
+def test_load_classifier_errors(tmp_path):
+    m = NoiseAwareClassifier(**TINY_CLF)
+    d = save_classifier(m, tmp_path / "c")
+    w = d / "model.safetensors"
+    data = w.read_bytes()
+    w.write_bytes(data[: len(data) // 2])  # truncated
+    with pytest.raises(ValueError, match="model.safetensors"):
+        load_classifier(d)
+    w.unlink()
+    with pytest.raises(ValueError, match="not found"):
+        load_classifier(d)
+    # shape mismatch: weights of a different architecture
+    save_classifier(NoiseAwareClassifier(**{**TINY_CLF, "base_channels": 16}), tmp_path / "other")
+    (tmp_path / "other" / "model.safetensors").replace(w)
+    with pytest.raises(ValueError, match="model.safetensors"):
+        load_classifier(d)
+    (d / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="config.json"):
+        load_classifier(d)
+
+
+# ----------------------------------------------------------------------------- evaluator
+def test_evaluator_tiny_and_roundtrip(tmp_path, cache):
+    out = tmp_path / "ev"
+    s = train_evaluator(out, steps=30, batch_size=16, lr=3e-3, dataset_cache=cache,
+                        dataset_n=64, test_n=20, model_config=TINY_EVAL, checkpoint_every=0,
+                        warmup_steps=1)
+    assert s["step"] == 30 and 0.0 <= s["test_accuracy"] <= 1.0
+    m = load_evaluator(out / "final")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert m.features(x).shape == (2, 16) and m.logits(x).shape == (2, 10)
+    m2 = DigitEvaluator(**TINY_EVAL).eval()
+    save_evaluator(m2, tmp_path / "e2")
+    m3 = load_evaluator(tmp_path / "e2")
+    with torch.no_grad():
+        assert torch.equal(m2(x), m3(x))
