@@ -1,0 +1,79 @@
+"""Launch the studio window: ``studio-gui``, ``python -m studio.gui``."""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+ICON = Path(__file__).resolve().parents[2] / "assets" / "icons" / "sampling-studio.png"
+
+
+def dark_palette(app) -> None:
+    from PySide6.QtGui import QColor, QPalette
+
+    app.setStyle("Fusion")
+    p = QPalette()
+    base, window, text = QColor(37, 37, 42), QColor(45, 45, 51), QColor(225, 225, 230)
+    p.setColor(QPalette.ColorRole.Window, window)
+    p.setColor(QPalette.ColorRole.WindowText, text)
+    p.setColor(QPalette.ColorRole.Base, base)
+    p.setColor(QPalette.ColorRole.AlternateBase, window)
+    p.setColor(QPalette.ColorRole.ToolTipBase, QColor(60, 60, 68))
+    p.setColor(QPalette.ColorRole.ToolTipText, text)
+    p.setColor(QPalette.ColorRole.Text, text)
+    p.setColor(QPalette.ColorRole.Button, QColor(55, 55, 62))
+    p.setColor(QPalette.ColorRole.ButtonText, text)
+    p.setColor(QPalette.ColorRole.Highlight, QColor(70, 130, 220))
+    p.setColor(QPalette.ColorRole.HighlightedText, QColor(255, 255, 255))
+    p.setColor(QPalette.ColorRole.PlaceholderText, QColor(140, 140, 150))
+    for role in (QPalette.ColorRole.Text, QPalette.ColorRole.ButtonText, QPalette.ColorRole.WindowText):
+        p.setColor(QPalette.ColorGroup.Disabled, role, QColor(120, 120, 128))
+    app.setPalette(p)
+
+
+def make_app(argv: Optional[Sequence[str]] = None):
+    from PySide6.QtGui import QIcon
+    from PySide6.QtWidgets import QApplication
+
+    app = QApplication.instance() or QApplication(list(argv or sys.argv[:1]))
+    app.setOrganizationName("SamplingStudio")
+    app.setApplicationName("Sampling Studio")
+    app.setDesktopFileName("sampling-studio")
+    if ICON.exists():
+        app.setWindowIcon(QIcon(str(ICON)))
+    dark_palette(app)
+    return app
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="studio-gui", description="Sampling Studio desktop window")
+    parser.add_argument("target", nargs="?", default=None,
+                        help="model to open (gmm, default or a diffusers model folder; default: the last one used), "
+                             "or a recipe (.json or an exported .png)")
+    parser.add_argument("--model", help="model to open (the same as the positional argument)")
+    parser.add_argument("--recipe", help="open a recipe (.json or exported .png) at start")
+    args = parser.parse_args(list(argv) if argv is not None else sys.argv[1:])
+    recipe = args.recipe
+    model = args.model or args.target
+    if model and Path(model).is_file():
+        recipe, model = model, None
+    app = make_app()
+    from .main_window import MainWindow
+
+    win = MainWindow(model=model)
+    if recipe:
+        win.open_recipe(recipe)
+    win.show()
+    signal.signal(signal.SIGINT, lambda *_: win.close())  # Ctrl+C in the terminal closes cleanly
+    from PySide6.QtCore import QTimer
+
+    keepalive = QTimer(interval=200)  # let Python see SIGINT while Qt's loop runs
+    keepalive.timeout.connect(lambda: None)
+    keepalive.start()
+    return app.exec()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

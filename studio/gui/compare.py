@@ -1,0 +1,284 @@
+"""Compare 2–4 configurations from the same seed and noise, side by side, scrubbed together by fraction."""
+from __future__ import annotations
+
+from typing import Optional
+
+from PySide6.QtCore import QTimer, Qt, Signal
+from PySide6.QtWidgets import (QComboBox, QDialog, QDoubleSpinBox, QFileDialog, QGridLayout, QHBoxLayout, QLabel,
+                               QPushButton, QSlider, QSpinBox, QToolButton, QVBoxLayout, QWidget)
+
+from ..core.samplers import SAMPLERS
+from ..session import export as ex
+from ..session.recipe import Recipe, RecipeError
+from ..session.runner import ModelCache
+from . import jobs
+from .canvas import ImageCanvas
+from .export_dialog import export_with_confirm
+from .worker import GeneratorWorker
+
+MAX_CONFIGS = 4
+SCRUB_TICKS = 1000
+
+
+def label_for(r: Recipe) -> str:
+    s = f"{r.sampler} · {r.steps} steps"
+    if "eta" in SAMPLERS[r.sampler].options:
+        s += f" · η={r.eta:g}"
+    if r.guidance != "none":
+        s += f" · w={r.scale:g}"
+    return s
+
+
+class ConfigRow(QWidget):
+    def __init__(self, recipe: Recipe, guided: bool, parent=None):
+        super().__init__(parent)
+        self.sampler = QComboBox()
+        for name in SAMPLERS:
+            self.sampler.addItem(name, name)
+        self.sampler.setCurrentIndex(self.sampler.findData(recipe.sampler))
+        self.steps = QSpinBox(minimum=1, maximum=1000, value=recipe.steps)
+        self.eta = QDoubleSpinBox(minimum=0.0, maximum=1.0, singleStep=0.1, value=recipe.eta)
+        self.scale = QDoubleSpinBox(minimum=0.0, maximum=1000.0, singleStep=0.5, value=recipe.scale)
+        self.scale.setEnabled(guided)
+        self.remove = QToolButton(text="✕")
+        self.remove.setToolTip("Remove this configuration")
+        lay = QHBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        for text, w in (("", self.sampler), ("steps", self.steps), ("η", self.eta), ("scale", self.scale)):
+            if text:
+                lay.addWidget(QLabel(text))
+            lay.addWidget(w)
+        lay.addStretch(1)
+        lay.addWidget(self.remove)
+        self.sampler.currentIndexChanged.connect(self._sampler_changed)
+        self._sampler_changed()
+
+    def _sampler_changed(self, *_) -> None:
+        self.eta.setEnabled("eta" in SAMPLERS[self.sampler.currentData()].options)
+
+    def apply(self, base: Recipe) -> Recipe:
+        return base.replace(sampler=self.sampler.currentData(), steps=self.steps.value(),
+                            eta=round(self.eta.value(), 4), scale=round(self.scale.value(), 4),
+                            spacing=None if self.sampler.currentData() != base.sampler else base.spacing)
+
+
+class CompareDialog(QDialog):
+    compareFinished = Signal(list)  # the trajectories, in configuration order
+
+    def __init__(self, base: Recipe, summary, parent=None):
+        super().__init__(parent)
+        self.setWindowTitle("Compare samplers — same seed, same noise")
+        self.setObjectName("compareDialog")
+        self.base = base
+        self.summary = summary
+        self.cache = ModelCache()
+        main_cache = getattr(parent, "cache", None)
+        if main_cache is not None and getattr(main_cache, "_key", None) == (base.model, base.device, base.dtype,
+                                                                              base.classifier):
+            self.cache.put(base, main_cache._model)  # reuse the open model instead of loading it again
+        self.worker: Optional[GeneratorWorker] = None
+        self.trajs: list = []
+        self.labels: list[str] = []
+        self.rows: list[ConfigRow] = []
+
+        self.rowBox = QVBoxLayout()
+        self.addButton = QPushButton("Add configuration")
+        self.addButton.clicked.connect(lambda: self.add_config())
+        self.runButton = QPushButton("Run comparison", objectName="compareRunButton")
+        self.runButton.setDefault(True)
+        self.runButton.clicked.connect(self.run)
+        self.stopButton = QPushButton("Stop")
+        self.stopButton.clicked.connect(self.stop)
+        self.stopButton.setEnabled(False)
+        self.gridButton = QPushButton("Export grid…")
+        self.gridButton.clicked.connect(lambda: self._export_dialog("png"))
+        self.gifButton = QPushButton("Export GIF…")
+        self.gifButton.clicked.connect(lambda: self._export_dialog("gif"))
+        self.which = QComboBox()
+        self.which.addItem("x̂₀", "x0")
+        self.which.addItem("x_t", "xt")
+        self.which.currentIndexChanged.connect(self.refresh)
+        self.slider = QSlider(Qt.Orientation.Horizontal, objectName="compareScrubber")
+        self.slider.setRange(0, SCRUB_TICKS)
+        self.slider.setValue(SCRUB_TICKS)
+        self.slider.valueChanged.connect(self.refresh)
+        self.fracLabel = QLabel("100 % of the run")
+        self.fracLabel.setMinimumWidth(120)
+        self.status = QLabel("Each configuration starts from the same seed and the same initial noise.")
+        self.status.setStyleSheet("color: #9a9aa6;")
+        self.canvasGrid = QGridLayout()
+        self.canvases: list[ImageCanvas] = []
+
+        buttons = QHBoxLayout()
+        for b in (self.addButton, self.runButton, self.stopButton):
+            buttons.addWidget(b)
+        buttons.addStretch(1)
+        buttons.addWidget(QLabel("show"))
+        buttons.addWidget(self.which)
+        buttons.addWidget(self.gridButton)
+        buttons.addWidget(self.gifButton)
+        scrub = QHBoxLayout()
+        scrub.addWidget(self.slider, 1)
+        scrub.addWidget(self.fracLabel)
+        lay = QVBoxLayout(self)
+        lay.addLayout(self.rowBox)
+        lay.addLayout(buttons)
+        lay.addWidget(self.status)
+        lay.addLayout(self.canvasGrid, 1)
+        lay.addLayout(scrub)
+        self._timer = QTimer(self, interval=33)
+        self._timer.timeout.connect(self.refresh)
+
+        self.add_config(base)
+        other = "euler" if base.sampler != "euler" else "ddim"
+        self.add_config(base.replace(sampler=other, spacing=None))
+        self.resize(1000, 640)
+        self._update_buttons()
+
+    # -- configurations ------------------------------------------------------------------------
+    def add_config(self, recipe: Optional[Recipe] = None) -> Optional[ConfigRow]:
+        if len(self.rows) >= MAX_CONFIGS:
+            return None
+        row = ConfigRow(recipe or self.base, self.base.guidance != "none")
+        row.remove.clicked.connect(lambda: self.remove_config(row))
+        self.rows.append(row)
+        self.rowBox.addWidget(row)
+        self._update_buttons()
+        return row
+
+    def remove_config(self, row: ConfigRow) -> None:
+        if len(self.rows) <= 2:
+            return
+        self.rows.remove(row)
+        row.setParent(None)
+        row.deleteLater()
+        self._update_buttons()
+
+    def recipes(self) -> list[Recipe]:
+        return [row.apply(self.base).validate() for row in self.rows]
+
+    def _update_buttons(self) -> None:
+        running = self.worker is not None
+        self.addButton.setEnabled(len(self.rows) < MAX_CONFIGS and not running)
+        self.runButton.setEnabled(not running)
+        self.stopButton.setEnabled(running)
+        done = bool(self.trajs) and not running
+        self.gridButton.setEnabled(done)
+        self.gifButton.setEnabled(done)
+        for row in self.rows:
+            row.remove.setEnabled(len(self.rows) > 2 and not running)
+
+    # -- running ----------------------------------------------------------------------------------
+    def run(self) -> None:
+        if self.worker is not None:
+            return
+        try:
+            recipes = self.recipes()
+        except RecipeError as e:
+            self.status.setText(f"⚠ {e}")
+            return
+        self.trajs = [None] * len(recipes)
+        self.labels = [label_for(r) for r in recipes]
+        self._make_canvases(len(recipes))
+        self.slider.setValue(SCRUB_TICKS)
+        self.status.setText("Running…")
+        w = GeneratorWorker(jobs.compare_job, self.cache, recipes)
+        w.yielded.connect(self._on_item)
+        w.finished.connect(self._finished)
+        self.worker = w
+        self._update_buttons()
+        self._timer.start()
+        w.start()
+
+    def stop(self) -> None:
+        if self.worker is not None:
+            self.worker.abort()
+
+    def _on_item(self, item) -> None:
+        if isinstance(item, jobs.Started):
+            self.trajs[item.tag] = item.trajectory
+
+    def _finished(self) -> None:
+        w, self.worker = self.worker, None
+        if w is None:
+            return
+        w.wait()
+        self._timer.stop()
+        self.trajs = [t for t in self.trajs if t is not None and len(t)]
+        if w.outcome == "done":
+            self.status.setText("Done. Scrub to compare the runs at the same fraction of their steps.")
+        elif w.outcome == "error":
+            self.status.setText(f"⚠ {w.error}")
+        else:
+            self.status.setText("Stopped.")
+        self.refresh()
+        self._update_buttons()
+        w.deleteLater()
+        self.compareFinished.emit(self.trajs)
+
+    def shutdown(self) -> None:
+        w = self.worker
+        if w is not None:
+            w.abort()
+            w.wait()
+
+    def closeEvent(self, event) -> None:  # noqa: N802
+        self.shutdown()
+        super().closeEvent(event)
+
+    def reject(self) -> None:
+        self.shutdown()
+        super().reject()
+
+    # -- display ----------------------------------------------------------------------------------
+    def _make_canvases(self, n: int) -> None:
+        for c in self.canvases:
+            c.setParent(None)
+            c.deleteLater()
+        self.canvases = []
+        for i in range(n):
+            c = ImageCanvas(self.labels[i])
+            c.setObjectName(f"compareCanvas{i}")
+            self.canvasGrid.addWidget(c, 0, i)
+            self.canvases.append(c)
+
+    @property
+    def fraction(self) -> float:
+        return self.slider.value() / SCRUB_TICKS
+
+    def positions(self) -> list[int]:
+        return [ex.at_fraction(t, self.fraction) if t is not None else 0 for t in self.trajs]
+
+    def refresh(self, *_) -> None:
+        self.fracLabel.setText(f"{self.fraction * 100:.0f} % of the run")
+        which = self.which.currentData()
+        for i, (canvas, traj) in enumerate(zip(self.canvases, self.trajs)):
+            if traj is None or len(traj.xt) == 0:
+                canvas.set_frames(None, "", "waiting…")
+                continue
+            pos = ex.at_fraction(traj, self.fraction)
+            if which == "x0":
+                pos = max(pos, 1) if len(traj.x0) else 0
+                frames = traj.frame_x0(pos - 1) if pos else None
+            else:
+                frames = traj.frame_xt(pos)
+            canvas.set_frames(frames, ex.step_caption(traj, pos), "waiting…")
+
+    # -- export -----------------------------------------------------------------------------------
+    def export_grid(self, path, overwrite: bool = False):
+        return ex.export_compare_grid(self.trajs, self.labels[:len(self.trajs)], path, which=self.which.currentData(),
+                                      overwrite=overwrite)
+
+    def export_gif(self, path, overwrite: bool = False):
+        return ex.export_compare_animation(self.trajs, self.labels[:len(self.trajs)], path,
+                                           which=self.which.currentData(), overwrite=overwrite)
+
+    def _export_dialog(self, kind: str) -> None:
+        filt = "PNG image (*.png)" if kind == "png" else "Animated GIF (*.gif)"
+        path, _ = QFileDialog.getSaveFileName(self, "Export comparison", f"compare.{kind}", filt,
+                                              options=QFileDialog.Option.DontConfirmOverwrite)
+        if not path:
+            return
+        fn = self.export_grid if kind == "png" else self.export_gif
+        if export_with_confirm(self, lambda overwrite: fn(path, overwrite=overwrite), path):
+            self.status.setText(f"Exported {path}")

@@ -1,0 +1,120 @@
+"""The export dialog: pick a format and a destination; asks before overwriting."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import Signal
+from PySide6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
+                               QLineEdit, QMessageBox, QPushButton, QSpinBox, QVBoxLayout)
+
+from ..session import export as ex
+
+SUFFIX = {"frames": "", "gif": ".gif", "apng": ".png", "mp4": ".mp4", "contact": ".png", "final": ".png"}
+DEFAULT_NAME = {"frames": "frames", "gif": "run", "apng": "run-anim", "mp4": "run", "contact": "contact-sheet",
+                "final": "final"}
+
+
+def export_with_confirm(parent, do_export, path) -> bool:
+    """Call ``do_export(overwrite)``; if the target exists, ask first. Errors become a message box."""
+    try:
+        do_export(False)
+        return True
+    except ex.ExportError as e:
+        if "already exists" not in str(e):
+            QMessageBox.warning(parent, "Export failed", str(e))
+            return False
+        answer = QMessageBox.question(parent, "Overwrite?", f"{e}.\n\nOverwrite it?",
+                                      QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+                                      QMessageBox.StandardButton.No)
+        if answer != QMessageBox.StandardButton.Yes:
+            return False
+    try:
+        do_export(True)
+        return True
+    except ex.ExportError as e:
+        QMessageBox.warning(parent, "Export failed", str(e))
+        return False
+
+
+class ExportDialog(QDialog):
+    exported = Signal(str)
+
+    def __init__(self, trajectory, parent=None, settings=None):
+        super().__init__(parent)
+        self.setWindowTitle("Export")
+        self.traj = trajectory
+        self.settings = settings
+        self.kind = QComboBox(objectName="exportKind")
+        for key, text in ex.KINDS.items():
+            self.kind.addItem(text, key)
+        if not ex.mp4_available():
+            i = self.kind.findData("mp4")
+            self.kind.model().item(i).setEnabled(False)
+            self.kind.setItemText(i, "MP4 video (needs imageio-ffmpeg)")
+        self.which = QComboBox(objectName="exportWhich")
+        for key, text in (("both", "x_t and x̂₀ side by side"), ("x0", "x̂₀ (predicted clean image)"),
+                          ("xt", "x_t (noisy state)")):
+            self.which.addItem(text, key)
+        self.scale = QSpinBox(minimum=1, maximum=32, value=4)
+        self.scale.setToolTip("Integer nearest-neighbour enlargement (pixel-exact)")
+        self.fps = QSpinBox(minimum=1, maximum=60, value=10)
+        self.every = QSpinBox(minimum=1, maximum=1000, value=max(1, len(trajectory) // 10))
+        self.every.setToolTip("Contact sheet: every k-th step")
+        folder = settings.value("export_folder", str(Path.home()), str) if settings is not None else str(Path.home())
+        self.folder = QLineEdit(folder)
+        browse = QPushButton("Browse…")
+        browse.clicked.connect(self._browse)
+        self.name = QLineEdit()
+        self.note = QLabel()
+        self.note.setWordWrap(True)
+        self.note.setStyleSheet("color: #9a9aa6;")
+        f = QFormLayout()
+        f.addRow("Format", self.kind)
+        f.addRow("Frames", self.which)
+        f.addRow("Scale", self.scale)
+        f.addRow("FPS", self.fps)
+        f.addRow("Every k-th step", self.every)
+        row = QHBoxLayout()
+        row.addWidget(self.folder, 1)
+        row.addWidget(browse)
+        f.addRow("Folder", row)
+        f.addRow("Name", self.name)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Save | QDialogButtonBox.StandardButton.Cancel)
+        buttons.accepted.connect(self._save)
+        buttons.rejected.connect(self.reject)
+        lay = QVBoxLayout(self)
+        lay.addLayout(f)
+        lay.addWidget(self.note)
+        lay.addWidget(buttons)
+        self.kind.currentIndexChanged.connect(self._kind_changed)
+        self._kind_changed()
+
+    def _kind_changed(self, *_) -> None:
+        k = self.kind.currentData()
+        self.which.setEnabled(k in ("frames", "gif", "apng", "mp4"))
+        self.fps.setEnabled(k in ("gif", "apng", "mp4"))
+        self.every.setEnabled(k == "contact")
+        self.scale.setValue(1 if k in ("frames", "final") else 4 if k != "contact" else 2)
+        self.name.setText(DEFAULT_NAME[k] + SUFFIX[k])
+        notes = {"frames": "A folder of numbered PNGs (xt_0000.png = noise) with recipe.json.",
+                 "contact": "x_t on top, x̂₀ below, every k-th step.",
+                 "mp4": "" if ex.mp4_available() else "MP4 needs imageio-ffmpeg: pip install imageio-ffmpeg"}
+        self.note.setText(notes.get(k, "") + "  Every PNG carries the recipe; a .recipe.json goes beside the file.")
+
+    def _browse(self) -> None:
+        d = QFileDialog.getExistingDirectory(self, "Export to folder", self.folder.text())
+        if d:
+            self.folder.setText(d)
+
+    def target(self) -> Path:
+        return Path(self.folder.text()).expanduser() / self.name.text().strip()
+
+    def _save(self) -> None:
+        kind, path = self.kind.currentData(), self.target()
+        kw = dict(which=self.which.currentData(), scale=self.scale.value(), fps=self.fps.value(),
+                  every=self.every.value())
+        if export_with_confirm(self, lambda overwrite: ex.export(self.traj, kind, path, overwrite=overwrite, **kw), path):
+            if self.settings is not None:
+                self.settings.setValue("export_folder", self.folder.text())
+            self.exported.emit(str(path))
+            self.accept()

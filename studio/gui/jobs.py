@@ -1,0 +1,85 @@
+"""What the worker thread runs: open a model, iterate a Run, run a comparison.
+
+These generators run off the GUI thread and hand back only plain data: uint8
+frames (numpy), StepMeta and the Trajectory object (read-only for the GUI).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+from ..core import engine
+from ..session.recipe import Recipe
+from ..session.runner import ModelCache, Run
+
+
+@dataclass
+class ModelSummary:
+    spec: str
+    info: Any  # ModelInfo
+    device: str
+    dtype: str
+    t: np.ndarray  # training timesteps 0..T-1
+    log_snr: np.ndarray
+    alpha_bar: np.ndarray
+
+
+@dataclass
+class Started:
+    tag: Any
+    trajectory: Any
+    total: int  # steps this run will take
+    plan_t: np.ndarray  # timesteps of the plan
+    summary: ModelSummary
+
+
+@dataclass
+class Step:
+    tag: Any
+    trajectory: Any
+    pos: int  # x_t position (1 = after the first step of this run)
+    xt: np.ndarray  # (B, H, W, 3) uint8
+    x0: np.ndarray
+    meta: Any  # StepMeta
+
+
+def summarize(spec: str, recipe: Recipe, model) -> ModelSummary:
+    sched = engine.schedule_for(model, recipe.schedule or None)
+    ab = sched.alphas_cumprod.double().numpy()
+    return ModelSummary(spec, model.info, str(model.device), recipe.dtype,
+                        np.arange(len(ab), dtype=np.float64), sched.log_snr(), ab)
+
+
+def load_job(cache: ModelCache, recipe: Recipe) -> ModelSummary:
+    model = cache.get(recipe)
+    return summarize(recipe.model, recipe, model)
+
+
+def run_job(cache: ModelCache, recipe: Recipe, parent=None, from_step: Optional[int] = None, tag: Any = None):
+    """Yield Started, then one Step per step; return the trajectory."""
+    model = cache.get(recipe)
+    run = Run(recipe, model=model, parent=parent, from_step=from_step)
+    traj = run.trajectory
+    try:
+        yield Started(tag, traj, run.total_steps, np.asarray(run.plan.timesteps, dtype=np.float64)[run.offset:],
+                      summarize(recipe.model, recipe, model))
+        for _ in run:
+            pos = len(traj)
+            yield Step(tag, traj, pos, traj.frame_xt(pos), traj.frame_x0(pos - 1), traj.meta[pos - 1])
+    except Exception as e:
+        traj.error = str(e)
+        raise
+    finally:
+        run.stop()
+    return traj
+
+
+def compare_job(cache: ModelCache, recipes: list[Recipe]):
+    """Run each configuration in turn from the same seed; tags are the configuration indices."""
+    out = []
+    for i, r in enumerate(recipes):
+        traj = yield from run_job(cache, r, tag=i)
+        out.append(traj)
+    return out

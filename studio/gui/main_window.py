@@ -1,0 +1,679 @@
+"""The Sampling Studio main window: sampler panel, live canvases, scrubber, plots, branch, compare, export."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, Signal
+from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtWidgets import (QFileDialog, QHBoxLayout, QLabel, QMainWindow, QMessageBox, QProgressBar, QPushButton,
+                               QScrollArea, QSplitter, QTabWidget, QVBoxLayout, QWidget)
+
+import shiboken6
+
+from ..session.recipe import Recipe, RecipeError
+from ..session.runner import ModelCache
+from . import jobs
+from .panel import OPEN_FOLDER, SamplerPanel
+from .plots import GuidancePlot, SchedulePlot
+from .view import TrajectoryView
+from .worker import GeneratorWorker
+
+ORG, APP = "SamplingStudio", "studio"
+MAX_RECENT = 8
+
+
+def open_settings() -> QSettings:
+    """The studio's settings (an INI file, so tests can redirect it with ``QSettings.setPath``)."""
+    return QSettings(QSettings.Format.IniFormat, QSettings.Scope.UserScope, ORG, APP)
+
+
+def describe(r: Recipe) -> str:
+    parts = [r.sampler, f"{r.steps} steps"]
+    if r.eta:
+        parts.append(f"η={r.eta:g}")
+    if r.karras:
+        parts.append("Karras")
+    if r.guidance != "none":
+        parts.append(f"{'CFG' if r.guidance == 'cfg' else 'classifier'} {r.scale:g}")
+    parts.append(f"seed {r.seed}")
+    return ", ".join(parts)
+
+
+class MainWindow(QMainWindow):
+    runFinished = Signal(object)  # the Trajectory of the main run (finished, stopped or failed)
+    branchFinished = Signal(object)  # the Trajectory of a branch
+    modelLoaded = Signal(object)  # jobs.ModelSummary
+    modelFailed = Signal(str)
+    errorShown = Signal(str)
+
+    def __init__(self, model: Optional[str] = None, settings: Optional[QSettings] = None, parent=None):
+        super().__init__(parent)
+        self.setWindowTitle("Sampling Studio")
+        self.setAcceptDrops(True)
+        self.settings = settings if settings is not None else open_settings()
+        self.cache = ModelCache()
+        self.model_spec: Optional[str] = None
+        self.summary: Optional[jobs.ModelSummary] = None
+        self.worker: Optional[GeneratorWorker] = None
+        self._workers: set[GeneratorWorker] = set()
+        self._pending: Optional[Callable[[], None]] = None
+        self._live_traj = None
+        self._run_t0 = 0.0
+        self._run_done = 0
+        self._run_total = 0
+        self._dialogs: list = []
+        self.trajectory = None  # the main run's trajectory
+        self._build()
+        self._restore_settings()
+        self.load_model(model or self.settings.value("model", "default", str) or "default")
+
+    # == construction ===================================================================================
+    def _build(self) -> None:
+        self.panel = SamplerPanel()
+        scroll = QScrollArea()
+        scroll.setWidget(self.panel)
+        scroll.setWidgetResizable(True)
+        scroll.setMinimumWidth(300)
+        scroll.setMaximumWidth(380)
+
+        self.runButton = self._button("Run", "runButton", "Sample with these settings (Ctrl+R)", self.run)
+        self.runButton.setDefault(True)
+        self.runButton.setStyleSheet("QPushButton:enabled { background: #2f6fd0; color: white; font-weight: bold; }")
+        self.pauseButton = self._button("Pause", "pauseButton", "Pause / resume the run (Space)", self.toggle_pause)
+        self.pauseButton.setCheckable(True)
+        self.stepOnceButton = self._button("Step", "stepOnceButton", "Advance the paused run by one step", self.step_once)
+        self.stopButton = self._button("Stop", "stopButton", "Stop the run after the current step (Esc)", self.stop)
+        self.branchButton = self._button("Continue from here", "branchButton",
+                                         "Run the rest of the chain from the scrubbed step with the panel's settings",
+                                         self.branch)
+        self.compareButton = self._button("Compare…", "compareButton",
+                                          "Run 2–4 configurations from the same noise side by side", self.compare)
+        self.exportButton = self._button("Export…", "exportButton", "Export frames, animations, sheets (Ctrl+E)",
+                                         self.export_dialog)
+        self.progress = QProgressBar(objectName="runProgress")
+        self.progress.setTextVisible(True)
+        self.progress.setFormat("%v / %m steps")
+        self.progress.setMinimumWidth(180)
+        self.rateLabel = QLabel("", objectName="rateLabel")
+        self.rateLabel.setMinimumWidth(170)
+        bar = QHBoxLayout()
+        for b in (self.runButton, self.pauseButton, self.stepOnceButton, self.stopButton):
+            bar.addWidget(b)
+        bar.addSpacing(12)
+        bar.addWidget(self.progress, 1)
+        bar.addWidget(self.rateLabel)
+        bar.addSpacing(12)
+        for b in (self.branchButton, self.compareButton, self.exportButton):
+            bar.addWidget(b)
+
+        self.errorLabel = QLabel(objectName="errorLabel")
+        self.errorLabel.setWordWrap(True)
+        self.errorLabel.setStyleSheet("background: #5a1f24; color: #ffd9dc; padding: 6px; border-radius: 4px;")
+        self.errorLabel.hide()
+        self.errorLabel.setToolTip("Click to dismiss")
+        self.errorLabel.mousePressEvent = lambda event: self.hide_error()
+
+        self.mainView = TrajectoryView()
+        self.xtCanvas, self.x0Canvas, self.scrubber = self.mainView.xtCanvas, self.mainView.x0Canvas, self.mainView.scrubber
+        self.branchTabs = QTabWidget(objectName="branchTabs")
+        self.branchTabs.setTabsClosable(True)
+        self.branchTabs.tabCloseRequested.connect(self._close_branch)
+        self.branchTabs.hide()
+        views = QSplitter(Qt.Orientation.Horizontal)
+        views.addWidget(self.mainView)
+        views.addWidget(self.branchTabs)
+        views.setChildrenCollapsible(False)
+
+        self.schedulePlot = SchedulePlot()
+        self.guidancePlot = GuidancePlot()
+        plots = QWidget()
+        pl = QHBoxLayout(plots)
+        pl.setContentsMargins(0, 0, 0, 0)
+        pl.addWidget(self.schedulePlot, 3)
+        pl.addWidget(self.guidancePlot, 2)
+        plots.setMinimumHeight(150)
+        self.vsplit = QSplitter(Qt.Orientation.Vertical)
+        self.vsplit.addWidget(views)
+        self.vsplit.addWidget(plots)
+        self.vsplit.setStretchFactor(0, 3)
+        self.vsplit.setStretchFactor(1, 1)
+
+        center = QWidget()
+        cl = QVBoxLayout(center)
+        cl.setContentsMargins(6, 6, 6, 6)
+        cl.addLayout(bar)
+        cl.addWidget(self.errorLabel)
+        cl.addWidget(self.vsplit, 1)
+        root = QSplitter(Qt.Orientation.Horizontal)
+        root.addWidget(scroll)
+        root.addWidget(center)
+        root.setStretchFactor(1, 1)
+        self.setCentralWidget(root)
+
+        self.loadBar = QProgressBar(objectName="loadingIndicator", maximumWidth=120)
+        self.loadBar.setRange(0, 0)
+        self.loadBar.hide()
+        self.statusBar().addPermanentWidget(self.loadBar)
+        self._menus()
+
+        self.panel.modelRequested.connect(self._model_requested)
+        self.panel.deviceCombo.activated.connect(self._device_changed)
+        self.panel.dtypeCombo.activated.connect(self._device_changed)
+        self.mainView.positionChanged.connect(lambda pos: self._view_moved(self.mainView, pos))
+        self.mainView.scrubberBar.touched.connect(lambda: self._touch(self.mainView))
+        self.resize(1280, 800)
+        self._set_busy(False)
+
+    def _button(self, text: str, name: str, tip: str, slot) -> QPushButton:
+        b = QPushButton(text, objectName=name)
+        b.setToolTip(tip)
+        b.setFocusPolicy(Qt.FocusPolicy.TabFocus)
+        b.clicked.connect(slot)
+        return b
+
+    def _action(self, menu, text: str, slot, shortcut=None) -> QAction:
+        a = QAction(text, self)
+        if shortcut:
+            a.setShortcut(QKeySequence(shortcut))
+            a.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
+        a.triggered.connect(slot)
+        menu.addAction(a)
+        return a
+
+    def _menus(self) -> None:
+        m = self.menuBar().addMenu("&File")
+        self._action(m, "Open model folder…", self.open_model_dialog, "Ctrl+O")
+        self._action(m, "Open recipe…", self.open_recipe_dialog, "Ctrl+Shift+O")
+        self._action(m, "Save recipe…", self.save_recipe_dialog, "Ctrl+S")
+        self._action(m, "Export…", self.export_dialog, "Ctrl+E")
+        m.addSeparator()
+        self._action(m, "Quit", self.close, "Ctrl+Q")
+        m = self.menuBar().addMenu("&Run")
+        self._action(m, "Run", self.run, "Ctrl+R")
+        self._action(m, "Pause / play", self.space, "Space")
+        self._action(m, "Step once", self.step_once, "Ctrl+Right")
+        self._action(m, "Stop", self.stop, "Esc")
+        m.addSeparator()
+        self._action(m, "Continue from here", self.branch, "Ctrl+B")
+        self._action(m, "Compare…", self.compare, "Ctrl+K")
+        m = self.menuBar().addMenu("&View")
+        self._action(m, "Step back", lambda: self._active_view().scrubberBar.step(-1), "Left")
+        self._action(m, "Step forward", lambda: self._active_view().scrubberBar.step(+1), "Right")
+        self._action(m, "First step", lambda: self._active_view().scrubberBar.set_position(0), "Home")
+        self._action(m, "Last step", lambda: self._active_view().scrubberBar.set_position(10**9), "End")
+        m = self.menuBar().addMenu("&Help")
+        self._action(m, "Keyboard shortcuts", self._shortcuts_help)
+
+    def _shortcuts_help(self) -> None:
+        QMessageBox.information(self, "Keyboard shortcuts",
+                                "Space  play / pause\nLeft / Right  step back / forward\nCtrl+R  run\nEsc  stop\n"
+                                "Ctrl+B  continue from here\nCtrl+E  export\nCtrl+O  open model folder\n"
+                                "Ctrl+Shift+O  open recipe\nCtrl+S  save recipe")
+
+    # == jobs =============================================================================================
+    @property
+    def busy(self) -> bool:
+        return self.worker is not None
+
+    def _start(self, fn, *args, on_yield=None, on_end=None, kind: str = "run", **kwargs) -> GeneratorWorker:
+        """Run ``fn`` on a worker thread; ``on_end(worker)`` runs on the GUI thread once it has finished."""
+        w = GeneratorWorker(fn, *args, **kwargs)
+        w.kind = kind
+        self._live_traj = None
+        if on_yield:
+            w.yielded.connect(on_yield)
+        w.on_end = on_end
+        w.finished.connect(self._reap)
+        self.worker = w
+        self._workers.add(w)
+        self._set_busy(True)
+        w.start()
+        return w
+
+    def _reap(self) -> None:
+        for w in [w for w in self._workers if w.isFinished()]:
+            w.wait()
+            self._workers.discard(w)
+            if self.worker is w:
+                self.worker = None
+                self._set_busy(False)
+            if w.on_end is not None:
+                w.on_end(w)
+            w.deleteLater()
+        if self._pending is not None and self.worker is None:
+            action, self._pending = self._pending, None
+            action()
+
+    def _after_current(self, action: Callable[[], None]) -> None:
+        """Run ``action`` now, or once the current job has stopped."""
+        if self.worker is None:
+            action()
+        else:
+            self._pending = action
+            self.worker.abort()
+
+    def _set_busy(self, busy: bool) -> None:
+        loaded = self.summary is not None
+        loading = self.worker is not None and getattr(self.worker, "kind", "") == "load"
+        self.runButton.setEnabled((not busy and loaded) or loading)  # Run while loading: runs once it is open
+        self.branchButton.setEnabled(not busy and loaded and self.trajectory is not None)
+        self.compareButton.setEnabled(loaded)
+        self.exportButton.setEnabled(self.trajectory is not None and len(self.trajectory) > 0 and not busy)
+        self.stopButton.setEnabled(busy)
+        self.pauseButton.setEnabled(busy)
+        self.stepOnceButton.setEnabled(busy)
+        if not busy:
+            self.pauseButton.setChecked(False)
+
+    # == models ===========================================================================================
+    def _model_requested(self, spec: str) -> None:
+        if spec == OPEN_FOLDER:
+            self.open_model_dialog()
+        elif spec != self.model_spec:
+            self.load_model(spec)
+
+    def _device_changed(self, *_) -> None:
+        if self.model_spec:
+            self.load_model(self.model_spec)
+
+    def open_model_dialog(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Open a diffusers model folder", str(Path.home()))
+        if folder:
+            self.load_model(folder)
+
+    def load_model(self, spec: str) -> None:
+        """Open a model in the worker thread; the window stays usable, a failure keeps the previous model."""
+        def start():
+            recipe = self.panel.recipe(model=spec)
+            self._loading = (recipe.device, recipe.dtype)
+            self.loadBar.show()
+            self.statusBar().showMessage(f"Loading model {spec}…")
+            if self.trajectory is None:
+                self.mainView.clear("loading model…")
+            self._start(jobs.load_job, self.cache, recipe, kind="load",
+                        on_end=lambda w: self._model_ready(w.result) if w.outcome == "done"
+                        else self._model_error(spec, w.error or "cancelled"))
+        self._after_current(start)
+
+    def _model_ready(self, summary: jobs.ModelSummary) -> None:
+        self.loadBar.hide()
+        self.summary = summary
+        self.model_spec = summary.spec
+        self.setWindowTitle(f"Sampling Studio — {summary.info.name}")
+        self._good_device = getattr(self, "_loading", ("auto", "float32"))
+        self.panel.show_model(summary.spec)
+        self.panel.set_model_info(summary.info, summary.device)
+        self.schedulePlot.set_schedule(summary)
+        if summary.spec not in ("gmm", "default"):
+            self._remember_model(summary.spec)
+        self.settings.setValue("model", summary.spec)
+        self.statusBar().showMessage(f"Model {summary.info.name} ready ({summary.info.source})", 5000)
+        self.hide_error()
+        if self.trajectory is None:
+            self.mainView.clear()
+        self._set_busy(self.busy)
+        self.modelLoaded.emit(summary)
+        if getattr(self, "_queued_run", False):
+            self._queued_run = False
+            QTimer.singleShot(0, self.run)
+
+    def _model_error(self, spec: str, msg: str) -> None:
+        self.loadBar.hide()
+        self._queued_run = False
+        good = getattr(self, "_good_device", None)
+        if good is not None:  # the previous model stays, with its device and precision
+            for combo, value in zip((self.panel.deviceCombo, self.panel.dtypeCombo), good):
+                combo.setCurrentIndex(max(combo.findData(value), 0))
+        self.panel.show_model(self.model_spec or "gmm")
+        keep = f"; still using {self.model_spec}" if self.model_spec else ""
+        self.show_error(f"Could not open model {spec}: {msg}{keep}")
+        if self.trajectory is None:
+            self.mainView.clear("no model loaded — pick one in the Model box" if not self.summary else
+                                "press Run (Ctrl+R) to sample")
+        self.modelFailed.emit(msg)
+
+    def _remember_model(self, path: str) -> None:
+        recent = [p for p in self._recent() if p != path]
+        recent.insert(0, path)
+        self.settings.setValue("recent_models", recent[:MAX_RECENT])
+        self.panel.set_recent(recent[:MAX_RECENT])
+
+    def _recent(self) -> list[str]:
+        v = self.settings.value("recent_models", [])
+        if isinstance(v, str):
+            v = [v]
+        return [str(p) for p in (v or [])]
+
+    # == running ==========================================================================================
+    def current_recipe(self) -> Recipe:
+        return self.panel.recipe(model=self.model_spec)
+
+    def _valid_recipe(self) -> Optional[Recipe]:
+        try:
+            return self.current_recipe().validate()
+        except RecipeError as e:
+            self.show_error(str(e))
+            return None
+
+    def run(self) -> None:
+        if self.worker is not None and getattr(self.worker, "kind", "") == "load":
+            self._queued_run = True
+            self.statusBar().showMessage("The run starts as soon as the model is open…")
+            return
+        if self.busy or self.summary is None:
+            return
+        recipe = self._valid_recipe()
+        if recipe is None:
+            return
+        self.hide_error()
+        self.settings.setValue("recipe", recipe.to_json())
+        self._start(jobs.run_job, self.cache, recipe, tag="main", on_yield=self._on_step,
+                    on_end=lambda w: self._run_ended(self.mainView, w))
+
+    def stop(self) -> None:
+        if self.worker is not None:
+            self.worker.abort()
+            self.statusBar().showMessage("Stopping…")
+
+    def toggle_pause(self) -> None:
+        w = self.worker
+        if w is None:
+            self.pauseButton.setChecked(False)
+            return
+        if w.paused:
+            w.resume()
+            self.pauseButton.setChecked(False)
+            self.statusBar().showMessage("Running…")
+        else:
+            w.pause()
+            self.pauseButton.setChecked(True)
+            self.statusBar().showMessage("Paused — Space resumes, Step advances one step")
+
+    def step_once(self) -> None:
+        if self.worker is not None:
+            self.worker.step_once()
+            self.pauseButton.setChecked(True)
+
+    def space(self) -> None:
+        """Space: pause/resume a run in progress, otherwise play/pause the scrubber."""
+        if self.worker is not None and self._run_total:
+            self.toggle_pause()
+        else:
+            self._active_view().scrubberBar.toggle_play()
+
+    def _view_for(self, tag):
+        if tag == "main":
+            return self.mainView
+        return tag  # a branch view is its own tag
+
+    def _on_step(self, item) -> None:
+        view = self._view_for(item.tag)
+        if not shiboken6.isValid(view):
+            return
+        if isinstance(item, jobs.Started):
+            view.plan_t = item.plan_t
+            view.header.setText(("Run: " if view is self.mainView else "Branch: ") + describe(item.trajectory.recipe))
+            view.begin(item.trajectory, item.total)
+            self._live_traj = item.trajectory
+            if view is self.mainView:
+                self.trajectory = item.trajectory
+            self.guidancePlot.set_meta([], item.total)
+            self.schedulePlot.set_plan(item.plan_t)
+            self._run_t0, self._run_done, self._run_total = time.monotonic(), 0, item.total
+            self.progress.setRange(0, max(item.total, 1))
+            self.progress.setValue(0)
+            self.statusBar().showMessage("Running…")
+            return
+        view.add_step(item.pos, item.xt, item.x0)
+        self._run_done = item.pos
+        self.progress.setValue(item.pos)
+        el = time.monotonic() - self._run_t0
+        if el > 0 and item.pos:
+            rate = item.pos / el
+            left = (self._run_total - item.pos) / rate if rate > 0 else 0
+            self.rateLabel.setText(f"{rate:.1f} steps/s · {left:.0f} s left")
+        if item.pos % 4 == 0 or item.pos == self._run_total:
+            self.guidancePlot.set_meta(item.trajectory.meta, self._run_total)
+
+    def _run_ended(self, view: TrajectoryView, w: GeneratorWorker) -> None:
+        is_main = view is self.mainView
+        if not shiboken6.isValid(view):  # its tab was closed during the run
+            self._run_total = 0
+            self._set_busy(self.busy)
+            return
+        if w.outcome == "error":
+            self.show_error(f"The run failed: {w.error}")
+            if not is_main and view.traj is None:  # failed before starting: drop the empty tab
+                i = self.branchTabs.indexOf(view)
+                if i >= 0:
+                    self._close_branch(i)
+        view.end()
+        traj = self._live_traj
+        el = time.monotonic() - self._run_t0
+        if traj is not None and w.outcome != "error":
+            n = len(traj)
+            if w.outcome == "done":
+                self.statusBar().showMessage(f"Finished {n} steps in {el:.1f} s", 10000)
+            else:
+                self.statusBar().showMessage(f"Stopped after {n} of {self._run_total} steps", 10000)
+        if traj is not None:
+            self.guidancePlot.set_meta(traj.meta, self._run_total)
+        self._run_total = 0
+        self.rateLabel.setText("")
+        self._set_busy(self.busy)
+        if is_main:
+            self.runFinished.emit(traj)
+        else:
+            self.branchFinished.emit(traj)
+
+    # == branch ============================================================================================
+    def _active_view(self) -> TrajectoryView:
+        """The view the user worked with last (scrubbed, stepped, played or clicked into)."""
+        w = self.focusWidget()
+        while w is not None:
+            if isinstance(w, TrajectoryView):
+                return w
+            w = w.parentWidget()
+        v = getattr(self, "_focus_view", None)
+        if v is not None and shiboken6.isValid(v) and v.traj is not None:
+            return v
+        return self.mainView
+
+    def _touch(self, view: TrajectoryView) -> None:
+        self._focus_view = view
+
+    def branch(self) -> None:
+        """Continue a run from the scrubbed position with the panel's current settings.
+
+        The source is the view the user scrubbed last: the main run or a branch (branches can nest)."""
+        source = self._active_view()
+        if self.busy or source.traj is None or len(source.traj) == 0:
+            return
+        recipe = self._valid_recipe()
+        if recipe is None:
+            return
+        parent = source.traj
+        pos = min(source.position, len(parent))
+        from_step = pos - 1
+        view = TrajectoryView(names=("branchXtCanvas", "branchX0Canvas", "branchScrubber"))
+        view.positionChanged.connect(lambda p, v=view: self._view_moved(v, p))
+        view.scrubberBar.touched.connect(lambda v=view: self._touch(v))
+        where = "" if source is self.mainView else f" of {self.branchTabs.tabText(self.branchTabs.indexOf(source))}"
+        self._branch_count = getattr(self, "_branch_count", 0) + 1
+        title = f"#{self._branch_count} from step {pos}{where}: {recipe.sampler} {recipe.steps}"
+        self.branchTabs.addTab(view, title)
+        self.branchTabs.setTabToolTip(self.branchTabs.count() - 1, title)
+        self.branchTabs.setCurrentWidget(view)
+        self.branchTabs.show()
+        self.hide_error()
+        w = self._start(jobs.run_job, self.cache, recipe, parent=parent, from_step=from_step, tag=view,
+                        on_yield=self._on_step, on_end=lambda w: self._run_ended(view, w))
+        w.view = view
+
+    def _close_branch(self, index: int) -> None:
+        w = self.branchTabs.widget(index)
+        if self.worker is not None and getattr(self.worker, "view", None) is w:
+            self.worker.abort()  # its run ends; the view goes once the worker has stopped
+            self.worker.view = None
+        self.branchTabs.removeTab(index)
+        if w is not None:
+            w.deleteLater()
+        if self.branchTabs.count() == 0:
+            self.branchTabs.hide()
+
+    def branch_views(self) -> list[TrajectoryView]:
+        return [self.branchTabs.widget(i) for i in range(self.branchTabs.count())]
+
+    def _view_moved(self, view: TrajectoryView, pos: int) -> None:
+        m = view.meta_at(pos)
+        if m is None:
+            self.schedulePlot.set_current(None)
+            self.guidancePlot.set_current(None)
+            return
+        t = m.t if pos == 0 else m.t_next
+        self.schedulePlot.plan_t = view.plan_t
+        self.schedulePlot.set_current(t if t >= 0 else 0.0)
+        self.guidancePlot.set_current(m.index + 1 if pos else None)
+
+    # == compare, export, recipes =================================================================================
+    def compare(self) -> None:
+        from .compare import CompareDialog
+
+        if self.summary is None:
+            return
+        try:
+            base = self.current_recipe().validate()
+        except RecipeError as e:
+            self.show_error(str(e))
+            return
+        dlg = CompareDialog(base, self.summary, self)
+        self._dialogs.append(dlg)
+        dlg.finished.connect(lambda *_: self._dialogs.remove(dlg) if dlg in self._dialogs else None)
+        dlg.show()
+        self.compareDialog = dlg
+
+    def export_source(self):
+        """The trajectory of the view the user looked at last (a branch or the main run)."""
+        v = self._active_view()
+        if v.traj is not None and len(v.traj):
+            return v.traj
+        return self.trajectory
+
+    def export_dialog(self) -> None:
+        from .export_dialog import ExportDialog
+
+        traj = self.export_source()
+        if traj is None or len(traj) == 0:
+            self.show_error("Nothing to export yet: run the sampler first")
+            return
+        dlg = ExportDialog(traj, self, self.settings)
+        dlg.exported.connect(lambda p: self.statusBar().showMessage(f"Exported {p}", 10000))
+        dlg.open()
+
+    def open_recipe_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open a recipe", str(Path.home()),
+                                              "Recipes (*.json *.png);;All files (*)")
+        if path:
+            self.open_recipe(path)
+
+    def open_recipe(self, path: str) -> Optional[Recipe]:
+        """Restore every setting from a recipe .json or an exported .png; loads its model if needed."""
+        from ..session.export import read_recipe
+
+        try:
+            recipe = read_recipe(path)
+        except RecipeError as e:
+            self.show_error(str(e))
+            return None
+        if recipe.branch:
+            self.statusBar().showMessage("This recipe is a branch; its own settings are restored", 8000)
+        self.panel.set_recipe(recipe)
+        self.hide_error()
+        if recipe.model != self.model_spec:
+            self.load_model(recipe.model)
+        self.statusBar().showMessage(f"Opened recipe {path}", 8000)
+        return recipe
+
+    def save_recipe_dialog(self) -> None:
+        from ..session.export import ExportError, export_recipe
+
+        path, _ = QFileDialog.getSaveFileName(self, "Save recipe", str(Path.home() / "recipe.json"), "Recipes (*.json)")
+        if not path:
+            return
+        try:
+            export_recipe(self.current_recipe(), path, overwrite=True)  # the file dialog already asked
+        except ExportError as e:
+            self.show_error(str(e))
+
+    # == errors ===========================================================================================
+    def show_error(self, msg: str) -> None:
+        self.errorLabel.setText(msg)
+        self.errorLabel.show()
+        self.statusBar().showMessage(msg, 15000)
+        self.errorShown.emit(msg)
+
+    def hide_error(self) -> None:
+        self.errorLabel.hide()
+
+    # == drag and drop ===================================================================================
+    def dragEnterEvent(self, event) -> None:  # noqa: N802
+        if event.mimeData().hasUrls():
+            event.acceptProposedAction()
+
+    def dropEvent(self, event) -> None:  # noqa: N802
+        for url in event.mimeData().urls():
+            self.open_path(url.toLocalFile())
+            break
+
+    def open_path(self, path: str) -> None:
+        """A dropped path: a folder is a model, a .json/.png is a recipe."""
+        p = Path(path)
+        if p.is_dir():
+            self.load_model(str(p))
+        elif p.suffix.lower() in (".json", ".png"):
+            self.open_recipe(str(p))
+        else:
+            self.show_error(f"{p}: drop a model folder, or a recipe (.json or exported .png)")
+
+    # == settings and closing =============================================================================
+    def _restore_settings(self) -> None:
+        self.panel.set_recent(self._recent())
+        text = self.settings.value("recipe", "", str)
+        recipe = Recipe(model="default", steps=50)
+        if text:
+            try:
+                recipe = Recipe.from_json(text)
+            except RecipeError:
+                pass
+        self.panel.set_recipe(recipe)
+        geo = self.settings.value("geometry")
+        if isinstance(geo, QByteArray):
+            self.restoreGeometry(geo)
+
+    def save_settings(self) -> None:
+        self.settings.setValue("geometry", self.saveGeometry())
+        self.settings.setValue("recipe", self.current_recipe().to_json())
+        if self.model_spec:
+            self.settings.setValue("model", self.model_spec)
+        self.settings.sync()
+
+    def shutdown(self) -> None:
+        """Stop every worker thread and wait for it (no 'QThread destroyed while running')."""
+        self._pending = None
+        for dlg in list(self._dialogs):
+            dlg.shutdown()
+        for w in list(self._workers):
+            w.abort()
+        for w in list(self._workers):
+            w.wait()
+        self._workers.clear()
+        self.worker = None
+
+    def closeEvent(self, event) -> None:  # noqa: N802
+        try:
+            self.save_settings()
+        finally:
+            self.shutdown()
+        super().closeEvent(event)

@@ -1,0 +1,317 @@
+"""The sampler panel: model picker and every setting of a Recipe."""
+from __future__ import annotations
+
+import random
+from typing import Optional
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
+                               QSlider, QSpinBox, QToolButton, QVBoxLayout, QWidget)
+
+from ..core.samplers import SAMPLERS
+from ..core.schedule import SPACINGS
+from ..session.recipe import Recipe
+
+BUILTIN_MODELS = [("gmm", "gmm — exact Gaussian mixture"), ("default", "default — shipped model")]
+OPEN_FOLDER = "__open__"
+GUIDANCE_MODES = [("none", "none"), ("cfg", "classifier-free"), ("classifier", "classifier")]
+SLIDER_STEPS = 10  # slider ticks per unit of guidance scale
+SEED_MAX = 2**31 - 1
+
+
+def _combo(name: str, items, tip: str = "") -> QComboBox:
+    c = QComboBox()
+    c.setObjectName(name)
+    for data, text in items:
+        c.addItem(text, data)
+    if tip:
+        c.setToolTip(tip)
+    return c
+
+
+def _select(combo: QComboBox, data) -> bool:
+    i = combo.findData(data)
+    if i >= 0:
+        combo.setCurrentIndex(i)
+    return i >= 0
+
+
+class SamplerPanel(QWidget):
+    modelRequested = Signal(str)  # a model spec, or OPEN_FOLDER
+    changed = Signal()
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self._base = Recipe()
+        self._info = None
+        self._model_spec = "gmm"
+
+        # model ----------------------------------------------------------------------------
+        self.modelPicker = _combo("modelPicker", [], "The model to sample from (Ctrl+O opens a model folder; "
+                                  "you can also drop a folder on the window)")
+        self.modelInfo = QLabel("loading…")
+        self.modelInfo.setWordWrap(True)
+        self.modelInfo.setStyleSheet("color: #9a9aa6;")
+        self.deviceCombo = _combo("deviceCombo", [(d, d) for d in ("auto", "cpu", "cuda", "mps")],
+                                  "Where to run the model (auto: CUDA, then MPS, then CPU)")
+        self.dtypeCombo = _combo("dtypeCombo", [(d, d) for d in ("float32", "float16", "bfloat16")],
+                                 "Precision of the model weights and activations")
+        model_box = QGroupBox("Model")
+        f = QFormLayout(model_box)
+        f.addRow(self.modelPicker)
+        f.addRow(self.modelInfo)
+        dev = QHBoxLayout()
+        dev.addWidget(self.deviceCombo)
+        dev.addWidget(self.dtypeCombo)
+        f.addRow("Device", dev)
+
+        # sampler ---------------------------------------------------------------------------
+        self.samplerCombo = _combo("samplerCombo", [(n, n) for n in SAMPLERS])
+        for i, name in enumerate(SAMPLERS):
+            self.samplerCombo.setItemData(i, SAMPLERS[name].description, Qt.ItemDataRole.ToolTipRole)
+        self.samplerInfo = QLabel()
+        self.samplerInfo.setWordWrap(True)
+        self.samplerInfo.setStyleSheet("color: #9a9aa6;")
+        self.stepsSpin = QSpinBox(objectName="stepsSpin", minimum=1, maximum=10000, value=50)
+        self.stepsSpin.setToolTip("Number of sampler steps")
+        self.etaSpin = QDoubleSpinBox(objectName="etaSpin", minimum=0.0, maximum=1.0, singleStep=0.1, decimals=2)
+        self.etaSpin.setToolTip("η: 0 = deterministic, 1 = DDPM-like noise (DDIM and Euler a only)")
+        self.varianceCombo = _combo("varianceCombo", [("fixed_small", "fixed small (β̃)"), ("fixed_large", "fixed large (β)")],
+                                    "DDPM posterior variance")
+        self.spacingCombo = _combo("spacingCombo", [(None, "sampler default")] + [(s, s) for s in SPACINGS],
+                                   "How the steps are spread over the training timesteps")
+        self.karrasCheck = QCheckBox("Karras σ", objectName="karrasCheck")
+        self.karrasCheck.setToolTip("Karras et al. 2022 noise levels (σ-space samplers only)")
+        self.correctorSpin = QSpinBox(objectName="correctorSpin", minimum=1, maximum=50, value=1)
+        self.correctorSpin.setToolTip("Langevin corrector steps per noise level")
+        self.snrSpin = QDoubleSpinBox(objectName="snrSpin", minimum=0.001, maximum=1.0, singleStep=0.01, decimals=3,
+                                      value=0.16)
+        self.snrSpin.setToolTip("Target signal-to-noise ratio of the corrector step size")
+        self.x0Combo = _combo("x0Combo", [(None, "model default"), ("none", "none"), ("clip", "clip to [−1, 1]"),
+                                          ("threshold", "dynamic threshold")],
+                              "Processing of the predicted x₀ at each step")
+        self.seedSpin = QSpinBox(objectName="seedSpin", minimum=0, maximum=SEED_MAX)
+        self.seedSpin.setToolTip("Seed of the initial noise and of every fresh noise draw")
+        self.newSeedButton = QToolButton(text="New", objectName="newSeedButton")
+        self.newSeedButton.setToolTip("New random seed")
+        self.batchSpin = QSpinBox(objectName="batchSpin", minimum=1, maximum=256, value=4)
+        self.batchSpin.setToolTip("Images per run, shown as a grid")
+        sampler_box = QGroupBox("Sampler")
+        f = QFormLayout(sampler_box)
+        f.addRow(self.samplerCombo)
+        f.addRow(self.samplerInfo)
+        f.addRow("Steps", self.stepsSpin)
+        f.addRow("η", self.etaSpin)
+        f.addRow("Variance", self.varianceCombo)
+        sp = QHBoxLayout()
+        sp.addWidget(self.spacingCombo, 1)
+        sp.addWidget(self.karrasCheck)
+        f.addRow("Spacing", sp)
+        cor = QHBoxLayout()
+        cor.addWidget(self.correctorSpin)
+        cor.addWidget(QLabel("SNR"))
+        cor.addWidget(self.snrSpin)
+        f.addRow("Corrector", cor)
+        f.addRow("x₀", self.x0Combo)
+        seed = QHBoxLayout()
+        seed.addWidget(self.seedSpin, 1)
+        seed.addWidget(self.newSeedButton)
+        f.addRow("Seed", seed)
+        f.addRow("Batch", self.batchSpin)
+
+        # conditioning ----------------------------------------------------------------------
+        self.labelCombo = _combo("labelCombo", [(None, "unconditional")], "Class to sample")
+        self.guidanceModeCombo = _combo("guidanceModeCombo", GUIDANCE_MODES, "Guidance towards the class")
+        self.guidanceSlider = QSlider(Qt.Orientation.Horizontal, objectName="guidanceSlider")
+        self.guidanceSlider.setRange(0, 20 * SLIDER_STEPS)
+        self.guidanceSpin = QDoubleSpinBox(objectName="guidanceSpin", minimum=0.0, maximum=1000.0, decimals=2,
+                                           singleStep=0.5, value=3.0)
+        self.guidanceSpin.setToolTip("Guidance scale (CFG w: 1 = plain conditional; classifier s)")
+        self.intervalStart = QDoubleSpinBox(objectName="intervalStart", minimum=0.0, maximum=1.0, singleStep=0.05)
+        self.intervalEnd = QDoubleSpinBox(objectName="intervalEnd", minimum=0.0, maximum=1.0, singleStep=0.05, value=1.0)
+        for w in (self.intervalStart, self.intervalEnd):
+            w.setToolTip("Apply guidance only in this fraction of the run (0 = first step, 1 = last)")
+        cond_box = QGroupBox("Conditioning")
+        f = QFormLayout(cond_box)
+        f.addRow("Class", self.labelCombo)
+        f.addRow("Guidance", self.guidanceModeCombo)
+        g = QHBoxLayout()
+        g.addWidget(self.guidanceSlider, 1)
+        g.addWidget(self.guidanceSpin)
+        f.addRow("Scale", g)
+        iv = QHBoxLayout()
+        iv.addWidget(self.intervalStart)
+        iv.addWidget(QLabel("to"))
+        iv.addWidget(self.intervalEnd)
+        f.addRow("Interval", iv)
+
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(4, 4, 4, 4)
+        lay.addWidget(model_box)
+        lay.addWidget(sampler_box)
+        lay.addWidget(cond_box)
+        lay.addStretch(1)
+
+        self._guard = False
+        self._set_scale(3.0)
+        self.set_recent([])
+        self.modelPicker.activated.connect(self._model_activated)
+        self.samplerCombo.currentIndexChanged.connect(self._sampler_changed)
+        self.guidanceSlider.valueChanged.connect(lambda v: self._set_scale(v / SLIDER_STEPS, from_slider=True))
+        self.guidanceSpin.valueChanged.connect(lambda v: self._set_scale(v))
+        self.guidanceModeCombo.currentIndexChanged.connect(self._mode_changed)
+        self.newSeedButton.clicked.connect(self.new_seed)
+        for w in (self.stepsSpin, self.seedSpin, self.batchSpin, self.correctorSpin, self.snrSpin):
+            w.valueChanged.connect(self.changed)
+        for w in (self.etaSpin, self.guidanceSpin, self.intervalStart, self.intervalEnd):
+            w.valueChanged.connect(self.changed)
+        for w in (self.samplerCombo, self.labelCombo, self.guidanceModeCombo, self.spacingCombo, self.varianceCombo,
+                  self.x0Combo):
+            w.currentIndexChanged.connect(self.changed)
+        self.karrasCheck.toggled.connect(self.changed)
+        self._sampler_changed()
+        self._mode_changed()
+
+    # -- model picker -------------------------------------------------------------------------
+    def set_recent(self, recent: list[str]) -> None:
+        self._guard = True
+        self.modelPicker.clear()
+        for spec, text in BUILTIN_MODELS:
+            self.modelPicker.addItem(text, spec)
+        if recent:
+            self.modelPicker.insertSeparator(self.modelPicker.count())
+            for path in recent:
+                self.modelPicker.addItem(path, path)
+        self.modelPicker.insertSeparator(self.modelPicker.count())
+        self.modelPicker.addItem("Open model folder…", OPEN_FOLDER)
+        self._guard = False
+        self.show_model(self._model_spec)
+
+    def show_model(self, spec: str) -> None:
+        """Select ``spec`` in the picker (adding it if it is a folder not yet listed)."""
+        self._model_spec = spec
+        self._guard = True
+        if not _select(self.modelPicker, spec):
+            self.modelPicker.insertItem(self.modelPicker.count() - 2, spec, spec)
+            _select(self.modelPicker, spec)
+        self._guard = False
+
+    def _model_activated(self, index: int) -> None:
+        if self._guard:
+            return
+        spec = self.modelPicker.itemData(index)
+        if spec == OPEN_FOLDER:
+            self.show_model(self._model_spec)
+        self.modelRequested.emit(spec)
+
+    def set_model_info(self, info, device: str = "") -> None:
+        self._info = info
+        classes = f"{info.num_classes} classes" if info.num_classes else "unconditional"
+        self.modelInfo.setText(f"{info.sample_size}×{info.sample_size}, {info.in_channels} ch, {classes}, "
+                               f"{info.prediction_type}" + (f" — on {device}" if device else ""))
+        self.modelInfo.setToolTip(info.describe())
+        current = self.labelCombo.currentData()
+        self.labelCombo.blockSignals(True)
+        self.labelCombo.clear()
+        self.labelCombo.addItem("unconditional", None)
+        for k in range(info.num_classes):
+            name = info.class_names[k] if k < len(info.class_names) else f"class {k}"
+            self.labelCombo.addItem(f"{k}: {name}", k)
+        if current is None or not _select(self.labelCombo, current):
+            self.labelCombo.setCurrentIndex(0)
+        self.labelCombo.blockSignals(False)
+        self.labelCombo.setEnabled(info.conditional)
+        model = self.guidanceModeCombo.model()
+        model.item(1).setEnabled(info.null_label is not None)
+        model.item(2).setEnabled(bool(info.has_classifier))
+        mode = self.guidanceModeCombo.currentData()
+        if (mode == "cfg" and info.null_label is None) or (mode == "classifier" and not info.has_classifier):
+            _select(self.guidanceModeCombo, "none")
+        self.changed.emit()
+
+    # -- recipe <-> widgets ----------------------------------------------------------------------
+    def recipe(self, model: Optional[str] = None) -> Recipe:
+        """The recipe the widgets describe (settings the panel doesn't show come from the last recipe set)."""
+        return self._base.replace(
+            model=model or self._model_spec,
+            sampler=self.samplerCombo.currentData(),
+            steps=self.stepsSpin.value(),
+            eta=round(self.etaSpin.value(), 4),
+            variance=self.varianceCombo.currentData(),
+            spacing=self.spacingCombo.currentData(),
+            karras=self.karrasCheck.isChecked(),
+            corrector_steps=self.correctorSpin.value(),
+            snr=round(self.snrSpin.value(), 4),
+            x0_mode=self.x0Combo.currentData(),
+            seed=self._base.seed if (self._base.seed > SEED_MAX and self.seedSpin.value() == SEED_MAX)
+            else self.seedSpin.value(),
+            batch=self.batchSpin.value(),
+            label=self.labelCombo.currentData(),
+            guidance=self.guidanceModeCombo.currentData(),
+            scale=round(self.guidanceSpin.value(), 4),
+            guidance_interval=(round(self.intervalStart.value(), 4), round(self.intervalEnd.value(), 4)),
+            device=self.deviceCombo.currentData(),
+            dtype=self.dtypeCombo.currentData(),
+            branch=None,
+        )
+
+    def set_recipe(self, r: Recipe) -> None:
+        self._base = r.replace(branch=None)
+        _select(self.samplerCombo, r.sampler)
+        self.stepsSpin.setValue(r.steps)
+        self.etaSpin.setValue(r.eta)
+        _select(self.varianceCombo, r.variance)
+        _select(self.spacingCombo, r.spacing)
+        self.karrasCheck.setChecked(bool(r.karras))
+        self.correctorSpin.setValue(r.corrector_steps)
+        self.snrSpin.setValue(r.snr)
+        _select(self.x0Combo, r.x0_mode)
+        self.seedSpin.setValue(min(r.seed, SEED_MAX))
+        self.batchSpin.setValue(min(r.batch, self.batchSpin.maximum()))
+        if r.label is not None and self.labelCombo.findData(r.label) < 0:
+            self.labelCombo.addItem(f"{r.label}", r.label)
+        _select(self.labelCombo, r.label)
+        _select(self.guidanceModeCombo, r.guidance)
+        self._set_scale(float(r.scale))
+        self.intervalStart.setValue(r.guidance_interval[0])
+        self.intervalEnd.setValue(r.guidance_interval[1])
+        _select(self.deviceCombo, r.device)
+        _select(self.dtypeCombo, r.dtype)
+        self._sampler_changed()
+        self._mode_changed()
+
+    # -- behaviour -------------------------------------------------------------------------------
+    def new_seed(self) -> None:
+        self.seedSpin.setValue(random.randrange(SEED_MAX))
+
+    def _sampler_changed(self, *_) -> None:
+        spec = SAMPLERS[self.samplerCombo.currentData()]
+        self.samplerInfo.setText(spec.description)
+        self.etaSpin.setEnabled("eta" in spec.options)
+        self.varianceCombo.setEnabled("variance" in spec.options)
+        self.karrasCheck.setEnabled(spec.plan_kind != "discrete")
+        self.correctorSpin.setEnabled("corrector_steps" in spec.options)
+        self.snrSpin.setEnabled("snr" in spec.options)
+
+    def _mode_changed(self, *_) -> None:
+        on = self.guidanceModeCombo.currentData() != "none"
+        for w in (self.guidanceSlider, self.guidanceSpin, self.intervalStart, self.intervalEnd):
+            w.setEnabled(on)
+        if on and self.labelCombo.currentData() is None and self.labelCombo.count() > 1:
+            self.labelCombo.setCurrentIndex(1)
+
+    def _set_scale(self, value: float, from_slider: bool = False) -> None:
+        if self._guard_scale():
+            return
+        self._scale_busy = True
+        try:
+            if not from_slider:
+                self.guidanceSlider.setValue(int(round(min(value, 20) * SLIDER_STEPS)))
+            if abs(self.guidanceSpin.value() - value) > 1e-9 and (from_slider or self.guidanceSpin.value() != value):
+                self.guidanceSpin.setValue(value)
+        finally:
+            self._scale_busy = False
+
+    def _guard_scale(self) -> bool:
+        return getattr(self, "_scale_busy", False)
+

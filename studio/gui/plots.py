@@ -1,0 +1,122 @@
+"""pyqtgraph plots: the noise schedule with the current t, and the guidance scale over the run."""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
+
+pg.setConfigOptions(antialias=True, background=(30, 30, 34), foreground=(200, 200, 210))
+
+ACCENT = (90, 170, 255)
+MARK = (255, 170, 60)
+
+
+class SchedulePlot(QWidget):
+    """log-SNR (or ᾱ_t) over the training timesteps, the plan's points, and a marker at the current t."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.kind = QComboBox()
+        self.kind.addItem("log-SNR", "log_snr")
+        self.kind.addItem("ᾱ_t", "alpha_bar")
+        self.kind.setToolTip("What to plot over t")
+        self.plot = pg.PlotWidget()
+        self.plot.setMenuEnabled(False)
+        self.plot.setLabel("bottom", "t")
+        self.plot.showGrid(x=True, y=True, alpha=0.2)
+        self.plot.setMouseEnabled(False, False)
+        self.curve = self.plot.plot([], [], pen=pg.mkPen(ACCENT, width=2))
+        self.points = pg.ScatterPlotItem(size=5, brush=pg.mkBrush(200, 200, 210, 160), pen=None)
+        self.plot.addItem(self.points)
+        self.line = pg.InfiniteLine(angle=90, pen=pg.mkPen(MARK, width=1.5))
+        self.plot.addItem(self.line)
+        self.dot = pg.ScatterPlotItem(size=10, brush=pg.mkBrush(*MARK), pen=None)
+        self.plot.addItem(self.dot)
+        head = QHBoxLayout()
+        head.addWidget(QLabel("Noise schedule"))
+        head.addStretch(1)
+        head.addWidget(self.kind)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addLayout(head)
+        lay.addWidget(self.plot, 1)
+        self.summary = None
+        self.plan_t: Optional[np.ndarray] = None
+        self.current_t: Optional[float] = None
+        self.kind.currentIndexChanged.connect(self.redraw)
+
+    def set_schedule(self, summary) -> None:
+        self.summary = summary
+        self.redraw()
+
+    def set_plan(self, plan_t: Optional[np.ndarray]) -> None:
+        self.plan_t = plan_t
+        self.redraw()
+
+    def _values(self, t: np.ndarray) -> np.ndarray:
+        y = getattr(self.summary, self.kind.currentData())
+        return np.interp(t, self.summary.t, y)
+
+    def redraw(self) -> None:
+        if self.summary is None:
+            return
+        key = self.kind.currentData()
+        self.plot.setLabel("left", "log SNR" if key == "log_snr" else "ᾱ_t")
+        self.curve.setData(self.summary.t, getattr(self.summary, key))
+        if self.plan_t is not None and len(self.plan_t):
+            self.points.setData(self.plan_t, self._values(self.plan_t))
+        else:
+            self.points.setData([], [])
+        self.set_current(self.current_t)
+
+    def set_current(self, t: Optional[float]) -> None:
+        self.current_t = t
+        if t is None or self.summary is None:
+            self.line.hide()
+            self.dot.setData([], [])
+            return
+        t = max(float(t), 0.0)
+        self.line.show()
+        self.line.setValue(t)
+        self.dot.setData([t], [float(self._values(np.array([t]))[0])])
+
+
+class GuidancePlot(QWidget):
+    """The guidance scale applied at each step (StepMeta.guidance_scale) and the current step."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.plot = pg.PlotWidget()
+        self.plot.setMenuEnabled(False)
+        self.plot.setMouseEnabled(False, False)
+        self.plot.setLabel("bottom", "step")
+        self.plot.setLabel("left", "guidance scale")
+        self.plot.getAxis("left").enableAutoSIPrefix(False)
+        self.plot.showGrid(x=True, y=True, alpha=0.2)
+        self.curve = self.plot.plot([], [], pen=pg.mkPen(ACCENT, width=2), stepMode=None,
+                                    symbol="o", symbolSize=4, symbolBrush=ACCENT, symbolPen=None)
+        self.line = pg.InfiniteLine(angle=90, pen=pg.mkPen(MARK, width=1.5))
+        self.plot.addItem(self.line)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(QLabel("Guidance over the run"))
+        lay.addWidget(self.plot, 1)
+
+    def set_meta(self, meta: list, total: int) -> None:
+        steps = np.array([m.index + 1 for m in meta], dtype=float)
+        scales = np.array([m.guidance_scale for m in meta], dtype=float)
+        self.curve.setData(steps, scales)
+        top = float(scales.max()) if len(scales) else 1.0
+        self.plot.setYRange(0, max(top, 1.0) * 1.1, padding=0)
+        if total:
+            lo = steps[0] - 1 if len(steps) else 0
+            self.plot.setXRange(lo, lo + total, padding=0.02)
+
+    def set_current(self, step: Optional[int]) -> None:
+        if step is None:
+            self.line.hide()
+        else:
+            self.line.show()
+            self.line.setValue(step)

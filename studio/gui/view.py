@@ -1,0 +1,148 @@
+"""A trajectory view: x_t and x̂₀ canvases side by side, a caption, and its own scrubber."""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+from PySide6.QtCore import QTimer, Signal
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QVBoxLayout, QWidget
+
+from .canvas import ImageCanvas
+from .scrubber import ScrubberBar
+
+
+def _t(v: float) -> str:
+    return "0" if v < 0 else f"{v:.0f}" if float(v).is_integer() else f"{v:.1f}"
+
+
+def xt_caption(traj, pos: int) -> str:
+    if not traj.meta:
+        return "x_T: initial noise"
+    if pos == 0:
+        m = traj.meta[0]
+        return f"noise  t={_t(m.t)}  σ={m.sigma:.3g}  ᾱ={m.alpha_bar:.4g}"
+    m = traj.meta[pos - 1]
+    return f"step {m.index + 1}  t={_t(m.t_next)}  σ={m.sigma_next:.3g}  ᾱ={m.alpha_bar_next:.4g}"
+
+
+def x0_caption(traj, pos: int) -> str:
+    if pos == 0 or not traj.meta:
+        return ""
+    m = traj.meta[pos - 1]
+    return f"at step {m.index + 1}  t={_t(m.t)}  σ={m.sigma:.3g}  ᾱ={m.alpha_bar:.4g}"
+
+
+class TrajectoryView(QWidget):
+    """Shows one trajectory; ``add_step`` during a run, repainted at most ~30 times a second."""
+
+    positionChanged = Signal(int)
+
+    def __init__(self, names: tuple[str, str, str] = ("xtCanvas", "x0Canvas", "scrubber"), parent=None):
+        super().__init__(parent)
+        self.xtCanvas = ImageCanvas("x_t  noisy state")
+        self.xtCanvas.setObjectName(names[0])
+        self.x0Canvas = ImageCanvas("predicted x₀")
+        self.x0Canvas.setObjectName(names[1])
+        self.scrubberBar = ScrubberBar(names[2])
+        self.scrubber = self.scrubberBar.slider
+        self.header = QLabel()
+        self.header.setStyleSheet("color: #b8b8c4; padding: 2px 4px;")
+        self.plan_t = None
+        row = QHBoxLayout()
+        row.setSpacing(4)
+        row.addWidget(self.xtCanvas)
+        row.addWidget(self.x0Canvas)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.header)
+        lay.addLayout(row, 1)
+        lay.addWidget(self.scrubberBar)
+        self.traj = None
+        self.total = 0
+        self.xt: dict[int, np.ndarray] = {}
+        self.x0: dict[int, np.ndarray] = {}
+        self.latest = 0
+        self._dirty = False
+        self._timer = QTimer(self, interval=33)
+        self._timer.timeout.connect(self.refresh)
+        self.scrubberBar.positionChanged.connect(self.show_position)
+        self.xtCanvas.soloChanged.connect(self.x0Canvas.set_solo)  # both canvases show the same sample
+        self.x0Canvas.soloChanged.connect(self.xtCanvas.set_solo)
+        self.clear()
+
+    # -- feeding -----------------------------------------------------------------------------
+    def clear(self, message: str = "press Run (Ctrl+R) to sample") -> None:
+        self.traj = None
+        self.xt.clear()
+        self.x0.clear()
+        self.latest = 0
+        self.scrubberBar.reset(0)
+        self.xtCanvas.set_frames(None, "", message)
+        self.x0Canvas.set_frames(None, "", "")
+
+    def begin(self, traj, total: int) -> None:
+        """A new run starts: its trajectory holds the initial state at position 0."""
+        self.traj = traj
+        self.total = total
+        self.xt = {0: traj.frame_xt(0)}
+        self.x0 = {}
+        self.latest = 0
+        self.scrubberBar.reset(total)
+        self.show_position(0)
+        self._timer.start()
+
+    def add_step(self, pos: int, xt: np.ndarray, x0: np.ndarray) -> None:
+        self.xt[pos] = xt
+        self.x0[pos] = x0
+        self.latest = max(self.latest, pos)
+        self._dirty = True
+
+    def end(self) -> None:
+        self._timer.stop()
+        self.refresh()
+
+    def set_trajectory(self, traj) -> None:
+        """Show a finished trajectory (e.g. a comparison or a reloaded one)."""
+        self.begin(traj, traj.steps)
+        self.latest = len(traj)
+        self.end()
+
+    # -- display -------------------------------------------------------------------------------
+    def refresh(self) -> None:
+        if self.traj is None:
+            return
+        self._dirty = False
+        before = self.scrubberBar.value
+        self.scrubberBar.set_available(self.latest)
+        if self.scrubberBar.value == before:
+            self.show_position(before)
+
+    def frames_at(self, pos: int) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+        if self.traj is None:
+            return None, None
+        xt = self.xt.get(pos)
+        if xt is None and pos < len(self.traj.xt):
+            xt = self.xt[pos] = self.traj.frame_xt(pos)
+        x0 = None
+        if pos >= 1:
+            x0 = self.x0.get(pos)
+            if x0 is None and pos - 1 < len(self.traj.x0):
+                x0 = self.x0[pos] = self.traj.frame_x0(pos - 1)
+        return xt, x0
+
+    def show_position(self, pos: int) -> None:
+        if self.traj is None:
+            return
+        xt, x0 = self.frames_at(pos)
+        self.xtCanvas.set_frames(xt, xt_caption(self.traj, pos))
+        self.x0Canvas.set_frames(x0, x0_caption(self.traj, pos), "no prediction yet (initial noise)")
+        self.positionChanged.emit(pos)
+
+    @property
+    def position(self) -> int:
+        return self.scrubberBar.value
+
+    def meta_at(self, pos: int):
+        if self.traj is None or not self.traj.meta:
+            return None
+        return self.traj.meta[max(pos - 1, 0)]

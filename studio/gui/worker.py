@@ -1,0 +1,122 @@
+"""A generator worker on its own QThread (after napari/superqt ``_qthreading``).
+
+The job is a plain generator function; each value it yields is emitted as
+``yielded``. Pause and abort are checked after every yield: ``abort()`` closes the
+generator (its ``finally`` blocks run in the worker thread), ``pause()`` blocks
+the thread between two yields, ``step_once()`` lets one more value through.
+The job's return value is emitted as ``done``; an exception becomes a one-line
+message on ``errored`` (never a traceback in the window).
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+import threading
+
+from PySide6.QtCore import QThread, Signal
+
+log = logging.getLogger(__name__)
+
+
+def one_line(exc: BaseException) -> str:
+    """A short human message for any exception raised by a job."""
+    name = exc.__class__.__name__
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if "out of memory" in str(exc).lower() or name == "OutOfMemoryError":
+        return "out of memory: lower the batch size or the precision, or use another device"
+    if name in ("ModelLoadError", "RecipeError", "SamplingError", "GuidanceError", "ScheduleError",
+                "ExportError", "ValueError"):
+        return text or name
+    return f"{name}: {text}" if text else name
+
+
+class GeneratorWorker(QThread):
+    yielded = Signal(object)
+    done = Signal(object)
+    errored = Signal(str)
+    aborted = Signal()
+
+    def __init__(self, fn, *args, **kwargs):
+        super().__init__()
+        self._fn, self._args, self._kwargs = fn, args, kwargs
+        self._cond = threading.Condition()
+        self._abort = False
+        self._paused = False
+        self._credit = 0  # steps allowed through while paused
+        self.outcome = None  # "done" | "error" | "aborted"
+        self.result = None
+        self.error: str = ""
+        self.on_end = None  # called on the GUI thread once the thread has finished (set by the owner)
+
+    # -- control (any thread) ---------------------------------------------------
+    def abort(self) -> None:
+        with self._cond:
+            self._abort = True
+            self._cond.notify_all()
+
+    def pause(self) -> None:
+        with self._cond:
+            self._paused = True
+
+    def resume(self) -> None:
+        with self._cond:
+            self._paused = False
+            self._cond.notify_all()
+
+    def step_once(self) -> None:
+        with self._cond:
+            self._paused = True
+            self._credit += 1
+            self._cond.notify_all()
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    @property
+    def aborting(self) -> bool:
+        return self._abort
+
+    def _gate(self) -> bool:
+        """Block while paused; False when the job must stop."""
+        with self._cond:
+            while self._paused and not self._abort and self._credit == 0:
+                self._cond.wait(0.1)
+            if self._credit:
+                self._credit -= 1
+            return not self._abort
+
+    # -- thread body ----------------------------------------------------------------
+    def run(self) -> None:  # noqa: D401 - QThread API
+        gen = None
+        try:
+            result = self._fn(*self._args, **self._kwargs)
+            if not inspect.isgenerator(result):
+                self.outcome, self.result = "done", result
+                self.done.emit(result)
+                return
+            gen = result
+            first = True
+            while True:
+                if self._abort or (not first and not self._gate()):
+                    gen.close()
+                    self.outcome = "aborted"
+                    self.aborted.emit()
+                    return
+                try:
+                    value = next(gen)
+                except StopIteration as stop:
+                    self.outcome, self.result = "done", stop.value
+                    self.done.emit(stop.value)
+                    return
+                first = False
+                self.yielded.emit(value)
+        except BaseException as e:  # noqa: BLE001 - every failure becomes a message
+            log.debug("job failed", exc_info=True)
+            if gen is not None:
+                try:
+                    gen.close()
+                except BaseException:  # noqa: BLE001
+                    pass
+            self.outcome, self.error = "error", one_line(e)
+            self.errored.emit(self.error)
