@@ -110,7 +110,9 @@ def cmd_sample(args) -> int:
     if recipe.init_noise:
         extra["init_noise.npy"] = Path(recipe.init_noise)
     bar = None if args.quiet else ProgressBar(f"{recipe.sampler} {recipe.steps} steps")
-    traj = execute(recipe, progress=bar)
+    from .session.runner import ModelCache
+
+    traj = execute(recipe, ModelCache(allow_pickle=args.allow_pickle), progress=bar)
     if recipe.init_noise:  # the folder is self-contained: its recipe points at its own copy
         traj.recipe = traj.recipe.replace(init_noise="init_noise.npy")
     out = write_run_folder(traj, Path(args.out), save_raw=args.save_raw, scale=args.image_scale,
@@ -184,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--beta-end", type=float)
     s.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
     s.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
+    s.add_argument("--allow-pickle", action="store_true",
+                   help="allow pickled .bin/.ckpt/.pt weights, read with torch.load(weights_only=True)")
     s.add_argument("--out", required=True, help="output folder (must be new or empty)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     s.add_argument("--save-raw", action="store_true", help="also write trajectory.npz (float32 xt, x0, t)")
@@ -208,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
 
         cli_train.add_dataset_parser(sub)
         cli_train.add_train_parser(sub)
+        from .training.evaluate import add_eval_parser
+
+        add_eval_parser(sub)
     except (ImportError, AttributeError):
         pass
     return p

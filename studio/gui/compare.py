@@ -73,9 +73,9 @@ class CompareDialog(QDialog):
         self.summary = summary
         self.cache = ModelCache()
         main_cache = getattr(parent, "cache", None)
-        if main_cache is not None and getattr(main_cache, "_key", None) == (base.model, base.device, base.dtype,
+        if main_cache is not None and main_cache.key == (base.model, base.device, base.dtype,
                                                                               base.classifier):
-            self.cache.put(base, main_cache._model)  # reuse the open model instead of loading it again
+            self.cache.put(base, main_cache.model)  # reuse the open model instead of loading it again
         self.worker: Optional[GeneratorWorker] = None
         self.trajs: list = []
         self.labels: list[str] = []

@@ -21,15 +21,27 @@ PLAN_KEYS = ("sampler", "steps", "spacing", "karras", "schedule", "eta", "varian
 class ModelCache:
     """Keeps the last opened model so repeated runs don't reload it."""
 
-    def __init__(self):
+    def __init__(self, allow_pickle: bool = False):
         self._key = None
         self._model = None
+        self.allow_pickle = allow_pickle
 
     def get(self, recipe: Recipe):
         key = (recipe.model, recipe.device, recipe.dtype, recipe.classifier)
         if key != self._key:
-            self._model = load_model(recipe.model, recipe.device, recipe.dtype, classifier=recipe.classifier)
+            self._model = load_model(recipe.model, recipe.device, recipe.dtype, allow_pickle=self.allow_pickle,
+                                     classifier=recipe.classifier)
             self._key = key
+        return self._model
+
+    @property
+    def key(self):
+        """(model, device, dtype, classifier) of the open model, or None."""
+        return self._key
+
+    @property
+    def model(self):
+        """The open model, or None."""
         return self._model
 
     def put(self, recipe: Recipe, model) -> None:

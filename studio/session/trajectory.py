@@ -53,11 +53,9 @@ class Trajectory:
 
     # -- writing ------------------------------------------------------------
     def append(self, rec: StepRecord, guidance_scale: float = 0.0) -> None:
+        """Add a step. ``meta`` is appended last, so a reader on another thread that sees
+        ``len(meta) == k`` can read every list up to step k − 1."""
         x_cpu = rec.x.detach().to("cpu", torch.float32)
-        self.xt.append(x_cpu.to(torch.float16))
-        self.x0.append(rec.x0.detach().to("cpu", torch.float16))
-        self.meta.append(StepMeta(rec.index, rec.t, rec.sigma, rec.alpha_bar, rec.t_next, rec.sigma_next,
-                                  rec.alpha_bar_next, rec.nfe, rec.guided, guidance_scale))
         carry = {}
         for k, v in rec.carry.items():
             if isinstance(v, torch.Tensor):
@@ -71,6 +69,10 @@ class Trajectory:
         else:
             self._bytes += size
         self._full.append(entry)
+        self.xt.append(x_cpu.to(torch.float16))
+        self.x0.append(rec.x0.detach().to("cpu", torch.float16))
+        self.meta.append(StepMeta(rec.index, rec.t, rec.sigma, rec.alpha_bar, rec.t_next, rec.sigma_next,
+                                  rec.alpha_bar_next, rec.nfe, rec.guided, guidance_scale))
 
     def _spill(self, pos: int, entry: dict) -> Path:
         if self._cache_dir is None:
