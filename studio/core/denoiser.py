@@ -2,7 +2,9 @@
 
 Every sampler calls a Denoiser; it converts the network output to ε̂ and x̂₀
 (see ``prediction``), applies classifier-free or classifier guidance in ε
-(one batched forward of [cond, uncond] for CFG), and post-processes x̂₀
+(one batched forward of [cond, uncond] for CFG; classifier guidance starts
+from the unconditional ε where the model has a null label, so it samples
+p(x) p(y|x)^s), and post-processes x̂₀
 (clip / dynamic threshold). The returned ε̂ is the guided but un-clipped one,
 as in diffusers' DDIM (``use_clipped_model_output=False``).
 """
@@ -82,7 +84,8 @@ class Denoiser:
             eps = eps_u + g.scale * (eps_c - eps_u)
             guided = True
         else:
-            if labels is None and null is not None:
+            if null is not None and (labels is None or g.mode == "classifier"):
+                # classifier guidance steers the unconditional model: p(x) p(y|x)^s
                 labels = torch.full((x.shape[0],), null, device=x.device, dtype=torch.long)
             eps = to_epsilon(self._forward(x, t, labels, sigma), x, a, b, ptype)
             guided = g.mode == "cfg" and active

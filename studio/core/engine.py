@@ -49,7 +49,10 @@ def branch_plan(spec: SamplerSpec, sched: NoiseSchedule, t_start: float, steps: 
         if len(ts) < steps:
             raise ValueError(f"only {len(ts)} distinct timesteps remain below t={t_start:g}; use at most {len(ts)} steps")
         ab = np.array([sched.alpha_bar(int(t)) for t in ts] + [sched.final_alpha_cumprod], dtype=np.float64)
-        return Plan(ts.astype(np.float64), np.sqrt((1 - ab) / ab), ab, "branch")
+        ts = ts.astype(np.float64)
+        ts[0] = t_start  # start exactly where the parent stopped, even at a fractional t
+        ab[0] = 1.0 / (1.0 + float(sched.sigma_at(t_start)) ** 2)
+        return Plan(ts, np.sqrt((1 - ab) / ab), ab, "branch")
     ts = np.linspace(t_start, 0, steps)
     sig = np.interp(ts, np.arange(len(all_sigmas)), all_sigmas)
     sig = np.concatenate([sig, [0.0]]).astype(np.float32)
@@ -121,8 +124,12 @@ def sample(
     plan = plan or make_plan(spec, sched, steps, spacing, karras)
     info = model.info
     shape = (batch, info.in_channels, info.sample_size, info.sample_size)
+    sc = info.scheduler_config
     den = Denoiser(model, labels_tensor(model, label, batch, device), guidance,
-                   x0_mode or default_x0_mode(model))
+                   x0_mode or default_x0_mode(model),
+                   clip_range=float(sc.get("clip_sample_range", 1.0)),
+                   threshold_ratio=float(sc.get("dynamic_thresholding_ratio", 0.995)),
+                   threshold_max=float(sc.get("sample_max_value", 1.0)))
     if guidance.mode == "classifier" and guidance.classifier_form == "mean" and spec.name != "ddpm":
         raise ValueError("the mean-shift form of classifier guidance exists only for ddpm; use the eps form")
     opts = sampler_options(spec, eta, variance, corrector_steps, snr, sched)

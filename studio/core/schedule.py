@@ -263,10 +263,13 @@ def dpm_plan(sched: NoiseSchedule, steps: int, spacing: str = "linspace", karras
         flipped = np.flip(all_sigmas).copy()
         sig = karras_sigmas(float(flipped[-1]), float(flipped[0]), steps)
         ts = np.array([sigma_to_t(s, log_sigmas) for s in sig])
-        if sched.beta_schedule != "squaredcos_cap_v2":
-            ts = ts.round()
+        # diffusers rounds, except for the cosine schedule where its int64 cast truncates
+        ts = ts.round() if sched.beta_schedule != "squaredcos_cap_v2" else np.floor(ts)
     else:
         ts = dpm_timesteps(sched, steps, spacing)
+        if steps > 1 and not (np.diff(ts) < 0).all():
+            raise ScheduleError(f"{steps} steps with {spacing!r} spacing repeat a timestep; use fewer steps "
+                                "or another spacing")
         sig = np.interp(ts, np.arange(len(all_sigmas)), all_sigmas)
     sig = np.concatenate([sig, [0.0]]).astype(np.float32)
     return Plan(np.asarray(ts, dtype=np.float64), sig, _abar_from_sigmas(sig), spacing, karras)

@@ -216,8 +216,12 @@ def cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
 def train_loop(model: nn.Module, out_dir, steps: int, batch_size: int, seed: int, lr: float,
                loss_fn, checkpoint_every: int, resume: bool, progress: ProgressFn | None,
                time_limit_s: float | None, warmup_steps: int, weight_decay: float,
-               extra_state: dict, log_every: int = 10, keep_checkpoints: int = 2):
-    """Generic resumable AdamW/cosine loop. ``loss_fn(model, rng, gen) -> loss tensor``."""
+               extra_state: dict, log_every: int = 10, keep_checkpoints: int = 2,
+               fit_to_time: bool = True):
+    """Generic resumable AdamW/cosine loop. ``loss_fn(model, rng, gen) -> loss tensor``.
+
+    With ``time_limit_s`` and ``fit_to_time``, the total number of steps is reduced
+    after 20 steps (from the measured s/it) so the cosine schedule finishes in time."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -233,14 +237,18 @@ def train_loop(model: nn.Module, out_dir, steps: int, batch_size: int, seed: int
         gen.set_state(load_file(str(ck / "rng.safetensors"))["torch_generator"])
         start_step = int(st["step"])
         train_seconds = float(st.get("train_seconds", 0.0))
+        if st.get("fitted_from") == steps and st.get("fitted_total"):
+            steps = int(st["fitted_total"])  # keep the schedule chosen by the first run
     log = C.LossLog(out_dir / "loss.csv", ["step", "loss", "lr", "train_seconds", "s_per_it"],
                     start_step if ck is not None else None)
+    fitted_from = None
 
     def save(step):
         p = C.write_checkpoint(out_dir, step, {"model.safetensors": model.state_dict()}, opt,
                                {"numpy_rng": C.numpy_rng_state(rng), "train_seconds": train_seconds,
                                 "seed": seed, "batch_size": batch_size, "lr": lr,
-                                "config": model.config, **extra_state},
+                                "config": model.config, "fitted_from": fitted_from,
+                                "fitted_total": steps if fitted_from else None, **extra_state},
                                keep=keep_checkpoints)
         save_file({"torch_generator": gen.get_state()}, str(p / "rng.safetensors"))
         return p
@@ -275,12 +283,20 @@ def train_loop(model: nn.Module, out_dir, steps: int, batch_size: int, seed: int
                       train_seconds=f"{train_seconds:.1f}", s_per_it=f"{spi:.4f}")
         if progress is not None:
             progress(step, steps, lmean, spi * (steps - step))
+        if (fit_to_time and time_limit_s is not None and step == start_step + 20
+                and step < steps):
+            # shrink the schedule so that the cosine decay completes inside the limit
+            remaining = (time_limit_s - (time.time() - t_start)) / spi
+            new_total = min(steps, step + max(1, int(remaining * 0.95)))
+            if new_total < steps:
+                fitted_from, steps = steps, new_total
         if checkpoint_every and step % checkpoint_every == 0 and step < steps:
             save(step)
     log.close()
     final = save(step) if (step > start_step or ck is None) else ck
     model.eval()
     return {"step": step, "target_steps": steps, "stopped_early": stopped_early,
+            "steps_reduced_to_fit_time_limit_from": fitted_from,
             "train_seconds_total": round(train_seconds, 1),
             "s_per_it_mean": round(train_seconds / step, 4) if step else None,
             "recent_loss_mean": (sum(r[0] for r in recent) / len(recent)) if recent else None,

@@ -104,6 +104,8 @@ def cmd_train_diffusion(args: argparse.Namespace) -> int:
         kw["checkpoint_every"] = args.checkpoint_every
     if args.ema_decay is not None:
         kw["ema_decay"] = args.ema_decay
+    if args.grid_every is not None:
+        kw["grid_every"] = args.grid_every
     summary = train_diffusion(**kw)
     print(json.dumps(summary, indent=1), file=sys.stderr)
     return 0
@@ -163,6 +165,8 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--ema-decay", type=float, default=None, help="diffusion only")
     p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
+    p.add_argument("--grid-every", type=int, default=None,
+                   help="diffusion only: steps between sample grids (default: every checkpoint)")
     p.add_argument("--time-limit-min", type=float, default=None,
                    help="stop (checkpoint + export) after this many minutes")
     p.add_argument("--cache-dir", default="training-runs/cache",

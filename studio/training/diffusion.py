@@ -8,7 +8,8 @@
   ``ema.safetensors``, ``optimizer.safetensors``, ``rng.safetensors`` and
   ``state.json``; training resumes from the newest one.
 * ``out_dir/loss.csv`` logs the loss; ``out_dir/samples/step_XXXXXX.png`` is a
-  grid (rows = classes 0..9) made with a built-in 25-step DDIM loop, CFG w=3.
+  grid (rows = classes 0..9) made with a built-in 25-step DDIM loop, CFG w=3,
+  every ``grid_every`` steps (default: every checkpoint) and at the end.
 * At the end the EMA weights are exported to ``out_dir/final`` in diffusers
   layout (``UNet2DModel.save_pretrained`` + ``scheduler_config.json``).
 """
@@ -142,6 +143,7 @@ def train_diffusion(
     time_limit_s: float | None = None,
     grid_per_class: int = 8,
     grid_steps: int = 25,
+    grid_every: int | None = None,
     log_every: int = 10,
     keep_checkpoints: int = 3,
     export: bool = True,
@@ -184,14 +186,17 @@ def train_diffusion(
     log = C.LossLog(out_dir / "loss.csv", ["step", "loss", "lr", "train_seconds", "s_per_it"],
                     start_step if ck is not None else None)
 
-    def save(step: int) -> Path:
-        nonlocal train_seconds
-        ema_model = make_unet(cfg)
-        ema.copy_to(ema_model)
-        t0 = time.time()
-        img = sample_grid(ema_model, per_class=grid_per_class, steps=grid_steps, seed=0)
-        grid_s = time.time() - t0
-        img.save(out_dir / "samples" / f"step_{step:06d}.png")
+    g_every = grid_every if grid_every else checkpoint_every
+
+    def save(step: int, final: bool = False) -> Path:
+        img, grid_s = None, 0.0
+        if final or not g_every or step % g_every == 0:
+            ema_model = make_unet(cfg)
+            ema.copy_to(ema_model)
+            t0 = time.time()
+            img = sample_grid(ema_model, per_class=grid_per_class, steps=grid_steps, seed=0)
+            grid_s = time.time() - t0
+            img.save(out_dir / "samples" / f"step_{step:06d}.png")
         path = C.write_checkpoint(
             out_dir, step,
             {"model.safetensors": model.state_dict(), "ema.safetensors": ema.state_dict()},
@@ -203,7 +208,8 @@ def train_diffusion(
             keep=keep_checkpoints,
         )
         save_file({"torch_generator": gen.get_state()}, str(path / "rng.safetensors"))
-        img.save(path / "samples.png")
+        if img is not None:
+            img.save(path / "samples.png")
         return path
 
     step = start_step
@@ -250,7 +256,7 @@ def train_diffusion(
         if checkpoint_every and step % checkpoint_every == 0 and step < steps:
             save(step)
     log.close()
-    final_ckpt = save(step) if (step > start_step or ck is None) else ck
+    final_ckpt = save(step, final=True) if (step > start_step or ck is None) else ck
     spi_all = (train_seconds / step) if step else float("nan")
     summary = {
         "step": step, "target_steps": steps, "stopped_early": stopped_early,

@@ -24,10 +24,10 @@ UNET_CONFIG: dict = {
     "in_channels": 3,
     "out_channels": 3,
     "block_out_channels": (32, 64, 128),
-    "layers_per_block": 2,
-    "down_block_types": ("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
-    "up_block_types": ("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-    "attention_head_dim": 32,
+    "layers_per_block": 1,
+    "down_block_types": ("DownBlock2D", "DownBlock2D", "DownBlock2D"),
+    "up_block_types": ("UpBlock2D", "UpBlock2D", "UpBlock2D"),
+    "attention_head_dim": 32,  # used by the mid-block self-attention at 8x8
     "norm_num_groups": 16,
     "num_class_embeds": NUM_CLASSES + 1,
     "dropout": 0.0,
@@ -35,18 +35,27 @@ UNET_CONFIG: dict = {
 
 # Candidates timed before choosing (name -> overrides of UNET_CONFIG).
 CANDIDATES: dict[str, dict] = {
-    "c32-64-64_l1_attn16": {"block_out_channels": (32, 64, 64), "layers_per_block": 1},
-    "c32-64-128_l2_attn16 (shipped)": {},
-    "c32-64-64_l1_noattn": {
+    "c32-64-128_l1 (shipped; attention only in the 8x8 mid block)": {},
+    "c32-64-64_l1": {"block_out_channels": (32, 64, 64)},
+    "c32-64-64_l1_attn16": {
         "block_out_channels": (32, 64, 64),
-        "layers_per_block": 1,
-        "down_block_types": ("DownBlock2D", "DownBlock2D", "DownBlock2D"),
-        "up_block_types": ("UpBlock2D", "UpBlock2D", "UpBlock2D"),
+        "down_block_types": ("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+        "up_block_types": ("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+    },
+    "c32-64-128_l1_attn16": {
+        "down_block_types": ("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+        "up_block_types": ("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+    },
+    "c32-64-128_l2_attn16": {
+        "layers_per_block": 2,
+        "down_block_types": ("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+        "up_block_types": ("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
     },
     "c64-128-128_l1_attn16": {
         "block_out_channels": (64, 128, 128),
-        "layers_per_block": 1,
         "norm_num_groups": 32,
+        "down_block_types": ("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+        "up_block_types": ("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
     },
 }
 

@@ -24,7 +24,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
                     "dpm", True, (), "linspace"),
         SamplerSpec("langevin", sample_langevin,
                     "predictor-corrector: annealed Langevin corrector + ancestral predictor (Song et al. 2021)",
-                    "discrete", False, ("corrector_steps", "snr"), "leading"),
+                    "discrete", False, ("corrector_steps", "snr"), "leading", lambda n: 2 * n),
     ]
 }
 

@@ -1,0 +1,271 @@
+"""The studio's samplers against diffusers' own scheduler loops on real (tiny) diffusers UNets.
+
+A random-init UNet is a terrible denoiser: its trajectories reach |x| ~ σ_max·|ε| ≈ 100–500, where float32
+rounding alone exceeds 1e-4. So the session fixture first trains the UNet briefly to denoise a few fixed
+8×8 patterns, on a short linear schedule (β_end = 0.006, see conftest.TINY_SCHEDULE); final images are then
+O(1) (|x| ≲ 3) and a 1e-4 max-abs agreement is a real test. Schedules and plans of the standard
+configurations are checked against diffusers separately (test_schedule.py).
+
+Conventions: the studio's x_T is in variance-preserving scale. diffusers' Euler/Heun work on
+x_σ = x_t·√(σ²+1), so they start from x_T·√(σ_max² + 1) with σ_max the plan's first σ (their
+``init_noise_sigma`` uses σ_max alone for linspace/trailing, a documented approximation); DDIM and
+DPM-Solver start from x_T itself.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler
+
+from conftest import TINY_SCHEDULE, final_x, make_unet, save_model_folder, train_tiny_unet
+from studio.core.guidance import Guidance
+from studio.core.loading import load_model
+
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")]
+
+BATCH = 4
+STD = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.0001, beta_end=0.02)
+TOL = 1e-4
+BASE = TINY_SCHEDULE  # see conftest: a schedule on which a briefly trained UNet is a usable denoiser
+
+
+@pytest.fixture(scope="session")
+def trained_unet():
+    unet, loss = train_tiny_unet(make_unet(), steps=200)
+    assert loss < 0.2, loss  # it learned to denoise (ε-MSE starts at ≈ 1)
+    return unet
+
+
+@pytest.fixture(scope="session")
+def model_dirs(trained_unet, tmp_path_factory):
+    """Folders (saved with save_pretrained, safetensors) for each scheduler setting, opened by the studio."""
+    root = tmp_path_factory.mktemp("agree")
+    dirs = {}
+    for key, cfg in {
+        "eps": dict(clip_sample=False, prediction_type="epsilon"),
+        "eps_clip": dict(clip_sample=True, prediction_type="epsilon"),
+        "v": dict(clip_sample=False, prediction_type="v_prediction"),
+    }.items():
+        dirs[key] = save_model_folder(trained_unet, root / key, {**BASE, **cfg})
+    for key, cfg in {
+        "clip_half": dict(clip_sample=True, clip_sample_range=0.5),
+        "threshold": dict(clip_sample=False, thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=3.0),
+    }.items():
+        dirs[key] = save_model_folder(trained_unet, root / key, {**BASE, "prediction_type": "epsilon", **cfg})
+    dirs["std"] = save_model_folder(trained_unet, root / "std", {**STD, "clip_sample": False})
+    # class-conditional: the trained weights plus a small class embedding (2 classes + a null class)
+    cond = make_unet(num_class_embeds=3)
+    sd = trained_unet.state_dict()
+    g = torch.Generator().manual_seed(1)
+    sd["class_embedding.weight"] = 0.3 * torch.randn(cond.class_embedding.weight.shape, generator=g)
+    cond.load_state_dict(sd)
+    dirs["cond"] = save_model_folder(cond.eval(), root / "cond", {**BASE, "clip_sample": False},
+                                     class_names=["first", "second"])
+    return dirs
+
+
+_models: dict = {}
+
+
+def _studio(model_dirs, key):
+    if key not in _models:
+        _models[key] = load_model(str(model_dirs[key]), device="cpu")
+    return _models[key]
+
+
+def _x_T(seed=0):
+    return torch.randn(BATCH, 3, 8, 8, generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def _diffusers_run(unet, sched, x_T, kind, labels=None, cfg_scale=None, null=None):
+    """The plain diffusers denoising loop (what a diffusers pipeline does), optionally with CFG."""
+    if kind in ("euler", "heun"):
+        lat = x_T * math.sqrt(float(sched.sigmas[0]) ** 2 + 1)
+    else:
+        lat = x_T.clone()
+    for t in sched.timesteps:
+        inp = sched.scale_model_input(lat, t)
+        if cfg_scale is None:
+            out = unet(inp, t, class_labels=labels).sample
+        else:
+            both = unet(torch.cat([inp, inp]), t, class_labels=torch.cat([labels, torch.full_like(labels, null)])).sample
+            c, u = both.chunk(2)
+            out = u + cfg_scale * (c - u)
+        kw = {"eta": 0.0} if kind == "ddim" else {}
+        lat = sched.step(out, t, lat, **kw).prev_sample
+    return lat
+
+
+SCHEDULERS = {"ddim": DDIMScheduler, "euler": EulerDiscreteScheduler, "heun": HeunDiscreteScheduler,
+              "dpmpp_2m": DPMSolverMultistepScheduler}
+
+
+def _scheduler(kind, spacing, karras=False, base=None, **cfg):
+    extra = {}
+    if kind == "ddim":
+        cfg = {"clip_sample": False, **cfg}  # DDIMScheduler clips by default; the folders say otherwise
+    if kind == "dpmpp_2m":
+        extra = dict(solver_order=2, algorithm_type="dpmsolver++")
+    if karras:
+        extra["use_karras_sigmas"] = True
+    return SCHEDULERS[kind](**(base or BASE), timestep_spacing=spacing, **extra, **cfg)
+
+
+def _compare(model_dirs, trained_unet, key, kind, steps, spacing, karras=False, sched_cfg=None, seed=0):
+    model = _studio(model_dirs, key)
+    x_T = _x_T(seed)
+    ours = final_x(model, kind, steps, batch=BATCH, init_noise=x_T, spacing=spacing, karras=karras)
+    sched = _scheduler(kind, spacing, karras, **(sched_cfg or {}))
+    sched.set_timesteps(steps)
+    ref = _diffusers_run(trained_unet, sched, x_T, kind)
+    assert ref.abs().max() < 6, "the reference run is not O(1); the UNet fixture is not a denoiser"
+    err = (ours - ref).abs().max().item()
+    assert err <= TOL, f"{kind} {spacing} karras={karras}: max |studio − diffusers| = {err:.2e}"
+    return ours, ref
+
+
+# DDIM in diffusers steps from t to t − T//N rather than to the next planned timestep. For leading and
+# trailing spacing with N dividing T these are the same point; for linspace they are not (diffusers'
+# own DDIM+linspace is inconsistent with its plan), and the studio steps to the next planned timestep,
+# so DDIM is compared on leading and trailing only.
+@pytest.mark.parametrize("spacing", ["leading", "trailing"])
+@pytest.mark.parametrize("clip", [False, True])
+def test_ddim_matches_diffusers(model_dirs, trained_unet, spacing, clip):
+    ours, _ = _compare(model_dirs, trained_unet, "eps_clip" if clip else "eps", "ddim", 20, spacing,
+                       sched_cfg=dict(clip_sample=clip, set_alpha_to_one=True))
+    if clip:  # clipping did something on this model (so the clip setting was really read and applied)
+        plain = final_x(_studio(model_dirs, "eps"), "ddim", 20, batch=BATCH, init_noise=_x_T(), spacing=spacing)
+        assert (plain - ours).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("spacing,karras", [("leading", False), ("trailing", False), ("linspace", False),
+                                            ("linspace", True)])
+def test_euler_matches_diffusers(model_dirs, trained_unet, spacing, karras):
+    _compare(model_dirs, trained_unet, "eps", "euler", 12, spacing, karras)
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+def test_heun_matches_diffusers(model_dirs, trained_unet, spacing):
+    _compare(model_dirs, trained_unet, "eps", "heun", 8, spacing)
+
+
+@pytest.mark.parametrize("spacing,karras", [("leading", False), ("trailing", False), ("linspace", False),
+                                            ("linspace", True)])
+def test_dpmpp_2m_matches_diffusers(model_dirs, trained_unet, spacing, karras):
+    _compare(model_dirs, trained_unet, "eps", "dpmpp_2m", 15, spacing, karras)
+
+
+@pytest.mark.parametrize("kind,spacing", [("ddim", "trailing"), ("euler", "linspace"), ("dpmpp_2m", "linspace")])
+def test_v_prediction_matches_diffusers(model_dirs, trained_unet, kind, spacing):
+    assert _studio(model_dirs, "v").info.prediction_type == "v_prediction"
+    ours, _ = _compare(model_dirs, trained_unet, "v", kind, 10, spacing, sched_cfg=dict(prediction_type="v_prediction"))
+    eps = final_x(_studio(model_dirs, "eps"), kind, 10, batch=BATCH, init_noise=_x_T(), spacing=spacing)
+    assert (ours - eps).abs().max() > 1e-2  # the output really was read as v
+
+
+def test_class_conditional_matches_diffusers(model_dirs):
+    model = _studio(model_dirs, "cond")
+    info = model.info
+    assert info.num_classes == 2 and info.null_label == 2 and info.class_names == ["first", "second"]
+    unet = model.unet
+    x_T = _x_T(3)
+    lab = torch.full((BATCH,), 1)
+    results = {}
+    for name, guidance, cfg_scale in [("cond", Guidance(), None), ("cfg", Guidance("cfg", 3.0), 3.0)]:
+        ours = final_x(model, "ddim", 10, batch=BATCH, init_noise=x_T, label=1, guidance=guidance, spacing="leading")
+        sched = _scheduler("ddim", "leading", clip_sample=False)
+        sched.set_timesteps(10)
+        ref = _diffusers_run(unet, sched, x_T, "ddim", labels=lab, cfg_scale=cfg_scale, null=2)
+        assert ref.abs().max() < 6
+        err = (ours - ref).abs().max().item()
+        assert err <= TOL, (name, err)
+        results[name] = ours
+    # unconditional = the null label
+    unc = final_x(model, "ddim", 10, batch=BATCH, init_noise=x_T, spacing="leading")
+    sched = _scheduler("ddim", "leading", clip_sample=False)
+    sched.set_timesteps(10)
+    ref = _diffusers_run(unet, sched, x_T, "ddim", labels=torch.full((BATCH,), 2))
+    assert (unc - ref).abs().max() <= TOL
+    # the label and the guidance change the image
+    assert (results["cond"] - unc).abs().max() > 1e-3 and (results["cfg"] - results["cond"]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("kind,spacing,karras", [("ddim", "leading", False), ("heun", "linspace", False),
+                                                 ("dpmpp_2m", "trailing", True)])
+def test_standard_schedule_matches_diffusers_relatively(model_dirs, trained_unet, kind, spacing, karras):
+    """The usual β_end = 0.02 schedule. The tiny UNet is no denoiser there and runs end at |x| ≈ 30–80, where
+    only relative agreement is meaningful: max |studio − diffusers| ≤ 1e-5 · max |diffusers| (float32 rounding;
+    measured ≤ 2.2e-6 over three UNet inits)."""
+    model = _studio(model_dirs, "std")
+    x_T = _x_T(1)
+    ours = final_x(model, kind, 10, batch=BATCH, init_noise=x_T, spacing=spacing, karras=karras)
+    sched = _scheduler(kind, spacing, karras, base=STD)
+    sched.set_timesteps(10)
+    ref = _diffusers_run(trained_unet, sched, x_T, kind)
+    scale = ref.abs().max().item()
+    assert scale > 5  # really the large-magnitude regime this test is for
+    assert (ours - ref).abs().max().item() <= 1e-5 * scale
+
+
+@pytest.mark.parametrize("key,cfg", [
+    ("clip_half", dict(clip_sample=True, clip_sample_range=0.5)),
+    ("threshold", dict(thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=3.0)),
+], ids=["clip_sample_range=0.5", "thresholding(0.9, max 3)"])
+def test_x0_processing_settings_from_scheduler_config(model_dirs, trained_unet, key, cfg):
+    """x̂₀ clipping / dynamic thresholding are applied "as the model's scheduler config says" (design.md),
+    including their parameters (clip_sample_range, dynamic_thresholding_ratio, sample_max_value), as diffusers'
+    DDIMScheduler does with the same config."""
+    _compare(model_dirs, trained_unet, key, "ddim", 20, "leading", sched_cfg=cfg)
+
+
+# -- stochastic samplers, driven by the studio's own step noise ------------------------------------------
+@pytest.mark.parametrize("kind", ["ddpm", "ddim_eta1", "euler_a"])
+def test_stochastic_samplers_match_diffusers_given_the_same_noise(model_dirs, trained_unet, monkeypatch, kind):
+    """diffusers' DDPM / DDIM(η=1) / Euler-ancestral loops, fed the step noise the studio draws for step i
+    (``NoiseSource(seed).step(i)``), give the studio's result: same posterior mean, variance and noise use."""
+    import diffusers.schedulers.scheduling_ddpm as ddpm_mod
+    import diffusers.schedulers.scheduling_euler_ancestral_discrete as ea_mod
+    from diffusers import DDPMScheduler, EulerAncestralDiscreteScheduler
+
+    from studio.core.noise import NoiseSource
+
+    steps, seed, x_T = 12, 5, _x_T(2)
+    model = _studio(model_dirs, "eps")
+    name = "ddim" if kind == "ddim_eta1" else kind
+    opts = {"eta": 1.0} if kind == "ddim_eta1" else {}
+    spacing = "linspace" if kind == "euler_a" else "leading"
+    ours = final_x(model, name, steps, batch=BATCH, seed=seed, init_noise=x_T, spacing=spacing, **opts)
+
+    noise = [NoiseSource(seed).step(i, tuple(x_T.shape)) for i in range(steps)]
+    calls = []
+
+    def fake_randn(shape, *a, **k):
+        calls.append(len(calls))
+        return noise[len(calls) - 1].clone()
+
+    if kind == "ddpm":
+        sched = DDPMScheduler(**BASE, clip_sample=False, timestep_spacing="leading", variance_type="fixed_small")
+        monkeypatch.setattr(ddpm_mod, "randn_tensor", fake_randn)
+    elif kind == "euler_a":
+        sched = EulerAncestralDiscreteScheduler(**BASE, timestep_spacing="linspace")
+        monkeypatch.setattr(ea_mod, "randn_tensor", fake_randn)
+    else:
+        sched = _scheduler("ddim", "leading")
+    sched.set_timesteps(steps)
+    lat = x_T * math.sqrt(float(sched.sigmas[0]) ** 2 + 1) if kind == "euler_a" else x_T.clone()
+    with torch.no_grad():
+        for i, t in enumerate(sched.timesteps):
+            out = trained_unet(sched.scale_model_input(lat, t), t).sample
+            kw = {"eta": 1.0, "variance_noise": noise[i]} if kind == "ddim_eta1" else {}
+            lat = sched.step(out, t, lat, **kw).prev_sample
+    if kind != "ddim_eta1":
+        assert len(calls) >= steps - 1  # the patched noise was really used
+    assert lat.abs().max() < 6
+    err = (ours - lat).abs().max().item()
+    assert err <= TOL, f"{kind}: max |studio − diffusers| = {err:.2e}"
+    # and the noise mattered: another seed gives another image
+    other = final_x(model, name, steps, batch=BATCH, seed=seed + 1, init_noise=x_T, spacing=spacing, **opts)
+    assert (other - ours).abs().max() > 1e-2

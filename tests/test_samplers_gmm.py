@@ -1,0 +1,235 @@
+"""Every sampler against the exact Gaussian mixture ``gmm`` (design.md, "Exact models for testing").
+
+Truth used here is independent of the samplers: the mixture's own parameters (π_k, μ_k, s_k), and, for
+the deterministic samplers, a very fine solve of the same probability-flow ODE from the same noise.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from conftest import final_x
+from studio.core import engine
+from studio.core.samplers import SAMPLERS
+from studio.core.schedule import dpm_plan, sigma_plan
+
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings("ignore::DeprecationWarning")]
+
+ALL = ("ddpm", "ddim", "euler", "euler_a", "heun", "dpmpp_2m", "langevin")
+STOCHASTIC = ("ddpm", "euler_a", "langevin")
+DETERMINISTIC = ("ddim", "euler", "heun", "dpmpp_2m")
+
+# Steps for the n = 2000 accuracy runs: the fewest at which each sampler's discretisation bias in the
+# component weights is well below the tolerance (measured: at half these counts langevin and heun are biased).
+ACCURACY_STEPS = {"ddpm": 30, "ddim": 20, "euler": 20, "euler_a": 30, "heun": 15, "dpmpp_2m": 15, "langevin": 20}
+N = 2000
+# Binomial std of a weight estimate is √(π(1−π)/n) ≤ √(.4·.6/2000) = 0.011, so ±0.04 is ≥ 3.6 σ for every
+# component (a false alarm about once in 3000 per component), while a sampler that loses or invents mass
+# (e.g. a wrong ᾱ at one step) moves the weights by far more.
+WEIGHT_TOL = 0.04
+
+
+def _nfe_after(name: str, i: int, corrector_steps: int = 1, steps: int = 0) -> int:
+    """Model evaluations after step i (0-based), from each algorithm's definition."""
+    if name == "heun":  # 2 per step, 1 on the last (Euler) step to σ = 0
+        return 2 * (i + 1) - (1 if i == steps - 1 else 0)
+    if name == "langevin":  # corrector_steps Langevin evaluations + 1 predictor evaluation
+        return (corrector_steps + 1) * (i + 1)
+    return i + 1
+
+
+_cache: dict = {}
+
+
+def _accuracy_run(gmm, name):
+    """One n = 2000 unconditional run per sampler (cached for the module): step metadata and the final record."""
+    if name not in _cache:
+        metas, last = [], None
+        for rec in engine.sample(gmm, name, ACCURACY_STEPS[name], batch=N, seed=0):
+            metas.append((rec.index, rec.steps, rec.nfe, rec.t, rec.t_next, rec.alpha_bar_next,
+                          tuple(rec.x.shape), tuple(rec.x0.shape), rec.x.dtype))
+            last = rec
+        _cache[name] = (metas, last)
+    return _cache[name]
+
+
+def _classify(gmm, x):
+    comp = gmm.nearest_component(x)
+    return comp, torch.bincount(comp, minlength=4).double() / len(x)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_records_shapes_and_nfe(gmm, name):
+    steps = ACCURACY_STEPS[name]
+    metas, last = _accuracy_run(gmm, name)
+    assert len(metas) == steps
+    for i, (index, n, nfe, t, t_next, ab_next, xs, x0s, dt) in enumerate(metas):
+        assert index == i and n == steps
+        assert nfe == _nfe_after(name, i, steps=steps), f"nfe after step {i}"
+        assert xs == x0s == (N, 3, 16, 16) and dt == torch.float32
+        if i + 1 < steps:
+            assert t_next == metas[i + 1][3] and t_next < t
+    assert metas[-1][4] == -1.0 and metas[-1][5] == pytest.approx(1.0)  # the chain ends at ᾱ = 1
+    assert torch.isfinite(last.x).all()
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_registry_evals_per_step_matches_the_run(gmm, name):
+    """``SamplerSpec.evals_per_step`` (the cost a UI or benchmark shows before a run) equals the nfe a run with
+    default options reports: heun 2N − 1, langevin (1 corrector + 1 predictor) · N, the rest N."""
+    *_, last = engine.sample(gmm, name, 5, batch=1)
+    assert SAMPLERS[name].evals_per_step(5) == last.nfe == _nfe_after(name, 4, steps=5)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_component_weights(gmm, name):
+    _, last = _accuracy_run(gmm, name)
+    _, w = _classify(gmm, last.x)
+    torch.testing.assert_close(w, gmm.weights.cpu(), rtol=0, atol=WEIGHT_TOL)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_component_means(gmm, name):
+    """Per component k, the RMS over pixels of (sample mean − μ_k). With n_k samples of per-pixel std ≤ s_k it is
+    ≈ s_k/√n_k for an unbiased sampler; 3 s_k/√n_k allows for chance and a little discretisation bias
+    (measured ≤ 0.6 s_k/√n_k at these step counts), while a mean off by 3 % of its size fails."""
+    _, last = _accuracy_run(gmm, name)
+    comp, _ = _classify(gmm, last.x)
+    for k in range(4):
+        xk = last.x[comp == k].double()
+        assert len(xk) > 100
+        rms = ((xk.mean(0) - gmm.means[k]) ** 2).mean().sqrt().item()
+        bound = 3 * float(gmm.stds[k]) / math.sqrt(len(xk))
+        assert rms < bound, f"component {k}: rms mean error {rms:.4f} ≥ {bound:.4f}"
+
+
+# Stochastic samplers, fine enough that the spread is right. DDPM-type ancestral steps with the posterior
+# variance β̃ and x̂₀ = E[x₀|x_t] drop the Var[x₀|x_t] term each step, so narrow components come out slightly
+# too narrow even at T = 1000 (measured 0.957 s_k for s_k = 0.1, 0.985 s_k for 0.2); Langevin's corrector makes
+# up for it (measured 0.97–1.01 at 500 steps). 32 samples × 768 pixels pin the spread to ~1 %.
+SPREAD_RUNS = {"ddpm": (1000, 0.07), "euler_a": (1000, 0.07), "langevin": (500, 0.05)}
+
+
+@pytest.mark.parametrize("name", STOCHASTIC)
+def test_component_spread_stochastic(gmm, name):
+    steps, tol = SPREAD_RUNS[name]
+    x = final_x(gmm, name, steps, batch=32, seed=5).double()
+    comp = gmm.nearest_component(x)
+    ratios = []
+    for k in comp.unique().tolist():
+        xk = x[comp == k]
+        ratios.append(((xk - gmm.means[k]) ** 2).mean().sqrt().item() / float(gmm.stds[k]))
+    ratios = torch.tensor(ratios)
+    assert ((ratios - 1).abs() < tol).all(), f"spread / s_k = {ratios.tolist()}"
+
+
+def test_ddpm_variance_choices_bracket_true_spread(gmm):
+    """Ho et al. 2020 §3.2: β̃ (fixed_small) and β (fixed_large) are the two extreme reverse variances; at a
+    coarse 100 steps the exact spread s_k lies between what the two produce from the same noise."""
+    x_small = final_x(gmm, "ddpm", 100, batch=32, seed=6, variance="fixed_small").double()
+    x_large = final_x(gmm, "ddpm", 100, batch=32, seed=6, variance="fixed_large").double()
+    for x, side in ((x_small, -1), (x_large, 1)):
+        comp = gmm.nearest_component(x)
+        dev = (x - gmm.means[comp]) / gmm.stds[comp].view(-1, 1, 1, 1)
+        ratio = dev.pow(2).mean().sqrt().item()
+        assert side * (ratio - 1) > 0.02, (side, ratio)
+
+
+# -- reproducibility --------------------------------------------------------------
+@pytest.mark.parametrize("name", ALL)
+def test_same_seed_same_samples_different_seed_different(gmm, name):
+    a = final_x(gmm, name, 6, batch=3, seed=11)
+    b = final_x(gmm, name, 6, batch=3, seed=11)
+    c = final_x(gmm, name, 6, batch=3, seed=12)
+    assert torch.equal(a, b)
+    assert (a - c).flatten(1).abs().max(1).values.min() > 1e-2  # every sample differs
+    # noise is keyed per sample: sample j is the same whatever the batch size
+    d = final_x(gmm, name, 6, batch=2, seed=11)
+    assert torch.equal(a[:2], d)
+
+
+@pytest.mark.parametrize("name", STOCHASTIC + ("ddim_eta1",))
+def test_stochastic_samplers_use_fresh_noise(gmm, name):
+    """Same initial noise, different step noise (another seed) → a different sample: the step noise is used."""
+    kw = {"eta": 1.0} if name == "ddim_eta1" else {}
+    name = "ddim" if name == "ddim_eta1" else name
+    x_T = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    a = final_x(gmm, name, 6, batch=2, seed=1, init_noise=x_T, **kw)
+    b = final_x(gmm, name, 6, batch=2, seed=2, init_noise=x_T, **kw)
+    assert (a - b).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("name", DETERMINISTIC)
+def test_deterministic_samplers_ignore_seed_given_noise(gmm, name):
+    x_T = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    a = final_x(gmm, name, 6, batch=2, seed=1, init_noise=x_T)
+    b = final_x(gmm, name, 6, batch=2, seed=2, init_noise=x_T)
+    assert torch.equal(a, b)
+
+
+# -- convergence of the ODE samplers ---------------------------------------------------
+B_CONV = 16
+
+
+@pytest.fixture(scope="module")
+def ode_problem(gmm):
+    """Initial noise and a fine reference solve of the probability-flow ODE from σ(t=999) to 0.
+
+    All deterministic samplers are run with ``linspace`` spacing so that they all start at t = 999 from the same
+    x_T; the reference is DPM-Solver++(2M) at 800 steps, cross-checked against Heun at 500 steps."""
+    x_T = torch.randn(B_CONV, 3, 16, 16, generator=torch.Generator().manual_seed(42))
+    ref = final_x(gmm, "dpmpp_2m", 800, batch=B_CONV, init_noise=x_T, spacing="linspace").double()
+    check = final_x(gmm, "heun", 500, batch=B_CONV, init_noise=x_T, spacing="linspace").double()
+    agree = (ref - check).pow(2).mean().sqrt().item()
+    return x_T, ref, agree
+
+
+def _err(gmm, x_T, ref, name, steps):
+    x = final_x(gmm, name, steps, batch=B_CONV, init_noise=x_T, spacing="linspace").double()
+    return (x - ref).pow(2).mean().sqrt().item()
+
+
+def test_reference_solves_agree(ode_problem):
+    _, ref, agree = ode_problem
+    assert agree < 2e-3, agree  # two different high-order solvers at ≥ 500 steps agree closely
+    assert ref.abs().max() < 3
+
+
+@pytest.mark.parametrize("name", DETERMINISTIC)
+def test_error_falls_with_steps(gmm, ode_problem, name):
+    x_T, ref, agree = ode_problem
+    errs = [_err(gmm, x_T, ref, name, n) for n in (10, 20, 50, 100)]
+    assert all(e1 > e2 for e1, e2 in zip(errs, errs[1:])), errs
+    assert errs[-1] < errs[0] / 3, errs  # at least first-order: 10× the steps, ≥ 3× smaller error
+    assert errs[-1] < 0.05, errs
+
+
+def test_dpmpp_2m_beats_ddim_at_20_steps(gmm, ode_problem):
+    """DDIM is the first-order member of the DPM-Solver family; on the same 20 points the second-order
+    multistep correction must bring the result closer to the reference. On Karras σ (dense near σ = 0, so the
+    final first-order jump to σ = 0 is tiny) the gain is large (measured 0.0085 vs 0.027); on the linspace
+    plan the last jump from t = 50 dominates both errors and the gain is small (0.0515 vs 0.0566)."""
+    x_T, ref, _ = ode_problem
+    sched = engine.schedule_for(gmm)
+    for karras, factor in ((True, 2.0), (False, 1.05)):
+        plan = dpm_plan(sched, 20, "linspace", karras)
+        err = {}
+        for name in ("dpmpp_2m", "ddim"):
+            x = final_x(gmm, name, 20, batch=B_CONV, init_noise=x_T, plan=plan).double()
+            err[name] = (x - ref).pow(2).mean().sqrt().item()
+        assert err["dpmpp_2m"] * factor < err["ddim"], (karras, err)
+    # and each on its own default-spacing plan, as a user would run them (both start at t = 999)
+    assert _err(gmm, x_T, ref, "dpmpp_2m", 20) < _err(gmm, x_T, ref, "ddim", 20)
+
+
+def test_ddim_equals_euler_on_the_same_plan(gmm):
+    """Deterministic DDIM is exactly Euler's method on the probability-flow ODE in x/√ᾱ (Karras et al. 2022,
+    §3 / Song et al. 2021, eq. 14): on the same σ points the two agree to float32 rounding."""
+    x_T = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    plan = sigma_plan(engine.schedule_for(gmm), 12, "linspace")
+    a = final_x(gmm, "ddim", 12, batch=4, init_noise=x_T, plan=plan)
+    b = final_x(gmm, "euler", 12, batch=4, init_noise=x_T, plan=plan)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
+    assert (a - final_x(gmm, "dpmpp_2m", 12, batch=4, init_noise=x_T, plan=plan)).abs().max() > 1e-3
