@@ -11,10 +11,12 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 pytest.importorskip("pytestqt")
-from PySide6.QtCore import QSettings, QStandardPaths, Qt  # noqa: E402
+from PySide6.QtCore import Qt  # noqa: E402
 from PySide6.QtWidgets import QMessageBox, QWidget  # noqa: E402
 
 from studio.gui import MainWindow  # noqa: E402
+
+from ._gui import open_window, temp_settings  # noqa: E402,F401
 from studio.session import export as ex  # noqa: E402
 
 NAMES = ["modelPicker", "samplerCombo", "stepsSpin", "etaSpin", "seedSpin", "labelCombo", "guidanceModeCombo",
@@ -22,22 +24,9 @@ NAMES = ["modelPicker", "samplerCombo", "stepsSpin", "etaSpin", "seedSpin", "lab
          "exportButton"]
 
 
-@pytest.fixture(autouse=True)
-def temp_settings(tmp_path):
-    QStandardPaths.setTestModeEnabled(True)
-    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(tmp_path / "settings"))
-    yield
-
-
 @pytest.fixture
 def win(qtbot):
-    w = MainWindow(model="gmm")
-    qtbot.addWidget(w)
-    w.show()
-    qtbot.waitUntil(lambda: w.summary is not None and not w.busy, timeout=15000)
-    w.panel.stepsSpin.setValue(8)
-    w.panel.batchSpin.setValue(2)
-    return w
+    return open_window(qtbot, steps=8)
 
 
 def run(qtbot, w, timeout=15000):

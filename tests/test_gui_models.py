@@ -7,28 +7,17 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 pytest.importorskip("pytestqt")
-from PySide6.QtCore import QMimeData, QPointF, QSettings, QStandardPaths, Qt, QUrl  # noqa: E402
+from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl  # noqa: E402
 from PySide6.QtGui import QDropEvent  # noqa: E402
 
 from studio.gui import MainWindow  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def temp_settings(tmp_path):
-    QStandardPaths.setTestModeEnabled(True)
-    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(tmp_path / "settings"))
-    yield
+from ._gui import open_window, temp_settings  # noqa: E402,F401
 
 
 @pytest.fixture
 def win(qtbot):
-    w = MainWindow(model="gmm")
-    qtbot.addWidget(w)
-    w.show()
-    qtbot.waitUntil(lambda: w.summary is not None and not w.busy, timeout=15000)
-    w.panel.stepsSpin.setValue(6)
-    w.panel.batchSpin.setValue(2)
-    return w
+    return open_window(qtbot, steps=6)
 
 
 @pytest.fixture(scope="module")
