@@ -73,8 +73,8 @@ def _recipe_from_args(args):
         v = getattr(args, arg, None)
         if v is not None:
             changes[field] = v
-    if args.karras:
-        changes["karras"] = True
+    if args.karras is not None:
+        changes["karras"] = args.karras
     if args.guidance_interval is not None:
         changes["guidance_interval"] = tuple(args.guidance_interval)
     sched = dict(base.schedule)
@@ -178,8 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int)
     s.add_argument("--batch", type=int)
     s.add_argument("--init-noise", help="float32 .npy of shape (batch, C, H, W) used as x_T")
-    s.add_argument("--timestep-spacing", choices=list(SPACINGS))
-    s.add_argument("--karras", action="store_true", help="Karras σ spacing (euler, euler_a, heun, dpmpp_2m)")
+    s.add_argument("--timestep-spacing", choices=list(SPACINGS),
+                   help="default: the model's scheduler config, else the sampler's own (ddim/ddpm leading, others linspace)")
+    s.add_argument("--karras", action=argparse.BooleanOptionalAction, default=None,
+                   help="Karras σ spacing for euler, euler_a, heun, dpmpp_2m (default: the model's config)")
     s.add_argument("--x0", choices=["none", "clip", "threshold"], help="x̂₀ processing (default: the model's config)")
     s.add_argument("--beta-schedule", choices=list(BETA_SCHEDULES), help="override the model's beta schedule")
     s.add_argument("--beta-start", type=float)

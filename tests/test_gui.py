@@ -16,7 +16,7 @@ from PySide6.QtWidgets import QMessageBox, QWidget  # noqa: E402
 
 from studio.gui import MainWindow  # noqa: E402
 
-from ._gui import open_window, temp_settings  # noqa: E402,F401
+from _gui import open_window, temp_settings  # noqa: E402,F401
 from studio.session import export as ex  # noqa: E402
 
 NAMES = ["modelPicker", "samplerCombo", "stepsSpin", "etaSpin", "seedSpin", "labelCombo", "guidanceModeCombo",

@@ -12,7 +12,7 @@ from PySide6.QtGui import QDropEvent  # noqa: E402
 
 from studio.gui import MainWindow  # noqa: E402
 
-from ._gui import open_window, temp_settings  # noqa: E402,F401
+from _gui import open_window, temp_settings  # noqa: E402,F401
 
 
 @pytest.fixture

@@ -39,6 +39,16 @@ def make_plan(spec: SamplerSpec, sched: NoiseSchedule, steps: int, spacing: Opti
     return dpm_plan(sched, steps, spacing, karras)
 
 
+def model_plan(model, spec: SamplerSpec, steps: int, spacing: Optional[str] = None, karras: Optional[bool] = None,
+               schedule_overrides: Optional[dict] = None) -> Plan:
+    """The plan for a model: unset spacing / Karras come from its scheduler config, then the sampler's default."""
+    sc = model.info.scheduler_config
+    spacing = spacing or sc.get("timestep_spacing") or spec.default_spacing
+    if karras is None:
+        karras = bool(sc.get("use_karras_sigmas", False)) and spec.plan_kind != "discrete"
+    return make_plan(spec, schedule_for(model, schedule_overrides), steps, spacing, karras)
+
+
 def branch_plan(spec: SamplerSpec, sched: NoiseSchedule, t_start: float, steps: int) -> Plan:
     """A plan that starts at timestep ``t_start`` (a branch point) and ends at 0, evenly spaced in t."""
     if not isinstance(steps, int) or steps < 1:
@@ -102,7 +112,7 @@ def sample(
     corrector_steps: int = 1,
     snr: float = 0.16,
     spacing: Optional[str] = None,
-    karras: bool = False,
+    karras: Optional[bool] = None,
     x0_mode: Optional[str] = None,
     schedule_overrides: Optional[dict] = None,
     init_noise: Optional[torch.Tensor] = None,
@@ -121,7 +131,7 @@ def sample(
         raise ValueError(f"batch must be a positive integer, got {batch!r}")
     device = model.device
     noise = NoiseSource(seed, device, torch.float32)
-    plan = plan or make_plan(spec, sched, steps, spacing, karras)
+    plan = plan or model_plan(model, spec, steps, spacing, karras, schedule_overrides)
     info = model.info
     shape = (batch, info.in_channels, info.sample_size, info.sample_size)
     sc = info.scheduler_config

@@ -78,7 +78,7 @@ class SamplerPanel(QWidget):
         self.etaSpin.setToolTip("η: 0 = deterministic, 1 = DDPM-like noise (DDIM and Euler a only)")
         self.varianceCombo = _combo("varianceCombo", [("fixed_small", "fixed small (β̃)"), ("fixed_large", "fixed large (β)")],
                                     "DDPM posterior variance")
-        self.spacingCombo = _combo("spacingCombo", [(None, "sampler default")] + [(s, s) for s in SPACINGS],
+        self.spacingCombo = _combo("spacingCombo", [(None, "model default")] + [(s, s) for s in SPACINGS],
                                    "How the steps are spread over the training timesteps")
         self.karrasCheck = QCheckBox("Karras σ", objectName="karrasCheck")
         self.karrasCheck.setToolTip("Karras et al. 2022 noise levels (σ-space samplers only)")
@@ -239,7 +239,7 @@ class SamplerPanel(QWidget):
             eta=round(self.etaSpin.value(), 4),
             variance=self.varianceCombo.currentData(),
             spacing=self.spacingCombo.currentData(),
-            karras=self.karrasCheck.isChecked(),
+            karras=self.karrasCheck.isChecked() and self.karrasCheck.isEnabled(),
             corrector_steps=self.correctorSpin.value(),
             snr=round(self.snrSpin.value(), 4),
             x0_mode=self.x0Combo.currentData(),

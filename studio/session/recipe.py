@@ -36,7 +36,7 @@ class Recipe:
     seed: int = 0
     batch: int = 4
     spacing: Optional[str] = None
-    karras: bool = False
+    karras: Optional[bool] = None  # None: the model's scheduler config (use_karras_sigmas)
     x0_mode: Optional[str] = None
     schedule: dict = field(default_factory=dict)
     device: str = "auto"
@@ -66,6 +66,8 @@ class Recipe:
             raise RecipeError(f"eta must be a number from 0 to 1, got {self.eta!r}")
         if self.spacing is not None and self.spacing not in SPACINGS:
             raise RecipeError(f"unknown timestep spacing {self.spacing!r}; choose one of {', '.join(SPACINGS)}")
+        if self.karras not in (None, True, False):
+            raise RecipeError(f"karras must be true, false or null, got {self.karras!r}")
         if self.x0_mode not in (None, "none", "clip", "threshold"):
             raise RecipeError(f"unknown x0 processing {self.x0_mode!r}; choose none, clip or threshold")
         if self.variance not in ("fixed_small", "fixed_large"):

@@ -93,7 +93,8 @@ class Run:
             self._gen = engine.sample(self.model, recipe.sampler, recipe.steps, init_noise=init, **kwargs)
             initial = init if init is not None else None
             sched = engine.schedule_for(self.model, recipe.schedule or None)
-            self.plan = engine.make_plan(self.spec, sched, recipe.steps, recipe.spacing, recipe.karras)
+            self.plan = engine.model_plan(self.model, self.spec, recipe.steps, recipe.spacing, recipe.karras,
+                                             recipe.schedule or None)
             self.offset = 0
             if initial is None:
                 from ..core.noise import NoiseSource
@@ -107,7 +108,8 @@ class Run:
             sched = engine.schedule_for(self.model, recipe.schedule or None)
             if k >= 0 and same_plan(parent_recipe, recipe):
                 # exact continuation: same plan, the parent's carry
-                self.plan = engine.make_plan(self.spec, sched, recipe.steps, recipe.spacing, recipe.karras)
+                self.plan = engine.model_plan(self.model, self.spec, recipe.steps, recipe.spacing, recipe.karras,
+                                             recipe.schedule or None)
                 rec = parent.record(k)
                 self._gen = engine.sample(self.model, recipe.sampler, recipe.steps, start=rec, plan=self.plan, **kwargs)
                 self.offset = k + 1
@@ -115,7 +117,8 @@ class Run:
             elif k < 0:
                 init = parent.full_state(-1)["x"]
                 self._gen = engine.sample(self.model, recipe.sampler, recipe.steps, init_noise=init, **kwargs)
-                self.plan = engine.make_plan(self.spec, sched, recipe.steps, recipe.spacing, recipe.karras)
+                self.plan = engine.model_plan(self.model, self.spec, recipe.steps, recipe.spacing, recipe.karras,
+                                             recipe.schedule or None)
                 self.offset = 0
                 self.trajectory = Trajectory(recipe, init, self.plan.steps)
             else:
