@@ -146,7 +146,14 @@ class DiffusersUNetModel:
     def __init__(self, unet, info: ModelInfo, classifier=None, device=torch.device("cpu"), dtype=torch.float32):
         unet = unet.to(device=device)
         if unet.dtype != dtype:
-            unet = unet.to(dtype=dtype)
+            from diffusers.utils import logging as dlog
+
+            level = dlog.get_verbosity()
+            dlog.set_verbosity_error()  # the module-by-module fp32 advice is for from_pretrained, not us
+            try:
+                unet = unet.to(dtype=dtype)
+            finally:
+                dlog.set_verbosity(level)
         self.unet = unet.eval()
         self.info = info
         self.classifier = classifier
