@@ -1,7 +1,6 @@
 """One entry point over schedules, plans, denoiser and samplers: ``sample(...)`` yields StepRecords."""
 from __future__ import annotations
 
-import math
 from typing import Iterator, Optional
 
 import numpy as np

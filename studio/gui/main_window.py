@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Callable, Optional
 
-from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, Signal
+from PySide6.QtCore import QSettings, Qt, Signal
 from PySide6.QtGui import QAction, QKeySequence
-from PySide6.QtWidgets import (QFileDialog, QHBoxLayout, QLabel, QMainWindow, QMessageBox, QProgressBar, QPushButton,
+from PySide6.QtWidgets import (QHBoxLayout, QLabel, QMainWindow, QMessageBox, QProgressBar, QPushButton,
                                QScrollArea, QSplitter, QTabWidget, QVBoxLayout, QWidget)
 
 import shiboken6
@@ -15,13 +14,14 @@ import shiboken6
 from ..session.recipe import Recipe, RecipeError
 from ..session.runner import ModelCache
 from . import jobs
-from .panel import OPEN_FOLDER, SamplerPanel
+from .files import RecipeFiles
+from .models import ModelHandling
+from .panel import SamplerPanel
 from .plots import GuidancePlot, SchedulePlot
 from .view import TrajectoryView
 from .worker import GeneratorWorker
 
 ORG, APP = "SamplingStudio", "studio"
-MAX_RECENT = 8
 
 
 def open_settings() -> QSettings:
@@ -41,7 +41,7 @@ def describe(r: Recipe) -> str:
     return ", ".join(parts)
 
 
-class MainWindow(QMainWindow):
+class MainWindow(ModelHandling, RecipeFiles, QMainWindow):
     runFinished = Signal(object)  # the Trajectory of the main run (finished, stopped or failed)
     branchFinished = Signal(object)  # the Trajectory of a branch
     modelLoaded = Signal(object)  # jobs.ModelSummary
@@ -267,85 +267,6 @@ class MainWindow(QMainWindow):
         if not busy:
             self.pauseButton.setChecked(False)
 
-    # == models ===========================================================================================
-    def _model_requested(self, spec: str) -> None:
-        if spec == OPEN_FOLDER:
-            self.open_model_dialog()
-        elif spec != self.model_spec:
-            self.load_model(spec)
-
-    def _device_changed(self, *_) -> None:
-        if self.model_spec:
-            self.load_model(self.model_spec)
-
-    def open_model_dialog(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Open a diffusers model folder", str(Path.home()))
-        if folder:
-            self.load_model(folder)
-
-    def load_model(self, spec: str) -> None:
-        """Open a model in the worker thread; the window stays usable, a failure keeps the previous model."""
-        def start():
-            recipe = self.panel.recipe(model=spec)
-            self._loading = (recipe.device, recipe.dtype)
-            self.loadBar.show()
-            self.statusBar().showMessage(f"Loading model {spec}…")
-            if self.trajectory is None:
-                self.mainView.clear("loading model…")
-            self._start(jobs.load_job, self.cache, recipe, kind="load",
-                        on_end=lambda w: self._model_ready(w.result) if w.outcome == "done"
-                        else self._model_error(spec, w.error or "cancelled"))
-        self._after_current(start)
-
-    def _model_ready(self, summary: jobs.ModelSummary) -> None:
-        self.loadBar.hide()
-        self.summary = summary
-        self.model_spec = summary.spec
-        self.setWindowTitle(f"Sampling Studio — {summary.info.name}")
-        self._good_device = getattr(self, "_loading", ("auto", "float32"))
-        self.panel.show_model(summary.spec)
-        self.panel.set_model_info(summary.info, summary.device)
-        self.schedulePlot.set_schedule(summary)
-        if summary.spec not in ("gmm", "default"):
-            self._remember_model(summary.spec)
-        self.settings.setValue("model", summary.spec)
-        self.statusBar().showMessage(f"Model {summary.info.name} ready ({summary.info.source})", 5000)
-        self.hide_error()
-        if self.trajectory is None:
-            self.mainView.clear()
-        self._set_busy(self.busy)
-        self.modelLoaded.emit(summary)
-        if getattr(self, "_queued_run", False):
-            self._queued_run = False
-            QTimer.singleShot(0, self.run)
-
-    def _model_error(self, spec: str, msg: str) -> None:
-        self.loadBar.hide()
-        self._queued_run = False
-        good = getattr(self, "_good_device", None)
-        if good is not None:  # the previous model stays, with its device and precision
-            for combo, value in zip((self.panel.deviceCombo, self.panel.dtypeCombo), good):
-                combo.setCurrentIndex(max(combo.findData(value), 0))
-        self.panel.show_model(self.model_spec or "gmm")
-        keep = f"; still using {self.model_spec}" if self.model_spec else ""
-        self.show_error(f"Could not open model {spec}: {msg}{keep}")
-        if self.trajectory is None:
-            self.mainView.clear("no model loaded — pick one in the Model box" if not self.summary else
-                                "press Run (Ctrl+R) to sample")
-        self.modelFailed.emit(msg)
-
-    def _remember_model(self, path: str) -> None:
-        recent = [p for p in self._recent() if p != path]
-        recent.insert(0, path)
-        self.settings.setValue("recent_models", recent[:MAX_RECENT])
-        self.panel.set_recent(recent[:MAX_RECENT])
-
-    def _recent(self) -> list[str]:
-        v = self.settings.value("recent_models", [])
-        if isinstance(v, str):
-            v = [v]
-        return [str(p) for p in (v or [])]
-
     # == running ==========================================================================================
     def current_recipe(self) -> Recipe:
         return self.panel.recipe(model=self.model_spec)
@@ -537,7 +458,7 @@ class MainWindow(QMainWindow):
         self.schedulePlot.set_current(t if t >= 0 else 0.0)
         self.guidancePlot.set_current(m.index + 1 if pos else None)
 
-    # == compare, export, recipes =================================================================================
+    # == compare, export =================================================================================
     def compare(self) -> None:
         from .compare import CompareDialog
 
@@ -572,41 +493,6 @@ class MainWindow(QMainWindow):
         dlg.exported.connect(lambda p: self.statusBar().showMessage(f"Exported {p}", 10000))
         dlg.open()
 
-    def open_recipe_dialog(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Open a recipe", str(Path.home()),
-                                              "Recipes (*.json *.png);;All files (*)")
-        if path:
-            self.open_recipe(path)
-
-    def open_recipe(self, path: str) -> Optional[Recipe]:
-        """Restore every setting from a recipe .json or an exported .png; loads its model if needed."""
-        from ..session.export import read_recipe
-
-        try:
-            recipe = read_recipe(path)
-        except RecipeError as e:
-            self.show_error(str(e))
-            return None
-        if recipe.branch:
-            self.statusBar().showMessage("This recipe is a branch; its own settings are restored", 8000)
-        self.panel.set_recipe(recipe)
-        self.hide_error()
-        if recipe.model != self.model_spec:
-            self.load_model(recipe.model)
-        self.statusBar().showMessage(f"Opened recipe {path}", 8000)
-        return recipe
-
-    def save_recipe_dialog(self) -> None:
-        from ..session.export import ExportError, export_recipe
-
-        path, _ = QFileDialog.getSaveFileName(self, "Save recipe", str(Path.home() / "recipe.json"), "Recipes (*.json)")
-        if not path:
-            return
-        try:
-            export_recipe(self.current_recipe(), path, overwrite=True)  # the file dialog already asked
-        except ExportError as e:
-            self.show_error(str(e))
-
     # == errors ===========================================================================================
     def show_error(self, msg: str) -> None:
         self.errorLabel.setText(msg)
@@ -617,48 +503,7 @@ class MainWindow(QMainWindow):
     def hide_error(self) -> None:
         self.errorLabel.hide()
 
-    # == drag and drop ===================================================================================
-    def dragEnterEvent(self, event) -> None:  # noqa: N802
-        if event.mimeData().hasUrls():
-            event.acceptProposedAction()
-
-    def dropEvent(self, event) -> None:  # noqa: N802
-        for url in event.mimeData().urls():
-            self.open_path(url.toLocalFile())
-            break
-
-    def open_path(self, path: str) -> None:
-        """A dropped path: a folder is a model, a .json/.png is a recipe."""
-        p = Path(path)
-        if p.is_dir():
-            self.load_model(str(p))
-        elif p.suffix.lower() in (".json", ".png"):
-            self.open_recipe(str(p))
-        else:
-            self.show_error(f"{p}: drop a model folder, or a recipe (.json or exported .png)")
-
-    # == settings and closing =============================================================================
-    def _restore_settings(self) -> None:
-        self.panel.set_recent(self._recent())
-        text = self.settings.value("recipe", "", str)
-        recipe = Recipe(model="default", steps=50)
-        if text:
-            try:
-                recipe = Recipe.from_json(text)
-            except RecipeError:
-                pass
-        self.panel.set_recipe(recipe)
-        geo = self.settings.value("geometry")
-        if isinstance(geo, QByteArray):
-            self.restoreGeometry(geo)
-
-    def save_settings(self) -> None:
-        self.settings.setValue("geometry", self.saveGeometry())
-        self.settings.setValue("recipe", self.current_recipe().to_json())
-        if self.model_spec:
-            self.settings.setValue("model", self.model_spec)
-        self.settings.sync()
-
+    # == closing ===========================================================================================
     def shutdown(self) -> None:
         """Stop every worker thread and wait for it (no 'QThread destroyed while running')."""
         self._pending = None

@@ -8,7 +8,7 @@ Index 0 of ``xt`` is the initial noise; step k (0-based) is at ``xt[k + 1]``.
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 

@@ -45,7 +45,8 @@ class ProgressBar:
         width = 24
         frac = min(1.0, step / max(1, total))
         bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
-        line = (f"{self.label} [{bar}] {step}/{total} loss {loss:.4f} "
+        loss_s = f" loss {loss:.4f}" if loss == loss else ""  # NaN: no loss (dataset)
+        line = (f"{self.label} [{bar}] {step}/{total}{loss_s} "
                 f"elapsed {format_eta(now - self._t0)} eta {format_eta(eta_s)}")
         if self._tty:
             self.stream.write("\r" + line)

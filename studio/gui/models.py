@@ -1,0 +1,94 @@
+"""Opening models from the window: picker, folder dialog, loading in a worker, recent models."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import QTimer
+from PySide6.QtWidgets import QFileDialog
+
+from . import jobs
+from .panel import OPEN_FOLDER
+
+MAX_RECENT = 8
+
+
+class ModelHandling:
+    """MainWindow's model methods (a mixin: uses the window's panel, settings, views and workers)."""
+
+    def _model_requested(self, spec: str) -> None:
+        if spec == OPEN_FOLDER:
+            self.open_model_dialog()
+        elif spec != self.model_spec:
+            self.load_model(spec)
+
+    def _device_changed(self, *_) -> None:
+        if self.model_spec:
+            self.load_model(self.model_spec)
+
+    def open_model_dialog(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Open a diffusers model folder", str(Path.home()))
+        if folder:
+            self.load_model(folder)
+
+    def load_model(self, spec: str) -> None:
+        """Open a model in the worker thread; the window stays usable, a failure keeps the previous model."""
+        def start():
+            recipe = self.panel.recipe(model=spec)
+            self._loading = (recipe.device, recipe.dtype)
+            self.loadBar.show()
+            self.statusBar().showMessage(f"Loading model {spec}…")
+            if self.trajectory is None:
+                self.mainView.clear("loading model…")
+            self._start(jobs.load_job, self.cache, recipe, kind="load",
+                        on_end=lambda w: self._model_ready(w.result) if w.outcome == "done"
+                        else self._model_error(spec, w.error or "cancelled"))
+        self._after_current(start)
+
+    def _model_ready(self, summary: jobs.ModelSummary) -> None:
+        self.loadBar.hide()
+        self.summary = summary
+        self.model_spec = summary.spec
+        self.setWindowTitle(f"Sampling Studio — {summary.info.name}")
+        self._good_device = getattr(self, "_loading", ("auto", "float32"))
+        self.panel.show_model(summary.spec)
+        self.panel.set_model_info(summary.info, summary.device)
+        self.schedulePlot.set_schedule(summary)
+        if summary.spec not in ("gmm", "default"):
+            self._remember_model(summary.spec)
+        self.settings.setValue("model", summary.spec)
+        self.statusBar().showMessage(f"Model {summary.info.name} ready ({summary.info.source})", 5000)
+        self.hide_error()
+        if self.trajectory is None:
+            self.mainView.clear()
+        self._set_busy(self.busy)
+        self.modelLoaded.emit(summary)
+        if getattr(self, "_queued_run", False):
+            self._queued_run = False
+            QTimer.singleShot(0, self.run)
+
+    def _model_error(self, spec: str, msg: str) -> None:
+        self.loadBar.hide()
+        self._queued_run = False
+        good = getattr(self, "_good_device", None)
+        if good is not None:  # the previous model stays, with its device and precision
+            for combo, value in zip((self.panel.deviceCombo, self.panel.dtypeCombo), good):
+                combo.setCurrentIndex(max(combo.findData(value), 0))
+        self.panel.show_model(self.model_spec or "gmm")
+        keep = f"; still using {self.model_spec}" if self.model_spec else ""
+        self.show_error(f"Could not open model {spec}: {msg}{keep}")
+        if self.trajectory is None:
+            self.mainView.clear("no model loaded — pick one in the Model box" if not self.summary else
+                                "press Run (Ctrl+R) to sample")
+        self.modelFailed.emit(msg)
+
+    def _remember_model(self, path: str) -> None:
+        recent = [p for p in self._recent() if p != path]
+        recent.insert(0, path)
+        self.settings.setValue("recent_models", recent[:MAX_RECENT])
+        self.panel.set_recent(recent[:MAX_RECENT])
+
+    def _recent(self) -> list[str]:
+        v = self.settings.value("recent_models", [])
+        if isinstance(v, str):
+            v = [v]
+        return [str(p) for p in (v or [])]
