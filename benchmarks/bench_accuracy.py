@@ -10,7 +10,6 @@ For each sampler and budget of 10/20/50/100 function evaluations (NFE):
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch

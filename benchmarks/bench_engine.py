@@ -1,7 +1,6 @@
 """Figures 1–3: engine overhead vs a bare forward loop, ddim vs diffusers' DDIM loop, guidance cost."""
 from __future__ import annotations
 
-import math
 
 import torch
 from diffusers import DDIMScheduler, UNet2DModel

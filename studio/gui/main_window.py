@@ -349,13 +349,19 @@ class MainWindow(ModelHandling, RecipeFiles, QMainWindow):
             return
         view.add_step(item.pos, item.xt, item.x0)
         self._run_done = item.pos
-        self.progress.setValue(item.pos)
-        el = time.monotonic() - self._run_t0
-        if el > 0 and item.pos:
-            rate = item.pos / el
-            left = (self._run_total - item.pos) / rate if rate > 0 else 0
-            self.rateLabel.setText(f"{rate:.1f} steps/s · {left:.0f} s left")
-        if item.pos % 4 == 0 or item.pos == self._run_total:
+        now = time.monotonic()
+        last = item.pos == self._run_total
+        # the progress text and the plot repaint synchronously: at most ~10 times a second
+        if last or now - getattr(self, "_progress_shown", 0.0) > 0.1:
+            self._progress_shown = now
+            self.progress.setValue(item.pos)
+            el = now - self._run_t0
+            if el > 0 and item.pos:
+                rate = item.pos / el
+                left = (self._run_total - item.pos) / rate if rate > 0 else 0
+                self.rateLabel.setText(f"{rate:.1f} steps/s · {left:.0f} s left")
+        if last or now - getattr(self, "_guidance_shown", 0.0) > 0.25:
+            self._guidance_shown = now
             self.guidancePlot.set_meta(item.trajectory.meta, self._run_total)
 
     def _run_ended(self, view: TrajectoryView, w: GeneratorWorker) -> None:
@@ -381,6 +387,7 @@ class MainWindow(ModelHandling, RecipeFiles, QMainWindow):
                 self.statusBar().showMessage(f"Stopped after {n} of {self._run_total} steps", 10000)
         if traj is not None:
             self.guidancePlot.set_meta(traj.meta, self._run_total)
+            self.progress.setValue(len(traj))
         self._run_total = 0
         self.rateLabel.setText("")
         self._set_busy(self.busy)

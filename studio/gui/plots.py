@@ -27,6 +27,7 @@ class SchedulePlot(QWidget):
         self.plot.setLabel("bottom", "t")
         self.plot.showGrid(x=True, y=True, alpha=0.2)
         self.plot.setMouseEnabled(False, False)
+        cache_axes(self.plot)
         self.curve = self.plot.plot([], [], pen=pg.mkPen(ACCENT, width=2))
         self.points = pg.ScatterPlotItem(size=5, brush=pg.mkBrush(200, 200, 210, 160), pen=None)
         self.plot.addItem(self.points)
@@ -72,6 +73,8 @@ class SchedulePlot(QWidget):
         self.set_current(self.current_t)
 
     def set_current(self, t: Optional[float]) -> None:
+        if t is not None and t == self.current_t and self.line.isVisible():
+            return
         self.current_t = t
         if t is None or self.summary is None:
             self.line.hide()
@@ -81,6 +84,14 @@ class SchedulePlot(QWidget):
         self.line.show()
         self.line.setValue(t)
         self.dot.setData([t], [float(self._values(np.array([t]))[0])])
+
+
+def cache_axes(plot: pg.PlotWidget) -> None:
+    """Render the axes through a pixmap cache, so moving a marker does not re-lay out tick labels."""
+    from PySide6.QtWidgets import QGraphicsItem
+
+    for name in ("left", "bottom"):
+        plot.getPlotItem().getAxis(name).setCacheMode(QGraphicsItem.CacheMode.DeviceCoordinateCache)
 
 
 class GuidancePlot(QWidget):

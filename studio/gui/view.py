@@ -99,6 +99,7 @@ class TrajectoryView(QWidget):
 
     def end(self) -> None:
         self._timer.stop()
+        self._dirty = True
         self.refresh()
 
     def set_trajectory(self, traj) -> None:
@@ -109,7 +110,7 @@ class TrajectoryView(QWidget):
 
     # -- display -------------------------------------------------------------------------------
     def refresh(self) -> None:
-        if self.traj is None:
+        if self.traj is None or not self._dirty:
             return
         self._dirty = False
         before = self.scrubberBar.value

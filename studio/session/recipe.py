@@ -139,11 +139,16 @@ class Recipe:
 
 
 def versions() -> dict:
-    import diffusers
-    import numpy
-    import torch
+    """Versions that a run depends on (read from package metadata: importing diffusers is slow)."""
+    from importlib.metadata import PackageNotFoundError, version
 
     from .. import __version__
 
-    return {"studio": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
-            "numpy": numpy.__version__, "python": platform.python_version()}
+    def v(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return {"studio": __version__, "torch": v("torch"), "diffusers": v("diffusers"), "numpy": v("numpy"),
+            "python": platform.python_version()}

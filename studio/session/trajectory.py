@@ -1,8 +1,10 @@
 """The trajectory store: every step of a run, kept so any step can be shown or resumed.
 
-x_t and x̂₀ of every step are kept as CPU float16 tensors in memory (previews and
-export), and the full-precision state a sampler needs to resume is kept per step
-as float32 (in memory, or spilled to a disk cache beyond ``memory_limit_bytes``).
+x_t and x̂₀ of every step are kept in memory as uint8 RGB previews (what the window
+shows and exports: 2 bytes per pixel and channel per step), and the full-precision
+state a sampler needs to resume (and ``--save-raw`` writes) is kept per step as
+float32: in memory up to ``memory_limit_bytes``, then in a disk cache that is
+deleted with the trajectory. Memory is therefore bounded by previews + the limit.
 Index 0 of ``xt`` is the initial noise; step k (0-based) is at ``xt[k + 1]``.
 """
 from __future__ import annotations
@@ -34,11 +36,11 @@ class StepMeta:
 
 
 class Trajectory:
-    def __init__(self, recipe, initial: torch.Tensor, steps: int, memory_limit_bytes: int = 512 << 20):
+    def __init__(self, recipe, initial: torch.Tensor, steps: int, memory_limit_bytes: int = 64 << 20):
         self.recipe = recipe
         self.steps = steps
-        self.xt: list[torch.Tensor] = [initial.detach().to("cpu", torch.float16)]
-        self.x0: list[torch.Tensor] = []
+        self.xt: list[np.ndarray] = [to_uint8(initial)]
+        self.x0: list[np.ndarray] = []
         self.meta: list[StepMeta] = []
         self._full: list[Any] = [{"x": initial.detach().to("cpu", torch.float32).clone(), "carry": {}}]
         self._bytes = 0
@@ -69,8 +71,8 @@ class Trajectory:
         else:
             self._bytes += size
         self._full.append(entry)
-        self.xt.append(x_cpu.to(torch.float16))
-        self.x0.append(rec.x0.detach().to("cpu", torch.float16))
+        self.xt.append(to_uint8(x_cpu))
+        self.x0.append(to_uint8(entry["x0"] if isinstance(entry, dict) else rec.x0))
         self.meta.append(StepMeta(rec.index, rec.t, rec.sigma, rec.alpha_bar, rec.t_next, rec.sigma_next,
                                   rec.alpha_bar_next, rec.nfe, rec.guided, guidance_scale))
 
@@ -99,10 +101,10 @@ class Trajectory:
 
     def frame_xt(self, pos: int) -> np.ndarray:
         """x_t at position ``pos`` (0 = the initial noise, k = after step k−1) as (B, H, W, 3) uint8."""
-        return to_uint8(self.xt[pos])
+        return self.xt[pos]
 
     def frame_x0(self, step: int) -> np.ndarray:
-        return to_uint8(self.x0[step])
+        return self.x0[step]
 
     def arrays(self) -> dict[str, np.ndarray]:
         """float32 arrays: xt (steps+1, B, C, H, W), x0 (steps, …), t (steps,)."""
