@@ -62,10 +62,10 @@ def one_run(model, steps: int, batch: int, sampler: str = "ddim", seed: int = 0)
 
 
 def expected_bytes(traj) -> dict:
-    """What the trajectory should hold: float16 previews + the float32 full state (bounded by the limit)."""
-    per = traj.xt[0].numel()
+    """What the trajectory should hold: uint8 previews + the float32 full state (bounded by the limit)."""
+    per = traj.full_state(-1)["x"].numel()  # elements of one x_t (batch × C × H × W)
     steps = len(traj)
-    previews = (len(traj.xt) + len(traj.x0)) * per * 2
+    previews = sum(a.nbytes for a in traj.xt) + sum(a.nbytes for a in traj.x0)
     in_mem_full = traj._bytes + per * 4  # + the initial state (not counted against the limit)
     spilled = sum(1 for e in traj._full if not isinstance(e, dict))
     return {"previews_mb": previews / MB, "full_state_in_memory_mb": in_mem_full / MB, "limit_mb": traj._limit / MB,

@@ -61,10 +61,11 @@ class Trajectory:
         carry = {}
         for k, v in rec.carry.items():
             if isinstance(v, torch.Tensor):
-                carry[k] = "x0" if v is rec.x0 else v.detach().to("cpu", torch.float32).clone()
+                carry[k] = "x0" if v is rec.x0 else v.detach().to("cpu", torch.float32)
             else:
                 carry[k] = v
-        entry = {"x": x_cpu.clone(), "x0": rec.x0.detach().to("cpu", torch.float32).clone(), "carry": carry}
+        # records are immutable (samplers never write into a yielded tensor), so CPU tensors are kept, not copied
+        entry = {"x": x_cpu, "x0": rec.x0.detach().to("cpu", torch.float32), "carry": carry}
         size = sum(t.numel() * 4 for t in [entry["x"], entry["x0"], *[c for c in carry.values() if isinstance(c, torch.Tensor)]])
         if self._bytes + size > self._limit:
             entry = self._spill(len(self._full), entry)
