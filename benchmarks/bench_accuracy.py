@@ -100,7 +100,6 @@ def plot(result: dict, path) -> None:
 
 
 if __name__ == "__main__":
-    import json
     import sys
 
     res = run(quick="--quick" in sys.argv)

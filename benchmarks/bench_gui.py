@@ -302,7 +302,7 @@ def run(quick: bool = False) -> dict:
 
     app = make_app()
     repeats = 2 if quick else 5
-    results = {"machine": machine(), "none_refcount_padded": sys.version_info < (3, 12),
+    results = {"machine": machine(),
                "targets": {"longest_ms": TARGET_LONGEST_MS, "p99_ms": TARGET_P99_MS,
                            "scrub_p99_ms": TARGET_SCRUB_P99_MS}}
     w = open_window("gmm")
@@ -330,7 +330,6 @@ def run(quick: bool = False) -> dict:
 
 if __name__ == "__main__":
     import json
-    import sys
 
     res = run(quick="--quick" in sys.argv)
     if "--per-repeat" not in sys.argv:

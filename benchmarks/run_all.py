@@ -45,9 +45,50 @@ def markdown(res: dict) -> str:
                 out.append(f"| {label} | {r['model']} | {r['batch']} | {r['steps']} | {r['baseline_s']:.3f} | "
                            f"{r['studio_s']:.3f} | **{r['ratio']:.3f}** ({r['ratio_min']:.3f}–{r['ratio_max']:.3f}) | {target} |")
         out.append("")
-    for key, title in (("gui", "4. Responsiveness"), ("memory", "5. Memory"), ("startup", "6. Start-up")):
-        if res.get(key):
-            out += [f"## {title}", "", "```json", json.dumps(res[key], indent=2), "```", ""]
+    gui = res.get("gui") or {}
+    if gui:
+        out += ["## 4. Responsiveness (offscreen window, 5 ms heartbeat timer)", "",
+                "| model | steps/s | idle longest / p99 ms | run longest ms | run p99 ms | targets |",
+                "|---|---|---|---|---|---|"]
+        for key in ("responsiveness_gmm", "responsiveness_unet32"):
+            r = gui.get(key)
+            if r:
+                out.append(f"| {key.split('_', 1)[1]} | {r['steps_per_s']:.1f} | {r['idle_longest_ms']:.1f} / "
+                           f"{r['idle_p99_ms']:.1f} | **{r['run_longest_ms']:.1f}** | **{r['run_p99_ms']:.1f}** | "
+                           "≤ 50 / ≤ 20 |")
+        out += ["", "| scrubbing | canvases painted p50 / p99 ms | whole window visible p50 / p99 ms | target p99 |",
+                "|---|---|---|---|"]
+        for key in ("scrubbing_gmm", "scrubbing_unet32"):
+            r = gui.get(key)
+            if r:
+                out.append(f"| {key.split('_', 1)[1]} ({r['steps']} steps) | {r['paint_p50_ms']:.1f} / "
+                           f"**{r['paint_p99_ms']:.1f}** | {r['visible_p50_ms']:.1f} / {r['visible_p99_ms']:.1f} | ≤ 16 |")
+        out.append("")
+    mem = res.get("memory") or {}
+    if mem:
+        out += ["## 5. Memory (resident set size)", ""]
+        lr = mem.get("long_run")
+        if lr:
+            e = lr["expected"]
+            out.append(f"- {lr['steps']}-step run at {lr['size']}×{lr['size']}, batch {lr['batch']}, every x_t and x̂₀ "
+                       f"kept: **{lr['growth_mb']:.0f} MB** growth (target ≤ 200 MB); the store holds "
+                       f"{e['previews_mb']:.0f} MB of uint8 previews + {e['full_state_in_memory_mb']:.0f} MB of float32 "
+                       f"state in memory, {e['steps_spilled_to_disk']} steps' state on disk.")
+        rr = mem.get("repeated_runs")
+        if rr:
+            out.append(f"- {rr['runs']} consecutive {rr['steps']}-step runs in one process: {rr['total_change_mb']:+.0f} MB "
+                       f"in all ({rr['first_run_change_mb']:+.0f} MB of it on the first run), slope over the last "
+                       f"{rr['slope_window']} runs **{rr['slope_mb_per_run_last']:+.2f} MB/run**.")
+        out.append("")
+    st = res.get("startup") or {}
+    if st:
+        out += ["## 6. Start-up", "",
+                f"Model `{st.get('model_spec')}`; median of {st['repeats']} fresh processes.", "",
+                "| from process start to | studio s | bare Qt window s | ratio |", "|---|---|---|---|",
+                f"| window shown | {st['studio_shown_s']:.2f} | {st['baseline_shown_s']:.2f} | {st['shown_ratio']:.1f} |",
+                f"| model loaded | {st['studio_loaded_s']:.2f} | | |",
+                f"| first frame of a run | {st['studio_first_frame_s']:.2f} | {st['baseline_shown_s']:.2f} | "
+                f"{st['first_frame_ratio']:.1f} |", ""]
     acc = res.get("accuracy")
     if acc:
         out += ["## 7. Accuracy per cost on the exact gmm model", "",
