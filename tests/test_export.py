@@ -68,7 +68,13 @@ def test_mp4(traj, tmp_path):
         assert listing(tmp_path) == []
         return
     path = ex.export_animation(traj, tmp_path / "run.mp4")
-    assert path.stat().st_size > 0
+    import imageio_ffmpeg
+
+    reader = imageio_ffmpeg.read_frames(str(path))
+    meta = next(reader)
+    n = sum(1 for _ in reader)
+    assert n == len(traj.x0) and meta["size"][0] % 2 == 0 and meta["size"][1] % 2 == 0
+    assert listing(tmp_path) == ["run.mp4", "run.mp4.recipe.json"]
 
 
 def test_contact_sheet_and_final(traj, tmp_path):

@@ -258,10 +258,19 @@ def _animation_writer(frames: list[np.ndarray], fmt: str, fps: float, recipe) ->
     duration = max(1, int(round(1000 / max(fps, 0.1))))
 
     def write(path: str) -> None:
-        if fmt == "MP4":
-            import imageio.v3 as iio
+        if fmt == "MP4":  # imageio-ffmpeg's bundled ffmpeg; the container is named, so any temp name works
+            import imageio_ffmpeg
 
-            iio.imwrite(path, np.stack(_even(frames)), extension=".mp4", fps=fps)
+            even = _even(frames)
+            h, w = even[0].shape[:2]
+            writer = imageio_ffmpeg.write_frames(path, (w, h), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
+                                                 output_params=["-f", "mp4"], macro_block_size=1)
+            writer.send(None)
+            try:
+                for f in even:
+                    writer.send(np.ascontiguousarray(f).tobytes())
+            finally:
+                writer.close()
             return
         ims = [Image.fromarray(f) for f in frames]
         kw = dict(format=fmt, save_all=True, append_images=ims[1:], duration=duration, loop=0)
