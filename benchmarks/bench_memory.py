@@ -153,7 +153,7 @@ def gui_runs(steps: int, batch: int = 4, size: int = 64, repeats: int = 10, repe
         gc.collect()
         before = rss_bytes()
         traj, dt = bg.run_once(w, timeout=3600)
-        assert traj.xt[0].shape[-1] == size and len(traj) == steps
+        assert traj.xt[0].shape[2] == size and len(traj) == steps
         gc.collect()
         after = rss_bytes()
         exp = expected_bytes(traj)

@@ -19,6 +19,7 @@ import torch
 
 from ..core.records import StepRecord
 from .frames import to_uint8
+from .heap import bound_heap
 
 
 @dataclass
@@ -37,6 +38,7 @@ class StepMeta:
 
 class Trajectory:
     def __init__(self, recipe, initial: torch.Tensor, steps: int, memory_limit_bytes: int = 64 << 20):
+        bound_heap()
         self.recipe = recipe
         self.steps = steps
         self.xt: list[np.ndarray] = [to_uint8(initial)]
