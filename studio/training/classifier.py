@@ -22,7 +22,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import ckpt as C
@@ -168,25 +167,11 @@ def load_module(directory, cls):
                          f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     if not w_path.is_file():
         raise ValueError(f"{w_path}: file not found")
-    try:
-        sd = load_file(str(w_path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ValueError(f"{w_path}: not a valid safetensors file ({msg})") from None
+    from ..core.loading import check_state_dict, load_weights
+
+    sd = load_weights(w_path)  # ModelLoadError (a ValueError) names the file and the problem
+    check_state_dict(w_path, model, sd)
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(sd))
-    unexpected = sorted(set(sd) - set(expected))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {missing[:3]}{'...' if len(missing) > 3 else ''}")
-        if unexpected:
-            parts.append(f"unexpected keys {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}")
-        raise ValueError(f"{w_path}: does not match config.json: " + "; ".join(parts))
-    for k, v in expected.items():
-        if tuple(sd[k].shape) != tuple(v.shape):
-            raise ValueError(f"{w_path}: shape mismatch for {k}: file {tuple(sd[k].shape)}, "
-                             f"config expects {tuple(v.shape)}")
     model.load_state_dict({k: sd[k].to(v.dtype) for k, v in expected.items()})
     model.eval()
     return model

@@ -14,7 +14,6 @@ and writes ``SHA256SUMS`` for every weight file.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import sys
@@ -23,16 +22,14 @@ from pathlib import Path
 
 import torch
 
+from ..core.loading import sha256_file  # noqa: E402
+
 CLASS_NAMES = [str(i) for i in range(10)]
 UNET_FILES = ("config.json", "diffusion_pytorch_model.safetensors", "scheduler_config.json")
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_file(path)
 
 
 def write_sha256sums(folder: Path) -> Path:
