@@ -117,12 +117,12 @@ def sample(
     init_noise: Optional[torch.Tensor] = None,
     start: Optional[StepRecord] = None,
     plan: Optional[Plan] = None,
-    state: Optional[torch.Tensor] = None,
 ) -> Iterator[StepRecord]:
     """Run a reverse chain, yielding one record per step.
 
     ``start`` continues a run exactly after that record (same plan, its carry).
-    ``plan`` + ``state`` start a new branch from a VP state at plan point 0.
+    ``init_noise`` is the state at the plan's first point: x_T, or a branch's VP state
+    with a ``plan`` that starts there (``branch_plan``).
     """
     spec = get_sampler(sampler)
     sched = schedule_for(model, schedule_overrides)
@@ -144,9 +144,7 @@ def sample(
     opts = sampler_options(spec, eta, variance, corrector_steps, snr, sched)
     if start is not None:
         return spec.fn(den, start.x, plan, noise, start=start.index + 1, carry=dict(start.carry), **opts)
-    if state is not None:
-        x = state.to(device, torch.float32)
-    elif init_noise is not None:
+    if init_noise is not None:
         if tuple(init_noise.shape) != shape:
             raise ValueError(f"initial noise has shape {tuple(init_noise.shape)} but the run needs {shape}")
         x = init_noise.to(device, torch.float32)

@@ -11,6 +11,7 @@ import torch
 
 from ..core import engine
 from ..core.loading import load_model
+from ..core.noise import NoiseSource
 from ..core.samplers import get_sampler
 from .recipe import Recipe, RecipeError
 from .trajectory import Trajectory
@@ -73,13 +74,12 @@ class Run:
         recipe = recipe.validate()
         self.model = model if model is not None else (cache or ModelCache()).get(recipe)
         self.spec = get_sampler(recipe.sampler)
-        info = self.model.info
+        k = -1 if from_step is None else from_step
         if parent is not None:
-            k = -1 if from_step is None else from_step
             if not (-1 <= k < len(parent)):
                 raise RecipeError(f"cannot branch from step {k + 1}: the run has {len(parent)} steps")
             recipe = recipe.replace(branch={"parent": parent.recipe.to_dict(), "from_step": k},
-                                    batch=parent.recipe.batch, seed=recipe.seed)
+                                    batch=parent.recipe.batch)
         self.recipe = recipe
         guidance = recipe.guidance_settings()
         kwargs = dict(
@@ -88,48 +88,30 @@ class Run:
             spacing=recipe.spacing, karras=recipe.karras, x0_mode=recipe.x0_mode,
             schedule_overrides=recipe.schedule or None,
         )
-        if parent is None:
-            init = load_init_noise(recipe.init_noise) if recipe.init_noise else None
-            self._gen = engine.sample(self.model, recipe.sampler, recipe.steps, init_noise=init, **kwargs)
-            initial = init if init is not None else None
+        start, self.offset = None, 0
+        if parent is not None and k >= 0 and not same_plan(parent.recipe, recipe):
+            # a new branch: a fresh plan from the parent's t, started from its state
+            t_start = parent.meta[k].t_next
+            if t_start < 0:
+                raise RecipeError("cannot branch from the last step: the chain has already reached t = 0")
             sched = engine.schedule_for(self.model, recipe.schedule or None)
-            self.plan = engine.model_plan(self.model, self.spec, recipe.steps, recipe.spacing, recipe.karras,
-                                             recipe.schedule or None)
-            self.offset = 0
-            if initial is None:
-                from ..core.noise import NoiseSource
-
-                shape = (recipe.batch, info.in_channels, info.sample_size, info.sample_size)
-                initial = NoiseSource(recipe.seed).initial(shape)
-            self.trajectory = Trajectory(recipe, initial, self.plan.steps)
+            self.plan = engine.branch_plan(self.spec, sched, t_start, recipe.steps)
+            initial = parent.full_state(k)["x"]
         else:
-            k = -1 if from_step is None else from_step
-            parent_recipe = parent.recipe
-            sched = engine.schedule_for(self.model, recipe.schedule or None)
-            if k >= 0 and same_plan(parent_recipe, recipe):
-                # exact continuation: same plan, the parent's carry
-                self.plan = engine.model_plan(self.model, self.spec, recipe.steps, recipe.spacing, recipe.karras,
-                                             recipe.schedule or None)
-                rec = parent.record(k)
-                self._gen = engine.sample(self.model, recipe.sampler, recipe.steps, start=rec, plan=self.plan, **kwargs)
-                self.offset = k + 1
-                self.trajectory = Trajectory(recipe, rec.x, self.plan.steps)
-            elif k < 0:
-                init = parent.full_state(-1)["x"]
-                self._gen = engine.sample(self.model, recipe.sampler, recipe.steps, init_noise=init, **kwargs)
-                self.plan = engine.model_plan(self.model, self.spec, recipe.steps, recipe.spacing, recipe.karras,
-                                             recipe.schedule or None)
-                self.offset = 0
-                self.trajectory = Trajectory(recipe, init, self.plan.steps)
-            else:
-                t_start = parent.meta[k].t_next
-                if t_start < 0:
-                    raise RecipeError("cannot branch from the last step: the chain has already reached t = 0")
-                self.plan = engine.branch_plan(self.spec, sched, t_start, recipe.steps)
-                state = parent.full_state(k)["x"]
-                self._gen = engine.sample(self.model, recipe.sampler, recipe.steps, plan=self.plan, state=state, **kwargs)
-                self.offset = 0
-                self.trajectory = Trajectory(recipe, state, self.plan.steps)
+            self.plan = engine.model_plan(self.model, self.spec, recipe.steps, recipe.spacing, recipe.karras,
+                                          recipe.schedule or None)
+            if parent is None:
+                initial = load_init_noise(recipe.init_noise) if recipe.init_noise else NoiseSource(recipe.seed).initial(
+                    (recipe.batch, self.model.info.in_channels, self.model.info.sample_size,
+                     self.model.info.sample_size))
+            elif k < 0:  # the parent's initial noise, from the beginning
+                initial = parent.full_state(-1)["x"]
+            else:  # exact continuation: the same plan and the parent's solver memory
+                start = parent.record(k)
+                initial, self.offset = start.x, k + 1
+        self._gen = engine.sample(self.model, recipe.sampler, recipe.steps, plan=self.plan, start=start,
+                                  init_noise=initial if start is None else None, **kwargs)
+        self.trajectory = Trajectory(recipe, initial, self.plan.steps)
         self.guidance = guidance
         self.stopped = False
 

@@ -75,7 +75,7 @@ class Trajectory:
             self._bytes += size
         self._full.append(entry)
         self.xt.append(to_uint8(x_cpu))
-        self.x0.append(to_uint8(entry["x0"] if isinstance(entry, dict) else rec.x0))
+        self.x0.append(to_uint8(rec.x0))
         self.meta.append(StepMeta(rec.index, rec.t, rec.sigma, rec.alpha_bar, rec.t_next, rec.sigma_next,
                                   rec.alpha_bar_next, rec.nfe, rec.guided, guidance_scale))
 
