@@ -125,6 +125,18 @@ def read_state(ckpt: Path) -> dict:
     return json.loads((Path(ckpt) / "state.json").read_text())
 
 
+def restore_checkpoint(ckpt: Path, modules: dict, opt, rng: np.random.Generator, gen: torch.Generator) -> dict:
+    """Load ``name.safetensors`` into each module of ``modules``, the optimizer and both RNGs; return state.json."""
+    ckpt = Path(ckpt)
+    st = read_state(ckpt)
+    for name, module in modules.items():
+        module.load_state_dict(load_file(str(ckpt / f"{name}.safetensors")))
+    load_optimizer(opt, ckpt / "optimizer.safetensors", st["optimizer"])
+    set_numpy_rng_state(rng, st["numpy_rng"])
+    gen.set_state(load_file(str(ckpt / "rng.safetensors"))["torch_generator"])
+    return st
+
+
 class LossLog:
     """Append-only ``loss.csv``; on resume rows after the resumed step are dropped."""
 

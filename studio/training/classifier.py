@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from . import ckpt as C
 from .dataset import load_cached, to_float
@@ -215,11 +215,7 @@ def train_loop(model: nn.Module, out_dir, steps: int, batch_size: int, seed: int
     start_step, train_seconds = 0, 0.0
     ck = C.latest_checkpoint(out_dir) if resume else None
     if ck is not None:
-        st = C.read_state(ck)
-        model.load_state_dict(load_file(str(ck / "model.safetensors")))
-        C.load_optimizer(opt, ck / "optimizer.safetensors", st["optimizer"])
-        C.set_numpy_rng_state(rng, st["numpy_rng"])
-        gen.set_state(load_file(str(ck / "rng.safetensors"))["torch_generator"])
+        st = C.restore_checkpoint(ck, {"model": model}, opt, rng, gen)
         start_step = int(st["step"])
         train_seconds = float(st.get("train_seconds", 0.0))
         if st.get("fitted_from") == steps and st.get("fitted_total"):

@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Callable
@@ -175,12 +174,7 @@ def train_diffusion(
     train_seconds = 0.0
     ck = C.latest_checkpoint(out_dir) if resume else None
     if ck is not None:
-        st = C.read_state(ck)
-        model.load_state_dict(load_file(str(ck / "model.safetensors")))
-        ema.load_state_dict(load_file(str(ck / "ema.safetensors")))
-        C.load_optimizer(opt, ck / "optimizer.safetensors", st["optimizer"])
-        C.set_numpy_rng_state(rng, st["numpy_rng"])
-        gen.set_state(load_file(str(ck / "rng.safetensors"))["torch_generator"])
+        st = C.restore_checkpoint(ck, {"model": model, "ema": ema}, opt, rng, gen)
         start_step = int(st["step"])
         train_seconds = float(st.get("train_seconds", 0.0))
     log = C.LossLog(out_dir / "loss.csv", ["step", "loss", "lr", "train_seconds", "s_per_it"],
