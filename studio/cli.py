@@ -152,11 +152,19 @@ def cmd_gui(args) -> int:
     return gui_main([] if getattr(args, "model", None) is None else ["--model", args.model])
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line (`studio …: error: …`, exit 2), not a usage dump."""
+
+    def error(self, message: str):
+        _err(f"{message} (see `{self.prog} --help`)")
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .core.samplers import SAMPLERS
     from .core.schedule import BETA_SCHEDULES, SPACINGS
 
-    p = argparse.ArgumentParser(prog="studio", description="Sampling Studio: watch and control diffusion sampling.")
+    p = OneLineParser(prog="studio", description="Sampling Studio: watch and control diffusion sampling.")
     sub = p.add_subparsers(dest="command")
 
     s = sub.add_parser("sample", help="run a sampler headless and write frames, a grid and the recipe")

@@ -142,3 +142,18 @@ def test_bad_recipe_file_is_refused(tmp_path):
     p.write_text("{not json")
     r = run_cli("sample", "--recipe", str(p), "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and "not valid JSON" in r.stderr
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["sample", "--model", "gmm", "--dtype", "float64"], "--dtype"),
+    (["train", "diffusion", "--steps", "-3"], "--steps"),
+    (["train", "diffusion", "--ema-decay", "1.5"], "--ema-decay"),
+    (["dataset", "--n", "0"], "--n"),
+])
+def test_usage_errors_are_one_line_and_run_nothing(tmp_path, args, needle):
+    out = tmp_path / "out"
+    r = run_cli(*args, "--out", str(out))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("studio: error:") and needle in lines[0], r.stderr
+    assert not out.exists()

@@ -110,6 +110,9 @@ class GuidancePlot(QWidget):
                                     symbol="o", symbolSize=4, symbolBrush=ACCENT, symbolPen=None)
         self.line = pg.InfiniteLine(angle=90, pen=pg.mkPen(MARK, width=1.5))
         self.plot.addItem(self.line)
+        self.line.hide()  # no run yet: an empty 0..1 frame, not a marker on an arbitrary range
+        self.plot.setXRange(0, 1, padding=0.02)
+        self.plot.setYRange(0, 1.1, padding=0)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(QLabel("Guidance over the run"))

@@ -57,6 +57,27 @@ class ProgressBar:
         self.stream.flush()
 
 
+def _positive(cast):
+    """An argparse type: a number > 0 (a bad value is a one-line usage error, nothing runs)."""
+    def parse(text: str):
+        try:
+            v = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not v > 0 or v != v or v == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+        return v
+    parse.__name__ = cast.__name__
+    return parse
+
+
+def _fraction(text: str) -> float:
+    v = _positive(float)(text)
+    if not v < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return v
+
+
 def _threads(args) -> None:
     import torch
 
@@ -150,7 +171,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def add_dataset_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("dataset", help="render the synthetic digits dataset to PNGs")
     p.add_argument("--out", required=True, help="output folder (images/ + labels.csv)")
-    p.add_argument("--n", type=int, required=True, help="number of images")
+    p.add_argument("--n", type=_positive(int), required=True, help="number of images")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_dataset)
     return p
@@ -160,19 +181,19 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("train", help="train the digits diffusion model / classifiers")
     p.add_argument("what", choices=sorted(_TRAIN_CMDS), help="which model to train")
     p.add_argument("--out", required=True, help="run folder (checkpoints, logs, export)")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--steps", type=_positive(int), default=None)
+    p.add_argument("--batch-size", type=_positive(int), default=None)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--ema-decay", type=float, default=None, help="diffusion only")
-    p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
-    p.add_argument("--grid-every", type=int, default=None,
+    p.add_argument("--lr", type=_positive(float), default=None)
+    p.add_argument("--ema-decay", type=_fraction, default=None, help="diffusion only")
+    p.add_argument("--checkpoint-every", type=_positive(int), default=None, help="steps between checkpoints")
+    p.add_argument("--grid-every", type=_positive(int), default=None,
                    help="diffusion only: steps between sample grids (default: every checkpoint)")
-    p.add_argument("--time-limit-min", type=float, default=None,
+    p.add_argument("--time-limit-min", type=_positive(float), default=None,
                    help="stop (checkpoint + export) after this many minutes")
     p.add_argument("--cache-dir", default="training-runs/cache",
                    help="where the in-memory training set is cached as .npz")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--threads", type=_positive(int), default=2, help="torch CPU threads")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="resume from the newest checkpoint in --out (default: yes)")
     p.set_defaults(func=cmd_train)
