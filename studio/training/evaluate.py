@@ -152,6 +152,7 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--classifier-scale", type=float, default=None,
                    help="classifier guidance scale (default: the model card's recommendation)")
     p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.set_defaults(func=cmd_eval)
 
 
@@ -161,6 +162,10 @@ def cmd_eval(args) -> int:
         raise ValueError(f"{model_dir}: no evaluator/ folder; `studio eval` needs the clean-image evaluator beside the model")
     if args.n < 10:
         raise ValueError("--n must be at least 10")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError("--threads must be at least 1")
+        torch.set_num_threads(args.threads)
     scale = args.classifier_scale
     if scale is None:
         meta = model_dir / "recommended.json"
