@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 
 from .guidance import Guidance, classifier_log_prob_grad
-from .prediction import eps_to_x0, process_x0, to_epsilon
+from .prediction import eps_to_x0, process_x0, to_epsilon, x0_to_eps
 
 
 @dataclass(frozen=True)
@@ -109,5 +109,5 @@ class Denoiser:
         if self.x0_mode != "none":
             x0 = process_x0(x0, self.x0_mode, self.clip_range, self.threshold_ratio, self.threshold_max)
             if self.eps_from_x0:
-                eps = (x - a * x0) / b
+                eps = x0_to_eps(x0, x, a, b)
         return Prediction(eps, x0, guided, grad, g.scale_at(fraction))

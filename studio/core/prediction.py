@@ -20,7 +20,7 @@ def to_epsilon(output: torch.Tensor, x: torch.Tensor, a: float, b: float, predic
     if prediction_type == "v_prediction":
         return b * x + a * output
     if prediction_type == "sample":
-        return (x - a * output) / b
+        return x0_to_eps(output, x, a, b)
     raise ValueError(f"unknown prediction type {prediction_type!r}; choose one of {', '.join(PREDICTION_TYPES)}")
 
 
@@ -37,6 +37,10 @@ def to_x0(output: torch.Tensor, x: torch.Tensor, a: float, b: float, prediction_
 
 def eps_to_x0(eps: torch.Tensor, x: torch.Tensor, a: float, b: float) -> torch.Tensor:
     return (x - b * eps) / a
+
+
+def x0_to_eps(x0: torch.Tensor, x: torch.Tensor, a: float, b: float) -> torch.Tensor:
+    return (x - a * x0) / b
 
 
 def score_from_eps(eps: torch.Tensor, b: float) -> torch.Tensor:

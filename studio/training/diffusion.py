@@ -31,7 +31,6 @@ from .dataset import grid, load_cached, to_float, to_uint8
 from .unet_config import NULL_CLASS, UNET_CONFIG, alphas_cumprod, make_scheduler, make_unet
 
 ProgressFn = Callable[[int, int, float, float], None]  # (step, total, loss, eta_seconds)
-CHANNELS_LAST = torch.channels_last
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -164,7 +163,7 @@ def train_diffusion(
     torch.manual_seed(seed)
     # channels_last: 1.24x faster training steps on the 2-core CPU (1.38 vs 1.71 s/it, batch 64);
     # torch.compile was slower there (2.0 s/it after a 2-minute compile)
-    model = make_unet(cfg).to(memory_format=CHANNELS_LAST)
+    model = make_unet(cfg).to(memory_format=torch.channels_last)
     model.train()
     ema = C.EMA(model, ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -223,12 +222,12 @@ def train_diffusion(
         for gparam in opt.param_groups:
             gparam["lr"] = cur_lr
         idx = rng.integers(0, images.shape[0], size=batch_size)
-        x0 = to_float(images[idx]).contiguous(memory_format=CHANNELS_LAST)
+        x0 = to_float(images[idx]).contiguous(memory_format=torch.channels_last)
         y = torch.from_numpy(labels[idx].copy())
         drop = torch.from_numpy(rng.random(batch_size) < p_uncond)
         y = torch.where(drop, torch.full_like(y, NULL_CLASS), y)
         t = torch.randint(0, T, (batch_size,), generator=gen)
-        noise = torch.randn(x0.shape, generator=gen).contiguous(memory_format=CHANNELS_LAST)
+        noise = torch.randn(x0.shape, generator=gen).contiguous(memory_format=torch.channels_last)
         loss = diffusion_loss(model, x0, y, t, noise, ac)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -26,14 +26,16 @@ def load(paths: list[Path]) -> list[dict]:
     return rows
 
 
+def _guided_row(r: dict, target) -> str:
+    met = f"≥ {target:.2f} | {_mark(r['accuracy'] >= target)} |" if target else "– | – |"
+    return f"| {r['scale']:g} | {r['n']} | {r['accuracy']:.3f} | {r['diversity']:.3f} | {r['frechet']:.2f} | " + met
+
+
 def cfg_table(rows: list[dict]) -> list[str]:
     cfg = sorted((r for r in rows if r["guidance"] == "cfg"), key=lambda r: r["scale"])
     out = ["| CFG w | n | accuracy | within-class diversity | Fréchet distance | target | met |",
            "|---|---|---|---|---|---|---|"]
-    for r in cfg:
-        target = TARGETS.get(f"cfg w={r['scale']:g}")
-        out.append(f"| {r['scale']:g} | {r['n']} | {r['accuracy']:.3f} | {r['diversity']:.3f} | {r['frechet']:.2f} | "
-                   + (f"≥ {target:.2f} | {_mark(r['accuracy'] >= target)} |" if target else "– | – |"))
+    out += [_guided_row(r, TARGETS.get(f"cfg w={r['scale']:g}")) for r in cfg]
     if len(cfg) > 1:
         acc = [r["accuracy"] for r in cfg]
         div = [r["diversity"] for r in cfg]
@@ -49,18 +51,14 @@ def classifier_table(rows: list[dict]) -> list[str]:
     clf = sorted((r for r in rows if r["guidance"] == "classifier"), key=lambda r: r["scale"])
     out = ["| classifier scale s | n | accuracy | within-class diversity | Fréchet distance | target | met |",
            "|---|---|---|---|---|---|---|"]
-    t = TARGETS["classifier"]
-    for r in clf:
-        out.append(f"| {r['scale']:g} | {r['n']} | {r['accuracy']:.3f} | {r['diversity']:.3f} | {r['frechet']:.2f} | "
-                   f"≥ {t:.2f} | {_mark(r['accuracy'] >= t)} |")
-    return out
+    return out + [_guided_row(r, TARGETS["classifier"]) for r in clf]
 
 
 def uncond_table(rows: list[dict]) -> list[str]:
     lo, hi = UNCOND_RANGE
     out = []
     for r in rows:
-        if r["guidance"] == "none" and r["setting"] == "unconditional":
+        if r["setting"] == "unconditional":
             fr = r["class_fractions"]
             out.append("| digit | " + " | ".join(str(k) for k in range(len(fr))) + " |")
             out.append("|---" * (len(fr) + 1) + "|")
@@ -106,7 +104,13 @@ def main(argv=None) -> int:
     if not paths:
         print("usage: python -m studio.training.eval_report RESULTS.json [MORE.json …]", file=sys.stderr)
         return 2
-    print(report(load(paths)))
+    try:
+        rows = load(paths)
+        print(report(rows))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        print(f"eval_report: error: cannot read the results ({type(e).__name__}: {e}); "
+              "pass files written by `studio eval --json`", file=sys.stderr)
+        return 1
     return 0
 
 

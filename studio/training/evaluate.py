@@ -22,6 +22,7 @@ import torch
 from ..core.loading import DEFAULT_MODEL_DIR, load_model
 from ..session.recipe import Recipe
 from ..session.runner import Run
+from .cli_train import _positive
 
 HELD_OUT_SEED = 777  # a dataset seed used by neither trainer
 
@@ -152,7 +153,7 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--classifier-scale", type=float, default=None,
                    help="classifier guidance scale (default: the model card's recommendation)")
     p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=_positive(int), default=None, help="torch CPU threads (default: torch's choice)")
     p.set_defaults(func=cmd_eval)
 
 
@@ -163,8 +164,6 @@ def cmd_eval(args) -> int:
     if args.n < 10:
         raise ValueError("--n must be at least 10")
     if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError("--threads must be at least 1")
         torch.set_num_threads(args.threads)
     scale = args.classifier_scale
     if scale is None:
