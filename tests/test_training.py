@@ -144,6 +144,46 @@ def test_diffusion_resume_is_exact(tmp_path, cache):
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
 
 
+def test_min_snr_weights_closed_form():
+    """Min-SNR-γ (Hang et al. 2023) for ε-prediction: weight 1 where SNR ≤ γ, γ/SNR above."""
+    from studio.training.diffusion import min_snr_weights
+    from studio.training.unet_config import alphas_cumprod
+
+    ac = alphas_cumprod().float()
+    w = min_snr_weights(ac, 5.0)
+    snr = (ac / (1 - ac)).double()
+    low = snr <= 5.0
+    assert low.any() and (~low).any()
+    assert torch.allclose(w[low].double(), torch.ones(int(low.sum()), dtype=torch.float64))
+    assert torch.allclose(w[~low].double(), 5.0 / snr[~low], rtol=1e-5)
+    # t = 0 (SNR ≈ 1e4) is weighted ≈ 5e-4; t = 999 (SNR ≈ 4e-5) is weighted 1
+    assert w[0] < 1e-3 and w[-1] == 1.0
+
+
+def test_diffusion_loss_with_min_snr_matches_per_sample_sum(cache):
+    from studio.training.diffusion import diffusion_loss
+    from studio.training.unet_config import alphas_cumprod
+
+    torch.manual_seed(0)
+    model = make_unet(TINY_UNET_CONFIG).eval()
+    images, labels = D.load_cached(cache, 64, 0)
+    x0, y = D.to_float(images[:6]), torch.from_numpy(labels[:6])
+    ac = alphas_cumprod().float()
+    t = torch.tensor([0, 10, 100, 400, 800, 999])
+    noise = torch.randn(x0.shape)
+    with torch.no_grad():
+        plain = diffusion_loss(model, x0, y, t, noise, ac)
+        weighted = diffusion_loss(model, x0, y, t, noise, ac, snr_gamma=5.0)
+        a = ac[t].double()
+        xt = a.sqrt().view(-1, 1, 1, 1) * x0 + (1 - a).sqrt().view(-1, 1, 1, 1) * noise
+        err = (model(xt.float(), t, class_labels=y).sample - noise).pow(2).mean(dim=(1, 2, 3)).double()
+    snr = a / (1 - a)
+    expect = (torch.minimum(snr, torch.tensor(5.0, dtype=torch.float64)) / snr * err).mean()
+    assert abs(plain.item() - err.mean().item()) < 1e-5 * err.mean().item() + 1e-7
+    assert abs(weighted.item() - expect.item()) < 1e-4 * expect.item() + 1e-7
+    assert weighted < plain  # small-t samples are down-weighted
+
+
 # ----------------------------------------------------------------------------- classifier
 def test_classifier_tiny_trains_and_resumes(tmp_path, cache):
     out = tmp_path / "clf"

@@ -128,6 +128,12 @@ def cmd_train_diffusion(args: argparse.Namespace) -> int:
         kw["ema_decay"] = args.ema_decay
     if args.grid_every is not None:
         kw["grid_every"] = args.grid_every
+    if args.snr_gamma is not None:
+        kw["snr_gamma"] = args.snr_gamma
+    if args.unet is not None:
+        from .unet_config import UNET_PRESETS, unet_config
+
+        kw["unet_config"] = unet_config(UNET_PRESETS[args.unet])
     summary = train_diffusion(**kw)
     print(json.dumps(summary, indent=1), file=sys.stderr)
     return 0
@@ -186,6 +192,10 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--lr", type=_positive(float), default=None)
     p.add_argument("--ema-decay", type=_fraction, default=None, help="diffusion only")
+    p.add_argument("--unet", choices=["c32-64-128", "c32-64-64", "c24-48-96"], default=None,
+                   help="diffusion only: UNet size preset (default: the shipped configuration)")
+    p.add_argument("--snr-gamma", type=_positive(float), default=None,
+                   help="diffusion only: Min-SNR-γ loss weighting (Hang et al. 2023; e.g. 5)")
     p.add_argument("--checkpoint-every", type=_positive(int), default=None, help="steps between checkpoints")
     p.add_argument("--grid-every", type=_positive(int), default=None,
                    help="diffusion only: steps between sample grids (default: every checkpoint)")

@@ -74,12 +74,24 @@ def sample_grid(model, per_class: int = 8, steps: int = 25, guidance: float = 3.
 
 
 # ----------------------------------------------------------------------------- loss
+def min_snr_weights(abar: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Per-sample weights of the ε-MSE for Min-SNR-γ (Hang et al. 2023, eq. 9 with ε-prediction):
+    ``min(SNR, γ) / SNR`` with ``SNR = ᾱ / (1 - ᾱ)``; 1 at high noise, < 1 where SNR > γ."""
+    snr = abar / (1 - abar)
+    return torch.clamp(snr, max=gamma) / snr
+
+
 def diffusion_loss(model, x0: torch.Tensor, labels: torch.Tensor, t: torch.Tensor,
-                   noise: torch.Tensor, ac: torch.Tensor) -> torch.Tensor:
+                   noise: torch.Tensor, ac: torch.Tensor, snr_gamma: float | None = None) -> torch.Tensor:
+    """ε-prediction MSE (Ho et al. 2020, eq. 14); with ``snr_gamma`` each sample's MSE is
+    weighted by :func:`min_snr_weights`."""
     a = ac[t].view(-1, 1, 1, 1)
     xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
     pred = model(xt, t, class_labels=labels).sample
-    return F.mse_loss(pred, noise)
+    if snr_gamma is None:
+        return F.mse_loss(pred, noise)
+    per_sample = (pred - noise).pow(2).mean(dim=(1, 2, 3))
+    return (min_snr_weights(ac[t], snr_gamma) * per_sample).mean()
 
 
 @torch.no_grad()
@@ -146,6 +158,7 @@ def train_diffusion(
     log_every: int = 10,
     keep_checkpoints: int = 3,
     export: bool = True,
+    snr_gamma: float | None = None,
 ) -> dict:
     """Train (or resume) and export. Returns a summary dict (also written to
     ``out_dir/summary.json``). ``time_limit_s`` stops early (with a checkpoint and the
@@ -200,7 +213,7 @@ def train_diffusion(
             {"numpy_rng": C.numpy_rng_state(rng), "train_seconds": train_seconds,
              "unet_config": cfg, "seed": seed, "batch_size": batch_size, "lr": lr,
              "ema_decay": ema_decay, "p_uncond": p_uncond, "dataset_n": dataset_n,
-             "dataset_seed": dataset_seed, "grid_seconds": grid_s},
+             "dataset_seed": dataset_seed, "grid_seconds": grid_s, "snr_gamma": snr_gamma},
             keep=keep_checkpoints,
         )
         save_file({"torch_generator": gen.get_state()}, str(path / "rng.safetensors"))
@@ -228,7 +241,7 @@ def train_diffusion(
         y = torch.where(drop, torch.full_like(y, NULL_CLASS), y)
         t = torch.randint(0, T, (batch_size,), generator=gen)
         noise = torch.randn(x0.shape, generator=gen).contiguous(memory_format=torch.channels_last)
-        loss = diffusion_loss(model, x0, y, t, noise, ac)
+        loss = diffusion_loss(model, x0, y, t, noise, ac, snr_gamma)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip:
@@ -261,6 +274,7 @@ def train_diffusion(
         "recent_loss_mean": (sum(r[0] for r in recent) / len(recent)) if recent else None,
         "checkpoint": str(final_ckpt), "dataset_seconds": round(data_s, 1),
         "unet_config": cfg, "batch_size": batch_size, "lr": lr, "ema_decay": ema_decay,
+        "snr_gamma": snr_gamma,
     }
     if export:
         exp = export_checkpoint(final_ckpt, out_dir / "final", "ema")

@@ -59,6 +59,14 @@ CANDIDATES: dict[str, dict] = {
     },
 }
 
+# Named presets for ``studio train diffusion --unet NAME`` (overrides of UNET_CONFIG).
+UNET_PRESETS: dict[str, dict] = {
+    "c32-64-128": {},
+    "c32-64-64": {"block_out_channels": (32, 64, 64)},
+    "c24-48-96": {"block_out_channels": (24, 48, 96), "norm_num_groups": 8,
+                  "attention_head_dim": 24},
+}
+
 # Tiny config used by the tests.
 TINY_UNET_CONFIG: dict = {
     "sample_size": 32,
