@@ -32,7 +32,7 @@ def final(model, **kw) -> torch.Tensor:
 
 
 def main() -> int:
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     model = load_model("default", "auto")
     rows = [to_uint8(final(model, sampler="ddim", steps=50, batch=10, seed=100 + d, label=d)) for d in range(10)]
     big = lambda a: Image.fromarray(a).resize((a.shape[1] * 2, a.shape[0] * 2), Image.NEAREST)  # noqa: E731
