@@ -137,6 +137,21 @@ def test_ddpm_variance_choices_bracket_true_spread(gmm):
         assert side * (ratio - 1) > 0.02, (side, ratio)
 
 
+@pytest.mark.parametrize("spacing", ["trailing", "leading"])
+def test_ddpm_and_euler_ancestral_are_the_same_chain_on_the_same_timesteps(gmm, spacing):
+    """DDPM with β̃ (Ho et al. 2020 eq. 7) is DDIM with η = 1 (Song et al. 2021 eq. 16), and in
+    σ = √((1−ᾱ)/ᾱ) coordinates that step is x̂₀ + σ_down ε̂ + σ_up z — Euler ancestral (Karras et al. 2022;
+    k-diffusion's get_ancestral_step). Two separately written samplers, same timesteps, same noise draws:
+    the same samples. (With the samplers' own default spacings or Karras σ they differ.)"""
+    kw = dict(batch=8, seed=11, spacing=spacing, karras=False)
+    a = final_x(gmm, "ddpm", 20, variance="fixed_small", **kw)
+    b = final_x(gmm, "euler_a", 20, **kw)
+    assert a.abs().max() > 0.5
+    assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+    c = final_x(gmm, "ddpm", 20, variance="fixed_large", **kw)
+    assert (a - c).abs().max() > 1e-2  # β instead of β̃ is a different chain
+
+
 # -- reproducibility --------------------------------------------------------------
 @pytest.mark.parametrize("name", ALL)
 def test_same_seed_same_samples_different_seed_different(gmm, name):
