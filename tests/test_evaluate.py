@@ -1,5 +1,6 @@
 """The evaluation metrics of `studio eval` against closed forms."""
 import numpy as np
+import pytest
 
 from studio.training.evaluate import frechet, within_class_diversity
 
@@ -53,3 +54,20 @@ def test_eval_report_checks_the_targets_and_the_tradeoff(tmp_path):
     assert "accuracy non-decreasing in w: yes; diversity non-increasing in w: **no**" in text
     assert "[5%, 20%]: **no** (min 0.040" in text
     assert "DDIM Table 1" not in text  # no such rows, no empty table
+
+
+def test_eval_cli_runs_only_the_chosen_cells_and_rejects_a_bad_eta(capsys):
+    """`studio eval --only ddim_table --ddim-steps 2 --ddim-etas 0.5` runs that one cell (to split a long run)."""
+    import json
+
+    from studio.cli import main
+
+    assert main(["eval", "--only", "ddim_table", "--ddim-steps", "2", "--ddim-etas", "0.5", "--n", "10",
+                 "--json", "--threads", "1"]) == 0
+    rows = json.loads(capsys.readouterr().out)["results"]
+    assert [(r["setting"], r["steps"], r["eta"], r["n"]) for r in rows] == [("ddim eta=0.5 S=2", 2, 0.5, 10)]
+    assert sum(rows[0]["class_fractions"]) == pytest.approx(1.0, abs=1e-3)
+
+    assert main(["eval", "--only", "ddim_table", "--ddim-etas", "1.5", "--n", "10"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--ddim-etas" in err[0]
