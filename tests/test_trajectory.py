@@ -1,4 +1,5 @@
 """The trajectory store: bounded memory (disk spill) without losing anything."""
+import pytest
 import numpy as np
 import torch
 
@@ -41,3 +42,35 @@ def test_previews_are_uint8_frames_of_the_full_state():
     x = traj.full_state(2)["x"]
     expect = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     np.testing.assert_array_equal(f, expect)
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_frames_are_the_rounded_uint8_image_of_the_clamped_state(channels):
+    """to_uint8 against a plain numpy reference: clamp to [−1, 1], map to [0, 255], round, NHWC, grey → RGB."""
+    import numpy as np
+
+    from studio.session.frames import to_uint8
+
+    x = torch.randn(2, channels, 5, 7, generator=torch.Generator().manual_seed(channels)) * 1.5
+    x[0, 0, 0, :3] = torch.tensor([-1.0, 1.0, 0.0])
+    a = np.clip(x.double().numpy(), -1, 1)
+    ref = np.round((a + 1) * 127.5).astype(np.uint8).transpose(0, 2, 3, 1)
+    ref = np.repeat(ref, 3, axis=-1) if channels == 1 else ref[..., :3]
+    got = to_uint8(x)
+    assert got.shape == (2, 5, 7, 3) and got.dtype == np.uint8 and got.flags["C_CONTIGUOUS"]
+    assert np.abs(got.astype(int) - ref.astype(int)).max() <= 1  # float32 vs float64 at exact .5 ties
+    assert (got[0, 0, :3, 0] == [0, 255, 128]).all()
+
+
+def test_check_finite_finds_one_nan_or_inf_and_accepts_a_huge_finite_state():
+    from studio.core.records import SamplingError, check_finite
+
+    x = torch.zeros(4, 3, 8, 8)
+    check_finite(x, 0)
+    big = torch.full((4, 3, 8, 8), 3e38)  # its sum overflows to inf, yet every element is finite
+    check_finite(big, 0)
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        y = x.clone()
+        y[2, 1, 5, 6] = bad
+        with pytest.raises(SamplingError, match="step 4"):
+            check_finite(y, 3)

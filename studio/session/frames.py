@@ -8,15 +8,17 @@ import torch
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """(B, C, H, W) in [−1, 1] → (B, H, W, 3) uint8; 1-channel images become grey RGB."""
+    """(B, C, H, W) in [−1, 1] → (B, H, W, 3) uint8; 1-channel images become grey RGB.
+
+    Runs once per frame of every step, so it keeps to few tensor ops: select the channels, one fresh
+    tensor from clamp, in-place arithmetic, and the NHWC copy made as float before the uint8 cast."""
     x = x.detach()
-    img = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    img = img.permute(0, 2, 3, 1).cpu().numpy()
-    if img.shape[-1] == 1:
-        img = np.repeat(img, 3, axis=-1)
-    elif img.shape[-1] > 3:
-        img = img[..., :3]
-    return np.ascontiguousarray(img)
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    elif x.shape[1] > 3:
+        x = x[:, :3]
+    img = x.float().clamp(-1, 1).add_(1).mul_(127.5).round_()
+    return img.permute(0, 2, 3, 1).contiguous().to(torch.uint8).cpu().numpy()
 
 
 def grid_shape(n: int) -> tuple[int, int]:
