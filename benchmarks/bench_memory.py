@@ -2,11 +2,11 @@
 
 RSS is read from ``/proc/self/status`` (VmRSS). The model is the exact Gaussian mixture with 64×64×3
 means (cheap per step, so a 1000-step run finishes in seconds) driven through ``Run`` — the same path
-the GUI and CLI take; every x_t and x̂₀ is kept by the Trajectory (float16 previews in memory, the
+the GUI and CLI take; every x_t and x̂₀ is kept by the Trajectory (uint8 RGB previews in memory, the
 float32 full state in memory up to ``memory_limit_bytes`` and spilled to disk beyond it).
 
 * ``long_run``: RSS growth over one 1000-step run at 64×64, batch 4 (target ≤ 200 MB). The expected
-  bound is reported beside it: previews 2 × 2 bytes × steps × B·C·H·W, plus the float32 full state
+  bound is reported beside it: previews 2 frames × 1 byte × steps × B·H·W·3, plus the float32 full state
   (x, x̂₀, sampler carry) capped at the Trajectory's memory limit.
 * ``repeated_runs``: RSS after each of 50 consecutive runs (100 steps each, trajectories dropped,
   ``gc.collect()`` between); slope (least squares, MB/run) over the last 40 runs and total change.
@@ -138,7 +138,8 @@ def repeated_runs(runs: int = 50, steps: int = 100, batch: int = 4, size: int = 
 
 def gui_runs(steps: int, batch: int = 4, size: int = 64, repeats: int = 10, repeat_steps: int = 50) -> dict:
     """The same through the window (offscreen): Run pressed, frames streamed to the view, which also keeps
-    every step's uint8 x_t / x̂₀ frames (another 2 bytes per element per step). Then ``repeats`` more
+    every step's uint8 x_t / x̂₀ frames — references to the trajectory's arrays, not copies, so the growth
+    should match the trajectory's own bound (``view_frame_cache_mb`` counts those shared arrays). Then ``repeats`` more
     runs in the same window (each replaces the previous trajectory): RSS after each."""
     from . import bench_gui as bg
 
