@@ -1,0 +1,79 @@
+"""Branching: continue a run from any recorded step with new settings, in tabs beside the main run."""
+from __future__ import annotations
+
+import shiboken6
+
+from . import jobs
+from .view import TrajectoryView
+
+
+class Branching:
+    """MainWindow's branch methods (a mixin): which view the user worked with last, the branch tabs."""
+
+    def _active_view(self) -> TrajectoryView:
+        """The view the user worked with last (scrubbed, stepped, played or clicked into)."""
+        w = self.focusWidget()
+        while w is not None:
+            if isinstance(w, TrajectoryView):
+                return w
+            w = w.parentWidget()
+        v = getattr(self, "_focus_view", None)
+        if v is not None and shiboken6.isValid(v) and v.traj is not None:
+            return v
+        return self.mainView
+
+    def _touch(self, view: TrajectoryView) -> None:
+        self._focus_view = view
+
+    def branch(self) -> None:
+        """Continue a run from the scrubbed position with the panel's current settings.
+
+        The source is the view the user scrubbed last: the main run or a branch (branches can nest)."""
+        source = self._active_view()
+        if self.busy or source.traj is None or len(source.traj) == 0:
+            return
+        recipe = self._valid_recipe()
+        if recipe is None:
+            return
+        parent = source.traj
+        pos = min(source.position, len(parent))
+        from_step = pos - 1
+        view = TrajectoryView(names=("branchXtCanvas", "branchX0Canvas", "branchScrubber"))
+        view.positionChanged.connect(lambda p, v=view: self._view_moved(v, p))
+        view.scrubberBar.touched.connect(lambda v=view: self._touch(v))
+        where = "" if source is self.mainView else f" of {self.branchTabs.tabText(self.branchTabs.indexOf(source))}"
+        self._branch_count = getattr(self, "_branch_count", 0) + 1
+        title = f"#{self._branch_count} from step {pos}{where}: {recipe.sampler} {recipe.steps}"
+        self.branchTabs.addTab(view, title)
+        self.branchTabs.setTabToolTip(self.branchTabs.count() - 1, title)
+        self.branchTabs.setCurrentWidget(view)
+        self.branchTabs.show()
+        self.hide_error()
+        w = self._start(jobs.run_job, self.cache, recipe, parent=parent, from_step=from_step, tag=view,
+                        on_yield=self._on_step, on_end=lambda w: self._run_ended(view, w))
+        w.view = view
+
+    def _close_branch(self, index: int) -> None:
+        w = self.branchTabs.widget(index)
+        if self.worker is not None and getattr(self.worker, "view", None) is w:
+            self.worker.abort()  # its run ends; the view goes once the worker has stopped
+            self.worker.view = None
+        self.branchTabs.removeTab(index)
+        if w is not None:
+            w.deleteLater()
+        if self.branchTabs.count() == 0:
+            self.branchTabs.hide()
+
+    def branch_views(self) -> list[TrajectoryView]:
+        return [self.branchTabs.widget(i) for i in range(self.branchTabs.count())]
+
+    def _view_moved(self, view: TrajectoryView, pos: int) -> None:
+        m = view.meta_at(pos)
+        if m is None:
+            self.schedulePlot.set_current(None)
+            self.guidancePlot.set_current(None)
+            return
+        t = m.t if pos == 0 else m.t_next
+        self.schedulePlot.plan_t = view.plan_t
+        self.schedulePlot.set_current(t if t >= 0 else 0.0)
+        self.guidancePlot.set_current(m.index + 1 if pos else None)
