@@ -16,22 +16,14 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from .frames import make_grid
+from .compose import ExportError, _captioned, _frames, compare_frame, frame_grid, hstack, positions, vstack
+from .compose import at_fraction, step_caption  # noqa: F401  (part of this module's API: ex.at_fraction, …)
 from .recipe import Recipe, RecipeError
 
-WHICH = ("xt", "x0", "both")
 ANIMATION_SUFFIXES = {".gif": "GIF", ".png": "PNG", ".apng": "PNG", ".mp4": "MP4"}
-BG = (24, 24, 28)
-FG = (230, 230, 235)
-
-
-class ExportError(RuntimeError):
-    """An export that could not be written; the message is one line naming the path and the problem."""
-
-
 def mp4_available() -> bool:
     """MP4 needs imageio's ffmpeg plugin (``pip install imageio-ffmpeg``)."""
     try:
@@ -58,87 +50,6 @@ def read_recipe(path: str | os.PathLike) -> Recipe:
         except RecipeError as e:
             raise RecipeError(f"{p}: {e}") from None
     return Recipe.load(p)
-
-
-# -- pixels ---------------------------------------------------------------------
-def upscale(img: np.ndarray, scale: int) -> np.ndarray:
-    """Pixel-exact nearest-neighbour enlargement by an integer factor."""
-    scale = max(1, int(scale))
-    return img if scale == 1 else np.repeat(np.repeat(img, scale, axis=0), scale, axis=1)
-
-
-def _font(size: int = 12):
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # very old Pillow: bitmap font only
-        return ImageFont.load_default()
-
-
-def _captioned(img: np.ndarray, text: str, size: int = 12) -> np.ndarray:
-    """``img`` with a dark caption strip above it."""
-    h = size + 8
-    out = Image.new("RGB", (max(img.shape[1], 8), img.shape[0] + h), BG)
-    out.paste(Image.fromarray(img), (0, h))
-    ImageDraw.Draw(out).text((4, 3), text, fill=FG, font=_font(size))
-    return np.asarray(out)
-
-
-def hstack(images: Sequence[np.ndarray], gap: int = 6) -> np.ndarray:
-    h = max(i.shape[0] for i in images)
-    parts = []
-    for k, im in enumerate(images):
-        if im.shape[0] < h:
-            im = np.concatenate([im, np.full((h - im.shape[0], im.shape[1], 3), BG, np.uint8)])
-        if k:
-            parts.append(np.full((h, gap, 3), BG, np.uint8))
-        parts.append(im)
-    return np.concatenate(parts, axis=1)
-
-
-def vstack(images: Sequence[np.ndarray], gap: int = 6) -> np.ndarray:
-    w = max(i.shape[1] for i in images)
-    parts = []
-    for k, im in enumerate(images):
-        if im.shape[1] < w:
-            im = np.concatenate([im, np.full((im.shape[0], w - im.shape[1], 3), BG, np.uint8)], axis=1)
-        if k:
-            parts.append(np.full((gap, w, 3), BG, np.uint8))
-        parts.append(im)
-    return np.concatenate(parts, axis=0)
-
-
-def positions(traj) -> int:
-    """Number of x_t positions available (initial noise + completed steps)."""
-    return len(traj.meta) + 1
-
-
-def frame_grid(traj, which: str, pos: int, scale: int = 1) -> np.ndarray:
-    """The batch grid at trajectory position ``pos`` (0 = noise, k = after step k) for x_t, x̂₀ or both."""
-    if which not in WHICH:
-        raise ExportError(f"unknown frame kind {which!r}; choose xt, x0 or both")
-    xt = make_grid(traj.frame_xt(pos))
-    if which == "xt":
-        return upscale(xt, scale)
-    x0 = make_grid(traj.frame_x0(pos - 1)) if pos >= 1 else np.full_like(xt, BG[0])
-    if which == "x0":
-        return upscale(x0, scale)
-    return hstack([upscale(xt, scale), upscale(x0, scale)])
-
-
-def step_caption(traj, pos: int) -> str:
-    n = traj.steps
-    if pos == 0 or not traj.meta:
-        return f"noise  t={traj.meta[0].t:.0f}" if traj.meta else "noise"
-    m = traj.meta[pos - 1]
-    return f"step {m.index + 1}/{n}  t={max(m.t_next, 0):.0f}"
-
-
-def _frames(traj, which: str, scale: int, caption: bool, start: int = 0) -> list[np.ndarray]:
-    out = []
-    for pos in range(start, positions(traj)):
-        img = frame_grid(traj, which, pos, scale)
-        out.append(_captioned(img, step_caption(traj, pos)) if caption else img)
-    return out
 
 
 # -- atomic writing -------------------------------------------------------------
@@ -345,23 +256,6 @@ def export_recipe(recipe, path: str | os.PathLike, overwrite: bool = False) -> P
 
 
 # -- comparisons ------------------------------------------------------------------
-def at_fraction(traj, fraction: float) -> int:
-    """The position nearest to ``fraction`` (0..1) of a run's planned steps, clamped to what exists."""
-    pos = int(round(min(max(fraction, 0.0), 1.0) * traj.steps))
-    return min(pos, positions(traj) - 1)
-
-
-def compare_frame(trajs: Sequence, labels: Sequence[str], fraction: float, which: str = "x0",
-                  scale: int = 4) -> np.ndarray:
-    cells = []
-    for traj, label in zip(trajs, labels):
-        pos = at_fraction(traj, fraction)
-        if which == "x0" and pos == 0:
-            pos = min(1, positions(traj) - 1)
-        cells.append(_captioned(frame_grid(traj, which, pos, scale), f"{label}  [{step_caption(traj, pos)}]", 11))
-    return hstack(cells, gap=10)
-
-
 def _compare_sidecar(trajs) -> str:
     import json
 
