@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 ICON = Path(__file__).resolve().parents[2] / "assets" / "icons" / "sampling-studio.png"
 
@@ -31,6 +32,28 @@ def dark_palette(app) -> None:
     for role in (QPalette.ColorRole.Text, QPalette.ColorRole.ButtonText, QPalette.ColorRole.WindowText):
         p.setColor(QPalette.ColorGroup.Disabled, role, QColor(120, 120, 128))
     app.setPalette(p)
+
+
+def display_problem(env=os.environ, platform: str = sys.platform,
+                    find_library: Optional[Callable[[str], Optional[str]]] = None) -> Optional[str]:
+    """Why Qt could not open a window here, as one line, or None. Qt itself aborts the process with a
+    multi-line message in these cases, so the launcher checks first (Linux only: X11 or Wayland)."""
+    if not platform.startswith("linux"):
+        return None
+    qpa = env.get("QT_QPA_PLATFORM", "")
+    if qpa and not qpa.startswith(("xcb", "wayland")):
+        return None  # offscreen, vnc, eglfs, …: Qt needs no display server
+    wayland = bool(env.get("WAYLAND_DISPLAY")) and not qpa.startswith("xcb")
+    if not wayland and not env.get("DISPLAY"):
+        return ("no display to open a window on (DISPLAY is not set); run it on a desktop or under "
+                "`xvfb-run`, or use the command line (`studio sample …`)")
+    if not wayland:
+        if find_library is None:
+            from ctypes.util import find_library
+        if find_library("xcb-cursor") is None:
+            return ("Qt's X11 (xcb) platform needs the libxcb-cursor0 library; install it "
+                    "(Debian/Ubuntu: sudo apt install libxcb-cursor0) and start the studio again")
+    return None
 
 
 def make_app(argv: Optional[Sequence[str]] = None):
@@ -59,6 +82,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     model = args.model or args.target
     if model and Path(model).is_file():
         recipe, model = model, None
+    problem = display_problem()
+    if problem:
+        print(f"studio-gui: error: {problem}", file=sys.stderr)
+        return 1
     app = make_app()
     from .main_window import MainWindow
 

@@ -1,0 +1,27 @@
+"""Launching the window where Qt cannot: one clear line instead of Qt's abort."""
+import os
+import subprocess
+import sys
+
+from studio.gui.app import display_problem
+
+
+def test_the_window_without_a_display_fails_with_one_line_and_no_abort():
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
+    p = subprocess.run([sys.executable, "-m", "studio.gui"], env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("studio-gui: error: no display") and "xvfb-run" in lines[0]
+
+
+def test_display_checks():
+    no_lib, has_lib = (lambda name: None), (lambda name: f"lib{name}.so.0")
+    x11 = {"DISPLAY": ":1"}
+    assert "libxcb-cursor0" in display_problem(x11, "linux", no_lib)
+    assert display_problem(x11, "linux", has_lib) is None
+    assert display_problem({"QT_QPA_PLATFORM": "offscreen"}, "linux", no_lib) is None
+    assert display_problem({"WAYLAND_DISPLAY": "wayland-0"}, "linux", no_lib) is None  # no xcb needed
+    assert "libxcb-cursor0" in display_problem({"WAYLAND_DISPLAY": "w", "DISPLAY": ":1", "QT_QPA_PLATFORM": "xcb"},
+                                               "linux", no_lib)
+    assert "DISPLAY" in display_problem({"QT_QPA_PLATFORM": "xcb"}, "linux", has_lib)
+    assert display_problem({}, "darwin", no_lib) is None and display_problem({}, "win32", no_lib) is None
