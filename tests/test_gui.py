@@ -47,6 +47,15 @@ def test_contract_names(win):
     assert [win.panel.guidanceModeCombo.itemData(i) for i in range(3)] == ["none", "cfg", "classifier"]
 
 
+def test_settings_panel_needs_no_horizontal_scrolling(qtbot, win):
+    from PySide6.QtWidgets import QScrollArea
+
+    scroll = win.findChild(QScrollArea, "panelScroll")
+    qtbot.waitUntil(lambda: scroll.isVisible())
+    assert scroll.viewport().width() >= win.panel.minimumSizeHint().width()
+    assert scroll.horizontalScrollBar().maximum() == 0
+
+
 def test_run_to_end_and_scrub(qtbot, win):
     traj = run(qtbot, win)
     assert traj.finished and len(traj) == 8

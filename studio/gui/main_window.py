@@ -73,11 +73,14 @@ class MainWindow(Branching, ModelHandling, RecipeFiles, QMainWindow):
     # == construction ===================================================================================
     def _build(self) -> None:
         self.panel = SamplerPanel()
-        scroll = QScrollArea()
+        scroll = QScrollArea(objectName="panelScroll")
         scroll.setWidget(self.panel)
         scroll.setWidgetResizable(True)
-        scroll.setMinimumWidth(300)
-        scroll.setMaximumWidth(380)
+        # wide enough for the panel's widgets beside a vertical scrollbar: no horizontal scrolling
+        need = self.panel.minimumSizeHint().width() + scroll.verticalScrollBar().sizeHint().width() + 2 * scroll.frameWidth()
+        scroll.setMinimumWidth(max(300, min(need, 440)))
+        scroll.setMaximumWidth(max(380, min(need, 440)))
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
 
         self.runButton = self._button("Run", "runButton", "Sample with these settings (Ctrl+R)", self.run)
         self.runButton.setDefault(True)
