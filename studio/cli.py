@@ -109,10 +109,16 @@ def cmd_sample(args) -> int:
     extra = {}
     if recipe.init_noise:
         extra["init_noise.npy"] = Path(recipe.init_noise)
-    bar = None if args.quiet else ProgressBar(f"{recipe.sampler} {recipe.steps} steps")
     from .session.runner import ModelCache
 
-    traj = execute(recipe, ModelCache(allow_pickle=args.allow_pickle), progress=bar)
+    cache = ModelCache(allow_pickle=args.allow_pickle)
+    if args.scale is None and not args.recipe and recipe.guidance != "none" and not recipe.branch:
+        # no scale given: the one the model recommends for this guidance (its recommended.json), if any
+        rec = cache.get(recipe).info.recommended_scales.get(recipe.guidance)
+        if rec is not None:
+            recipe = recipe.replace(scale=rec).validate()
+    bar = None if args.quiet else ProgressBar(f"{recipe.sampler} {recipe.steps} steps")
+    traj = execute(recipe, cache, progress=bar)
     if recipe.init_noise:  # the folder is self-contained: its recipe points at its own copy
         traj.recipe = traj.recipe.replace(init_noise="init_noise.npy")
     out = write_run_folder(traj, Path(args.out), save_raw=args.save_raw, scale=args.image_scale,
@@ -177,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--corrector-steps", type=int, help="langevin: corrector steps per step")
     s.add_argument("--snr", type=float, help="langevin: target signal-to-noise ratio")
     s.add_argument("--guidance", choices=["none", "cfg", "classifier"])
-    s.add_argument("--scale", type=float, help="guidance scale (CFG w, 1 = conditional; classifier s)")
+    s.add_argument("--scale", type=float, help="guidance scale (CFG w, 1 = conditional; classifier s); "
+                   "default: the model's recommended scale for the guidance, else 3")
     s.add_argument("--guidance-interval", type=float, nargs=2, metavar=("START", "END"),
                    help="apply guidance only between these fractions of the run (0 1 = always)")
     s.add_argument("--classifier-form", choices=["eps", "mean"], help="classifier guidance: eps (any sampler) or mean (ddpm)")

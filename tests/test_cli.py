@@ -69,6 +69,24 @@ def test_recipe_reproduces_a_run(tmp_path):
     assert not np.array_equal(np.load(a / "trajectory.npz")["xt"][-1], np.load(c / "trajectory.npz")["xt"][-1])
 
 
+def test_guidance_scale_defaults_to_the_models_recommendation(tmp_path):
+    from conftest import make_unet, save_model_folder
+
+    folder = save_model_folder(make_unet(num_class_embeds=3), tmp_path / "m", dict(clip_sample=False),
+                               class_names=["a", "b"])
+    (folder / "recommended.json").write_text('{"cfg_scale": 4.5}')
+    common = ["sample", "--model", str(folder), "--steps", "2", "--batch", "1", "--label", "1", "--quiet"]
+
+    def scale(out, *extra):
+        assert main([*common, *extra, "--out", str(tmp_path / out)]) == 0
+        return json.loads((tmp_path / out / "recipe.json").read_text())["scale"]
+
+    assert scale("rec", "--guidance", "cfg") == 4.5
+    assert scale("given", "--guidance", "cfg", "--scale", "2") == 2.0
+    (folder / "recommended.json").unlink()
+    assert scale("none", "--guidance", "cfg") == 3.0
+
+
 def test_init_noise_is_used_as_x_T_and_travels_with_the_recipe(tmp_path):
     noise = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)
     np.save(tmp_path / "n.npy", noise)

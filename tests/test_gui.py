@@ -361,3 +361,28 @@ def test_close_mid_run_exits_cleanly(tmp_path):
     assert "QThread" not in r.stderr and "Traceback" not in r.stderr
     done = int(r.stdout.split("steps done:")[1])
     assert 0 < done < 1000
+
+
+def test_each_guidance_mode_keeps_its_scale_starting_from_the_models_recommendation(win):
+    from studio.core.model import ModelInfo
+
+    p = win.panel
+    info = ModelInfo("m", 8, 3, num_classes=3, null_label=3, has_classifier=True,
+                     recommended_scales={"classifier": 100.0})
+    p.set_model_info(info)
+    modes = p.guidanceModeCombo
+
+    def mode(m):
+        modes.setCurrentIndex(modes.findData(m))
+        return p.guidanceSpin.value()
+
+    assert mode("none") == mode("none")
+    assert mode("cfg") == 3.0  # no recommendation for cfg: the default w = 3
+    p.guidanceSpin.setValue(5.0)
+    assert mode("classifier") == 100.0  # the model's recommendation
+    assert p.recipe().scale == 100.0
+    p.guidanceSpin.setValue(60.0)
+    assert mode("cfg") == 5.0 and mode("none") == 5.0
+    assert mode("classifier") == 60.0  # remembered per mode
+    p.set_model_info(ModelInfo("other", 8, 3, num_classes=3, null_label=3, has_classifier=True))
+    assert mode("cfg") == 3.0 and mode("classifier") == 1.0  # a new model: its own defaults

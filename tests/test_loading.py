@@ -90,6 +90,28 @@ def test_class_conditional_folder_gets_null_label(tmp_path):
         engine.sample(m, "ddim", 3, label=3, batch=1)  # the null class is not a user label
 
 
+def test_recommended_scales_are_read_and_checked(folder):
+    assert load_model(str(folder), device="cpu").info.recommended_scales == {}
+    (folder / "recommended.json").write_text('{"cfg_scale": 4, "classifier_scale": 50.5, "note": "x"}')
+    info = load_model(str(folder), device="cpu").info
+    assert info.recommended_scales == {"cfg": 4.0, "classifier": 50.5}
+    assert "cfg scale 4, classifier scale 50.5" in info.describe()
+    for bad in ('{"cfg_scale": -1}', '{"classifier_scale": "big"}', '{"cfg_scale": true}', "[3]"):
+        (folder / "recommended.json").write_text(bad)
+        msg = _load_error(folder)
+        assert "recommended.json" in msg and "\n" not in msg, msg
+
+
+def test_shipped_model_recommends_the_card_scales():
+    import json
+
+    from studio.core.loading import DEFAULT_MODEL_DIR
+
+    card = json.loads((DEFAULT_MODEL_DIR / "recommended.json").read_text())
+    info = load_model("default", device="cpu").info
+    assert info.recommended_scales == {"cfg": card["cfg_scale"], "classifier": card["classifier_scale"]}
+
+
 def test_pickled_bin_refused_unless_allowed(unet, tmp_path):
     f = save_model_folder(unet, tmp_path / "pkl", SCHED)
     (f / WEIGHT_NAME).unlink()

@@ -195,6 +195,25 @@ def load_classifier_folder(folder: Path, device, dtype) -> ClassifierAdapter:
     return ClassifierAdapter(net, device, dtype)
 
 
+RECOMMENDED_KEYS = {"cfg_scale": "cfg", "classifier_scale": "classifier"}
+
+
+def read_recommended_scales(folder: Path) -> dict[str, float]:
+    """``recommended.json`` beside the weights: the guidance scales the model card recommends
+    (``{"cfg_scale": 3, "classifier_scale": 100}``), as {mode: scale}; {} when there is none."""
+    path = folder / "recommended.json"
+    if not path.exists():
+        return {}
+    out = {}
+    for key, value in _read_json(path).items():
+        if key not in RECOMMENDED_KEYS:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+            raise ModelLoadError(f"{path}: {key} must be a positive number, got {value!r}")
+        out[RECOMMENDED_KEYS[key]] = float(value)
+    return out
+
+
 def load_diffusers_folder(path: str | os.PathLike, device: torch.device, dtype: torch.dtype,
                           allow_pickle: bool = False, classifier: Optional[str] = None, name: Optional[str] = None):
     """Open a diffusers UNet2DModel folder (flat layout, or pipeline layout with unet/ and scheduler/)."""
@@ -259,7 +278,7 @@ def load_diffusers_folder(path: str | os.PathLike, device: torch.device, dtype: 
         in_channels=int(config.get("in_channels", 3)),
         prediction_type=sched_cfg.get("prediction_type", "epsilon"), num_classes=num_classes,
         null_label=null_label, class_names=class_names, scheduler_config=sched_cfg, source=str(folder),
-        has_classifier=clf is not None,
+        has_classifier=clf is not None, recommended_scales=read_recommended_scales(folder),
     )
     return DiffusersUNetModel(unet, info, clf, device, dtype)
 

@@ -19,6 +19,9 @@ class ModelInfo:
     scheduler_config: dict = field(default_factory=dict)
     source: str = ""
     has_classifier: bool = False
+    # guidance scales the model's authors recommend, by guidance mode ("cfg", "classifier"); from the
+    # folder's recommended.json ({"cfg_scale": w, "classifier_scale": s})
+    recommended_scales: dict = field(default_factory=dict)
 
     @property
     def conditional(self) -> bool:
@@ -42,6 +45,8 @@ class ModelInfo:
             f"{sc.get('num_train_timesteps', 1000)} timesteps",
             f"clip x0:         {bool(sc.get('clip_sample', False))}, thresholding: {bool(sc.get('thresholding', False))}",
         ]
+        if self.recommended_scales:
+            lines.append("recommended:     " + ", ".join(f"{m} scale {v:g}" for m, v in self.recommended_scales.items()))
         return "\n".join(lines)
 
 

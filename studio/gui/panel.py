@@ -14,6 +14,7 @@ from ..session.recipe import Recipe
 
 BUILTIN_MODELS = [("gmm", "gmm — exact Gaussian mixture"), ("default", "default — shipped model")]
 OPEN_FOLDER = "__open__"
+FALLBACK_SCALES = {"cfg": 3.0, "classifier": 1.0}  # when the model recommends none
 GUIDANCE_MODES = [("none", "none"), ("cfg", "classifier-free"), ("classifier", "classifier")]
 SLIDER_STEPS = 10  # slider ticks per unit of guidance scale
 SEED_MAX = 2**31 - 1
@@ -159,7 +160,9 @@ class SamplerPanel(QWidget):
         lay.addStretch(1)
 
         self._guard = False
-        self._set_scale(3.0)
+        self._set_scale(FALLBACK_SCALES["cfg"])
+        self._mode_scales: dict[str, float] = {}
+        self._scale_mode = self.guidanceModeCombo.currentData()  # the mode whose scale the widgets show
         self.set_recent([])
         self.modelPicker.activated.connect(self._model_activated)
         self.samplerCombo.currentIndexChanged.connect(self._sampler_changed)
@@ -213,6 +216,8 @@ class SamplerPanel(QWidget):
 
     def set_model_info(self, info, device: str = "") -> None:
         self._info = info
+        self._mode_scales = {}  # scales chosen per guidance mode belonged to the previous model,
+        self._scale_mode = None  # and so does the one shown: not remembered for the new one
         classes = f"{info.num_classes} classes" if info.num_classes else "unconditional"
         self.modelInfo.setText(f"{info.sample_size}×{info.sample_size}, {info.in_channels} ch, {classes}, "
                                f"{info.prediction_type}" + (f" — on {device}" if device else ""))
@@ -282,6 +287,7 @@ class SamplerPanel(QWidget):
         _select(self.labelCombo, r.label)
         _select(self.guidanceModeCombo, r.guidance)
         self._set_scale(float(r.scale))
+        self._scale_mode = r.guidance  # the recipe's scale is the one of its mode
         self.intervalStart.setValue(r.guidance_interval[0])
         self.intervalEnd.setValue(r.guidance_interval[1])
         _select(self.deviceCombo, r.device)
@@ -302,10 +308,24 @@ class SamplerPanel(QWidget):
         self.correctorSpin.setEnabled("corrector_steps" in spec.options)
         self.snrSpin.setEnabled("snr" in spec.options)
 
+    def recommended_scale(self, mode: str) -> float:
+        """The model's recommended scale for ``mode`` (its recommended.json), else CFG 3 / classifier 1."""
+        rec = getattr(getattr(self, "_info", None), "recommended_scales", None) or {}
+        return float(rec.get(mode, FALLBACK_SCALES.get(mode, 1.0)))
+
     def _mode_changed(self, *_) -> None:
-        on = self.guidanceModeCombo.currentData() != "none"
+        mode = self.guidanceModeCombo.currentData()
+        on = mode != "none"
         for w in (self.guidanceSlider, self.guidanceSpin, self.intervalStart, self.intervalEnd):
             w.setEnabled(on)
+        # each mode keeps its own scale (a CFG w of 3 means little as a classifier scale, and back)
+        shown = self._scale_mode
+        if mode != shown:
+            if shown not in (None, "none"):
+                self._mode_scales[shown] = self.guidanceSpin.value()
+            if on:
+                self._set_scale(self._mode_scales.get(mode, self.recommended_scale(mode)))
+            self._scale_mode = mode
         if on and self.labelCombo.currentData() is None and self.labelCombo.count() > 1:
             self.labelCombo.setCurrentIndex(1)
 
