@@ -112,7 +112,7 @@ def cmd_sample(args) -> int:
     from .session.runner import ModelCache
 
     cache = ModelCache(allow_pickle=args.allow_pickle)
-    if args.scale is None and not args.recipe and recipe.guidance != "none" and not recipe.branch:
+    if args.scale is None and not args.recipe and recipe.guidance != "none":
         # no scale given: the one the model recommends for this guidance (its recommended.json), if any
         rec = cache.get(recipe).info.recommended_scales.get(recipe.guidance)
         if rec is not None:

@@ -80,7 +80,6 @@ class MainWindow(Branching, ModelHandling, RecipeFiles, QMainWindow):
         need = self.panel.minimumSizeHint().width() + scroll.verticalScrollBar().sizeHint().width() + 2 * scroll.frameWidth()
         scroll.setMinimumWidth(max(300, min(need, 440)))
         scroll.setMaximumWidth(max(380, min(need, 440)))
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
 
         self.runButton = self._button("Run", "runButton", "Sample with these settings (Ctrl+R)", self.run)
         self.runButton.setDefault(True)

@@ -310,7 +310,7 @@ class SamplerPanel(QWidget):
 
     def recommended_scale(self, mode: str) -> float:
         """The model's recommended scale for ``mode`` (its recommended.json), else CFG 3 / classifier 1."""
-        rec = getattr(getattr(self, "_info", None), "recommended_scales", None) or {}
+        rec = self._info.recommended_scales if self._info is not None else {}
         return float(rec.get(mode, FALLBACK_SCALES.get(mode, 1.0)))
 
     def _mode_changed(self, *_) -> None:

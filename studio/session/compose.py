@@ -33,7 +33,7 @@ def _font(size: int = 12):
         return ImageFont.load_default()
 
 
-def _captioned(img: np.ndarray, text: str, size: int = 12) -> np.ndarray:
+def captioned(img: np.ndarray, text: str, size: int = 12) -> np.ndarray:
     """``img`` with a dark caption strip above it."""
     h = size + 8
     out = Image.new("RGB", (max(img.shape[1], 8), img.shape[0] + h), BG)
@@ -92,11 +92,11 @@ def step_caption(traj, pos: int) -> str:
     return f"step {m.index + 1}/{n}  t={max(m.t_next, 0):.0f}"
 
 
-def _frames(traj, which: str, scale: int, caption: bool, start: int = 0) -> list[np.ndarray]:
+def step_frames(traj, which: str, scale: int, caption: bool, start: int = 0) -> list[np.ndarray]:
     out = []
     for pos in range(start, positions(traj)):
         img = frame_grid(traj, which, pos, scale)
-        out.append(_captioned(img, step_caption(traj, pos)) if caption else img)
+        out.append(captioned(img, step_caption(traj, pos)) if caption else img)
     return out
 
 
@@ -114,5 +114,5 @@ def compare_frame(trajs: Sequence, labels: Sequence[str], fraction: float, which
         pos = at_fraction(traj, fraction)
         if which == "x0" and pos == 0:
             pos = min(1, positions(traj) - 1)
-        cells.append(_captioned(frame_grid(traj, which, pos, scale), f"{label}  [{step_caption(traj, pos)}]", 11))
+        cells.append(captioned(frame_grid(traj, which, pos, scale), f"{label}  [{step_caption(traj, pos)}]", 11))
     return hstack(cells, gap=10)

@@ -19,11 +19,13 @@ import numpy as np
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from .compose import ExportError, _captioned, _frames, compare_frame, frame_grid, hstack, positions, vstack
+from .compose import ExportError, captioned, compare_frame, frame_grid, hstack, positions, step_frames, vstack
 from .compose import at_fraction, step_caption  # noqa: F401  (part of this module's API: ex.at_fraction, …)
 from .recipe import Recipe, RecipeError
 
 ANIMATION_SUFFIXES = {".gif": "GIF", ".png": "PNG", ".apng": "PNG", ".mp4": "MP4"}
+
+
 def mp4_available() -> bool:
     """MP4 needs imageio's ffmpeg plugin (``pip install imageio-ffmpeg``)."""
     try:
@@ -211,7 +213,7 @@ def export_animation(traj, path: str | os.PathLike, which: str = "x0", fps: floa
     path = Path(path)
     fmt = _animation_format(path)
     _check_target(path, overwrite, [_sidecar(path)])
-    frames = _frames(traj, which, scale, caption, start=1 if which == "x0" else 0)
+    frames = step_frames(traj, which, scale, caption, start=1 if which == "x0" else 0)
     if not frames:
         raise ExportError(f"{path}: the run has no steps to export")
     _write_files({path: _animation_writer(frames, fmt, fps, traj.recipe),
@@ -233,8 +235,8 @@ def export_contact_sheet(traj, path: str | os.PathLike, every: int = 5, scale: i
         label = "noise" if pos == 0 else f"step {traj.meta[pos - 1].index + 1}"
         xt = frame_grid(traj, "xt", pos, scale)
         x0 = frame_grid(traj, "x0", pos, scale)
-        cols.append(vstack([_captioned(xt, label), x0]))
-    sheet = _captioned(hstack(cols), "top: x_t   bottom: predicted x0", 12)
+        cols.append(vstack([captioned(xt, label), x0]))
+    sheet = captioned(hstack(cols), "top: x_t   bottom: predicted x0", 12)
     _write_files({path: lambda p: _save_png(sheet, p, traj.recipe),
                   _sidecar(path): _write_text(_recipe_json(traj.recipe))}, overwrite)
     return path

@@ -17,6 +17,7 @@ import sys
 import time
 
 from .ckpt import format_eta
+from .unet_config import UNET_PRESETS
 
 DEFAULTS = {
     # kind: (steps, batch_size, seed, lr)
@@ -131,7 +132,7 @@ def cmd_train_diffusion(args: argparse.Namespace) -> int:
     if args.snr_gamma is not None:
         kw["snr_gamma"] = args.snr_gamma
     if args.unet is not None:
-        from .unet_config import UNET_PRESETS, unet_config
+        from .unet_config import unet_config
 
         kw["unet_config"] = unet_config(UNET_PRESETS[args.unet])
     summary = train_diffusion(**kw)
@@ -192,7 +193,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--lr", type=_positive(float), default=None)
     p.add_argument("--ema-decay", type=_fraction, default=None, help="diffusion only")
-    p.add_argument("--unet", choices=["c32-64-128", "c32-64-64", "c24-48-96"], default=None,
+    p.add_argument("--unet", choices=list(UNET_PRESETS), default=None,
                    help="diffusion only: UNet size preset (default: the shipped configuration)")
     p.add_argument("--snr-gamma", type=_positive(float), default=None,
                    help="diffusion only: Min-SNR-γ loss weighting (Hang et al. 2023; e.g. 5)")

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.loading import DEFAULT_MODEL_DIR, load_model
+from ..core.loading import DEFAULT_MODEL_DIR, load_model, read_recommended_scales
 from ..session.recipe import Recipe
 from ..session.runner import Run
 from .cli_train import _positive
@@ -180,8 +180,7 @@ def cmd_eval(args) -> int:
         torch.set_num_threads(args.threads)
     scale = args.classifier_scale
     if scale is None:
-        meta = model_dir / "recommended.json"
-        scale = float(json.loads(meta.read_text()).get("classifier_scale", 1.0)) if meta.exists() else 1.0
+        scale = read_recommended_scales(model_dir).get("classifier", 1.0)
     if any(not 0 <= e <= 1 for e in args.ddim_etas):
         raise ValueError("--ddim-etas must be between 0 and 1")
     groups = standard_settings(scale, args.cfg_scales, args.ddim_etas, args.ddim_steps)
