@@ -1,6 +1,12 @@
-"""Figures 1–3: engine overhead vs a bare forward loop, ddim vs diffusers' DDIM loop, guidance cost."""
+"""Figures 1–3: engine overhead vs a bare forward loop, ddim vs diffusers' DDIM loop, guidance cost.
+
+The studio runs the network channels-last on CPU (studio.core.loading.DiffusersUNetModel). Baselines
+that measure the studio's own overhead (bare loop, guidance) use that same network and layout; the
+diffusers comparison is made twice: against diffusers' loop as its users run it (NCHW), and against
+the same loop on the studio's channels-last network, which isolates the bookkeeping."""
 from __future__ import annotations
 
+import copy
 
 import torch
 from diffusers import DDIMScheduler, UNet2DModel
@@ -43,9 +49,16 @@ def wrap(unet: UNet2DModel, device, classifier=None) -> DiffusersUNetModel:
     return DiffusersUNetModel(unet, info, classifier, torch.device(device), torch.float32)
 
 
+def layout_of(unet) -> torch.memory_format:
+    """The memory format the network's weights are in (the studio's adapter makes it channels-last on CPU)."""
+    w = next(p for p in unet.parameters() if p.dim() == 4)
+    return torch.contiguous_format if w.is_contiguous() else torch.channels_last
+
+
 def bare_loop(unet, batch: int, steps: int, device, label=None):
+    """The network's forward passes alone, input in the network's own memory format."""
     s = unet.config.sample_size
-    x = torch.randn(batch, unet.config.in_channels, s, s, device=device)
+    x = torch.randn(batch, unet.config.in_channels, s, s, device=device).contiguous(memory_format=layout_of(unet))
     cl = None if not unet.config.num_class_embeds else torch.full((batch,), label or 0, device=device)
     ts = torch.linspace(999, 0, steps).round()
 
@@ -67,9 +80,10 @@ def studio_loop(model, batch: int, steps: int, sampler="ddim", **recipe_kw):
 
 
 def diffusers_ddim(unet, batch: int, steps: int, device):
+    """diffusers' DDIM scheduler loop as its docs write it; the layout is whatever ``unet``'s weights are in."""
     sched = DDIMScheduler(**{k: v for k, v in SCHED.items() if k != "clip_sample"}, clip_sample=False)
     s = unet.config.sample_size
-    x0 = torch.randn(batch, unet.config.in_channels, s, s, device=device)
+    x0 = torch.randn(batch, unet.config.in_channels, s, s, device=device).contiguous(memory_format=layout_of(unet))
     cl = None if not unet.config.num_class_embeds else torch.full((batch,), unet.config.num_class_embeds - 1, device=device)
 
     def run():
@@ -105,17 +119,23 @@ def run(device="cpu", quick=False) -> dict:
     torch.manual_seed(0)
     for name, make, batch in (("digits 32x32", digits_like_unet, 8), ("large 64x64", large_unet, 2)):
         unet = make().to(device).eval()
+        plain = copy.deepcopy(unet)  # NCHW, as a diffusers user runs it
         params = sum(p.numel() for p in unet.parameters())
-        model = wrap(unet, device)
+        model = wrap(unet, device)  # converts ``unet`` in place to the studio's layout (channels-last on CPU)
         r = interleaved(bare_loop(unet, batch, steps, device, label=model.info.null_label),
                         studio_loop(model, batch, steps), reps, device)
         r.update(model=name, params=params, batch=batch, steps=steps)
         results.setdefault("engine_overhead", []).append(r)
         if name.startswith("digits") or not quick:
-            d = interleaved(diffusers_ddim(unet, batch, 50 if not quick else 20, device),
-                            studio_loop(model, batch, 50 if not quick else 20), max(3, reps // 2), device)
-            d.update(model=name, batch=batch, steps=50 if not quick else 20)
-            results.setdefault("vs_diffusers_ddim", []).append(d)
+            n = 50 if not quick else 20
+            nets = [("as diffusers runs it", plain)]
+            if layout_of(unet) != layout_of(plain):
+                nets.append(("same channels-last network", unet))
+            for label, net in nets:
+                d = interleaved(diffusers_ddim(net, batch, n, device), studio_loop(model, batch, n),
+                                max(3, reps // 2), device)
+                d.update(model=name, batch=batch, steps=n, baseline=label)
+                results.setdefault("vs_diffusers_ddim", []).append(d)
         # CFG: a guided step vs one forward at twice the batch
         if model.info.null_label is not None:
             g = interleaved(bare_loop(unet, 2 * batch, steps, device),
@@ -128,7 +148,7 @@ def run(device="cpu", quick=False) -> dict:
         s = unet.config.sample_size
 
         def fwd_plus_clf(unet=unet, clf_net=clf_net, batch=batch, s=s):
-            x = torch.randn(batch, 3, s, s, device=device)
+            x = torch.randn(batch, 3, s, s, device=device).contiguous(memory_format=layout_of(unet))
             cl = torch.full((batch,), 1, device=device) if unet.config.num_class_embeds else None
             ts = torch.linspace(999, 0, steps).round()
 
@@ -146,7 +166,7 @@ def run(device="cpu", quick=False) -> dict:
                         reps, device)
         c.update(model=name, batch=batch, steps=steps)
         results.setdefault("classifier_step", []).append(c)
-        del unet, model
+        del unet, plain, model
     return results
 
 

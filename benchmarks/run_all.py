@@ -42,7 +42,8 @@ def markdown(res: dict) -> str:
                    "classifier_step": ("classifier-guided step / (forward + classifier fwd+bwd)", "≤ 1.10")}
         for key, (label, target) in targets.items():
             for r in eng.get(key, []):
-                out.append(f"| {label} | {r['model']} | {r['batch']} | {r['steps']} | {r['baseline_s']:.3f} | "
+                row = f"{label} ({r['baseline']})" if r.get("baseline") else label
+                out.append(f"| {row} | {r['model']} | {r['batch']} | {r['steps']} | {r['baseline_s']:.3f} | "
                            f"{r['studio_s']:.3f} | **{r['ratio']:.3f}** ({r['ratio_min']:.3f}–{r['ratio_max']:.3f}) | {target} |")
         out.append("")
     gui = res.get("gui") or {}

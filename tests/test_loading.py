@@ -45,9 +45,30 @@ def _load_error(path, *names, **kw) -> str:
 
 @torch.no_grad()
 def _same_outputs(model, unet):
+    """Bit-identical weights, and the same predictions up to float rounding (the loaded model runs
+    channels-last on CPU, whose convolutions round differently from NCHW ones)."""
+    ref = unet.state_dict()
+    got = model.unet.state_dict()
+    assert got.keys() == ref.keys()
+    for k in ref:
+        assert torch.equal(got[k], ref[k]), k
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     t = torch.tensor([10.0, 700.0])
-    torch.testing.assert_close(model.predict(x, t, None, 1.0), unet(x, t).sample, rtol=0, atol=0)
+    torch.testing.assert_close(model.predict(x, t, None, 1.0), unet(x, t).sample, rtol=0, atol=2e-5)
+
+
+def test_cpu_model_runs_channels_last_with_nchw_results(folder, unet):
+    """The CPU speed-up changes the memory layout only: weights and inputs channels-last, outputs
+    equal to the NCHW network's within float rounding, whatever layout the caller passes."""
+    m = load_model(str(folder), device="cpu")
+    conv = next(p for p in m.unet.parameters() if p.dim() == 4)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    x = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([1.0, 400.0, 999.0])
+    with torch.no_grad():
+        want = unet(x, t).sample
+        for layout in (x, x.contiguous(memory_format=torch.channels_last), x[:, :, :, :]):
+            torch.testing.assert_close(m.predict(layout, t, None, 1.0), want, rtol=0, atol=2e-5)
 
 
 def test_flat_folder_loads_with_identical_weights(folder, unet):
