@@ -204,4 +204,7 @@ if __name__ == "__main__":
     import json
     import sys
 
+    from studio.runtime import tune_allocator
+
+    tune_allocator()  # as the studio's entry points do
     print(json.dumps(run(quick="--quick" in sys.argv, gui="--no-gui" not in sys.argv), indent=2))

@@ -121,13 +121,17 @@ def main(argv=None) -> int:
     ap.add_argument("--only", nargs="+", choices=SUITES)
     ap.add_argument("--out", default=str(HERE))
     args = ap.parse_args(argv)
+    from studio.runtime import tune_allocator
+
     from .common import machine
+
+    tuned = tune_allocator()  # as the studio's own entry points do; baselines share the process
 
     out = Path(args.out)
     json_path = out / "results.json"
     res = json.loads(json_path.read_text()) if json_path.exists() and args.only else {}
     res.update({"machine": machine(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                "quick": args.quick})
+                "quick": args.quick, "allocator_tuned": tuned})
     for suite in args.only or SUITES:
         t0 = time.perf_counter()
         try:

@@ -71,6 +71,9 @@ def make_app(argv: Optional[Sequence[str]] = None):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from ..runtime import tune_allocator
+
+    tune_allocator()  # the studio owns this process: keep the network's freed buffers for reuse
     parser = argparse.ArgumentParser(prog="studio-gui", description="Sampling Studio desktop window")
     parser.add_argument("target", nargs="?", default=None,
                         help="model to open (gmm, default or a diffusers model folder; default: the last one used), "

@@ -7,17 +7,21 @@ import numpy as np
 import torch
 
 
-def to_uint8(x: torch.Tensor) -> np.ndarray:
+def to_uint8(x: torch.Tensor, out: np.ndarray | None = None) -> np.ndarray:
     """(B, C, H, W) in [−1, 1] → (B, H, W, 3) uint8; 1-channel images become grey RGB.
 
     Runs once per frame of every step, so it keeps to few tensor ops: select the channels, one fresh
-    tensor from clamp, in-place arithmetic, and the NHWC copy made as float before the uint8 cast."""
+    tensor from clamp, in-place arithmetic, and the NHWC copy made as float before the uint8 cast
+    (or, with ``out``, one cast-and-copy into that (B, H, W, 3) uint8 array)."""
     x = x.detach()
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
     elif x.shape[1] > 3:
         x = x[:, :3]
     img = x.float().clamp(-1, 1).add_(1).mul_(127.5).round_()
+    if out is not None:
+        torch.from_numpy(out).copy_(img.permute(0, 2, 3, 1))
+        return out
     return img.permute(0, 2, 3, 1).contiguous().to(torch.uint8).cpu().numpy()
 
 

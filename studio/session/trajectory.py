@@ -5,6 +5,7 @@ shows and exports: 2 bytes per pixel and channel per step), and the full-precisi
 state a sampler needs to resume (and ``--save-raw`` writes) is kept per step as
 float32: in memory up to ``memory_limit_bytes``, then in a disk cache that is
 deleted with the trajectory. Memory is therefore bounded by previews + the limit.
+Kept arrays live in the store's own memory maps (slabs.py), not on the C heap.
 Index 0 of ``xt`` is the initial noise; step k (0-based) is at ``xt[k + 1]``.
 """
 from __future__ import annotations
@@ -18,8 +19,9 @@ import numpy as np
 import torch
 
 from ..core.records import StepRecord
+from ..runtime import RELEASE_EVERY, release_free_memory
 from .frames import to_uint8
-from .heap import bound_heap
+from .slabs import Slabs
 
 
 @dataclass
@@ -38,13 +40,13 @@ class StepMeta:
 
 class Trajectory:
     def __init__(self, recipe, initial: torch.Tensor, steps: int, memory_limit_bytes: int = 64 << 20):
-        bound_heap()
         self.recipe = recipe
         self.steps = steps
-        self.xt: list[np.ndarray] = [to_uint8(initial)]
+        self._slabs = Slabs()
+        self.xt: list[np.ndarray] = [self._frame(initial)]
         self.x0: list[np.ndarray] = []
         self.meta: list[StepMeta] = []
-        self._full: list[Any] = [{"x": initial.detach().to("cpu", torch.float32).clone(), "carry": {}}]
+        self._full: list[Any] = [{"x": self._keep(initial), "carry": {}}]
         self._bytes = 0
         self._limit = memory_limit_bytes
         self._cache_dir: Optional[tempfile.TemporaryDirectory] = None
@@ -56,28 +58,40 @@ class Trajectory:
         return len(self.meta)
 
     # -- writing ------------------------------------------------------------
+    def _keep(self, x: torch.Tensor) -> torch.Tensor:
+        """A float32 CPU copy of ``x`` in the store's slabs."""
+        out = torch.from_numpy(self._slabs.array(tuple(x.shape), np.float32))
+        return out.copy_(x.detach())
+
+    def _frame(self, x: torch.Tensor) -> np.ndarray:
+        b, _, h, w = x.shape
+        return to_uint8(x, out=self._slabs.array((b, h, w, 3), np.uint8))
+
     def append(self, rec: StepRecord, guidance_scale: float = 0.0) -> None:
         """Add a step. ``meta`` is appended last, so a reader on another thread that sees
         ``len(meta) == k`` can read every list up to step k − 1."""
-        x_cpu = rec.x.detach().to("cpu", torch.float32)
+        tensors = [rec.x, rec.x0, *[v for v in rec.carry.values() if isinstance(v, torch.Tensor) and v is not rec.x0]]
+        size = sum(t.numel() * 4 for t in tensors)
+        in_memory = self._bytes + size <= self._limit
+        keep = self._keep if in_memory else (lambda t: t.detach().to("cpu", torch.float32))
         carry = {}
         for k, v in rec.carry.items():
             if isinstance(v, torch.Tensor):
-                carry[k] = "x0" if v is rec.x0 else v.detach().to("cpu", torch.float32)
+                carry[k] = "x0" if v is rec.x0 else keep(v)
             else:
                 carry[k] = v
-        # records are immutable (samplers never write into a yielded tensor), so CPU tensors are kept, not copied
-        entry = {"x": x_cpu, "x0": rec.x0.detach().to("cpu", torch.float32), "carry": carry}
-        size = sum(t.numel() * 4 for t in [entry["x"], entry["x0"], *[c for c in carry.values() if isinstance(c, torch.Tensor)]])
-        if self._bytes + size > self._limit:
-            entry = self._spill(len(self._full), entry)
-        else:
+        entry = {"x": keep(rec.x), "x0": keep(rec.x0), "carry": carry}
+        if in_memory:
             self._bytes += size
+        else:
+            entry = self._spill(len(self._full), entry)
         self._full.append(entry)
-        self.xt.append(to_uint8(x_cpu))
-        self.x0.append(to_uint8(rec.x0))
+        self.xt.append(self._frame(rec.x))
+        self.x0.append(self._frame(rec.x0))
         self.meta.append(StepMeta(rec.index, rec.t, rec.sigma, rec.alpha_bar, rec.t_next, rec.sigma_next,
                                   rec.alpha_bar_next, rec.nfe, rec.guided, guidance_scale))
+        if len(self.meta) % RELEASE_EVERY == 0:
+            release_free_memory()
 
     def _spill(self, pos: int, entry: dict) -> Path:
         if self._cache_dir is None:
