@@ -18,7 +18,7 @@ from pathlib import Path
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 HERE = Path(__file__).resolve().parent
-SUITES = ("engine", "accuracy", "gui", "memory", "startup")
+SUITES = ("engine", "accuracy", "gui", "memory", "startup", "allocator")
 
 
 def _fmt(v, nd=3):
@@ -111,6 +111,21 @@ def markdown(res: dict) -> str:
                     best[r["nfe_budget"]] = r
         out.append("Best deterministic sampler per budget: " + ", ".join(
             f"{k} NFE → {v['sampler']} ({v['ode_rmse']:.4f})" for k, v in sorted(best.items())) + ".")
+        out.append("")
+    al = res.get("allocator")
+    if al:
+        out += ["## 8. Allocator tuning (studio/runtime.py)", "",
+                "Fresh processes alternated, glibc's defaults (`STUDIO_MALLOC_TUNING=0`, what a plain torch or diffusers "
+                "script gets) against the studio's tuned thresholds; ms per step, minor page faults and kernel time "
+                "per step, median over pairs.", "",
+                "| workload | plain ms | tuned ms | ratio | faults plain → tuned | kernel ms plain → tuned |",
+                "|---|---|---|---|---|---|"]
+        names = {"forward": "digits forward loop, batch 8", "studio": "studio ddim loop, digits, batch 8",
+                 "train": "training step, batch 64"}
+        for key, r in al.items():
+            out.append(f"| {names.get(key, key)} | {r['plain_ms']:.1f} | {r['tuned_ms']:.1f} | **{r['ratio']:.3f}** "
+                       f"({r['ratio_min']:.3f}–{r['ratio_max']:.3f}) | {r['plain_faults']:.0f} → {r['tuned_faults']:.0f} | "
+                       f"{r['plain_sys_ms']:.1f} → {r['tuned_sys_ms']:.1f} |")
         out.append("")
     return "\n".join(out)
 

@@ -3,11 +3,12 @@
 glibc's malloc gives large blocks back to the kernel as soon as they are freed (blocks above its
 mmap threshold are unmapped; free space at the top of the heap above its trim threshold is
 trimmed). A network's forward pass frees and re-allocates the same activation buffers every step,
-so each step faults its pages in again: ~9,000 minor page faults and 20–35 ms of kernel time per
-step of the digits UNet at batch 8 on the 2-core machine. Raising both thresholds keeps that memory
-in the heap for the next step, the faults drop to ~0 and a step gets 20–25 % faster
+so each step faults its pages in again: ~3,500 minor page faults and ~11 ms of kernel time per
+step of the digits UNet at batch 8 on the 2-core machine (~9,000 with a fixed 128 KiB mmap
+threshold, which the studio used to set). Raising both thresholds keeps that memory in the heap
+for the next step: the faults drop to ~0 and a step takes 0.87–0.89× the time
 (``python -m benchmarks.bench_allocator``). The cost: up to ``trim_mb`` of freed memory stays
-resident until it is reused. PyTorch's CPU performance guide gives the same advice in another
+resident until it is reused or released (:func:`release_free_memory`). PyTorch's CPU performance guide gives the same advice in another
 form (use jemalloc or tcmalloc).
 
 Set ``STUDIO_MALLOC_TUNING=0`` to leave the allocator alone.
