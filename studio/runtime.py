@@ -8,8 +8,8 @@ step of the digits UNet at batch 8 on the 2-core machine (~9,000 with a fixed 12
 threshold, which the studio used to set). Raising both thresholds keeps that memory in the heap
 for the next step: the faults drop to ~0 and a step takes 0.87–0.89× the time
 (``python -m benchmarks.bench_allocator``). The cost: up to ``trim_mb`` of freed memory stays
-resident until it is reused or released (:func:`release_free_memory`). PyTorch's CPU performance guide gives the same advice in another
-form (use jemalloc or tcmalloc).
+resident until it is reused or released (:func:`release_free_memory`). PyTorch's CPU performance
+guide gives the same advice in another form (use jemalloc or tcmalloc).
 
 Set ``STUDIO_MALLOC_TUNING=0`` to leave the allocator alone.
 """
