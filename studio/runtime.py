@@ -26,6 +26,7 @@ M_MMAP_THRESHOLD = -3
 MMAP_MB = 32
 TRIM_MB = 32
 RELEASE_EVERY = 100  # steps
+TRAIN_MMAP_MB = 1024  # `studio train`: both thresholds; its activations are far above 32 MB
 
 
 @functools.lru_cache(maxsize=1)

@@ -172,6 +172,11 @@ _TRAIN_CMDS = {
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from ..runtime import TRAIN_MMAP_MB, tune_allocator
+
+    # a batch-64 training step frees hundreds of MB of activations: keep them for the next step
+    # (training step 0.93× the time, faults 20–25k → 7k per step on the 2-core machine)
+    tune_allocator(TRAIN_MMAP_MB, TRAIN_MMAP_MB)
     return _TRAIN_CMDS[args.what](args)
 
 
