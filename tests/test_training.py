@@ -254,3 +254,44 @@ def test_evaluator_tiny_and_roundtrip(tmp_path, cache):
     m3 = load_evaluator(tmp_path / "e2")
     with torch.no_grad():
         assert torch.equal(m2(x), m3(x))
+
+
+# ----------------------------------------------------------------------------- LR schedule
+def test_cosine_lr_closed_form():
+    from studio.training.ckpt import cosine_lr
+
+    base, warm, total = 1e-3, 10, 110
+    assert cosine_lr(0, total, base, warm) == pytest.approx(base / warm)
+    assert cosine_lr(9, total, base, warm) == pytest.approx(base)
+    assert cosine_lr(10, total, base, warm) == pytest.approx(base)  # decay starts at its peak
+    assert cosine_lr(60, total, base, warm) == pytest.approx(base * (0.05 + 0.95 * 0.5))  # half-way
+    assert cosine_lr(110, total, base, warm) == pytest.approx(0.05 * base)
+    assert cosine_lr(500, total, base, warm) == pytest.approx(0.05 * base)  # stays at the floor
+    lrs = [cosine_lr(s, total, base, warm) for s in range(warm, total + 1)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_fit_steps_to_time():
+    from studio.training.ckpt import fit_steps_to_time
+
+    # 20 steps done at 2 s/it with 100 s left: 47 more steps (5 % margin), never above the request
+    assert fit_steps_to_time(20, 1000, 2.0, 100.0) == 20 + 47
+    assert fit_steps_to_time(20, 50, 2.0, 100.0) == 50
+
+
+def test_diffusion_cosine_schedule_is_logged_and_validated(tmp_path, cache):
+    from studio.training.ckpt import cosine_lr
+
+    out = tmp_path / "cos"
+    train_diffusion(out, steps=30, batch_size=4, lr=1e-3, dataset_cache=cache, dataset_n=64,
+                    unet_config=TINY_UNET_CONFIG, checkpoint_every=0, warmup_steps=5,
+                    log_every=10, grid_per_class=1, grid_steps=2, export=False,
+                    lr_schedule="cosine")
+    rows = list(csv.DictReader(open(out / "loss.csv")))
+    got = [float(r["lr"]) for r in rows]
+    want = [cosine_lr(int(r["step"]) - 1, 30, 1e-3, 5) for r in rows]
+    assert got == pytest.approx(want, rel=1e-2)
+    assert got[-1] < got[0]
+    with pytest.raises(ValueError, match="lr_schedule"):
+        train_diffusion(tmp_path / "bad", steps=2, lr_schedule="linear", dataset_cache=cache,
+                        dataset_n=64, unet_config=TINY_UNET_CONFIG)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import json
 import os
 import shutil
@@ -167,3 +168,19 @@ def format_eta(seconds: float) -> str:
     h, r = divmod(seconds, 3600)
     m, s = divmod(r, 60)
     return f"{h:d}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+def cosine_lr(step: int, total: int, base: float, warmup: int, floor: float = 0.05) -> float:
+    """Linear warm-up over ``warmup`` steps, then half-cosine decay from ``base`` to
+    ``floor * base`` at ``total`` (Loshchilov & Hutter 2017, SGDR without restarts)."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    p = (step - warmup) / max(1, total - warmup)
+    return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
+
+
+def fit_steps_to_time(step: int, steps: int, s_per_it: float, seconds_left: float,
+                      margin: float = 0.95) -> int:
+    """The total step count that ends a schedule inside ``seconds_left`` at the measured
+    speed (never more than ``steps``): used once, early in a time-limited run."""
+    return min(steps, step + max(1, int(seconds_left / s_per_it * margin)))

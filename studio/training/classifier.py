@@ -191,13 +191,6 @@ def noisy_batch(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, ac: torc
     return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
 
-def cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
-    if step < warmup:
-        return base * (step + 1) / warmup
-    p = (step - warmup) / max(1, total - warmup)
-    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
-
-
 def train_loop(model: nn.Module, out_dir, steps: int, batch_size: int, seed: int, lr: float,
                loss_fn, checkpoint_every: int, resume: bool, progress: ProgressFn | None,
                time_limit_s: float | None, warmup_steps: int, weight_decay: float,
@@ -244,7 +237,7 @@ def train_loop(model: nn.Module, out_dir, steps: int, batch_size: int, seed: int
             stopped_early = True
             break
         t0 = time.time()
-        cur = cosine_lr(step, steps, lr, warmup_steps)
+        cur = C.cosine_lr(step, steps, lr, warmup_steps)
         for g in opt.param_groups:
             g["lr"] = cur
         loss = loss_fn(model, rng, gen)
@@ -267,8 +260,7 @@ def train_loop(model: nn.Module, out_dir, steps: int, batch_size: int, seed: int
         if (fit_to_time and time_limit_s is not None and step == start_step + 20
                 and step < steps):
             # shrink the schedule so that the cosine decay completes inside the limit
-            remaining = (time_limit_s - (time.time() - t_start)) / spi
-            new_total = min(steps, step + max(1, int(remaining * 0.95)))
+            new_total = C.fit_steps_to_time(step, steps, spi, time_limit_s - (time.time() - t_start))
             if new_total < steps:
                 fitted_from, steps = steps, new_total
         if checkpoint_every and step % checkpoint_every == 0 and step < steps:

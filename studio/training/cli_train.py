@@ -131,6 +131,8 @@ def cmd_train_diffusion(args: argparse.Namespace) -> int:
         kw["grid_every"] = args.grid_every
     if args.snr_gamma is not None:
         kw["snr_gamma"] = args.snr_gamma
+    if args.lr_schedule is not None:
+        kw["lr_schedule"] = args.lr_schedule
     if args.unet is not None:
         from .unet_config import unet_config
 
@@ -202,6 +204,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                    help="diffusion only: UNet size preset (default: the shipped configuration)")
     p.add_argument("--snr-gamma", type=_positive(float), default=None,
                    help="diffusion only: Min-SNR-γ loss weighting (Hang et al. 2023; e.g. 5)")
+    p.add_argument("--lr-schedule", choices=("constant", "cosine"), default=None,
+                   help="diffusion only: constant after warm-up (default) or cosine decay to 5 %% "
+                        "(with --time-limit-min, fitted to the steps the limit allows)")
     p.add_argument("--checkpoint-every", type=_positive(int), default=None, help="steps between checkpoints")
     p.add_argument("--grid-every", type=_positive(int), default=None,
                    help="diffusion only: steps between sample grids (default: every checkpoint)")

@@ -3,7 +3,10 @@
 * MSE between predicted and true noise at uniformly random t in [0, 1000).
 * Labels are replaced by the null class (10) with probability ``p_uncond`` so the
   same network serves as conditional and unconditional model (CFG).
-* EMA of the weights, AdamW, linear warm-up then constant learning rate.
+* EMA of the weights, AdamW, linear warm-up then a constant learning rate, or
+  (``lr_schedule="cosine"``) a half-cosine decay to 5 % that, in a time-limited run, is
+  fitted after 20 steps to the steps the limit allows (the fitted total is kept in the
+  checkpoints, so a resumed run keeps the same schedule).
 * ``out_dir/checkpoints/step_XXXXXX/`` holds ``model.safetensors``,
   ``ema.safetensors``, ``optimizer.safetensors``, ``rng.safetensors`` and
   ``state.json``; training resumes from the newest one.
@@ -159,10 +162,13 @@ def train_diffusion(
     keep_checkpoints: int = 3,
     export: bool = True,
     snr_gamma: float | None = None,
+    lr_schedule: str = "constant",
 ) -> dict:
     """Train (or resume) and export. Returns a summary dict (also written to
     ``out_dir/summary.json``). ``time_limit_s`` stops early (with a checkpoint and the
     export) once this much wall time has been spent in *this* invocation."""
+    if lr_schedule not in ("constant", "cosine"):
+        raise ValueError(f"unknown lr_schedule {lr_schedule!r}: use 'constant' or 'cosine'")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "samples").mkdir(exist_ok=True)
@@ -192,6 +198,9 @@ def train_diffusion(
         st = C.restore_checkpoint(ck, {"model": model, "ema": ema}, opt, rng, gen)
         start_step = int(st["step"])
         train_seconds = float(st.get("train_seconds", 0.0))
+        if st.get("fitted_from") == steps and st.get("fitted_total"):
+            steps = int(st["fitted_total"])  # keep the schedule the first invocation fitted
+    fitted_from = None
     log = C.LossLog(out_dir / "loss.csv", ["step", "loss", "lr", "train_seconds", "s_per_it"],
                     start_step if ck is not None else None)
 
@@ -213,7 +222,9 @@ def train_diffusion(
             {"numpy_rng": C.numpy_rng_state(rng), "train_seconds": train_seconds,
              "unet_config": cfg, "seed": seed, "batch_size": batch_size, "lr": lr,
              "ema_decay": ema_decay, "p_uncond": p_uncond, "dataset_n": dataset_n,
-             "dataset_seed": dataset_seed, "grid_seconds": grid_s, "snr_gamma": snr_gamma},
+             "dataset_seed": dataset_seed, "grid_seconds": grid_s, "snr_gamma": snr_gamma,
+             "lr_schedule": lr_schedule, "fitted_from": fitted_from,
+             "fitted_total": steps if fitted_from else None},
             keep=keep_checkpoints,
         )
         save_file({"torch_generator": gen.get_state()}, str(path / "rng.safetensors"))
@@ -231,7 +242,10 @@ def train_diffusion(
             stopped_early = True
             break
         t0 = time.time()
-        cur_lr = lr * min(1.0, (step + 1) / max(1, warmup_steps))
+        if lr_schedule == "cosine":
+            cur_lr = C.cosine_lr(step, steps, lr, warmup_steps)
+        else:
+            cur_lr = lr * min(1.0, (step + 1) / max(1, warmup_steps))
         for gparam in opt.param_groups:
             gparam["lr"] = cur_lr
         idx = rng.integers(0, images.shape[0], size=batch_size)
@@ -262,6 +276,12 @@ def train_diffusion(
             spi = sum(r[1] for r in recent) / len(recent)
             progress(step, steps, sum(r[0] for r in recent[-log_every:]) / len(recent[-log_every:]),
                      spi * (steps - step))
+        if (lr_schedule == "cosine" and time_limit_s is not None and step == start_step + 20
+                and step < steps and fitted_from is None):
+            spi = sum(r[1] for r in recent) / len(recent)
+            new_total = C.fit_steps_to_time(step, steps, spi, time_limit_s - (time.time() - t_start))
+            if new_total < steps:
+                fitted_from, steps = steps, new_total
         if checkpoint_every and step % checkpoint_every == 0 and step < steps:
             save(step)
     log.close()
@@ -274,7 +294,8 @@ def train_diffusion(
         "recent_loss_mean": (sum(r[0] for r in recent) / len(recent)) if recent else None,
         "checkpoint": str(final_ckpt), "dataset_seconds": round(data_s, 1),
         "unet_config": cfg, "batch_size": batch_size, "lr": lr, "ema_decay": ema_decay,
-        "snr_gamma": snr_gamma,
+        "snr_gamma": snr_gamma, "lr_schedule": lr_schedule,
+        "steps_reduced_to_fit_time_limit_from": fitted_from,
     }
     if export:
         exp = export_checkpoint(final_ckpt, out_dir / "final", "ema")
