@@ -5,7 +5,7 @@
   same network serves as conditional and unconditional model (CFG).
 * EMA of the weights, AdamW, linear warm-up then a constant learning rate, or
   (``lr_schedule="cosine"``) a half-cosine decay to 5 % that, in a time-limited run, is
-  fitted after 20 steps to the steps the limit allows (the fitted total is kept in the
+  fitted after 60 steps to the steps the limit allows (the fitted total is kept in the
   checkpoints, so a resumed run keeps the same schedule).
 * ``out_dir/checkpoints/step_XXXXXX/`` holds ``model.safetensors``,
   ``ema.safetensors``, ``optimizer.safetensors``, ``rng.safetensors`` and
@@ -33,6 +33,7 @@ from . import ckpt as C
 from .dataset import grid, load_cached, to_float, to_uint8
 from .unet_config import NULL_CLASS, UNET_CONFIG, alphas_cumprod, make_scheduler, make_unet
 
+FIT_AFTER, FIT_WINDOW = 60, 40  # a cosine schedule is fitted to the time limit from steps 21–60
 ProgressFn = Callable[[int, int, float, float], None]  # (step, total, loss, eta_seconds)
 
 
@@ -276,9 +277,9 @@ def train_diffusion(
             spi = sum(r[1] for r in recent) / len(recent)
             progress(step, steps, sum(r[0] for r in recent[-log_every:]) / len(recent[-log_every:]),
                      spi * (steps - step))
-        if (lr_schedule == "cosine" and time_limit_s is not None and step == start_step + 20
+        if (lr_schedule == "cosine" and time_limit_s is not None and step == start_step + FIT_AFTER
                 and step < steps and fitted_from is None):
-            spi = sum(r[1] for r in recent) / len(recent)
+            spi = sum(r[1] for r in recent[-FIT_WINDOW:]) / FIT_WINDOW  # the first steps are slower
             new_total = C.fit_steps_to_time(step, steps, spi, time_limit_s - (time.time() - t_start))
             if new_total < steps:
                 fitted_from, steps = steps, new_total
