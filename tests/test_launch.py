@@ -25,3 +25,7 @@ def test_display_checks():
                                                "linux", no_lib)
     assert "DISPLAY" in display_problem({"QT_QPA_PLATFORM": "xcb"}, "linux", has_lib)
     assert display_problem({}, "darwin", no_lib) is None and display_problem({}, "win32", no_lib) is None
+    # only the missing ones are named, in one line (a machine seen without icccm and keysyms)
+    some = lambda name: None if name in ("xcb-icccm", "xcb-keysyms") else f"lib{name}.so.0"  # noqa: E731
+    msg = display_problem(x11, "linux", some)
+    assert "libxcb-icccm4 libxcb-keysyms1" in msg and "libxcb-cursor0" not in msg and "\n" not in msg

@@ -34,6 +34,13 @@ def dark_palette(app) -> None:
     app.setPalette(p)
 
 
+# Libraries Qt's xcb platform plugin links that desktop installs often lack (checked on a Debian
+# machine with ldd on PySide6's libqxcb.so): (ctypes name, Debian/Ubuntu package).
+XCB_LIBRARIES = (("xcb-cursor", "libxcb-cursor0"), ("xcb-icccm", "libxcb-icccm4"),
+                 ("xcb-keysyms", "libxcb-keysyms1"), ("xcb-image", "libxcb-image0"),
+                 ("xcb-render-util", "libxcb-render-util0"), ("xkbcommon-x11", "libxkbcommon-x11-0"))
+
+
 def display_problem(env=os.environ, platform: str = sys.platform,
                     find_library: Optional[Callable[[str], Optional[str]]] = None) -> Optional[str]:
     """Why Qt could not open a window here, as one line, or None. Qt itself aborts the process with a
@@ -50,9 +57,13 @@ def display_problem(env=os.environ, platform: str = sys.platform,
     if not wayland:
         if find_library is None:
             from ctypes.util import find_library
-        if find_library("xcb-cursor") is None:
-            return ("Qt's X11 (xcb) platform needs the libxcb-cursor0 library; install it "
-                    "(Debian/Ubuntu: sudo apt install libxcb-cursor0) and start the studio again")
+        missing = [pkg for lib, pkg in XCB_LIBRARIES if find_library(lib) is None]
+        if missing:
+            names = " ".join(missing)
+            return (f"Qt's X11 (xcb) platform needs the {names} "
+                    f"librar{'ies' if len(missing) > 1 else 'y'}; install "
+                    f"{'them' if len(missing) > 1 else 'it'} (Debian/Ubuntu: sudo apt install {names}) "
+                    "and start the studio again")
     return None
 
 
