@@ -295,3 +295,12 @@ def test_diffusion_cosine_schedule_is_logged_and_validated(tmp_path, cache):
     with pytest.raises(ValueError, match="lr_schedule"):
         train_diffusion(tmp_path / "bad", steps=2, lr_schedule="linear", dataset_cache=cache,
                         dataset_n=64, unet_config=TINY_UNET_CONFIG)
+
+
+def test_resumed_steps_keep_a_fitted_schedule():
+    from studio.training.ckpt import resumed_steps
+
+    fitted = {"fitted_from": 20000, "fitted_total": 4371}
+    assert resumed_steps(fitted, 20000) == 4371  # the same command again: the fitted schedule
+    assert resumed_steps(fitted, 6000) == 6000  # a new total asked for: that one
+    assert resumed_steps({"fitted_from": None, "fitted_total": None}, 800) == 800

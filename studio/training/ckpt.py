@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import csv
-import math
 import json
+import math
 import os
 import shutil
 import time
@@ -184,3 +184,11 @@ def fit_steps_to_time(step: int, steps: int, s_per_it: float, seconds_left: floa
     """The total step count that ends a schedule inside ``seconds_left`` at the measured
     speed (never more than ``steps``): used once, early in a time-limited run."""
     return min(steps, step + max(1, int(seconds_left / s_per_it * margin)))
+
+
+def resumed_steps(state: dict, steps: int) -> int:
+    """The total step count a resumed run keeps: the one its first invocation fitted to a time
+    limit, when the same total was asked for again; otherwise ``steps``."""
+    if state.get("fitted_from") == steps and state.get("fitted_total"):
+        return int(state["fitted_total"])
+    return steps

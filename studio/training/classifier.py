@@ -211,8 +211,7 @@ def train_loop(model: nn.Module, out_dir, steps: int, batch_size: int, seed: int
         st = C.restore_checkpoint(ck, {"model": model}, opt, rng, gen)
         start_step = int(st["step"])
         train_seconds = float(st.get("train_seconds", 0.0))
-        if st.get("fitted_from") == steps and st.get("fitted_total"):
-            steps = int(st["fitted_total"])  # keep the schedule chosen by the first run
+        steps = C.resumed_steps(st, steps)  # keep the schedule the first invocation fitted
     log = C.LossLog(out_dir / "loss.csv", ["step", "loss", "lr", "train_seconds", "s_per_it"],
                     start_step if ck is not None else None)
     fitted_from = None

@@ -199,8 +199,7 @@ def train_diffusion(
         st = C.restore_checkpoint(ck, {"model": model, "ema": ema}, opt, rng, gen)
         start_step = int(st["step"])
         train_seconds = float(st.get("train_seconds", 0.0))
-        if st.get("fitted_from") == steps and st.get("fitted_total"):
-            steps = int(st["fitted_total"])  # keep the schedule the first invocation fitted
+        steps = C.resumed_steps(st, steps)  # keep the schedule the first invocation fitted
     fitted_from = None
     log = C.LossLog(out_dir / "loss.csv", ["step", "loss", "lr", "train_seconds", "s_per_it"],
                     start_step if ck is not None else None)

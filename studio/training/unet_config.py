@@ -36,36 +36,6 @@ UNET_CONFIG: dict = {
 # The 2.5 M-parameter UNet shipped until 2026-12-02 (95 minutes of training): preset c32-64-128.
 C32_64_128: dict = {"block_out_channels": (32, 64, 128), "norm_num_groups": 16, "attention_head_dim": 32}
 
-# Candidates timed before choosing the first shipped size (name -> overrides of UNET_CONFIG).
-CANDIDATES: dict[str, dict] = {
-    "c32-64-128_l1 (attention only in the 8x8 mid block)": dict(C32_64_128),
-    "c32-64-64_l1": {**C32_64_128, "block_out_channels": (32, 64, 64)},
-    "c32-64-64_l1_attn16": {
-        **C32_64_128,
-        "block_out_channels": (32, 64, 64),
-        "down_block_types": ("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
-        "up_block_types": ("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-    },
-    "c32-64-128_l1_attn16": {
-        **C32_64_128,
-        "down_block_types": ("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
-        "up_block_types": ("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-    },
-    "c32-64-128_l2_attn16": {
-        **C32_64_128,
-        "layers_per_block": 2,
-        "down_block_types": ("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
-        "up_block_types": ("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-    },
-    "c64-128-128_l1_attn16": {
-        **C32_64_128,
-        "block_out_channels": (64, 128, 128),
-        "norm_num_groups": 32,
-        "down_block_types": ("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
-        "up_block_types": ("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-    },
-}
-
 # Named presets for ``studio train diffusion --unet NAME`` (overrides of UNET_CONFIG).
 UNET_PRESETS: dict[str, dict] = {
     "c24-48-96": {},
