@@ -68,6 +68,16 @@ class Branching:
         return [self.branchTabs.widget(i) for i in range(self.branchTabs.count())]
 
     def _view_moved(self, view: TrajectoryView, pos: int) -> None:
+        """Move the plots' markers to ``pos``: at once, or throttled while the view's run streams steps."""
+        if view.live:
+            self._plot_sync.request("markers", lambda: self._show_markers(view, pos))
+        else:
+            self._plot_sync.cancel("markers")
+            self._show_markers(view, pos)
+
+    def _show_markers(self, view: TrajectoryView, pos: int) -> None:
+        if not shiboken6.isValid(view):
+            return
         m = view.meta_at(pos)
         if m is None:
             self.schedulePlot.set_current(None)

@@ -183,7 +183,7 @@ class CompareDialog(QDialog):
         self.slider.setValue(SCRUB_TICKS)
         self.status.setText("Running…")
         w = GeneratorWorker(jobs.compare_job, self.cache, recipes)
-        w.yielded.connect(self._on_item)
+        w.deliver_to(self._on_item)
         w.finished.connect(self._finished)
         self.worker = w
         self._update_buttons()

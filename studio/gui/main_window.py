@@ -19,8 +19,11 @@ from .files import RecipeFiles
 from .models import ModelHandling
 from .panel import SamplerPanel
 from .plots import GuidancePlot, SchedulePlot
+from .throttle import Throttle
 from .view import TrajectoryView
 from .worker import GeneratorWorker
+
+PLOT_INTERVAL_MS = 250
 
 ORG, APP = "SamplingStudio", "studio"
 
@@ -64,6 +67,9 @@ class MainWindow(Branching, ModelHandling, RecipeFiles, QMainWindow):
         self._run_t0 = 0.0
         self._run_done = 0
         self._run_total = 0
+        # during a run the plots (markers, guidance curve) repaint at most 4 times a second, together:
+        # a pyqtgraph repaint costs several ms, far more when the worker holds the GIL (benchmarks/bench_gui)
+        self._plot_sync = Throttle(PLOT_INTERVAL_MS, self)
         self._dialogs: list = []
         self.trajectory = None  # the main run's trajectory
         self._build()
@@ -226,7 +232,7 @@ class MainWindow(Branching, ModelHandling, RecipeFiles, QMainWindow):
         w.kind = kind
         self._live_traj = None
         if on_yield:
-            w.yielded.connect(on_yield)
+            w.deliver_to(on_yield)
         w.on_end = on_end
         w.finished.connect(self._reap)
         self.worker = w
@@ -363,9 +369,10 @@ class MainWindow(Branching, ModelHandling, RecipeFiles, QMainWindow):
                 rate = item.pos / el
                 left = (self._run_total - item.pos) / rate if rate > 0 else 0
                 self.rateLabel.setText(f"{rate:.1f} steps/s · {left:.0f} s left")
-        if last or now - getattr(self, "_guidance_shown", 0.0) > 0.25:
-            self._guidance_shown = now
-            self.guidancePlot.set_meta(item.trajectory.meta, self._run_total)
+        traj, total = item.trajectory, self._run_total
+        self._plot_sync.request("meta", lambda: self.guidancePlot.set_meta(traj.meta, total))
+        if last:
+            self._plot_sync.flush()
 
     def _run_ended(self, view: TrajectoryView, w: GeneratorWorker) -> None:
         is_main = view is self.mainView
@@ -388,6 +395,7 @@ class MainWindow(Branching, ModelHandling, RecipeFiles, QMainWindow):
                 self.statusBar().showMessage(f"Finished {n} steps in {el:.1f} s", 10000)
             else:
                 self.statusBar().showMessage(f"Stopped after {n} of {self._run_total} steps", 10000)
+        self._plot_sync.cancel("meta")
         if traj is not None:
             self.guidancePlot.set_meta(traj.meta, self._run_total)
             self.progress.setValue(len(traj))

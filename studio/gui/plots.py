@@ -106,6 +106,7 @@ class GuidancePlot(QWidget):
         self.plot.setLabel("left", "guidance scale")
         self.plot.getAxis("left").enableAutoSIPrefix(False)
         self.plot.showGrid(x=True, y=True, alpha=0.2)
+        cache_axes(self.plot)
         self.curve = self.plot.plot([], [], pen=pg.mkPen(ACCENT, width=2), stepMode=None,
                                     symbol="o", symbolSize=4, symbolBrush=ACCENT, symbolPen=None)
         self.line = pg.InfiniteLine(angle=90, pen=pg.mkPen(MARK, width=1.5))

@@ -140,6 +140,11 @@ class TrajectoryView(QWidget):
         self.positionChanged.emit(pos)
 
     @property
+    def live(self) -> bool:
+        """A run is streaming steps into this view (between ``begin`` and ``end``)."""
+        return self._timer.isActive()
+
+    @property
     def position(self) -> int:
         return self.scrubberBar.value
 
