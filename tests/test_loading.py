@@ -71,6 +71,26 @@ def test_cpu_model_runs_channels_last_with_nchw_results(folder, unet):
             torch.testing.assert_close(m.predict(layout, t, None, 1.0), want, rtol=0, atol=2e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_loaded_unet_reads_its_dtype_without_searching_its_modules(folder, unet, monkeypatch, dtype):
+    """diffusers' ModelMixin.dtype walks every submodule; the studio's network answers from a stored
+    value (same class name, still a UNet2DModel), and its forward never runs the search."""
+    from diffusers import UNet2DModel
+    from diffusers.models import modeling_utils
+
+    m = load_model(str(folder), device="cpu", dtype={torch.float32: "float32", torch.bfloat16: "bfloat16"}[dtype])
+    assert isinstance(m.unet, UNet2DModel) and type(m.unet).__name__ == "UNet2DModel"
+    assert m.unet.dtype == dtype == next(m.unet.parameters()).dtype
+    calls = []
+    real = modeling_utils.get_parameter_dtype
+    monkeypatch.setattr(modeling_utils, "get_parameter_dtype", lambda mod: calls.append(mod) or real(mod))
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    out = m.predict(x.to(dtype), torch.tensor([10.0, 700.0]), None, 1.0)
+    assert out.dtype == dtype and calls == []
+    assert unet.dtype == torch.float32  # the search still works on a network the studio did not load
+    assert len(calls) == 1
+
+
 def test_flat_folder_loads_with_identical_weights(folder, unet):
     m = load_model(str(folder), device="cpu")
     assert m.info.sample_size == 8 and m.info.in_channels == 3 and not m.info.conditional

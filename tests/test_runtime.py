@@ -59,3 +59,32 @@ def test_slabs_hand_out_separate_zeroed_arrays():
     assert c.dtype == np.int64 and (c == np.arange(12).reshape(3, 4)).all()
     assert a.ctypes.data % 64 == 0 and b.ctypes.data % 64 == 0 and c.ctypes.data % 64 == 0
     assert s.mapped_bytes >= (1 << 12) + 2 * 1024 * 4
+
+
+@linux
+def test_slab_maps_are_private_and_ask_for_huge_pages():
+    """The slabs' maps: private anonymous memory (cheaper page faults than shared), madvised for
+    transparent huge pages where the kernel allows it (VmFlags "hg" in /proc/self/smaps)."""
+    from studio.session.slabs import HUGE_PAGE, anonymous_map
+
+    thp = "/sys/kernel/mm/transparent_hugepage/enabled"
+    m = anonymous_map(2 * HUGE_PAGE)
+    start = np.frombuffer(m, np.uint8).ctypes.data
+    region, flags = None, None
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and all(c in "0123456789abcdef-" for c in head):
+                lo, hi = (int(v, 16) for v in head.split("-"))
+                region = (lo, hi) if lo <= start < hi else None
+            elif line.startswith("VmFlags") and region:
+                flags = line.split()[1:]
+                break
+    assert flags is not None, "the map is not in /proc/self/smaps"
+    assert "sh" not in flags  # private, not shared memory
+    if os.path.exists(thp) and "[never]" not in open(thp).read():
+        assert "hg" in flags, flags
+    a = np.frombuffer(m, np.uint8)
+    assert not a.any()
+    a[:] = 3
+    assert (a == 3).all()
