@@ -133,7 +133,7 @@ def run(device="cpu", quick=False) -> dict:
                 nets.append(("same channels-last network", unet))
             for label, net in nets:
                 d = interleaved(diffusers_ddim(net, batch, n, device), studio_loop(model, batch, n),
-                                max(3, reps // 2), device)
+                                reps, device)
                 d.update(model=name, batch=batch, steps=n, baseline=label)
                 results.setdefault("vs_diffusers_ddim", []).append(d)
         # CFG: a guided step vs one forward at twice the batch

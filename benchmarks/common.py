@@ -40,28 +40,14 @@ def timed(fn: Callable[[], object], device="cpu") -> float:
     return time.perf_counter() - t0
 
 
-def same_start() -> None:
-    """Give the heap's free pages back before a timed call (untimed), so A and B start alike.
-
-    A studio run ends with ``release_free_memory()`` (malloc_trim); without this the baseline timed
-    after it would fault its working set in again (~115 page faults per step of the digits UNet)
-    while the studio, timed after the baseline, would find a warm heap."""
-    from studio.runtime import release_free_memory
-
-    release_free_memory()
-
-
-def interleaved(a: Callable[[], object], b: Callable[[], object], repeats: int, device="cpu", warmup: int = 1,
-                before: Callable[[], object] = same_start) -> dict:
-    """Run A B A B … (``before()`` untimed ahead of each); report medians and the median of per-pair ratios B/A."""
+def interleaved(a: Callable[[], object], b: Callable[[], object], repeats: int, device="cpu", warmup: int = 1) -> dict:
+    """Run A B A B …; report medians and the median of per-pair ratios B/A."""
     for _ in range(warmup):
         a()
         b()
     ta, tb = [], []
     for _ in range(repeats):
-        before()
         ta.append(timed(a, device))
-        before()
         tb.append(timed(b, device))
     ratios = [y / x for x, y in zip(ta, tb)]
     return {"baseline_s": statistics.median(ta), "studio_s": statistics.median(tb),

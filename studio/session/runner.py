@@ -13,7 +13,6 @@ from ..core import engine
 from ..core.loading import load_model
 from ..core.noise import NoiseSource
 from ..core.samplers import get_sampler
-from ..runtime import release_free_memory
 from .recipe import Recipe, RecipeError
 from .trajectory import Trajectory
 
@@ -128,7 +127,6 @@ class Run:
                 break
         else:
             self.trajectory.finished = True
-        release_free_memory()  # the run's freed temporaries back to the system (studio/runtime.py)
 
     def stop(self) -> None:
         self.stopped = True
