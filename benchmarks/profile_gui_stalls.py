@@ -52,11 +52,13 @@ def instrument() -> None:
     record(canvas.ImageCanvas, "paintEvent", "canvas.paint")
     record(pg.PlotWidget, "paintEvent", "plot.paint")
 
-    def collected(phase, info, start={}):
+    started = [0.0]
+
+    def collected(phase, info):
         if phase == "start":
-            start["t"] = time.perf_counter()
+            started[0] = time.perf_counter()
         elif info["generation"] == 2:
-            SPANS.append(("gc full collection", start["t"], time.perf_counter()))
+            SPANS.append(("gc full collection", started[0], time.perf_counter()))
 
     gc.callbacks.append(collected)
 

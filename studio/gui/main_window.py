@@ -23,6 +23,7 @@ from .throttle import Throttle
 from .view import TrajectoryView
 from .worker import GeneratorWorker
 
+PROGRESS_INTERVAL_MS = 100
 PLOT_INTERVAL_MS = 250
 
 ORG, APP = "SamplingStudio", "studio"
@@ -67,8 +68,10 @@ class MainWindow(Branching, ModelHandling, RecipeFiles, QMainWindow):
         self._run_t0 = 0.0
         self._run_done = 0
         self._run_total = 0
-        # during a run the plots (markers, guidance curve) repaint at most 4 times a second, together:
-        # a pyqtgraph repaint costs several ms, far more when the worker holds the GIL (benchmarks/bench_gui)
+        # during a run the progress text repaints at most 10 times a second, and the plots (markers,
+        # guidance curve) at most 4 times, together: a pyqtgraph repaint costs several ms, far more
+        # while the worker holds the GIL (python -m benchmarks.profile_gui_stalls)
+        self._progress_sync = Throttle(PROGRESS_INTERVAL_MS, self)
         self._plot_sync = Throttle(PLOT_INTERVAL_MS, self)
         self._dialogs: list = []
         self.trajectory = None  # the main run's trajectory
@@ -358,21 +361,20 @@ class MainWindow(Branching, ModelHandling, RecipeFiles, QMainWindow):
             return
         view.add_step(item.pos, item.xt, item.x0)
         self._run_done = item.pos
-        now = time.monotonic()
-        last = item.pos == self._run_total
-        # the progress text and the plot repaint synchronously: at most ~10 times a second
-        if last or now - getattr(self, "_progress_shown", 0.0) > 0.1:
-            self._progress_shown = now
-            self.progress.setValue(item.pos)
-            el = now - self._run_t0
-            if el > 0 and item.pos:
-                rate = item.pos / el
-                left = (self._run_total - item.pos) / rate if rate > 0 else 0
-                self.rateLabel.setText(f"{rate:.1f} steps/s · {left:.0f} s left")
-        traj, total = item.trajectory, self._run_total
+        pos, traj, total = item.pos, item.trajectory, self._run_total
+        self._progress_sync.request("progress", lambda: self._show_progress(pos))
         self._plot_sync.request("meta", lambda: self.guidancePlot.set_meta(traj.meta, total))
-        if last:
+        if pos == total:
+            self._progress_sync.flush()
             self._plot_sync.flush()
+
+    def _show_progress(self, pos: int) -> None:
+        self.progress.setValue(pos)
+        el = time.monotonic() - self._run_t0
+        if el > 0 and pos:
+            rate = pos / el
+            left = (self._run_total - pos) / rate if rate > 0 else 0
+            self.rateLabel.setText(f"{rate:.1f} steps/s · {left:.0f} s left")
 
     def _run_ended(self, view: TrajectoryView, w: GeneratorWorker) -> None:
         is_main = view is self.mainView
@@ -396,6 +398,7 @@ class MainWindow(Branching, ModelHandling, RecipeFiles, QMainWindow):
             else:
                 self.statusBar().showMessage(f"Stopped after {n} of {self._run_total} steps", 10000)
         self._plot_sync.cancel("meta")
+        self._progress_sync.cancel("progress")
         if traj is not None:
             self.guidancePlot.set_meta(traj.meta, self._run_total)
             self.progress.setValue(len(traj))

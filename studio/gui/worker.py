@@ -9,7 +9,7 @@ message on ``errored`` (never a traceback in the window).
 
 Backpressure: a handler connected with ``deliver_to`` acknowledges each value, and
 the job waits (without holding the GIL) while ``max_ahead`` values are still
-unhandled. A fast job (the exact ``gmm`` model runs ~600 steps/s in pure Python)
+unhandled. A fast job (the exact ``gmm`` model: ~1,000 steps/s, mostly Python)
 would otherwise keep the GIL busy while the GUI thread paints, and every Python
 call of that paint would wait up to the interpreter's switch interval (5 ms).
 """
