@@ -7,7 +7,10 @@ summary. A full garbage collection (which holds the GIL in whichever thread trig
 recorded as a span too. This is how the stalls were traced to pyqtgraph repaints at 30 Hz, their
 GIL waits behind the worker, and a 117 ms collection in the worker (see the README).
 
-    QT_QPA_PLATFORM=offscreen python -m benchmarks.profile_gui_stalls [--runs 3] [--over 12]
+    QT_QPA_PLATFORM=offscreen python -m benchmarks.profile_gui_stalls [--runs 3] [--over 12] [--unfrozen]
+
+``--unfrozen`` skips the heap freeze after the model load (``gui.models.settle_heap``), to see the
+full collections it prevents.
 """
 from __future__ import annotations
 
@@ -68,7 +71,12 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--over", type=float, default=12.0, help="report heartbeat stalls longer than this (ms)")
+    ap.add_argument("--unfrozen", action="store_true", help="do not freeze the heap after the model load")
     args = ap.parse_args()
+    if args.unfrozen:
+        from studio.gui import models
+
+        models.settle_heap = lambda: None
     instrument()
     bg.make_app()
     w = bg.open_window("gmm")

@@ -58,8 +58,8 @@ def release_free_memory() -> bool:
 
     Kept blocks can land between freed temporaries and pin them; the trajectory store calls this every
     ``RELEASE_EVERY`` steps, so resident memory follows live data over a long run. Not at the end of
-    a run: what is free then is the network's activations, which the next run needs again, and the
-    trim (2.6 ms for the digits model at batch 8) plus faulting them back in cost 5 ms per run
-    (0.25 ms per step of a 20-step run, measured 2026-12-02)."""
+    a run: what is free then is the network's activations, which the next run needs again; the trim
+    takes 2.3 ms for the digits model at batch 8 and the next run faults them back in
+    (``python -m benchmarks.profile_step_costs``, end_of_run_trim)."""
     trim = getattr(_libc(), "malloc_trim", None)
     return bool(trim(0)) if trim is not None else False
