@@ -144,8 +144,8 @@ def fix_dtype(unet):
     """Make ``unet.dtype`` a stored value instead of diffusers' search; returns ``unet``.
 
     diffusers' ``ModelMixin.dtype`` walks every submodule on each access (looking for casting
-    hooks; 0.27–0.41 ms on the digits UNet here, ``python -m benchmarks.profile_step_costs``) and ``UNet2DModel.forward`` reads it twice per call:
-    ~3 % of a forward pass. The studio owns its network and never changes its dtype after loading,
+    hooks; 0.27–0.41 ms on the digits UNet here, ``python -m benchmarks.profile_step_costs``), and
+    ``UNet2DModel.forward`` reads it twice per call: ~3 % of a forward pass. The studio owns its network and never changes its dtype after loading,
     so the value is fixed once. Done by giving the instance a subclass with a plain ``dtype``
     property (same name, same weights and config)."""
     cls = type(unet)
