@@ -22,6 +22,7 @@ from typing import Optional
 
 import torch
 
+from .conditioning import join
 from .guidance import Guidance, classifier_log_prob_grad
 from .prediction import eps_to_x0, process_x0, to_epsilon, x0_to_eps
 
@@ -46,6 +47,8 @@ class Denoiser:
         threshold_ratio: float = 0.995,
         threshold_max: float = 1.0,
         eps_from_x0: bool = True,
+        uncond=None,
+        guidance_rescale: float = 0.0,
     ):
         self.model = model
         self.guidance = guidance.validate()
@@ -55,9 +58,13 @@ class Denoiser:
         self.threshold_max = threshold_max
         self.eps_from_x0 = eps_from_x0
         self.labels = labels
+        self.guidance_rescale = float(guidance_rescale)
         self.nfe = 0
         info = model.info
-        if guidance.mode == "cfg" and info.null_label is None:
+        if uncond is None and info.null_label is not None and isinstance(labels, torch.Tensor):
+            uncond = torch.full_like(labels, info.null_label)
+        self.uncond = uncond  # the unconditional branch: the null label, or a negative/empty prompt
+        if guidance.mode == "cfg" and uncond is None and info.null_label is None:
             raise ValueError(
                 f"model {info.name!r} has no null class, so classifier-free guidance is not possible; "
                 "use --guidance none or classifier"
@@ -86,15 +93,21 @@ class Denoiser:
         labels = self.labels
         null = self.model.info.null_label
         if g.mode == "cfg" and active and g.scale != 1.0:
-            lab = torch.cat([labels, torch.full_like(labels, null)])
-            out = self._forward(torch.cat([x, x]), t, lab, sigma)
-            eps_c, eps_u = to_epsilon(out, torch.cat([x, x]), a, b, ptype).chunk(2)
-            eps = eps_u + g.scale * (eps_c - eps_u)
+            out_c, out_u = self._forward(torch.cat([x, x]), t, join(labels, self.uncond), sigma).chunk(2)
+            # guided in the network's own parameterisation (linear, so the same as guiding ε̂), which is
+            # where guidance rescale is defined (diffusers' rescale_noise_cfg)
+            out = out_u + g.scale * (out_c - out_u)
+            if self.guidance_rescale:
+                out = rescale_guided(out, out_c, self.guidance_rescale)
+            eps = to_epsilon(out, x, a, b, ptype)
             guided = True
         else:
-            if null is not None and (labels is None or g.mode == "classifier"):
+            if labels is None or g.mode == "classifier":
                 # classifier guidance steers the unconditional model: p(x) p(y|x)^s
-                labels = torch.full((x.shape[0],), null, device=x.device, dtype=torch.long)
+                if null is not None:
+                    labels = torch.full((x.shape[0],), null, device=x.device, dtype=torch.long)
+                elif self.uncond is not None:
+                    labels = self.uncond
             eps = to_epsilon(self._forward(x, t, labels, sigma), x, a, b, ptype)
             guided = g.mode == "cfg" and active
         grad = None
@@ -111,3 +124,12 @@ class Denoiser:
             if self.eps_from_x0:
                 eps = x0_to_eps(x0, x, a, b)
         return Prediction(eps, x0, guided, grad, g.scale_at(fraction))
+
+
+def rescale_guided(guided: torch.Tensor, cond: torch.Tensor, phi: float) -> torch.Tensor:
+    """Guidance rescale (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are
+    Flawed", eq. 15–16): scale the guided output to the conditional output's per-sample standard
+    deviation, then mix φ of that with 1 − φ of the plain guided output."""
+    dims = list(range(1, guided.ndim))
+    rescaled = guided * (cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True))
+    return phi * rescaled + (1.0 - phi) * guided
