@@ -22,6 +22,21 @@ class ModelInfo:
     # guidance scales the model's authors recommend, by guidance mode ("cfg", "classifier"); from the
     # folder's recommended.json ({"cfg_scale": w, "classifier_scale": s})
     recommended_scales: dict = field(default_factory=dict)
+    # text-to-image latent pipelines (Stable Diffusion family); empty / 1 / 0 for pixel-space models
+    pipeline: str = ""  # "StableDiffusionPipeline" | "StableDiffusionXLPipeline"
+    vae_scale_factor: int = 1  # image pixels per latent pixel
+    text_encoders: list[str] = field(default_factory=list)  # one line each: class, hidden size, layers
+    max_prompt_tokens: int = 0
+    sample_prompt: str = ""  # a prompt to start from (the folder's recommended.json "prompt")
+
+    @property
+    def text_conditioned(self) -> bool:
+        return bool(self.pipeline)
+
+    @property
+    def image_size(self) -> int:
+        """Side of the images it makes, in pixels (latent side × the VAE's scale factor)."""
+        return self.sample_size * self.vae_scale_factor
 
     @property
     def conditional(self) -> bool:
@@ -35,16 +50,34 @@ class ModelInfo:
         lines = [
             f"model:           {self.name}",
             f"source:          {self.source}",
-            f"resolution:      {self.sample_size}x{self.sample_size}",
-            f"channels:        {self.in_channels}",
-            f"classes:         {classes}",
-            f"null label:      {self.null_label if self.null_label is not None else 'none (no classifier-free guidance)'}",
+        ]
+        if self.text_conditioned:
+            f = self.vae_scale_factor
+            lines += [
+                f"pipeline:        {self.pipeline} (text-conditioned latent diffusion)",
+                f"image size:      {self.image_size}x{self.image_size} (default; width and height: multiples of {f})",
+                f"latents:         {self.in_channels}x{self.sample_size}x{self.sample_size} (VAE scale factor {f})",
+                *[f"text encoder:    {t}" for t in self.text_encoders],
+                f"prompt length:   {self.max_prompt_tokens} tokens (longer prompts are cut)",
+            ]
+        else:
+            lines += [
+                f"resolution:      {self.sample_size}x{self.sample_size}",
+                f"channels:        {self.in_channels}",
+                f"classes:         {classes}",
+                f"null label:      {self.null_label if self.null_label is not None else 'none (no classifier-free guidance)'}",
+            ]
+        lines += [
             f"classifier:      {'yes (classifier guidance available)' if self.has_classifier else 'none'}",
             f"prediction type: {self.prediction_type}",
             f"schedule:        {sc.get('beta_schedule', 'linear')} betas {sc.get('beta_start', 0.0001)}..{sc.get('beta_end', 0.02)}, "
             f"{sc.get('num_train_timesteps', 1000)} timesteps",
+            f"spacing:         {sc.get('timestep_spacing', 'sampler default')}"
+            + (", zero terminal SNR" if sc.get("rescale_betas_zero_snr") else ""),
             f"clip x0:         {bool(sc.get('clip_sample', False))}, thresholding: {bool(sc.get('thresholding', False))}",
         ]
+        if self.sample_prompt:
+            lines.append(f"sample prompt:   {self.sample_prompt}")
         if self.recommended_scales:
             lines.append("recommended:     " + ", ".join(f"{m} scale {v:g}" for m, v in self.recommended_scales.items()))
         return "\n".join(lines)

@@ -1,0 +1,198 @@
+"""Opening text-to-image latent diffusion pipelines (Stable Diffusion 1.x/2.x, SDXL) from diffusers folders.
+
+A pipeline folder is recognised by its ``model_index.json``. Only the components sampling needs are
+read (UNet2DConditionModel, AutoencoderKL, the CLIP text encoders and tokenizers, the scheduler
+config); a safety checker or feature extractor is never loaded. The loading rules are the pixel
+models' (``loading.py``): safetensors only unless pickles are allowed (then ``weights_only=True``),
+``SHA256SUMS`` checked, and every malformed folder a one-line ``ModelLoadError`` naming the
+component and the problem.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .loading import ModelLoadError, _read_json, check_state_dict, fix_dtype, load_weights, read_recommended_scales, verify_checksums
+from .model import ModelInfo
+from .text_model import TextToImageModel
+
+PIPELINES = {
+    "StableDiffusionPipeline": ("unet", "vae", "text_encoder", "tokenizer"),
+    "StableDiffusionXLPipeline": ("unet", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"),
+}
+DIFFUSERS_WEIGHTS = "diffusion_pytorch_model"
+TRANSFORMERS_WEIGHTS = "model"
+TOKENIZER_FILES = ("vocab.json", "merges.txt")
+
+
+def is_pipeline_folder(path) -> bool:
+    return (Path(path).expanduser() / "model_index.json").is_file()
+
+
+def _weights_file(folder: Path, stem: str, allow_pickle: bool) -> list[Path]:
+    """The weight files of a component: one safetensors file, a sharded set (``*.index.json``), an
+    fp16 variant when that is all there is, or (opt-in) a pickle."""
+    single = folder / f"{stem}.safetensors"
+    if single.is_file():
+        return [single]
+    index = folder / f"{stem}.safetensors.index.json"
+    if index.is_file():
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise ModelLoadError(f"{index}: no weight_map; the shard index is malformed")
+        shards = sorted({folder / str(v) for v in weight_map.values()})
+        for s in shards:
+            if s.parent != folder or not s.is_file():
+                raise ModelLoadError(f"{index}: shard {s.name} is missing")
+        return shards
+    variants = sorted(folder.glob(f"{stem}.*.safetensors"))
+    if len(variants) == 1:
+        return variants
+    pickled = [folder / f"{stem}.bin", folder / "pytorch_model.bin"]
+    pickled = [p for p in pickled if p.is_file()]
+    if pickled:
+        load_weights(pickled[0], allow_pickle)  # refuses unless allowed, with the usual message
+        return pickled[:1]
+    raise ModelLoadError(f"{folder}: no {stem}.safetensors (component weights are missing)")
+
+
+def _load_state(files: list[Path], allow_pickle: bool) -> dict[str, torch.Tensor]:
+    sd: dict[str, torch.Tensor] = {}
+    for f in files:
+        sd.update(load_weights(f, allow_pickle))
+    return sd
+
+
+def _component(folder: Path, name: str) -> Path:
+    sub = folder / name
+    if not sub.is_dir():
+        raise ModelLoadError(f"{folder}: component {name}/ is missing (model_index.json lists it)")
+    return sub
+
+
+def _diffusers_module(folder: Path, name: str, cls, allow_pickle: bool):
+    sub = _component(folder, name)
+    cfg_path = sub / "config.json"
+    config = _read_json(cfg_path)
+    want = cls.__name__
+    if config.get("_class_name", want) != want:
+        raise ModelLoadError(f"{cfg_path}: {name} is a {config.get('_class_name')!r}; the studio needs a {want}")
+    try:
+        module = cls.from_config({k: v for k, v in config.items() if not k.startswith("_")})
+    except Exception as e:  # noqa: BLE001 - diffusers raises many types for bad configs
+        raise ModelLoadError(f"{cfg_path}: not a valid {want} config ({e.__class__.__name__}: {str(e).splitlines()[0][:200]})") from None
+    files = _weights_file(sub, DIFFUSERS_WEIGHTS, allow_pickle)
+    sd = _load_state(files, allow_pickle)
+    check_state_dict(files[0], module, sd)
+    module.load_state_dict(sd)
+    return module.eval()
+
+
+def _text_encoder(folder: Path, name: str, allow_pickle: bool):
+    import transformers
+
+    sub = _component(folder, name)
+    cfg_path = sub / "config.json"
+    config = _read_json(cfg_path)
+    archs = config.get("architectures") or ["CLIPTextModel"]
+    arch = archs[0] if isinstance(archs, list) and archs else "CLIPTextModel"
+    if arch not in ("CLIPTextModel", "CLIPTextModelWithProjection"):
+        raise ModelLoadError(f"{cfg_path}: text encoder {arch!r} is not supported; the studio opens CLIP text encoders")
+    try:
+        cfg = transformers.CLIPTextConfig.from_dict(config)
+        module = getattr(transformers, arch)(cfg)
+    except Exception as e:  # noqa: BLE001
+        raise ModelLoadError(f"{cfg_path}: not a valid CLIP text encoder config ({e.__class__.__name__}: {str(e).splitlines()[0][:200]})") from None
+    files = _weights_file(sub, TRANSFORMERS_WEIGHTS, allow_pickle)
+    sd = _load_state(files, allow_pickle)
+    expected = module.state_dict()
+    # older exports keep the position-id buffer transformers now computes itself
+    sd = {k: v for k, v in sd.items() if k in expected or not k.endswith("position_ids")}
+    check_state_dict(files[0], module, sd)
+    module.load_state_dict(sd, strict=False)
+    return module.eval()
+
+
+def _tokenizer(folder: Path, name: str):
+    from transformers import CLIPTokenizer
+
+    sub = _component(folder, name)
+    missing = [f for f in TOKENIZER_FILES if not (sub / f).is_file()]
+    if missing and not (sub / "tokenizer.json").is_file():
+        raise ModelLoadError(f"{sub}: tokenizer files missing ({', '.join(missing)}, or tokenizer.json)")
+    try:
+        return CLIPTokenizer.from_pretrained(str(sub), local_files_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise ModelLoadError(f"{sub}: the tokenizer cannot be read ({e.__class__.__name__}: {str(e).splitlines()[0][:200]})") from None
+
+
+def load_pipeline_folder(path, device: torch.device, dtype: torch.dtype, allow_pickle: bool = False,
+                         name: Optional[str] = None) -> TextToImageModel:
+    """Open a ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline`` folder."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    folder = Path(path).expanduser()
+    verify_checksums(folder)
+    index_path = folder / "model_index.json"
+    index = _read_json(index_path)
+    kind = index.get("_class_name")
+    if kind not in PIPELINES:
+        raise ModelLoadError(f"{index_path}: pipeline {kind!r} is not supported; the studio opens "
+                             f"{' and '.join(PIPELINES)} folders")
+    for comp in PIPELINES[kind]:
+        entry = index.get(comp)
+        if not (isinstance(entry, list) and len(entry) == 2 and entry[1]):
+            raise ModelLoadError(f"{index_path}: component {comp!r} is missing; a {kind} needs {', '.join(PIPELINES[kind])}")
+    unet = _diffusers_module(folder, "unet", UNet2DConditionModel, allow_pickle)
+    vae = _diffusers_module(folder, "vae", AutoencoderKL, allow_pickle)
+    encoders = [_text_encoder(folder, "text_encoder", allow_pickle)]
+    tokenizers = [_tokenizer(folder, "tokenizer")]
+    if kind == "StableDiffusionXLPipeline":
+        encoders.append(_text_encoder(folder, "text_encoder_2", allow_pickle))
+        tokenizers.append(_tokenizer(folder, "tokenizer_2"))
+    ucfg = unet.config
+    hidden = sum(int(e.config.hidden_size) for e in encoders)
+    if int(ucfg.cross_attention_dim) != hidden:
+        sizes = " + ".join(str(e.config.hidden_size) for e in encoders)
+        raise ModelLoadError(f"{folder / 'text_encoder'}: hidden size {sizes} does not match the UNet's "
+                             f"cross_attention_dim {ucfg.cross_attention_dim}; the components come from different models")
+    if int(vae.config.latent_channels) != int(ucfg.in_channels):
+        raise ModelLoadError(f"{folder / 'vae'}: latent_channels {vae.config.latent_channels} does not match the UNet's "
+                             f"in_channels {ucfg.in_channels}; the components come from different models")
+    if kind == "StableDiffusionXLPipeline":
+        want = int(ucfg.addition_time_embed_dim or 0) * 6 + int(encoders[1].config.projection_dim)
+        got = getattr(unet, "add_embedding", None)
+        if got is None or int(got.linear_1.in_features) != want:
+            raise ModelLoadError(f"{folder / 'text_encoder_2'}: projection_dim {encoders[1].config.projection_dim} does not "
+                                 "match the UNet's added-conditioning input; the components come from different models")
+    sched_path = folder / "scheduler" / "scheduler_config.json"
+    if not sched_path.is_file():
+        raise ModelLoadError(f"{folder}: component scheduler/ is missing (no scheduler_config.json)")
+    sched_cfg = _read_json(sched_path)
+    recommended = _read_json(folder / "recommended.json") if (folder / "recommended.json").is_file() else {}
+    prompt = recommended.get("prompt", "")
+    if not isinstance(prompt, str):
+        raise ModelLoadError(f"{folder / 'recommended.json'}: prompt must be a string, got {prompt!r}")
+    info = ModelInfo(
+        name=name or folder.name, sample_size=int(ucfg.sample_size), in_channels=int(ucfg.in_channels),
+        prediction_type=sched_cfg.get("prediction_type", "epsilon"), scheduler_config=sched_cfg, source=str(folder),
+        recommended_scales=read_recommended_scales(folder), pipeline=kind,
+        vae_scale_factor=2 ** (len(vae.config.block_out_channels) - 1),
+        text_encoders=[f"{e.__class__.__name__}, hidden size {e.config.hidden_size}, "
+                       f"{e.config.num_hidden_layers} layers" for e in encoders],
+        max_prompt_tokens=int(tokenizers[0].model_max_length), sample_prompt=prompt,
+    )
+    force_zeros = bool(index.get("force_zeros_for_empty_prompt", True))
+    return TextToImageModel(fix_dtype(unet), vae, encoders, tokenizers, info, device, dtype,
+                            force_zeros_for_empty_prompt=force_zeros)
+
+
+def pipeline_kind(path) -> Optional[str]:
+    """The pipeline class named in a folder's model_index.json, or None."""
+    try:
+        return json.loads((Path(path) / "model_index.json").read_text()).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        return None

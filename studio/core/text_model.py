@@ -1,0 +1,242 @@
+"""A text-to-image latent diffusion model as the engine sees it (Rombach et al. 2022).
+
+The reverse chain runs on the VAE's scaled latents z = scaling_factor · E(x); the UNet cross-attends
+to the text encoder's hidden states. Prompts are encoded by diffusers' own ``encode_prompt`` (so the
+embeddings are exactly a diffusers pipeline's) once per distinct text and kept, so branches and
+compare runs with the same prompt reuse them.
+
+Seeing latents: ``preview`` maps latents to RGB with a per-model linear projection (least squares
+against what the VAE decodes; ``fit_linear_preview``), cheap enough for every step; ``decode`` is
+the full VAE decode, for the step being looked at and for final images.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from .conditioning import TextCondition
+from .model import ModelInfo
+
+
+@contextlib.contextmanager
+def quiet_libraries():
+    """Silence diffusers' and transformers' advice meant for their own loaders (dtype casts, image
+    processors never used, the tokenizer's length warning the studio reports itself)."""
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    levels = dlog.get_verbosity(), tlog.get_verbosity()
+    dlog.set_verbosity_error()
+    tlog.set_verbosity_error()
+    try:
+        yield
+    finally:
+        dlog.set_verbosity(levels[0])
+        tlog.set_verbosity(levels[1])
+
+
+@dataclass(frozen=True)
+class EncodedPrompt:
+    """A prompt's conditioning for one sample, and what the tokenizer cut from it."""
+
+    condition: TextCondition
+    truncated: str = ""  # the text past the tokenizer's limit, "" when nothing was cut
+
+
+def user_cache_dir() -> Path:
+    """Where the studio keeps what it computes about a model (never inside the model folder)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "sampling-studio"
+
+
+def fit_linear_preview(decode: Callable[[torch.Tensor], torch.Tensor], channels: int, factor: int,
+                       n: int = 8, size: int = 16, seed: int = 0) -> torch.Tensor:
+    """Least-squares latent→RGB map: (channels + 1) × 3, the last row a bias.
+
+    Latents are drawn smooth (low-resolution noise upsampled, plus fine noise) in the scaled space
+    the chain works in, decoded by ``decode`` (→ images in [−1, 1], ``factor`` × larger), and the
+    images average-pooled back to the latent grid; each latent pixel's RGB is then regressed on its
+    channels. The projection is what SD web UIs call "approximate" previews, fitted rather than
+    hand-written, so it holds for any VAE."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.randn(n, channels, max(1, size // 4), max(1, size // 4), generator=g)
+    z = F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False) * 1.5
+    z = z + 0.5 * torch.randn(n, channels, size, size, generator=g)
+    with torch.no_grad():
+        img = decode(z).float()
+    pooled = F.avg_pool2d(img, factor)
+    zs = z.permute(0, 2, 3, 1).reshape(-1, channels)
+    a = torch.cat([zs, torch.ones(zs.shape[0], 1)], dim=1).double()
+    y = pooled.permute(0, 2, 3, 1).reshape(-1, 3).double()
+    return torch.linalg.lstsq(a, y).solution.float()
+
+
+def apply_linear_preview(weights: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) latents → (B, 3, h, w) RGB in about [−1, 1] through a fitted projection."""
+    w = weights.to(z.device, torch.float32)
+    return torch.einsum("bchw,cd->bdhw", z.float(), w[:-1]) + w[-1].view(1, 3, 1, 1)
+
+
+class TextToImageModel:
+    """UNet2DConditionModel + AutoencoderKL + CLIP text encoder(s), behind the engine's model protocol.
+
+    ``predict(x, t, cond, σ)`` takes a ``TextCondition`` where pixel models take labels. On CPU the
+    UNet runs channels-last, as the pixel models do."""
+
+    classifier = None
+
+    def __init__(self, unet, vae, text_encoders: list, tokenizers: list, info: ModelInfo,
+                 device=torch.device("cpu"), dtype=torch.float32, force_zeros_for_empty_prompt: bool = True):
+        self.device, self.dtype = device, dtype
+        self.channels_last = device.type == "cpu"
+        with quiet_libraries():
+            unet = unet.to(device=device, dtype=dtype)
+            if self.channels_last:
+                unet = unet.to(memory_format=torch.channels_last)
+            self.unet = unet
+            self.vae = vae.to(device=device, dtype=torch.float32)  # decoding in float32: fp16 VAEs overflow
+            self.text_encoders = [e.to(device=device, dtype=dtype) for e in text_encoders]
+        self.tokenizers = tokenizers
+        self.info = info
+        self.force_zeros_for_empty_prompt = force_zeros_for_empty_prompt
+        self._prompts: dict[tuple, EncodedPrompt] = {}
+        self._pipe = None
+        self._preview: Optional[torch.Tensor] = None
+        self.xl = info.pipeline == "StableDiffusionXLPipeline"
+
+    # -- the network ---------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, t: torch.Tensor, cond: TextCondition, sigma: float) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.unet(x, t, **cond.unet_kwargs(self.dtype)).sample
+
+    # -- prompts -------------------------------------------------------------
+    def _pipeline(self):
+        """A diffusers pipeline over the loaded components (no weights copied), for ``encode_prompt``."""
+        if self._pipe is None:
+            with quiet_libraries():
+                from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+
+                sched = DDIMScheduler.from_config(self.info.scheduler_config)
+                if self.xl:
+                    self._pipe = StableDiffusionXLPipeline(
+                        vae=self.vae, text_encoder=self.text_encoders[0], text_encoder_2=self.text_encoders[1],
+                        tokenizer=self.tokenizers[0], tokenizer_2=self.tokenizers[1], unet=self.unet, scheduler=sched,
+                        force_zeros_for_empty_prompt=self.force_zeros_for_empty_prompt, add_watermarker=False)
+                else:
+                    self._pipe = StableDiffusionPipeline(
+                        vae=self.vae, text_encoder=self.text_encoders[0], tokenizer=self.tokenizers[0], unet=self.unet,
+                        scheduler=sched, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        return self._pipe
+
+    def truncated_text(self, prompt: str) -> str:
+        """What the tokenizer's limit cuts from ``prompt`` (diffusers truncates silently but for a log line)."""
+        tok = self.tokenizers[0]
+        with quiet_libraries():
+            ids = tok(prompt, padding=False, truncation=False).input_ids
+        limit = int(tok.model_max_length)
+        if len(ids) <= limit:
+            return ""
+        return tok.decode(ids[limit - 1:-1]).strip()
+
+    def encode(self, prompt: Optional[str], height: int, width: int) -> EncodedPrompt:
+        """The conditioning of one sample for ``prompt`` (None: SDXL's zeroed unconditional branch)."""
+        key = (prompt, height, width)
+        hit = self._prompts.get(key)
+        if hit is not None:
+            return hit
+        pipe = self._pipeline()
+        with quiet_libraries(), torch.no_grad():
+            if self.xl:
+                text = "" if prompt is None else prompt
+                embeds, _, pooled, _ = pipe.encode_prompt(prompt=text, device=self.device, num_images_per_prompt=1,
+                                                          do_classifier_free_guidance=False)
+                if prompt is None and self.force_zeros_for_empty_prompt:
+                    embeds, pooled = torch.zeros_like(embeds), torch.zeros_like(pooled)
+                time_ids = pipe._get_add_time_ids((height, width), (0, 0), (height, width), dtype=embeds.dtype,
+                                                  text_encoder_projection_dim=int(
+                                                      self.text_encoders[1].config.projection_dim))
+                cond = TextCondition(embeds, pooled, time_ids.to(self.device))
+            else:
+                embeds, _ = pipe.encode_prompt("" if prompt is None else prompt, self.device, 1, False)
+                cond = TextCondition(embeds)
+        out = EncodedPrompt(cond, self.truncated_text(prompt) if prompt else "")
+        self._prompts[key] = out
+        return out
+
+    def conditions(self, prompt: str, negative_prompt: Optional[str], batch: int, height: int,
+                   width: int) -> tuple[TextCondition, TextCondition, list[str]]:
+        """(conditional, unconditional, notes) for a batch: the prompt, and the negative prompt as
+        the unconditional branch (the empty prompt when there is none; SDXL zeroes it as diffusers
+        does). ``notes`` says what the tokenizer cut."""
+        pos = self.encode(prompt or "", height, width)
+        neg_text = negative_prompt if negative_prompt is not None else (None if self.xl else "")
+        neg = self.encode(neg_text, height, width)
+        notes = []
+        for label, enc in (("prompt", pos), ("negative prompt", neg)):
+            if enc.truncated:
+                notes.append(f"the {label} is longer than {self.info.max_prompt_tokens} tokens; "
+                             f"this was cut: {enc.truncated!r}")
+
+        def expand(c: TextCondition) -> TextCondition:
+            def rep(v):
+                return None if v is None else v.expand(batch, *v.shape[1:]).contiguous()
+
+            return TextCondition(rep(c.embeds), rep(c.pooled), rep(c.time_ids))
+
+        return expand(pos.condition), expand(neg.condition), notes
+
+    # -- seeing latents ------------------------------------------------------
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, batch_size: int = 4) -> torch.Tensor:
+        """Full VAE decode of scaled latents → images (B, 3, H, W) in [−1, 1], float32, on the CPU."""
+        cfg = self.vae.config
+        shift = getattr(cfg, "shift_factor", None) or 0.0
+        outs = []
+        for chunk in z.split(batch_size):
+            zz = chunk.to(self.device, torch.float32) / float(cfg.scaling_factor) + shift
+            outs.append(self.vae.decode(zz).sample.float().clamp(-1, 1).cpu())
+        return torch.cat(outs)
+
+    def _preview_cache_path(self) -> Path:
+        h = hashlib.sha256(json.dumps(dict(self.vae.config), sort_keys=True, default=str).encode())
+        src = Path(self.info.source) / "vae"
+        for f in sorted(src.glob("*.safetensors")) if src.is_dir() else []:
+            st = f.stat()
+            h.update(f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
+        return user_cache_dir() / "previews" / f"{h.hexdigest()[:24]}.json"
+
+    def preview_weights(self) -> torch.Tensor:
+        """The fitted latent→RGB projection, from the user's cache or fitted now (and cached)."""
+        if self._preview is not None:
+            return self._preview
+        path = self._preview_cache_path()
+        try:
+            w = torch.tensor(json.loads(path.read_text())["weights"], dtype=torch.float32)
+            if tuple(w.shape) != (self.info.in_channels + 1, 3):
+                raise ValueError
+        except (OSError, ValueError, KeyError, TypeError):
+            w = fit_linear_preview(lambda z: self.decode(z, batch_size=8), self.info.in_channels,
+                                   self.info.vae_scale_factor)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(f".{os.getpid()}.tmp")
+                tmp.write_text(json.dumps({"weights": w.tolist()}))
+                os.replace(tmp, path)
+            except OSError:
+                pass  # a read-only home only costs a refit next time
+        self._preview = w
+        return w
+
+    def preview(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents → approximate RGB at latent resolution, in [−1, 1]."""
+        return apply_linear_preview(self.preview_weights(), z).clamp(-1, 1)
