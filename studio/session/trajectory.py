@@ -1,7 +1,8 @@
 """The trajectory store: every step of a run, kept so any step can be shown or resumed.
 
 x_t and x̂₀ of every step are kept in memory as uint8 RGB previews (what the window
-shows and exports: 2 bytes per pixel and channel per step), and the full-precision
+shows and exports: 2 bytes per pixel and channel per step; for a latent model, the
+latents through the model's linear RGB projection, at latent resolution), and the full-precision
 state a sampler needs to resume (and ``--save-raw`` writes) is kept per step as
 float32: in memory up to ``memory_limit_bytes``, then in a disk cache that is
 deleted with the trajectory. Memory is therefore bounded by previews + the limit.
@@ -13,7 +14,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -39,9 +40,11 @@ class StepMeta:
 
 
 class Trajectory:
-    def __init__(self, recipe, initial: torch.Tensor, steps: int, memory_limit_bytes: int = 64 << 20):
+    def __init__(self, recipe, initial: torch.Tensor, steps: int, memory_limit_bytes: int = 64 << 20,
+                 render: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
         self.recipe = recipe
         self.steps = steps
+        self._render = render  # latents → RGB preview in [−1, 1] (a latent model's linear projection)
         self._slabs = Slabs()
         self.xt: list[np.ndarray] = [self._frame(initial)]
         self.x0: list[np.ndarray] = []
@@ -64,6 +67,8 @@ class Trajectory:
         return out.copy_(x.detach())
 
     def _frame(self, x: torch.Tensor) -> np.ndarray:
+        if self._render is not None:
+            x = self._render(x)
         b, _, h, w = x.shape
         return to_uint8(x, out=self._slabs.array((b, h, w, 3), np.uint8))
 
