@@ -1,0 +1,142 @@
+"""Text-to-image latent pipelines: the cost of seeing latents, and the studio's loop vs diffusers'.
+
+1. preview: the linear latent→RGB preview of one step (x_t and x̂₀) as a fraction of one UNet forward
+   (the CFG batch), measured interleaved; target ≤ 2 %.
+2. loop: a studio run (engine + trajectory kept with previews of every step, prompts encoded once) against
+   ``StableDiffusionPipeline.__call__(output_type="latent")`` on the same pipeline, DDIM 20 steps, CFG,
+   interleaved; the ratio studio / diffusers, target ≤ 1.00.
+
+Pipelines: "tiny" (the tests' size: 8×8×4 latents), "mid" (an SD-1-shaped UNet at reduced width:
+32×32×4 latents, 4 levels, cross-attention dim 256) and the shipped digits-text model when present.
+
+    python -m benchmarks.bench_text [--repeats 5] [--out benchmarks/text_results.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+from .common import interleaved, machine
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _mid_pipeline(folder: Path) -> Path:
+    """An SD-1-shaped pipeline at reduced width (random weights: timing only)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from text_pipelines import SD_SCHEDULER, _tokenizer_files, text_config, write_clip_tokenizer
+
+    tok_dir = folder.parent / "mid-tokenizer"
+    vocab = write_clip_tokenizer(tok_dir, max_length=77)
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=32, in_channels=4, out_channels=4, block_out_channels=(64, 128, 256, 256),
+                                layers_per_block=2, cross_attention_dim=256, attention_head_dim=8, norm_num_groups=32)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
+                        up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[32, 64, 64, 64], latent_channels=4,
+                        norm_num_groups=32, sample_size=256)
+    cfg = text_config(vocab, hidden=256)
+    cfg.max_position_embeddings, cfg.num_hidden_layers, cfg.intermediate_size = 77, 4, 1024
+    text = CLIPTextModel(cfg)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=CLIPTokenizer.from_pretrained(str(tok_dir)),
+                                   unet=unet, scheduler=DDIMScheduler.from_config(SD_SCHEDULER), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+    _tokenizer_files(tok_dir, folder / "tokenizer")
+    return folder
+
+
+def _tiny_pipeline(folder: Path) -> Path:
+    sys.path.insert(0, str(ROOT / "tests"))
+    from text_pipelines import make_sd_pipeline
+
+    return make_sd_pipeline(folder)
+
+
+def bench_pipeline(name: str, folder: Path, repeats: int, steps: int = 20, batch: int = 2) -> dict:
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    from studio.core import engine
+    from studio.core.guidance import Guidance
+    from studio.core.pipeline import load_pipeline_folder
+    from studio.session.trajectory import Trajectory
+
+    model = load_pipeline_folder(folder, torch.device("cpu"), torch.float32)
+    pipe = StableDiffusionPipeline.from_pretrained(str(folder), safety_checker=None)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    info = model.info
+    shape = (batch, info.in_channels, info.sample_size, info.sample_size)
+    x_T = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    prompt = info.sample_prompt or "a red seven on a blue background"
+    model.preview_weights()  # fitted (or read from the cache) once per model, as when a model is opened
+
+    cond, uncond, _ = model.conditions(prompt, None, batch, info.image_size, info.image_size)
+    t = torch.full((2 * batch,), 500.0)
+    both = cond.join(uncond)
+    x2 = torch.cat([x_T, x_T])
+
+    def forward():
+        model.predict(x2, t, both, 0.0)
+
+    def preview():
+        model.preview(x_T)
+        model.preview(x_T)  # x_t and x̂₀ of one step
+
+    pre = interleaved(forward, preview, repeats=max(repeats * 4, 20))
+
+    def studio():
+        traj = Trajectory(None, x_T, steps, render=model.preview)
+        for rec in engine.sample(model, "ddim", steps, batch=batch, init_noise=x_T, guidance=Guidance("cfg", 5.0),
+                                 prompt=prompt):
+            traj.append(rec, 5.0)
+        traj.close()
+
+    def diffusers_loop():
+        with torch.no_grad():
+            pipe(prompt=prompt, num_inference_steps=steps, guidance_scale=5.0, latents=x_T.clone(),
+                 num_images_per_prompt=batch, output_type="latent")
+
+    loop = interleaved(diffusers_loop, studio, repeats=repeats)
+    params = sum(p.numel() for p in model.unet.parameters())
+    return {"pipeline": name, "unet_params": params, "latents": list(shape[1:]), "batch": batch, "steps": steps,
+            "preview_over_forward": pre["ratio"], "forward_ms": pre["baseline_s"] * 1e3,
+            "preview_ms": pre["studio_s"] * 1e3, "studio_over_diffusers": loop["ratio"],
+            "studio_over_diffusers_range": [loop["ratio_min"], loop["ratio_max"]],
+            "diffusers_s": loop["baseline_s"], "studio_s": loop["studio_s"], "repeats": repeats}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--only", nargs="+", choices=("tiny", "mid", "digits-text"))
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "text_results.json"))
+    args = ap.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    from studio.core.loading import TEXT_MODEL_DIR
+
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        todo = {"tiny": lambda: _tiny_pipeline(Path(tmp) / "tiny"), "mid": lambda: _mid_pipeline(Path(tmp) / "mid")}
+        if (TEXT_MODEL_DIR / "model_index.json").exists():
+            todo["digits-text"] = lambda: TEXT_MODEL_DIR
+        for name, make in todo.items():
+            if args.only and name not in args.only:
+                continue
+            r = bench_pipeline(name, make(), args.repeats)
+            print(json.dumps(r), flush=True)
+            results.append(r)
+    Path(args.out).write_text(json.dumps({"machine": machine(), "results": results}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
