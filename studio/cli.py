@@ -90,14 +90,9 @@ def _recipe_from_args(args):
         changes["model"] = str(Path(changes["model"]).expanduser().resolve())
     recipe = base.replace(**changes)
     if recipe.init_noise and "batch" not in changes:
-        import numpy as np
+        from .session.runner import load_init_noise
 
-        try:
-            shape = np.load(recipe.init_noise, mmap_mode="r", allow_pickle=False).shape
-            if len(shape) == 4:
-                recipe = recipe.replace(batch=int(shape[0]))
-        except (OSError, ValueError) as e:
-            raise RecipeError(f"{recipe.init_noise}: cannot read initial noise as .npy ({e})") from None
+        recipe = recipe.replace(batch=int(load_init_noise(recipe.init_noise).shape[0]))
     return recipe.validate()
 
 

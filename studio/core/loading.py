@@ -7,21 +7,25 @@ and the problem.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Optional
 
 import torch
 
+from . import file_hashes
+from .file_reading import CONFIG_LIMIT, inside_folder, open_regular, parse_json, read_json, read_limited, read_text
+from .memory_check import check_config_counts, check_fits, count_parameters
 from .model import ModelInfo
+from .schedule import ScheduleError, check_scheduler_config
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 DEFAULT_MODEL_DIR = ASSETS / "models" / "digits"
 WEIGHT_NAME = "diffusion_pytorch_model.safetensors"
 PICKLE_NAMES = ("diffusion_pytorch_model.bin", "diffusion_pytorch_model.ckpt", "diffusion_pytorch_model.pt")
-BUILTINS = ("default", "gmm")
+TEXT_MODEL_NAME = "digits-text"
+TEXT_MODEL_DIR = ASSETS / "models" / "digits-text"
+BUILTINS = ("default", "gmm", TEXT_MODEL_NAME)
 
 
 class ModelLoadError(ValueError):
@@ -58,44 +62,52 @@ def resolve_dtype(name: str) -> torch.dtype:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise ModelLoadError(f"{path}: file is missing") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelLoadError(f"{path}: not valid JSON ({e.__class__.__name__}: {e})") from None
+    """A JSON object from a model folder: a bounded read of a regular file (file_reading.py)."""
+    data = read_json(path, CONFIG_LIMIT, ModelLoadError)
     if not isinstance(data, dict):
-        raise ModelLoadError(f"{path}: expected a JSON object")
+        raise ModelLoadError(f"{path}: expected a JSON object, got {_json_kind(data)}")
     return data
 
 
+def _json_kind(v) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true/false"
+    return {int: "a number", float: "a number", str: "a string", list: "a list", dict: "an object"}.get(type(v), type(v).__name__)
+
+
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """Hex SHA-256 of a regular file (cancellable; a device or FIFO is refused, it could never end)."""
+    return file_hashes.sha256_file(path, ModelLoadError)
 
 
 def verify_checksums(folder: Path) -> None:
-    """Check every file listed in ``folder/SHA256SUMS`` (sha256sum format)."""
+    """Check every file listed in ``folder/SHA256SUMS`` (``sha256sum`` format: digest, two spaces or
+    space-asterisk, name). Names must resolve to regular files inside ``folder``: a line naming
+    ``../../dev/zero``, an absolute path or a link out of the folder is refused before anything is
+    read. Digests come from the per-user cache when a file is unchanged (file_hashes.py)."""
     sums = folder / "SHA256SUMS"
-    if not sums.exists():
+    if not sums.exists() and not sums.is_symlink():
         return
-    for line in sums.read_text().splitlines():
+    text = read_limited(sums, CONFIG_LIMIT, ModelLoadError).decode("utf-8", errors="replace")
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        digest, _, name = line.partition("  ")
-        target = folder / name.strip().lstrip("*")
-        if not target.exists():
-            raise ModelLoadError(f"{target}: listed in SHA256SUMS but missing")
-        if sha256_file(target) != digest.strip():
-            raise ModelLoadError(f"{target}: SHA-256 does not match SHA256SUMS; the file was modified or corrupted, restore it")
+        digest, sep, name = line.partition(" ")
+        name = name[1:] if name[:1] in (" ", "*") else name
+        digest = digest.strip().lower()
+        if not sep or len(digest) != 64 or any(ch not in "0123456789abcdef" for ch in digest) or not name.strip():
+            raise ModelLoadError(f"{sums}: line {number} is not '<64 hex digits>  <file name>'")
+        target = inside_folder(folder, name.rstrip("\r\n"), ModelLoadError, listed_in="SHA256SUMS")
+        if file_hashes.cached_sha256(target, ModelLoadError) != digest:
+            raise ModelLoadError(f"{folder / name}: SHA-256 does not match SHA256SUMS; the file was modified or "
+                                 "corrupted, restore it")
 
 
 def load_weights(path: Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
     """Read a state dict: safetensors always; pickles only with ``allow_pickle`` (weights_only)."""
+    open_regular(path, ModelLoadError).close()  # a FIFO or device would block or never end
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -211,9 +223,18 @@ def _find(folder: Path, sub: str, name: str) -> Optional[Path]:
     return None
 
 
-def load_classifier_folder(folder: Path, device, dtype) -> ClassifierAdapter:
+def load_classifier_folder(folder: Path, device, dtype, num_classes: Optional[int] = None) -> ClassifierAdapter:
+    """Open a noise-aware classifier folder; with ``num_classes``, refuse one trained on another
+    number of classes than the model has (its logits would not index the model's labels)."""
     from ..training.classifier import load_classifier  # the network definition lives with its trainer
 
+    cfg_path = Path(folder) / "config.json"
+    config = _read_json(cfg_path)  # bounded and regular-file-only, before the trainer's own reader runs
+    if num_classes:
+        n = config.get("num_classes")
+        if not isinstance(n, int) or isinstance(n, bool) or n != num_classes:
+            raise ModelLoadError(f"{cfg_path}: the classifier has num_classes {n!r} but the model has {num_classes} "
+                                 "classes; use a classifier trained for this model's classes")
     try:
         net = load_classifier(str(folder))
     except ModelLoadError:
@@ -242,6 +263,58 @@ def read_recommended_scales(folder: Path) -> dict[str, float]:
     return out
 
 
+def _unet_shape(cfg_path: Path, config: dict) -> tuple[int, int, int]:
+    """(sample_size, in_channels, num_class_embeds) of a UNet2DModel config, checked."""
+    def integer(key, default, low, high):
+        v = config.get(key, default)
+        if v is None and key == "num_class_embeds":
+            return 0
+        if isinstance(v, (list, tuple)) and key == "sample_size" and len(v) == 2 and v[0] == v[1]:
+            v = v[0]
+        if not isinstance(v, int) or isinstance(v, bool) or not low <= v <= high:
+            raise ModelLoadError(f"{cfg_path}: {key} must be an integer from {low} to {high}, got {v!r}")
+        return v
+    return (integer("sample_size", 32, 1, 1 << 16), integer("in_channels", 3, 1, 4096),
+            integer("num_class_embeds", None, 0, 1 << 20))
+
+
+def read_class_names(path: Path, num_class_embeds: int) -> tuple[list[str], Optional[int]]:
+    """``class_names.json``: a list of names, or ``{"class_names": [...], "null_label": k}``.
+
+    Checked against the model's ``num_class_embeds`` (N): with a null label, N − 1 names; without,
+    N names, or N − 1 (the last embedding is then the null label). A wrong shape would otherwise
+    surface as an IndexError in the middle of a run."""
+    text = read_text(path, CONFIG_LIMIT, ModelLoadError)
+    raw = parse_json(text, str(path), ModelLoadError) if text.strip() else []
+    null_label = None
+    if isinstance(raw, dict):
+        names = raw.get("class_names", [])
+        null_label = raw.get("null_label")
+        key = "class_names"
+    else:
+        names, key = raw, None
+    where = f"{path}: " + (f"{key} " if key else "")
+    if not isinstance(names, list):
+        raise ModelLoadError(f"{where}must be a list of class names (or an object with class_names and null_label), "
+                             f"got {_json_kind(names)}")
+    for i, n in enumerate(names):
+        if not isinstance(n, (str, int)) or isinstance(n, bool):
+            raise ModelLoadError(f"{where}entry {i} must be a name (a string), got {_json_kind(n)}")
+    names = [str(n) for n in names]
+    if not num_class_embeds:
+        return [], None  # an unconditional model has no classes to name
+    if null_label is not None and (not isinstance(null_label, int) or isinstance(null_label, bool)
+                                   or not 0 <= null_label < num_class_embeds):
+        raise ModelLoadError(f"{path}: null_label must be an integer from 0 to {num_class_embeds - 1} (one of the "
+                             f"model's {num_class_embeds} class embeddings) or null, got {null_label!r}")
+    allowed = {num_class_embeds - 1} if null_label is not None else {num_class_embeds, num_class_embeds - 1}
+    if names and len(names) not in allowed:
+        raise ModelLoadError(f"{path}: {len(names)} class names but the model has {num_class_embeds} class embeddings "
+                             f"(num_class_embeds in config.json); give {num_class_embeds - 1} names and a null label, "
+                             f"or {num_class_embeds} names")
+    return names, null_label
+
+
 def load_diffusers_folder(path: str | os.PathLike, device: torch.device, dtype: torch.dtype,
                           allow_pickle: bool = False, classifier: Optional[str] = None, name: Optional[str] = None):
     """Open a diffusers UNet2DModel folder (flat layout, or pipeline layout with unet/ and scheduler/)."""
@@ -250,7 +323,6 @@ def load_diffusers_folder(path: str | os.PathLike, device: torch.device, dtype: 
         raise ModelLoadError(f"{folder}: no such folder; give a diffusers model folder, 'default' or 'gmm'")
     if not folder.is_dir():
         raise ModelLoadError(f"{folder}: not a folder; a model is a folder with config.json and {WEIGHT_NAME}")
-    verify_checksums(folder)
     cfg_path = _find(folder, "unet", "config.json")
     if cfg_path is None:
         raise ModelLoadError(f"{folder}: no config.json (looked in the folder and in unet/); this is not a diffusers model folder")
@@ -258,6 +330,17 @@ def load_diffusers_folder(path: str | os.PathLike, device: torch.device, dtype: 
     cls = config.get("_class_name", "UNet2DModel")
     if cls != "UNet2DModel":
         raise ModelLoadError(f"{cfg_path}: model class {cls!r} is not supported; the studio opens UNet2DModel folders")
+    sample_size, in_channels, ncls_embeds = _unet_shape(cfg_path, config)
+    sched_path = _find(folder, "scheduler", "scheduler_config.json")
+    sched_cfg = _read_json(sched_path) if sched_path else {}
+    try:
+        check_scheduler_config(sched_cfg)
+    except ScheduleError as e:
+        raise ModelLoadError(f"{sched_path}: {e}") from None
+    names_path = folder / "class_names.json"
+    class_names, null_label = (read_class_names(names_path, ncls_embeds)
+                               if names_path.exists() or names_path.is_symlink() else ([], None))
+    verify_checksums(folder)
     unet_dir = cfg_path.parent
     weights = unet_dir / WEIGHT_NAME
     if not weights.exists():
@@ -267,8 +350,14 @@ def load_diffusers_folder(path: str | os.PathLike, device: torch.device, dtype: 
         weights = pickled[0]
     from diffusers import UNet2DModel
 
+    cfg = {k: v for k, v in config.items() if not k.startswith("_")}
+    check_config_counts(cfg, str(cfg_path), ModelLoadError)
     try:
-        cfg = {k: v for k, v in config.items() if not k.startswith("_")}
+        n_params = count_parameters(lambda: UNet2DModel.from_config(cfg))
+    except Exception as e:  # noqa: BLE001 - diffusers raises many types for bad configs
+        raise ModelLoadError(f"{cfg_path}: not a valid UNet2DModel config ({e.__class__.__name__}: {str(e).splitlines()[0][:200]})") from None
+    check_fits(n_params, cfg, device, dtype, str(cfg_path), ModelLoadError)
+    try:
         unet = UNet2DModel.from_config(cfg)
     except Exception as e:  # noqa: BLE001 - diffusers raises many types for bad configs
         raise ModelLoadError(f"{cfg_path}: not a valid UNet2DModel config ({e.__class__.__name__}: {str(e).splitlines()[0][:200]})") from None
@@ -276,19 +365,6 @@ def load_diffusers_folder(path: str | os.PathLike, device: torch.device, dtype: 
     check_state_dict(weights, unet, sd)
     unet.load_state_dict(sd)
 
-    sched_path = _find(folder, "scheduler", "scheduler_config.json")
-    sched_cfg = _read_json(sched_path) if sched_path else {}
-    ncls_embeds = config.get("num_class_embeds") or 0
-    names_path = folder / "class_names.json"
-    class_names: list[str] = []
-    null_label = None
-    if names_path.exists():
-        raw = json.loads(names_path.read_text()) if names_path.stat().st_size else []
-        if isinstance(raw, dict):
-            class_names = [str(c) for c in raw.get("class_names", [])]
-            null_label = raw.get("null_label")
-        else:
-            class_names = [str(c) for c in raw]
     if ncls_embeds:
         if null_label is None and class_names and len(class_names) == ncls_embeds - 1:
             null_label = ncls_embeds - 1
@@ -300,10 +376,9 @@ def load_diffusers_folder(path: str | os.PathLike, device: torch.device, dtype: 
     clf = None
     clf_dir = Path(classifier).expanduser() if classifier else (folder / "classifier")
     if classifier or (clf_dir / "config.json").exists():
-        clf = load_classifier_folder(clf_dir, device, dtype)
+        clf = load_classifier_folder(clf_dir, device, dtype, num_classes)
     info = ModelInfo(
-        name=name or folder.name, sample_size=int(config.get("sample_size", 32)),
-        in_channels=int(config.get("in_channels", 3)),
+        name=name or folder.name, sample_size=sample_size, in_channels=in_channels,
         prediction_type=sched_cfg.get("prediction_type", "epsilon"), num_classes=num_classes,
         null_label=null_label, class_names=class_names, scheduler_config=sched_cfg, source=str(folder),
         has_classifier=clf is not None, recommended_scales=read_recommended_scales(folder),
@@ -313,7 +388,8 @@ def load_diffusers_folder(path: str | os.PathLike, device: torch.device, dtype: 
 
 def load_model(spec: str, device: str = "auto", dtype: str = "float32", allow_pickle: bool = False,
                classifier: Optional[str] = None):
-    """``gmm``, ``default`` (the shipped digits model, or ``gmm`` until it exists) or a folder path."""
+    """``gmm``, ``default`` (the shipped digits model, or ``gmm`` until it exists), ``digits-text`` (the
+    shipped text-to-image model), a pipeline folder (``model_index.json``) or a UNet2DModel folder."""
     dev = resolve_device(device)
     dt = resolve_dtype(dtype)
     if spec == "gmm":
@@ -326,4 +402,19 @@ def load_model(spec: str, device: str = "auto", dtype: str = "float32", allow_pi
         from .gmm import GaussianMixtureModel
 
         return GaussianMixtureModel(device=dev, dtype=dt)
+    from .pipeline import is_pipeline_folder, load_pipeline_folder
+
+    if spec == TEXT_MODEL_NAME:
+        if not is_pipeline_folder(TEXT_MODEL_DIR):
+            raise ModelLoadError(f"{TEXT_MODEL_DIR}: the built-in text model is not installed in this checkout")
+        return _text_only(load_pipeline_folder(TEXT_MODEL_DIR, dev, dt, name=TEXT_MODEL_NAME), classifier)
+    if is_pipeline_folder(spec):
+        return _text_only(load_pipeline_folder(spec, dev, dt, allow_pickle=allow_pickle), classifier)
     return load_diffusers_folder(spec, dev, dt, allow_pickle=allow_pickle, classifier=classifier)
+
+
+def _text_only(model, classifier: Optional[str]):
+    if classifier:
+        raise ModelLoadError(f"{classifier}: a noise-aware classifier works on pixel models; "
+                             f"{model.info.name!r} is a latent text-to-image pipeline (leave --classifier out)")
+    return model

@@ -31,6 +31,63 @@ def _cosine_betas(n: int, max_beta: float = 0.999) -> torch.Tensor:
     return torch.tensor(betas, dtype=torch.float32)
 
 
+MAX_TRAIN_TIMESTEPS = 100_000
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_scheduler_config(c: dict) -> None:
+    """Check the values of a diffusers ``scheduler_config.json`` (or a recipe's schedule overrides) that
+    the studio reads; raise ``ScheduleError`` naming the first bad key, its value and what is allowed.
+
+    Catches what would otherwise fail mid-run or silently: β outside (0, 1) (ᾱ_t would be ≤ 0 or
+    NaN), β_start > β_end (a schedule that removes noise as t grows), absurd numbers of training
+    timesteps (a billion-entry β table), and settings of the wrong type."""
+    from .prediction import PREDICTION_TYPES
+
+    def bad(key, allowed):
+        raise ScheduleError(f"{key} must be {allowed}, got {c[key]!r}")
+
+    n = c.get("num_train_timesteps", 1000)
+    if "num_train_timesteps" in c and (not isinstance(n, int) or isinstance(n, bool)
+                                       or not 2 <= n <= MAX_TRAIN_TIMESTEPS):
+        bad("num_train_timesteps", f"an integer from 2 to {MAX_TRAIN_TIMESTEPS:,}")
+    tb = c.get("trained_betas")
+    if tb is not None:
+        if not isinstance(tb, (list, tuple)) or not 2 <= len(tb) <= MAX_TRAIN_TIMESTEPS:
+            raise ScheduleError(f"trained_betas must be a list of 2 to {MAX_TRAIN_TIMESTEPS:,} numbers")
+        for i, b in enumerate(tb):
+            if not _number(b) or not 0 < b < 1:
+                raise ScheduleError(f"trained_betas[{i}] must be a number strictly between 0 and 1, got {b!r}")
+    else:
+        schedule = c.get("beta_schedule", "linear")
+        if schedule not in BETA_SCHEDULES:
+            bad("beta_schedule", f"one of {', '.join(BETA_SCHEDULES)} (or give trained_betas)")
+        if schedule in ("linear", "scaled_linear"):
+            for key in ("beta_start", "beta_end"):
+                if key in c and (not _number(c[key]) or not 0 < c[key] < 1):
+                    bad(key, "a number strictly between 0 and 1")
+            start, end = c.get("beta_start", 0.0001), c.get("beta_end", 0.02)
+            if start > end:
+                raise ScheduleError(f"beta_start ({start!r}) must not exceed beta_end ({end!r})")
+    if "steps_offset" in c and c["steps_offset"] is not None:
+        v = c["steps_offset"]
+        if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < (n if isinstance(n, int) else 1000):
+            bad("steps_offset", "an integer from 0 to num_train_timesteps − 1")
+    for key in ("set_alpha_to_one", "use_karras_sigmas", "clip_sample", "thresholding"):
+        if key in c and c[key] is not None and not isinstance(c[key], bool):
+            bad(key, "true or false")
+    if c.get("timestep_spacing") is not None and c["timestep_spacing"] not in SPACINGS:
+        bad("timestep_spacing", f"one of {', '.join(SPACINGS)}")
+    if "prediction_type" in c and c["prediction_type"] not in PREDICTION_TYPES:
+        bad("prediction_type", f"one of {', '.join(PREDICTION_TYPES)}")
+    for key in ("clip_sample_range", "dynamic_thresholding_ratio", "sample_max_value"):
+        if key in c and c[key] is not None and (not _number(c[key]) or c[key] <= 0):
+            bad(key, "a positive number")
+
+
 @dataclass(frozen=True)
 class NoiseSchedule:
     """A discrete DDPM schedule: β_t, α_t = 1 − β_t, ᾱ_t = ∏ α_i, σ_t = √((1−ᾱ_t)/ᾱ_t).
@@ -89,6 +146,7 @@ class NoiseSchedule:
     def from_config(cls, config: dict, **overrides) -> "NoiseSchedule":
         """Build from a diffusers ``scheduler_config.json`` dict; ``overrides`` win."""
         c = {**config, **{k: v for k, v in overrides.items() if v is not None}}
+        check_scheduler_config(c)
         set_one = c.get("set_alpha_to_one", True)
         sched = cls.create(
             beta_schedule=c.get("beta_schedule", "linear"),

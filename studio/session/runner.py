@@ -16,7 +16,7 @@ from ..core.samplers import get_sampler
 from .recipe import Recipe, RecipeError
 from .trajectory import Trajectory
 
-PLAN_KEYS = ("sampler", "steps", "spacing", "karras", "schedule", "eta", "variance", "corrector_steps", "snr")
+PLAN_KEYS = ("sampler", "steps", "spacing", "karras", "schedule")
 
 
 class ModelCache:
@@ -51,10 +51,15 @@ class ModelCache:
 
 
 def load_init_noise(path: str) -> torch.Tensor:
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise RecipeError(f"{path}: cannot read initial noise as .npy ({e})") from None
+    from ..core.file_reading import open_regular
+
+    with open_regular(path, RecipeError) as f:  # a FIFO or device is refused, not read for ever
+        try:
+            arr = np.load(f, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
+            why = str(e).splitlines()[0] if str(e) else "the file is empty"
+            raise RecipeError(f"{path}: cannot read initial noise as .npy ({why}); the file may be empty, truncated "
+                              "or not made by numpy.save") from None
     if arr.dtype != np.float32 or arr.ndim != 4:
         raise RecipeError(f"{path}: initial noise must be a float32 array of shape (batch, C, H, W), got {arr.dtype} {arr.shape}")
     if not np.isfinite(arr).all():
@@ -63,7 +68,8 @@ def load_init_noise(path: str) -> torch.Tensor:
 
 
 def same_plan(a: Recipe, b: Recipe) -> bool:
-    return all(getattr(a, k) == getattr(b, k) for k in PLAN_KEYS)
+    """Whether ``b`` continues ``a``'s chain unchanged: same plan and the same sampler options."""
+    return all(getattr(a, k) == getattr(b, k) for k in PLAN_KEYS) and a.sampler_options() == b.sampler_options()
 
 
 class Run:
@@ -71,7 +77,7 @@ class Run:
 
     def __init__(self, recipe: Recipe, model=None, cache: Optional[ModelCache] = None,
                  parent: Optional[Trajectory] = None, from_step: Optional[int] = None):
-        recipe = recipe.validate()
+        recipe = recipe.validate().resolved()  # what ran, with the sampler's defaults spelled out
         self.model = model if model is not None else (cache or ModelCache()).get(recipe)
         self.spec = get_sampler(recipe.sampler)
         k = -1 if from_step is None else from_step
@@ -83,9 +89,8 @@ class Run:
         self.recipe = recipe
         guidance = recipe.guidance_settings()
         kwargs = dict(
-            seed=recipe.seed, batch=recipe.batch, label=recipe.label, guidance=guidance, eta=recipe.eta,
-            variance=recipe.variance, corrector_steps=recipe.corrector_steps, snr=recipe.snr,
-            spacing=recipe.spacing, karras=recipe.karras, x0_mode=recipe.x0_mode, eps_from_x0=recipe.eps_from_x0,
+            options=recipe.sampler_options(), seed=recipe.seed, batch=recipe.batch, label=recipe.label,
+            guidance=guidance, spacing=recipe.spacing, karras=recipe.karras, x0_mode=recipe.x0_mode, eps_from_x0=recipe.eps_from_x0,
             schedule_overrides=recipe.schedule or None,
         )
         start, self.offset = None, 0
