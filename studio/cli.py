@@ -52,7 +52,34 @@ class ProgressBar:
         self.stream.flush()
 
 
+def add_recipe_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per declared recipe setting (``Recipe.schema()``): its type, choices and help come from
+    the declaration; values are checked by ``Recipe.validate`` (one line), not here."""
+    from .session.recipe import Recipe
+
+    def add(opt, dest: str) -> None:
+        kw: dict = {"dest": dest, "help": opt.help or None}
+        if opt.kind == "bool":
+            kw.update(action=argparse.BooleanOptionalAction, default=None)
+        elif opt.kind == "choice":
+            kw["choices"] = list(opt.choices)
+        elif opt.kind == "pair":
+            kw.update(type=float, nargs=2, metavar=("START", "END"))
+        else:
+            kw["type"] = {"float": float, "int": int}.get(opt.kind, str)
+        parser.add_argument(opt.cli_flag, **kw)
+
+    for name, opt in Recipe.schema().items():
+        if opt.kind == "mapping":
+            for sub in opt.fields:
+                if sub.cli_flag:
+                    add(sub, f"{name}.{sub.name}")
+        elif opt.cli_flag:
+            add(opt, name)
+
+
 def _recipe_from_args(args):
+    from .core.samplers import OPTION_SCHEMA, SAMPLERS
     from .session.recipe import Recipe, RecipeError
 
     if args.recipe:
@@ -62,33 +89,27 @@ def _recipe_from_args(args):
     else:
         base = Recipe()
     changes = {}
-    mapping = {
-        "model": "model", "sampler": "sampler", "steps": "steps", "eta": "eta", "variance": "variance",
-        "corrector_steps": "corrector_steps", "snr": "snr", "guidance": "guidance", "scale": "scale",
-        "classifier_form": "classifier_form", "classifier": "classifier", "label": "label", "seed": "seed",
-        "batch": "batch", "timestep_spacing": "spacing", "x0": "x0_mode", "eps_from_x0": "eps_from_x0", "device": "device", "dtype": "dtype",
-        "init_noise": "init_noise",
-    }
-    for arg, field in mapping.items():
-        v = getattr(args, arg, None)
+    for name, opt in Recipe.schema().items():
+        if opt.kind == "mapping":
+            given = {sub.name: getattr(args, f"{name}.{sub.name}", None) for sub in opt.fields if sub.cli_flag}
+            given = {k: v for k, v in given.items() if v is not None}
+            if given:
+                changes[name] = {**getattr(base, name), **given}
+            continue
+        v = getattr(args, name, None) if opt.cli_flag else None
         if v is not None:
-            changes[field] = v
-    if args.karras is not None:
-        changes["karras"] = args.karras
-    if args.guidance_interval is not None:
-        changes["guidance_interval"] = tuple(args.guidance_interval)
-    sched = dict(base.schedule)
-    for arg, key in (("beta_schedule", "beta_schedule"), ("beta_start", "beta_start"), ("beta_end", "beta_end")):
-        v = getattr(args, arg, None)
-        if v is not None:
-            sched[key] = v
-    if sched:
-        changes["schedule"] = sched
+            changes[name] = tuple(v) if opt.kind == "pair" else v
     if "init_noise" in changes:
         changes["init_noise"] = str(Path(changes["init_noise"]).expanduser().resolve())
     if "model" in changes and changes["model"] not in ("default", "gmm"):
         changes["model"] = str(Path(changes["model"]).expanduser().resolve())
     recipe = base.replace(**changes)
+    spec = SAMPLERS.get(recipe.sampler)
+    for name in OPTION_SCHEMA:
+        if name in changes and spec is not None and name not in spec.options:
+            takers = [n for n, s in SAMPLERS.items() if name in s.options]
+            raise RecipeError(f"{OPTION_SCHEMA[name].cli_flag} applies to {', '.join(takers)}, not {recipe.sampler}; "
+                              "leave it out or choose one of those samplers")
     if recipe.init_noise and "batch" not in changes:
         from .session.runner import load_init_noise
 
@@ -162,45 +183,12 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .core.samplers import SAMPLERS
-    from .core.schedule import BETA_SCHEDULES, SPACINGS
-
     p = OneLineParser(prog="studio", description="Sampling Studio: watch and control diffusion sampling.")
     sub = p.add_subparsers(dest="command")
 
     s = sub.add_parser("sample", help="run a sampler headless and write frames, a grid and the recipe")
     s.add_argument("--recipe", help="start from a recipe.json (flags given here override it)")
-    s.add_argument("--model", help="default, gmm, or a diffusers UNet2DModel folder")
-    s.add_argument("--sampler", choices=list(SAMPLERS))
-    s.add_argument("--steps", type=int)
-    s.add_argument("--eta", type=float, help="DDIM η (0 deterministic .. 1 DDPM-like); euler_a noise scale")
-    s.add_argument("--variance", choices=["fixed_small", "fixed_large"], help="DDPM posterior variance")
-    s.add_argument("--corrector-steps", type=int, help="langevin: corrector steps per step")
-    s.add_argument("--snr", type=float, help="langevin: target signal-to-noise ratio")
-    s.add_argument("--guidance", choices=["none", "cfg", "classifier"])
-    s.add_argument("--scale", type=float, help="guidance scale (CFG w, 1 = conditional; classifier s); "
-                   "default: the model's recommended scale for the guidance, else 3")
-    s.add_argument("--guidance-interval", type=float, nargs=2, metavar=("START", "END"),
-                   help="apply guidance only between these fractions of the run (0 1 = always)")
-    s.add_argument("--classifier-form", choices=["eps", "mean"], help="classifier guidance: eps (any sampler) or mean (ddpm)")
-    s.add_argument("--classifier", help="noise-aware classifier folder (config.json + model.safetensors)")
-    s.add_argument("--label", type=int, help="class label")
-    s.add_argument("--seed", type=int)
-    s.add_argument("--batch", type=int)
-    s.add_argument("--init-noise", help="float32 .npy of shape (batch, C, H, W) used as x_T")
-    s.add_argument("--timestep-spacing", choices=list(SPACINGS),
-                   help="default: the model's scheduler config, else the sampler's own (ddim/ddpm leading, others linspace)")
-    s.add_argument("--karras", action=argparse.BooleanOptionalAction, default=None,
-                   help="Karras σ spacing for euler, euler_a, heun, dpmpp_2m (default: the model's config)")
-    s.add_argument("--x0", choices=["none", "clip", "threshold"], help="x̂₀ processing (default: the model's config)")
-    s.add_argument("--eps-from-x0", action=argparse.BooleanOptionalAction, default=None,
-                   help="re-derive ε̂ from the clipped/thresholded x̂₀ (default on; --no-eps-from-x0 is diffusers' "
-                        "DDIM default use_clipped_model_output=False)")
-    s.add_argument("--beta-schedule", choices=list(BETA_SCHEDULES), help="override the model's beta schedule")
-    s.add_argument("--beta-start", type=float)
-    s.add_argument("--beta-end", type=float)
-    s.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
-    s.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
+    add_recipe_flags(s)  # --model, --sampler, --steps, --eta, …: one per declared recipe setting
     s.add_argument("--allow-pickle", action="store_true",
                    help="allow pickled .bin/.ckpt/.pt weights, read with torch.load(weights_only=True)")
     s.add_argument("--out", required=True, help="output folder (must be new or empty)")

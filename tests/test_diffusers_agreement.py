@@ -249,7 +249,7 @@ def test_stochastic_samplers_match_diffusers_given_the_same_noise(model_dirs, tr
     steps, seed, x_T = 12, 5, _x_T(2)
     model = _studio(model_dirs, "eps")
     name = "ddim" if kind == "ddim_eta1" else kind
-    opts = {"eta": 1.0} if kind == "ddim_eta1" else {}
+    opts = {"options": {"eta": 1.0}} if kind == "ddim_eta1" else {}
     spacing = "linspace" if kind == "euler_a" else "leading"
     ours = final_x(model, name, steps, batch=BATCH, seed=seed, init_noise=x_T, spacing=spacing, **opts)
 

@@ -13,6 +13,7 @@ from studio.core import engine
 from studio.core.gmm import GaussianMixtureModel
 from studio.core.guidance import Guidance, GuidanceError
 from studio.core.loading import WEIGHT_NAME, ModelLoadError, load_model
+from studio.core.options import OptionError
 from studio.core.records import SamplingError
 from studio.core.schedule import ScheduleError
 from studio.session.recipe import Recipe, RecipeError
@@ -304,8 +305,10 @@ def test_engine_refuses_bad_settings(gmm):
         engine.sample(gmm, "ddim", 4, batch=2, init_noise=torch.zeros(3, 3, 16, 16))
     with pytest.raises(ValueError, match="seed"):
         engine.sample(gmm, "ddim", 4, seed=-5)
-    with pytest.raises(ValueError, match="eta"):
-        next(engine.sample(gmm, "ddim", 4, eta=2.0))
+    with pytest.raises(OptionError, match="eta must be a number from 0 to 1, got 2.0"):
+        engine.sample(gmm, "ddim", 4, options={"eta": 2.0})  # refused by the call, before a step runs
+    with pytest.raises(OptionError, match="ddim has no option 'snr'"):
+        engine.sample(gmm, "ddim", 4, options={"snr": 0.1})
 
 
 class _NaNFromStep3(GaussianMixtureModel):

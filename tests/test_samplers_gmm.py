@@ -77,10 +77,10 @@ def test_records_shapes_and_nfe(gmm, name):
 
 @pytest.mark.parametrize("name", ALL)
 def test_registry_evals_per_step_matches_the_run(gmm, name):
-    """``SamplerSpec.evals_per_step`` (the cost a UI or benchmark shows before a run) equals the nfe a run with
+    """``SamplerSpec.evals`` (the cost a UI or benchmark shows before a run) equals the nfe a run with
     default options reports: heun 2N − 1, langevin (1 corrector + 1 predictor) · N, the rest N."""
     *_, last = engine.sample(gmm, name, 5, batch=1)
-    assert SAMPLERS[name].evals_per_step(5) == last.nfe == _nfe_after(name, 4, steps=5)
+    assert SAMPLERS[name].evals(5) == last.nfe == _nfe_after(name, 4, steps=5)
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -128,8 +128,8 @@ def test_component_spread_stochastic(gmm, name):
 def test_ddpm_variance_choices_bracket_true_spread(gmm):
     """Ho et al. 2020 §3.2: β̃ (fixed_small) and β (fixed_large) are the two extreme reverse variances; at a
     coarse 100 steps the exact spread s_k lies between what the two produce from the same noise."""
-    x_small = final_x(gmm, "ddpm", 100, batch=32, seed=6, variance="fixed_small").double()
-    x_large = final_x(gmm, "ddpm", 100, batch=32, seed=6, variance="fixed_large").double()
+    x_small = final_x(gmm, "ddpm", 100, batch=32, seed=6, options={"variance": "fixed_small"}).double()
+    x_large = final_x(gmm, "ddpm", 100, batch=32, seed=6, options={"variance": "fixed_large"}).double()
     for x, side in ((x_small, -1), (x_large, 1)):
         comp = gmm.nearest_component(x)
         dev = (x - gmm.means[comp]) / gmm.stds[comp].view(-1, 1, 1, 1)
@@ -144,11 +144,11 @@ def test_ddpm_and_euler_ancestral_are_the_same_chain_on_the_same_timesteps(gmm, 
     k-diffusion's get_ancestral_step). Two separately written samplers, same timesteps, same noise draws:
     the same samples. (With the samplers' own default spacings or Karras σ they differ.)"""
     kw = dict(batch=8, seed=11, spacing=spacing, karras=False)
-    a = final_x(gmm, "ddpm", 20, variance="fixed_small", **kw)
+    a = final_x(gmm, "ddpm", 20, options={"variance": "fixed_small"}, **kw)
     b = final_x(gmm, "euler_a", 20, **kw)
     assert a.abs().max() > 0.5
     assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
-    c = final_x(gmm, "ddpm", 20, variance="fixed_large", **kw)
+    c = final_x(gmm, "ddpm", 20, options={"variance": "fixed_large"}, **kw)
     assert (a - c).abs().max() > 1e-2  # β instead of β̃ is a different chain
 
 
@@ -168,7 +168,7 @@ def test_same_seed_same_samples_different_seed_different(gmm, name):
 @pytest.mark.parametrize("name", STOCHASTIC + ("ddim_eta1",))
 def test_stochastic_samplers_use_fresh_noise(gmm, name):
     """Same initial noise, different step noise (another seed) → a different sample: the step noise is used."""
-    kw = {"eta": 1.0} if name == "ddim_eta1" else {}
+    kw = {"options": {"eta": 1.0}} if name == "ddim_eta1" else {}
     name = "ddim" if name == "ddim_eta1" else name
     x_T = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     a = final_x(gmm, name, 6, batch=2, seed=1, init_noise=x_T, **kw)

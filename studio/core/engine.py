@@ -1,7 +1,7 @@
 """One entry point over schedules, plans, denoiser and samplers: ``sample(...)`` yields StepRecords."""
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import Any, Iterator, Mapping, Optional
 
 import numpy as np
 import torch
@@ -69,22 +69,6 @@ def branch_plan(spec: SamplerSpec, sched: NoiseSchedule, t_start: float, steps: 
     return Plan(ts, sig, 1.0 / (1.0 + s * s), "branch")
 
 
-def sampler_options(spec: SamplerSpec, eta: float = 0.0, variance: str = "fixed_small",
-                    corrector_steps: int = 1, snr: float = 0.16, sched: Optional[NoiseSchedule] = None) -> dict:
-    opts: dict = {}
-    if spec.name == "ddim":
-        opts["eta"] = eta
-    elif spec.name == "euler_a":
-        opts["eta"] = 1.0 if eta in (None, 0.0) else eta
-    elif spec.name == "ddpm":
-        opts["variance"] = variance
-    elif spec.name == "langevin":
-        opts.update(corrector_steps=corrector_steps, snr=snr)
-        if sched is not None:
-            opts["alphas"] = (1.0 - sched.betas).tolist()
-    return opts
-
-
 def labels_tensor(model, label: Optional[int], batch: int, device) -> Optional[torch.Tensor]:
     info = model.info
     if label is None:
@@ -102,14 +86,11 @@ def sample(
     sampler: str,
     steps: int,
     *,
+    options: Optional[Mapping[str, Any]] = None,
     seed: int = 0,
     batch: int = 1,
     label: Optional[int] = None,
     guidance: Guidance = Guidance(),
-    eta: float = 0.0,
-    variance: str = "fixed_small",
-    corrector_steps: int = 1,
-    snr: float = 0.16,
     spacing: Optional[str] = None,
     karras: Optional[bool] = None,
     x0_mode: Optional[str] = None,
@@ -121,11 +102,15 @@ def sample(
 ) -> Iterator[StepRecord]:
     """Run a reverse chain, yielding one record per step.
 
+    ``options`` are the sampler's own settings by name (``{"eta": 0.5}``); the ones left out take the
+    defaults its registry entry declares, and a name it does not declare or a value outside the declared
+    range is refused here, before anything runs (``OptionError``, one line).
     ``start`` continues a run exactly after that record (same plan, its carry).
     ``init_noise`` is the state at the plan's first point: x_T, or a branch's VP state
     with a ``plan`` that starts there (``branch_plan``).
     """
     spec = get_sampler(sampler)
+    opts = spec.resolve(options)
     sched = schedule_for(model, schedule_overrides)
     if not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch must be a positive integer, got {batch!r}")
@@ -143,8 +128,10 @@ def sample(
                    eps_from_x0=eps_from_x0)
     if guidance.mode == "classifier" and guidance.classifier_form == "mean" and spec.name != "ddpm":
         raise ValueError("the mean-shift form of classifier guidance exists only for ddpm; use the eps form")
-    opts = sampler_options(spec, eta, variance, corrector_steps, snr, sched)
+    if spec.schedule_inputs is not None:
+        opts.update(spec.schedule_inputs(sched))
     if start is not None:
+        den.nfe = start.nfe  # the denoiser counts evaluations (NFE); a continued run continues the count
         return spec.fn(den, start.x, plan, noise, start=start.index + 1, carry=dict(start.carry), **opts)
     if init_noise is not None:
         if tuple(init_noise.shape) != shape:

@@ -23,7 +23,7 @@ SCRUB_TICKS = 1000
 def label_for(r: Recipe) -> str:
     s = f"{r.sampler} · {r.steps} steps"
     if "eta" in SAMPLERS[r.sampler].options:
-        s += f" · η={r.eta:g}"
+        s += f" · η={r.sampler_options()['eta']:g}"
     if r.guidance != "none":
         s += f" · w={r.scale:g}"
     return s
@@ -37,7 +37,7 @@ class ConfigRow(QWidget):
             self.sampler.addItem(name, name)
         self.sampler.setCurrentIndex(self.sampler.findData(recipe.sampler))
         self.steps = QSpinBox(minimum=1, maximum=1000, value=recipe.steps)
-        self.eta = QDoubleSpinBox(minimum=0.0, maximum=1.0, singleStep=0.1, value=recipe.eta)
+        self.eta = QDoubleSpinBox(minimum=0.0, maximum=1.0, singleStep=0.1, value=recipe.sampler_options().get("eta", 0.0))
         self.scale = QDoubleSpinBox(minimum=0.0, maximum=1000.0, singleStep=0.5, value=recipe.scale)
         self.scale.setEnabled(guided)
         self.remove = QToolButton(text="✕")
@@ -51,14 +51,18 @@ class ConfigRow(QWidget):
         lay.addStretch(1)
         lay.addWidget(self.remove)
         self.sampler.currentIndexChanged.connect(self._sampler_changed)
-        self._sampler_changed()
+        self.eta.setEnabled("eta" in SAMPLERS[recipe.sampler].options)
 
     def _sampler_changed(self, *_) -> None:
-        self.eta.setEnabled("eta" in SAMPLERS[self.sampler.currentData()].options)
+        opt = SAMPLERS[self.sampler.currentData()].options.get("eta")
+        self.eta.setEnabled(opt is not None)
+        if opt is not None:
+            self.eta.setValue(opt.default)  # the sampler's own default η (DDIM 0, Euler a 1)
 
     def apply(self, base: Recipe) -> Recipe:
+        takes_eta = "eta" in SAMPLERS[self.sampler.currentData()].options
         return base.replace(sampler=self.sampler.currentData(), steps=self.steps.value(),
-                            eta=round(self.eta.value(), 4), scale=round(self.scale.value(), 4),
+                            eta=round(self.eta.value(), 4) if takes_eta else None, scale=round(self.scale.value(), 4),
                             spacing=None if self.sampler.currentData() != base.sampler else base.spacing)
 
 

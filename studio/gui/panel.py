@@ -6,16 +6,15 @@ from typing import Optional
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
-                               QSlider, QSpinBox, QToolButton, QVBoxLayout, QWidget)
+                               QSlider, QToolButton, QVBoxLayout, QWidget)
 
-from ..core.samplers import SAMPLERS
-from ..core.schedule import SPACINGS
+from ..core.samplers import OPTION_SCHEMA, SAMPLERS
 from ..session.recipe import Recipe
+from . import option_widgets as ow
 
 BUILTIN_MODELS = [("gmm", "gmm — exact Gaussian mixture"), ("default", "default — shipped model")]
 OPEN_FOLDER = "__open__"
 FALLBACK_SCALES = {"cfg": 3.0, "classifier": 1.0}  # when the model recommends none
-GUIDANCE_MODES = [("none", "none"), ("cfg", "classifier-free"), ("classifier", "classifier")]
 SLIDER_STEPS = 10  # slider ticks per unit of guidance scale
 SEED_MAX = 2**31 - 1
 
@@ -53,10 +52,10 @@ class SamplerPanel(QWidget):
         self.modelInfo = QLabel("loading…")
         self.modelInfo.setWordWrap(True)
         self.modelInfo.setStyleSheet("color: #9a9aa6;")
+        schema = Recipe.schema()
         self.deviceCombo = _combo("deviceCombo", [(d, d) for d in ("auto", "cpu", "cuda", "mps")],
                                   "Where to run the model (auto: CUDA, then MPS, then CPU)")
-        self.dtypeCombo = _combo("dtypeCombo", [(d, d) for d in ("float32", "float16", "bfloat16")],
-                                 "Precision of the model weights and activations")
+        self.dtypeCombo = ow.make_widget(schema["dtype"])
         model_box = QGroupBox("Model")
         f = QFormLayout(model_box)
         f.addRow(self.modelPicker)
@@ -73,49 +72,41 @@ class SamplerPanel(QWidget):
         self.samplerInfo = QLabel()
         self.samplerInfo.setWordWrap(True)
         self.samplerInfo.setStyleSheet("color: #9a9aa6;")
-        self.stepsSpin = QSpinBox(objectName="stepsSpin", minimum=1, maximum=10000, value=50)
-        self.stepsSpin.setToolTip("Number of sampler steps")
-        self.etaSpin = QDoubleSpinBox(objectName="etaSpin", minimum=0.0, maximum=1.0, singleStep=0.1, decimals=2)
-        self.etaSpin.setToolTip("η: 0 = deterministic, 1 = DDPM-like noise (DDIM and Euler a only)")
-        self.varianceCombo = _combo("varianceCombo", [("fixed_small", "fixed small (β̃)"), ("fixed_large", "fixed large (β)")],
-                                    "DDPM posterior variance")
-        self.spacingCombo = _combo("spacingCombo", [(None, "model default")] + [(s, s) for s in SPACINGS],
-                                   "How the steps are spread over the training timesteps")
+        self.stepsSpin = ow.make_widget(schema["steps"])
+        # one widget per sampler option, made from its declaration (etaSpin, varianceCombo, correctorStepsSpin,
+        # snrSpin, …); a sampler's own values are kept when another sampler is chosen (_option_values)
+        self.optionWidgets: dict[str, QWidget] = {name: ow.make_widget(opt) for name, opt in OPTION_SCHEMA.items()}
+        for w in self.optionWidgets.values():
+            setattr(self, w.objectName(), w)
+        self._option_values: dict[tuple[str, str], object] = {}  # (sampler, option) → value
+        self._options_sampler: Optional[str] = None  # the sampler whose options the widgets show
+        self.spacingCombo = ow.make_widget(schema["spacing"], none_text="model default")
+        self.spacingCombo.setToolTip("How the steps are spread over the training timesteps")
         self.karrasCheck = QCheckBox("Karras σ", objectName="karrasCheck")
         self.karrasCheck.setToolTip("Karras et al. 2022 noise levels (σ-space samplers only)")
-        self.correctorSpin = QSpinBox(objectName="correctorSpin", minimum=1, maximum=50, value=1)
-        self.correctorSpin.setToolTip("Langevin corrector steps per noise level")
-        self.snrSpin = QDoubleSpinBox(objectName="snrSpin", minimum=0.001, maximum=1.0, singleStep=0.01, decimals=3,
-                                      value=0.16)
-        self.snrSpin.setToolTip("Target signal-to-noise ratio of the corrector step size")
-        self.x0Combo = _combo("x0Combo", [(None, "model default"), ("none", "none"), ("clip", "clip to [−1, 1]"),
-                                          ("threshold", "dynamic threshold")],
-                              "Processing of the predicted x₀ at each step")
+        self.x0Combo = ow.make_widget(schema["x0_mode"], none_text="model default")
+        self.x0Combo.setObjectName("x0Combo")
+        self.x0Combo.setToolTip("Processing of the predicted x₀ at each step")
         self.epsCheck = QCheckBox("ε̂ from x̂₀", objectName="epsCheck", checked=True)
         self.epsCheck.setToolTip("Re-derive ε̂ from the clipped/thresholded x̂₀ so DDIM stays consistent with it "
                                  "(needed for strong guidance; off = diffusers' DDIM default)")
-        self.seedSpin = QSpinBox(objectName="seedSpin", minimum=0, maximum=SEED_MAX)
-        self.seedSpin.setToolTip("Seed of the initial noise and of every fresh noise draw")
+        self.seedSpin = ow.make_widget(schema["seed"])  # Qt's spin box stops at 2^31 − 1 (SEED_MAX)
         self.newSeedButton = QToolButton(text="New", objectName="newSeedButton")
         self.newSeedButton.setToolTip("New random seed")
-        self.batchSpin = QSpinBox(objectName="batchSpin", minimum=1, maximum=256, value=4)
+        self.batchSpin = ow.make_widget(schema["batch"])
+        self.batchSpin.setMaximum(min(self.batchSpin.maximum(), 256))  # a grid of more is unreadable
         self.batchSpin.setToolTip("Images per run, shown as a grid")
         sampler_box = QGroupBox("Sampler")
         f = QFormLayout(sampler_box)
         f.addRow(self.samplerCombo)
         f.addRow(self.samplerInfo)
         f.addRow("Steps", self.stepsSpin)
-        f.addRow("η", self.etaSpin)
-        f.addRow("Variance", self.varianceCombo)
+        for name, w in self.optionWidgets.items():
+            f.addRow(OPTION_SCHEMA[name].label or name, w)
         sp = QHBoxLayout()
         sp.addWidget(self.spacingCombo, 1)
         sp.addWidget(self.karrasCheck)
         f.addRow("Spacing", sp)
-        cor = QHBoxLayout()
-        cor.addWidget(self.correctorSpin)
-        cor.addWidget(QLabel("SNR"))
-        cor.addWidget(self.snrSpin)
-        f.addRow("Corrector", cor)
         x0row = QHBoxLayout()
         x0row.addWidget(self.x0Combo, 1)
         x0row.addWidget(self.epsCheck)
@@ -128,14 +119,18 @@ class SamplerPanel(QWidget):
 
         # conditioning ----------------------------------------------------------------------
         self.labelCombo = _combo("labelCombo", [(None, "unconditional")], "Class to sample")
-        self.guidanceModeCombo = _combo("guidanceModeCombo", GUIDANCE_MODES, "Guidance towards the class")
+        self.guidanceModeCombo = ow.make_widget(schema["guidance"])
+        self.guidanceModeCombo.setObjectName("guidanceModeCombo")
         self.guidanceSlider = QSlider(Qt.Orientation.Horizontal, objectName="guidanceSlider")
         self.guidanceSlider.setRange(0, 20 * SLIDER_STEPS)
-        self.guidanceSpin = QDoubleSpinBox(objectName="guidanceSpin", minimum=0.0, maximum=1000.0, decimals=2,
-                                           singleStep=0.5, value=3.0)
+        self.guidanceSpin = ow.make_widget(schema["scale"])
+        self.guidanceSpin.setObjectName("guidanceSpin")
         self.guidanceSpin.setToolTip("Guidance scale (CFG w: 1 = plain conditional; classifier s)")
-        self.intervalStart = QDoubleSpinBox(objectName="intervalStart", minimum=0.0, maximum=1.0, singleStep=0.05)
-        self.intervalEnd = QDoubleSpinBox(objectName="intervalEnd", minimum=0.0, maximum=1.0, singleStep=0.05, value=1.0)
+        interval = schema["guidance_interval"]
+        self.intervalStart = QDoubleSpinBox(objectName="intervalStart", minimum=interval.low, maximum=interval.high,
+                                            singleStep=interval.step, value=interval.default[0])
+        self.intervalEnd = QDoubleSpinBox(objectName="intervalEnd", minimum=interval.low, maximum=interval.high,
+                                          singleStep=interval.step, value=interval.default[1])
         for w in (self.intervalStart, self.intervalEnd):
             w.setToolTip("Apply guidance only in this fraction of the run (0 = first step, 1 = last)")
         cond_box = QGroupBox("Conditioning")
@@ -170,12 +165,13 @@ class SamplerPanel(QWidget):
         self.guidanceSpin.valueChanged.connect(lambda v: self._set_scale(v))
         self.guidanceModeCombo.currentIndexChanged.connect(self._mode_changed)
         self.newSeedButton.clicked.connect(self.new_seed)
-        for w in (self.stepsSpin, self.seedSpin, self.batchSpin, self.correctorSpin, self.snrSpin):
+        for w in (self.stepsSpin, self.seedSpin, self.batchSpin):
             w.valueChanged.connect(self.changed)
-        for w in (self.etaSpin, self.guidanceSpin, self.intervalStart, self.intervalEnd):
+        for w in (self.guidanceSpin, self.intervalStart, self.intervalEnd):
             w.valueChanged.connect(self.changed)
-        for w in (self.samplerCombo, self.labelCombo, self.guidanceModeCombo, self.spacingCombo, self.varianceCombo,
-                  self.x0Combo):
+        for w in self.optionWidgets.values():
+            ow.changed_signal(w).connect(self.changed)
+        for w in (self.samplerCombo, self.labelCombo, self.guidanceModeCombo, self.spacingCombo, self.x0Combo):
             w.currentIndexChanged.connect(self.changed)
         self.karrasCheck.toggled.connect(self.changed)
         self.epsCheck.toggled.connect(self.changed)
@@ -244,16 +240,15 @@ class SamplerPanel(QWidget):
     # -- recipe <-> widgets ----------------------------------------------------------------------
     def recipe(self, model: Optional[str] = None) -> Recipe:
         """The recipe the widgets describe (settings the panel doesn't show come from the last recipe set)."""
+        sampler = self.samplerCombo.currentData()
+        own = SAMPLERS[sampler].options
         return self._base.replace(
             model=model or self._model_spec,
-            sampler=self.samplerCombo.currentData(),
+            sampler=sampler,
             steps=self.stepsSpin.value(),
-            eta=round(self.etaSpin.value(), 4),
-            variance=self.varianceCombo.currentData(),
+            **{name: ow.value(w) if name in own else None for name, w in self.optionWidgets.items()},
             spacing=self.spacingCombo.currentData(),
             karras=self.karrasCheck.isChecked() and self.karrasCheck.isEnabled(),
-            corrector_steps=self.correctorSpin.value(),
-            snr=round(self.snrSpin.value(), 4),
             x0_mode=self.x0Combo.currentData(),
             eps_from_x0=self.epsCheck.isChecked(),
             seed=self._base.seed if (self._base.seed > SEED_MAX and self.seedSpin.value() == SEED_MAX)
@@ -271,13 +266,12 @@ class SamplerPanel(QWidget):
     def set_recipe(self, r: Recipe) -> None:
         self._base = r.replace(branch=None)
         _select(self.samplerCombo, r.sampler)
+        self._sampler_changed()
         self.stepsSpin.setValue(r.steps)
-        self.etaSpin.setValue(r.eta)
-        _select(self.varianceCombo, r.variance)
+        for name, v in r.sampler_options().items():
+            ow.set_value(self.optionWidgets[name], v)
         _select(self.spacingCombo, r.spacing)
         self.karrasCheck.setChecked(bool(r.karras))
-        self.correctorSpin.setValue(r.corrector_steps)
-        self.snrSpin.setValue(r.snr)
         _select(self.x0Combo, r.x0_mode)
         self.epsCheck.setChecked(r.eps_from_x0)
         self.seedSpin.setValue(min(r.seed, SEED_MAX))
@@ -300,13 +294,21 @@ class SamplerPanel(QWidget):
         self.seedSpin.setValue(random.randrange(SEED_MAX))
 
     def _sampler_changed(self, *_) -> None:
-        spec = SAMPLERS[self.samplerCombo.currentData()]
+        name = self.samplerCombo.currentData()
+        spec = SAMPLERS[name]
         self.samplerInfo.setText(spec.description)
-        self.etaSpin.setEnabled("eta" in spec.options)
-        self.varianceCombo.setEnabled("variance" in spec.options)
+        shown = self._options_sampler
+        if name != shown:
+            # each sampler keeps its own option values (DDIM's η = 0 and Euler a's η = 1 are both defaults)
+            if shown is not None:
+                for opt in SAMPLERS[shown].options:
+                    self._option_values[(shown, opt)] = ow.value(self.optionWidgets[opt])
+            for opt_name, opt in spec.options.items():
+                ow.set_value(self.optionWidgets[opt_name], self._option_values.get((name, opt_name), opt.default))
+            self._options_sampler = name
+        for opt_name, w in self.optionWidgets.items():
+            w.setEnabled(opt_name in spec.options)
         self.karrasCheck.setEnabled(spec.plan_kind != "discrete")
-        self.correctorSpin.setEnabled("corrector_steps" in spec.options)
-        self.snrSpin.setEnabled("snr" in spec.options)
 
     def recommended_scale(self, mode: str) -> float:
         """The model's recommended scale for ``mode`` (its recommended.json), else CFG 3 / classifier 1."""

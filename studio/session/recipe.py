@@ -1,86 +1,170 @@
-"""A Recipe: every setting of a run, with a JSON round-trip, so any image can be reproduced."""
+"""A Recipe: every setting of a run, with a JSON round-trip, so any image can be reproduced.
+
+Each field is declared once, with its :class:`~studio.core.options.Option` (default, kind, allowed
+values, help, command-line flag): ``Recipe.schema()`` is that table. ``validate`` checks every field
+against it, then the rules that join fields, before anything runs; the command line, the window and
+a recipe file all get the same one-line ``RecipeError``. The sampler options (eta, variance,
+corrector_steps, snr) are declared by the samplers' registry; null means "the sampler's default".
+
+Adding a setting is one line here, ``name: T = declared(Option(default, kind, help, ...))``: the JSON
+round trip, validation and the ``studio sample`` flag follow from it.
+"""
 from __future__ import annotations
 
 import json
-import math
 import platform
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Optional
 
-from ..core.guidance import Guidance, GuidanceError
-from ..core.samplers import SAMPLERS
-from ..core.schedule import SPACINGS
+from ..core.guidance import CLASSIFIER_FORMS, GUIDANCE_MODES, MAX_SCALE, Guidance, GuidanceError
+from ..core.loading import DTYPES
+from ..core.options import Option, OptionError, declared, schema
+from ..core.prediction import X0_MODES
+from ..core.samplers import OPTION_SCHEMA, SAMPLERS, get_sampler
+from ..core.schedule import BETA_SCHEDULES, SPACINGS
 
-RECIPE_FORMAT = "sampling-studio/recipe@1"
+RECIPE_FORMAT = "sampling-studio/recipe@2"
+# @1 wrote euler_a's η = 0 for "the default" (the engine then used 1); @2 means what it says
+OLD_FORMATS = ("sampling-studio/recipe@1",)
 
 
-class RecipeError(ValueError):
-    """A recipe setting that is invalid; the message names the setting."""
+class RecipeError(OptionError):
+    """A recipe setting that is invalid; the message is one line naming the setting."""
+
+
+def sampler_option(name: str) -> Any:
+    """A recipe field for the sampler option ``name``, declared by the registry (null: the sampler's default)."""
+    return declared(OPTION_SCHEMA[name])
+
+
+SCHEDULE_FIELDS = (
+    Option("beta_schedule", None, "choice", "override the model's beta schedule", choices=BETA_SCHEDULES,
+           optional=True),
+    Option("beta_start", None, "float", "override the model's β_1", low=0.0, high=1.0, low_open=True,
+           high_open=True, optional=True),
+    Option("beta_end", None, "float", "override the model's β_T", low=0.0, high=1.0, low_open=True,
+           high_open=True, optional=True),
+    Option("num_train_timesteps", None, "int", "override the number of training timesteps T", low=2,
+           high=100000, optional=True, flag=None),
+    Option("steps_offset", None, "int", "override diffusers' steps_offset", low=0, high=1000, optional=True,
+           flag=None),
+    Option("set_alpha_to_one", None, "bool", "override diffusers' set_alpha_to_one", optional=True, flag=None),
+    Option("trained_betas", None, "floats", "explicit β_1..β_T", optional=True, flag=None),
+)
+BRANCH_FIELDS = (
+    Option("parent", None, "object", "the recipe of the run branched from", required=True),
+    Option("from_step", None, "int", "the parent's step (0-based) the branch continues after; -1: its x_T",
+           low=-1, required=True),
+)
 
 
 @dataclass(frozen=True)
 class Recipe:
-    model: str = "default"
-    sampler: str = "ddim"
-    steps: int = 50
-    eta: float = 0.0
-    variance: str = "fixed_small"
-    corrector_steps: int = 1
-    snr: float = 0.16
-    guidance: str = "none"
-    scale: float = 3.0
-    guidance_interval: tuple[float, float] = (0.0, 1.0)
-    classifier_form: str = "eps"
-    classifier: Optional[str] = None
-    label: Optional[int] = None
-    seed: int = 0
-    batch: int = 4
-    spacing: Optional[str] = None
-    karras: Optional[bool] = None  # None: the model's scheduler config (use_karras_sigmas)
-    x0_mode: Optional[str] = None
-    eps_from_x0: bool = True  # ε̂ re-derived from the processed x̂₀ (diffusers use_clipped_model_output=True)
-    schedule: dict = field(default_factory=dict)
-    device: str = "auto"
-    dtype: str = "float32"
-    init_noise: Optional[str] = None
-    branch: Optional[dict] = None  # {"parent": recipe dict, "from_step": k} for a continued run
+    model: str = declared(Option(default="default", kind="str",
+                                 help="default, gmm, or a diffusers UNet2DModel folder"))
+    sampler: str = declared(Option(default="ddim", kind="choice", choices=tuple(SAMPLERS),
+                                   help="the sampler (`studio samplers` lists them)"))
+    steps: int = declared(Option(default=50, kind="int", low=1, high=10000, help="number of sampler steps"))
+    eta: Optional[float] = sampler_option("eta")
+    variance: Optional[str] = sampler_option("variance")
+    corrector_steps: Optional[int] = sampler_option("corrector_steps")
+    snr: Optional[float] = sampler_option("snr")
+    guidance: str = declared(Option(default="none", kind="choice", choices=GUIDANCE_MODES,
+                                    choice_labels=("none", "classifier-free", "classifier"),
+                                    help="guidance towards the class: none, classifier-free (cfg) or classifier"))
+    scale: float = declared(Option(default=3.0, kind="float", low=0.0, high=MAX_SCALE, step=0.5,
+                                   help="guidance scale (CFG w, 1 = conditional; classifier s); default: the "
+                                        "model's recommended scale for the guidance, else 3"))
+    guidance_interval: tuple[float, float] = declared(Option(
+        default=(0.0, 1.0), kind="pair", low=0.0, high=1.0, step=0.05,
+        help="apply guidance only between these fractions of the run (0 1 = always)"))
+    classifier_form: str = declared(Option(default="eps", kind="choice", choices=CLASSIFIER_FORMS,
+                                           help="classifier guidance: eps (any sampler) or mean (ddpm)"))
+    classifier: Optional[str] = declared(Option(
+        kind="str", optional=True, help="noise-aware classifier folder (config.json + model.safetensors)"))
+    label: Optional[int] = declared(Option(kind="int", low=0, optional=True, help="class label"))
+    seed: int = declared(Option(default=0, kind="int", low=0, high=2**63 - 1,
+                                help="seed of the initial noise and of every fresh noise draw"))
+    batch: int = declared(Option(default=4, kind="int", low=1, high=1024, help="images per run"))
+    spacing: Optional[str] = declared(Option(
+        kind="choice", choices=SPACINGS, optional=True, flag="--timestep-spacing",
+        help="default: the model's scheduler config, else the sampler's own (ddim/ddpm leading, others linspace)"))
+    karras: Optional[bool] = declared(Option(
+        kind="bool", optional=True,
+        help="Karras σ spacing for euler, euler_a, heun, dpmpp_2m (default: the model's config)"))
+    x0_mode: Optional[str] = declared(Option(kind="choice", choices=X0_MODES, optional=True, flag="--x0",
+                                             choice_labels=("none", "clip to [−1, 1]", "dynamic threshold"),
+                                             help="x̂₀ processing (default: the model's config)"))
+    eps_from_x0: bool = declared(Option(
+        default=True, kind="bool",
+        help="re-derive ε̂ from the clipped/thresholded x̂₀ (default on; --no-eps-from-x0 is diffusers' DDIM "
+             "default use_clipped_model_output=False)"))
+    schedule: dict = declared(Option(default={}, kind="mapping", fields=SCHEDULE_FIELDS, flag=None,
+                                     help="overrides of the model's noise schedule"))
+    device: str = declared(Option(default="auto", kind="str", help="auto, cpu, cuda, cuda:N or mps"))
+    dtype: str = declared(Option(default="float32", kind="choice", choices=tuple(DTYPES),
+                                 help="precision of the model's weights and activations"))
+    init_noise: Optional[str] = declared(Option(kind="str", optional=True,
+                                                help="float32 .npy of shape (batch, C, H, W) used as x_T"))
+    branch: Optional[dict] = declared(Option(kind="mapping", fields=BRANCH_FIELDS, optional=True, flag=None,
+                                             help="a continued run: its parent's recipe and the step it left"))
+
+    # -- the declarations ---------------------------------------------------
+    @classmethod
+    def schema(cls) -> dict[str, Option]:
+        """Every field's declaration, {name: Option}, in field order."""
+        return _SCHEMA
 
     # -- validation ---------------------------------------------------------
     def guidance_settings(self) -> Guidance:
-        g = Guidance(self.guidance, float(self.scale) if isinstance(self.scale, (int, float)) else self.scale,
-                     tuple(self.guidance_interval), self.classifier_form)
+        g = Guidance(self.guidance, self.scale, tuple(self.guidance_interval), self.classifier_form)
         try:
             return g.validate()
         except GuidanceError as e:
             raise RecipeError(str(e)) from None
 
     def validate(self) -> "Recipe":
-        if self.sampler not in SAMPLERS:
-            raise RecipeError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
-        if not isinstance(self.steps, int) or isinstance(self.steps, bool) or not (1 <= self.steps <= 10000):
-            raise RecipeError(f"steps must be an integer from 1 to 10000, got {self.steps!r}")
-        if not isinstance(self.batch, int) or not (1 <= self.batch <= 1024):
-            raise RecipeError(f"batch must be an integer from 1 to 1024, got {self.batch!r}")
-        if not isinstance(self.seed, int) or not (0 <= self.seed < 2**63):
-            raise RecipeError(f"seed must be an integer from 0 to 2^63−1, got {self.seed!r}")
-        if not (isinstance(self.eta, (int, float)) and math.isfinite(self.eta) and 0 <= self.eta <= 1):
-            raise RecipeError(f"eta must be a number from 0 to 1, got {self.eta!r}")
-        if self.spacing is not None and self.spacing not in SPACINGS:
-            raise RecipeError(f"unknown timestep spacing {self.spacing!r}; choose one of {', '.join(SPACINGS)}")
-        if self.karras not in (None, True, False):
-            raise RecipeError(f"karras must be true, false or null, got {self.karras!r}")
-        if self.x0_mode not in (None, "none", "clip", "threshold"):
-            raise RecipeError(f"unknown x0 processing {self.x0_mode!r}; choose none, clip or threshold")
-        if self.eps_from_x0 not in (True, False):
-            raise RecipeError(f"eps_from_x0 must be true or false, got {self.eps_from_x0!r}")
-        if self.variance not in ("fixed_small", "fixed_large"):
-            raise RecipeError(f"unknown DDPM variance {self.variance!r}; choose fixed_small or fixed_large")
-        if self.label is not None and (not isinstance(self.label, int) or self.label < 0):
-            raise RecipeError(f"label must be a non-negative integer, got {self.label!r}")
-        if self.guidance != "none" and self.label is None:
+        """The recipe with every field checked against its declaration and normalised (an integer
+        where a number belongs becomes a float, a list for a pair a tuple), then the rules that join
+        fields; a RecipeError (one line) for the first problem."""
+        values = {}
+        for name, opt in _SCHEMA.items():
+            try:
+                values[name] = opt.check(getattr(self, name))
+            except OptionError as e:
+                raise RecipeError(str(e)) from None
+        r = Recipe(**values)
+        try:
+            get_sampler(r.sampler).resolve(r._option_values())
+        except OptionError as e:
+            raise RecipeError(str(e)) from None
+        if r.guidance != "none" and r.label is None:
             raise RecipeError("guidance needs a class label; set a label (--label K)")
-        self.guidance_settings()
-        return self
+        r.guidance_settings()
+        if r.branch is not None:
+            try:
+                Recipe.from_dict(r.branch["parent"])
+            except RecipeError as e:
+                raise RecipeError(f"branch.parent: {e}") from None
+        return r
+
+    def _option_values(self) -> dict:
+        """The values set for the sampler's own options (None ones left out)."""
+        return {name: getattr(self, name) for name in get_sampler(self.sampler).options
+                if getattr(self, name) is not None}
+
+    def sampler_options(self) -> dict:
+        """Every option of the recipe's sampler: the value set, or the sampler's declared default."""
+        try:
+            return get_sampler(self.sampler).resolve(self._option_values())
+        except (OptionError, ValueError) as e:
+            raise RecipeError(str(e)) from None
+
+    def resolved(self) -> "Recipe":
+        """The same run with the sampler's options spelled out (its defaults filled in) and the options
+        of other samplers cleared: what a run records, so its recipe file says exactly what ran."""
+        opts = self.sampler_options()
+        return self.replace(**{name: opts.get(name) for name in OPTION_SCHEMA})
 
     # -- JSON ---------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -96,40 +180,30 @@ class Recipe:
         if not isinstance(d, dict):
             raise RecipeError("a recipe must be a JSON object")
         fmt = d.get("format", RECIPE_FORMAT)
-        if fmt != RECIPE_FORMAT:
+        if fmt != RECIPE_FORMAT and fmt not in OLD_FORMATS:
             raise RecipeError(f"unsupported recipe format {fmt!r}; this studio reads {RECIPE_FORMAT}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known - {"format", "versions"})
+        unknown = sorted(set(d) - set(_SCHEMA) - {"format", "versions"}, key=str)
         if unknown:
             raise RecipeError(f"unknown recipe setting {unknown[0]!r}")
-        kw: dict[str, Any] = {k: v for k, v in d.items() if k in known}
-        if "guidance_interval" in kw:
-            gi = kw["guidance_interval"]
-            if not (isinstance(gi, (list, tuple)) and len(gi) == 2):
-                raise RecipeError("guidance_interval must be a pair [start, end]")
-            kw["guidance_interval"] = (float(gi[0]), float(gi[1]))
-        for k in ("eta", "scale", "snr"):
-            if isinstance(kw.get(k), int) and not isinstance(kw.get(k), bool):
-                kw[k] = float(kw[k])
-        try:
-            return cls(**kw).validate()
-        except TypeError as e:
-            raise RecipeError(f"bad recipe: {e}") from None
+        kw: dict[str, Any] = {k: v for k, v in d.items() if k in _SCHEMA}
+        if fmt == "sampling-studio/recipe@1" and kw.get("sampler") == "euler_a" and kw.get("eta") in (0, None):
+            kw["eta"] = None  # @1's euler_a ran with η = 1 whatever it said for 0
+        return cls(**kw).validate()
 
     @classmethod
     def from_json(cls, text: str) -> "Recipe":
         try:
             d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise RecipeError(f"recipe is not valid JSON ({e})") from None
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise RecipeError(f"recipe is not valid JSON ({str(e).splitlines()[0] if str(e) else 'too deep'})") from None
         return cls.from_dict(d)
 
     @classmethod
     def load(cls, path) -> "Recipe":
         try:
             text = open(path, encoding="utf-8").read()
-        except OSError as e:
-            raise RecipeError(f"{path}: cannot read recipe ({e.strerror or e})") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise RecipeError(f"{path}: cannot read recipe ({getattr(e, 'strerror', None) or e})") from None
         try:
             return cls.from_json(text)
         except RecipeError as e:
@@ -139,6 +213,9 @@ class Recipe:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d.update(changes)
         return Recipe(**d)
+
+
+_SCHEMA = schema(Recipe)
 
 
 def versions() -> dict:

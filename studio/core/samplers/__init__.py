@@ -1,39 +1,70 @@
-"""The sampler registry: every sampler yields one StepRecord per step (see ``records``)."""
+"""The sampler registry: every sampler yields one StepRecord per step (see ``records``).
+
+Each entry declares its options (``Option``: default, range or choices, help); :func:`option_schema`
+gathers them by name for the recipe, the command line and the window."""
 from __future__ import annotations
 
+import dataclasses
+
+from ..options import Option
 from .base import SamplerSpec
-from .ddpm import sample_ddim, sample_ddpm
+from .ddpm import DDIM_ETA, VARIANCE, sample_ddim, sample_ddpm
 from .dpmsolver import sample_dpmpp_2m
-from .kdiffusion import sample_euler, sample_euler_ancestral, sample_heun
-from .langevin import sample_langevin
+from .kdiffusion import EULER_A_ETA, heun_evaluations, sample_euler, sample_euler_ancestral, sample_heun
+from .langevin import CORRECTOR_STEPS, SNR, corrector_alphas, evaluations, sample_langevin
 
 SAMPLERS: dict[str, SamplerSpec] = {
     s.name: s
     for s in [
         SamplerSpec("ddpm", sample_ddpm, "ancestral DDPM (Ho et al. 2020, Alg. 2); variance fixed_small or fixed_large",
-                    "discrete", False, ("variance",), "leading"),
+                    "discrete", False, (VARIANCE,), "leading"),
         SamplerSpec("ddim", sample_ddim, "DDIM (Song et al. 2021); eta=0 deterministic, eta=1 DDPM-like",
-                    "discrete", True, ("eta",), "leading"),
+                    "discrete", True, (DDIM_ETA,), "leading", noise_option="eta"),
         SamplerSpec("euler", sample_euler, "Euler on the probability-flow ODE (Karras et al. 2022)",
                     "sigma", True, (), "linspace"),
         SamplerSpec("euler_a", sample_euler_ancestral, "ancestral Euler: Euler step plus fresh noise (k-diffusion)",
-                    "sigma", False, ("eta",), "linspace"),
+                    "sigma", False, (EULER_A_ETA,), "linspace", noise_option="eta"),
         SamplerSpec("heun", sample_heun, "Heun 2nd order (Karras et al. 2022, Alg. 1); 2 evaluations per step",
-                    "sigma", True, (), "linspace", lambda n: 2 * n - 1),
+                    "sigma", True, (), "linspace", heun_evaluations),
         SamplerSpec("dpmpp_2m", sample_dpmpp_2m, "DPM-Solver++(2M) multistep (Lu et al. 2022)",
                     "dpm", True, (), "linspace"),
         SamplerSpec("langevin", sample_langevin,
                     "predictor-corrector: annealed Langevin corrector + ancestral predictor (Song et al. 2021)",
-                    "discrete", False, ("corrector_steps", "snr"), "leading", lambda n: 2 * n),
+                    "discrete", False, (CORRECTOR_STEPS, SNR), "leading", evaluations,
+                    schedule_inputs=corrector_alphas),
     ]
 }
+
+# what samplers sharing an option name must agree on (the defaults and help may differ)
+_SHARED = ("kind", "low", "high", "low_open", "high_open", "choices", "label")
+
+
+def option_schema(samplers: dict[str, SamplerSpec] = SAMPLERS) -> dict[str, Option]:
+    """Every sampler option by name, as one setting of a run: null means "the sampler's own default".
+
+    Options of the same name must agree on kind and allowed values (they are one recipe field and
+    one widget); their help lines are joined, each with its sampler and default."""
+    merged: dict[str, Option] = {}
+    helps: dict[str, list[str]] = {}
+    for spec in samplers.values():
+        for name, opt in spec.options.items():
+            first = merged.setdefault(name, opt)
+            for attr in _SHARED:
+                if getattr(first, attr) != getattr(opt, attr):
+                    raise ValueError(f"sampler option {name!r}: {spec.name} declares {attr}={getattr(opt, attr)!r} "
+                                     f"but another sampler {getattr(first, attr)!r}; shared options must agree")
+            helps.setdefault(name, []).append(f"{spec.name}: {opt.help} (default {opt.default})")
+    return {name: dataclasses.replace(opt, default=None, optional=True, help="; ".join(helps[name]))
+            for name, opt in merged.items()}
 
 
 def get_sampler(name: str) -> SamplerSpec:
     try:
         return SAMPLERS[name]
-    except KeyError:
+    except (KeyError, TypeError):
         raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}") from None
 
 
-__all__ = ["SAMPLERS", "SamplerSpec", "get_sampler"]
+OPTION_SCHEMA = option_schema()
+
+__all__ = ["SAMPLERS", "OPTION_SCHEMA", "Option", "SamplerSpec", "get_sampler", "option_schema"]

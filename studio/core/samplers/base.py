@@ -1,33 +1,84 @@
 """Shared pieces of the samplers: the signature, the record builder, the registry entry."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 import torch
 
 from ..denoiser import Denoiser, Prediction
 from ..noise import NoiseSource
+from ..options import Option, OptionError
 from ..records import StepRecord, check_finite
-from ..schedule import Plan
+from ..schedule import NoiseSchedule, Plan
 
-# fn(denoiser, x, plan, noise, *, start=0, carry=None, **options) -> iterator of StepRecord
+# fn(denoiser, x, plan, noise, *, start=0, carry=None, **options) -> iterator of StepRecord;
+# every declared option is passed (the engine fills in the declared defaults)
 SamplerFn = Callable[..., Iterator[StepRecord]]
+
+
+def one_evaluation(i: int, steps: int, options: Mapping[str, Any]) -> int:
+    return 1
 
 
 @dataclass(frozen=True)
 class SamplerSpec:
+    """A registered sampler and everything the rest of the studio needs to know about it.
+
+    ``options`` are declared once here (a tuple of :class:`Option`, kept as {name: Option}); the
+    engine checks a run's options against them, and the recipe, the command line and the window
+    take their defaults, ranges, choices and help from them. ``deterministic`` is the behaviour with
+    the default options; ``noise_option`` names the option that scales the fresh noise of each step
+    (0 makes the sampler deterministic). ``step_evals(i, steps, options)`` is the number of
+    denoiser evaluations in step ``i`` of ``steps``. ``schedule_inputs`` derives inputs from the
+    model's training schedule that are not user options (the Langevin corrector's α_t)."""
+
     name: str
     fn: SamplerFn
     description: str
     plan_kind: str  # "discrete" | "sigma" | "dpm": which timestep plan it runs on
     deterministic: bool
-    options: tuple[str, ...] = ()
+    options: Mapping[str, Option] = ()
     default_spacing: str = "leading"
-    evals_per_step: Callable[[int], int] = field(default=lambda steps: steps)
+    step_evals: Callable[[int, int, Mapping[str, Any]], int] = one_evaluation
+    noise_option: Optional[str] = None
+    schedule_inputs: Optional[Callable[[NoiseSchedule], dict]] = None
+
+    def __post_init__(self) -> None:
+        opts = self.options
+        if not isinstance(opts, Mapping):
+            opts = {o.name: o for o in opts}
+        object.__setattr__(self, "options", dict(opts))
+        if self.noise_option is not None and self.noise_option not in self.options:
+            raise ValueError(f"sampler {self.name}: noise_option {self.noise_option!r} is not one of its options")
+
+    def resolve(self, options: Optional[Mapping[str, Any]] = None) -> dict:
+        """Every option of this sampler: the given value (checked) or the declared default.
+
+        Raises OptionError (one line) for a name the sampler does not declare or a value its
+        declaration does not allow."""
+        options = dict(options or {})
+        unknown = [k for k in options if k not in self.options]
+        if unknown:
+            raise OptionError(f"sampler {self.name} has no option {unknown[0]!r}; "
+                              f"its options: {', '.join(self.options) or 'none'}")
+        return {name: opt.check(options[name]) if options.get(name) is not None else opt.default
+                for name, opt in self.options.items()}
+
+    def is_deterministic(self, options: Optional[Mapping[str, Any]] = None) -> bool:
+        """Whether a run with these options draws no fresh noise after x_T."""
+        if self.noise_option is None:
+            return self.deterministic
+        return self.resolve(options)[self.noise_option] == 0
+
+    def evals(self, steps: int, options: Optional[Mapping[str, Any]] = None) -> int:
+        """Denoiser evaluations (NFE) of a run of ``steps`` steps: the cost shown before a run."""
+        opts = self.resolve(options)
+        return sum(self.step_evals(i, steps, opts) for i in range(steps))
 
 
 def make_record(name: str, plan: Plan, i: int, x: torch.Tensor, pred: Prediction, nfe: int, carry: dict) -> StepRecord:
+    """The record of step ``i``; ``nfe`` is the denoiser's own count (``Denoiser.nfe``)."""
     check_finite(x, i)
     return StepRecord(
         sampler=name,
@@ -55,4 +106,4 @@ def predict(denoiser: Denoiser, x: torch.Tensor, plan: Plan, i: int, at_next: bo
     return pred
 
 
-__all__ = ["SamplerSpec", "make_record", "predict", "Denoiser", "NoiseSource", "Plan", "Optional"]
+__all__ = ["SamplerSpec", "Option", "make_record", "predict", "Denoiser", "NoiseSource", "Plan", "Optional"]

@@ -7,9 +7,15 @@ from typing import Iterator, Optional
 import torch
 
 from ..records import StepRecord
-from .base import Denoiser, NoiseSource, Plan, make_record, predict
+from .base import Denoiser, NoiseSource, Option, Plan, make_record, predict
 
 VARIANCE_TYPES = ("fixed_small", "fixed_large")
+
+VARIANCE = Option("variance", "fixed_small", "choice", "DDPM posterior variance: β̃ (fixed_small) or β (fixed_large), "
+                  "Ho et al. 2020 §3.2", choices=VARIANCE_TYPES, choice_labels=("fixed small (β̃)", "fixed large (β)"),
+                  label="Variance")
+DDIM_ETA = Option("eta", 0.0, "float", "DDIM η: 0 deterministic, 1 the DDPM posterior variance (Song et al. 2021, "
+                  "eq. 16)", low=0.0, high=1.0, label="η", step=0.1)
 
 
 def posterior(x: torch.Tensor, x0: torch.Tensor, ab: float, ab_prev: float, variance: str) -> tuple[torch.Tensor, float]:
@@ -24,39 +30,32 @@ def posterior(x: torch.Tensor, x0: torch.Tensor, ab: float, ab_prev: float, vari
 
 def sample_ddpm(
     denoiser: Denoiser, x: torch.Tensor, plan: Plan, noise: NoiseSource, *, start: int = 0,
-    carry: Optional[dict] = None, variance: str = "fixed_small",
+    carry: Optional[dict] = None, variance: str,
 ) -> Iterator[StepRecord]:
-    """Ancestral sampling, Ho et al. 2020, Alg. 2; classifier guidance's mean form is Dhariwal & Nichol 2021, Alg. 1."""
-    if variance not in VARIANCE_TYPES:
-        raise ValueError(f"unknown DDPM variance {variance!r}; choose fixed_small or fixed_large")
-    nfe = (carry or {}).get("nfe", 0)
+    """Ancestral sampling, Ho et al. 2020, Alg. 2; classifier guidance's mean form is Dhariwal & Nichol 2021, Alg. 1
+    (docs/maths.md, "DDPM" and "Classifier guidance")."""
     for i in range(start, plan.steps):
         ab, ab_prev = float(plan.alpha_bars[i]), float(plan.alpha_bars[i + 1])
         pred = predict(denoiser, x, plan, i)
-        nfe += 1
         mean, var = posterior(x, pred.x0, ab, ab_prev, variance)
         if pred.grad is not None:  # μ + s Σ ∇ log p(y|x_t)
             mean = mean + pred.scale * var * pred.grad
         last = i == plan.steps - 1
         x = mean if last else mean + math.sqrt(var) * noise.step(i, tuple(x.shape))
-        yield make_record("ddpm", plan, i, x, pred, nfe, {"nfe": nfe})
+        yield make_record("ddpm", plan, i, x, pred, denoiser.nfe, {})
 
 
 def sample_ddim(
     denoiser: Denoiser, x: torch.Tensor, plan: Plan, noise: NoiseSource, *, start: int = 0,
-    carry: Optional[dict] = None, eta: float = 0.0,
+    carry: Optional[dict] = None, eta: float,
 ) -> Iterator[StepRecord]:
     """DDIM, Song et al. 2021, eq. 12: x_{t'} = √ᾱ_{t'} x̂₀ + √(1 − ᾱ_{t'} − σ²) ε̂ + σ z,
-    σ = η √((1−ᾱ_{t'})/(1−ᾱ_t)) √(1 − ᾱ_t/ᾱ_{t'}) (eq. 16). η = 0 is deterministic."""
-    if not (isinstance(eta, (int, float)) and math.isfinite(eta) and 0.0 <= eta <= 1.0):
-        raise ValueError(f"eta must be between 0 and 1, got {eta!r}")
-    nfe = (carry or {}).get("nfe", 0)
+    σ = η √((1−ᾱ_{t'})/(1−ᾱ_t)) √(1 − ᾱ_t/ᾱ_{t'}) (eq. 16; docs/maths.md, "DDIM"). η = 0 is deterministic."""
     for i in range(start, plan.steps):
         ab, ab_prev = float(plan.alpha_bars[i]), float(plan.alpha_bars[i + 1])
         pred = predict(denoiser, x, plan, i)
-        nfe += 1
         std = eta * math.sqrt((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev))
         x = math.sqrt(ab_prev) * pred.x0 + math.sqrt(max(1 - ab_prev - std**2, 0.0)) * pred.eps
         if std > 0:
             x = x + std * noise.step(i, tuple(x.shape))
-        yield make_record("ddim", plan, i, x, pred, nfe, {"nfe": nfe})
+        yield make_record("ddim", plan, i, x, pred, denoiser.nfe, {})

@@ -20,14 +20,13 @@ def sample_dpmpp_2m(
     denoiser: Denoiser, x: torch.Tensor, plan: Plan, noise: NoiseSource, *, start: int = 0, carry: Optional[dict] = None,
 ) -> Iterator[StepRecord]:
     """x_t = (σ_t/σ_s) x_s − α_t (e^{−h} − 1) D, D = x̂₀ (first and last steps) or
-    x̂₀ + (x̂₀ − x̂₀_prev)/(2 r), r = h_prev/h (midpoint second-order, as diffusers)."""
+    x̂₀ + (x̂₀ − x̂₀_prev)/(2 r), r = h_prev/h (midpoint second-order, as diffusers; docs/maths.md,
+    "DPM-Solver++(2M)")."""
     carry = dict(carry or {})
-    nfe = carry.get("nfe", 0)
     prev_x0: Optional[torch.Tensor] = carry.get("prev_x0")
     for i in range(start, plan.steps):
         s, s_next = float(plan.sigmas[i]), float(plan.sigmas[i + 1])
         pred = predict(denoiser, x, plan, i)
-        nfe += 1
         x0 = pred.x0
         if s_next == 0:
             x = x0  # h = ∞: the update is x̂₀ itself
@@ -42,4 +41,4 @@ def sample_dpmpp_2m(
                 r = (_lambda(s) - _lambda(float(plan.sigmas[i - 1]))) / h
                 x = (st_t / st_s) * x + coef * x0 + 0.5 * coef * (x0 - prev_x0) / r
         prev_x0 = x0
-        yield make_record("dpmpp_2m", plan, i, x, pred, nfe, {"prev_x0": x0, "nfe": nfe})
+        yield make_record("dpmpp_2m", plan, i, x, pred, denoiser.nfe, {"prev_x0": x0})

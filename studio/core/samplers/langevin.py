@@ -1,6 +1,7 @@
 """Predictor–corrector sampling, Song et al. 2021 ("Score-Based Generative Modeling through SDEs"), Alg. 1 & 5:
 annealed Langevin corrector steps x ← x + δ ∇log p_t(x) + √(2δ) z with δ = 2 α_t (r ‖z‖ / ‖∇log p_t‖)²
-(r the target signal-to-noise ratio), followed by an ancestral (reverse-diffusion) predictor step."""
+(r the target signal-to-noise ratio), followed by an ancestral (reverse-diffusion) predictor step
+(docs/maths.md, "Langevin corrector")."""
 from __future__ import annotations
 
 import math
@@ -10,8 +11,24 @@ import torch
 
 from ..prediction import score_from_eps
 from ..records import StepRecord, check_finite
-from .base import Denoiser, NoiseSource, Plan, make_record, predict
+from ..schedule import NoiseSchedule
+from .base import Denoiser, NoiseSource, Option, Plan, make_record, predict
 from .ddpm import posterior
+
+CORRECTOR_STEPS = Option("corrector_steps", 1, "int", "Langevin corrector steps per noise level (0: the predictor "
+                         "alone, ancestral DDPM)", low=0, high=100, label="Corrector steps", step=1)
+SNR = Option("snr", 0.16, "float", "target signal-to-noise ratio r of the Langevin corrector's step size",
+             low=0.0, low_open=True, high=1.0, label="SNR", step=0.01)
+
+
+def corrector_alphas(sched: NoiseSchedule) -> dict:
+    """α_t = 1 − β_t of every training timestep: the corrector's step-size factor (score_sde uses α_t)."""
+    return {"alphas": (1.0 - sched.betas).tolist()}
+
+
+def evaluations(i: int, steps: int, options) -> int:
+    """corrector_steps Langevin evaluations and one predictor evaluation per step."""
+    return options["corrector_steps"] + 1
 
 
 def langevin_step_size(score: torch.Tensor, z: torch.Tensor, snr: float, alpha: float) -> torch.Tensor:
@@ -25,13 +42,8 @@ def langevin_step_size(score: torch.Tensor, z: torch.Tensor, snr: float, alpha: 
 
 def sample_langevin(
     denoiser: Denoiser, x: torch.Tensor, plan: Plan, noise: NoiseSource, *, start: int = 0,
-    carry: Optional[dict] = None, corrector_steps: int = 1, snr: float = 0.16, alphas: Optional[list] = None,
+    carry: Optional[dict] = None, corrector_steps: int, snr: float, alphas: Optional[list] = None,
 ) -> Iterator[StepRecord]:
-    if not isinstance(corrector_steps, int) or corrector_steps < 0 or corrector_steps > 100:
-        raise ValueError(f"corrector steps must be an integer from 0 to 100, got {corrector_steps!r}")
-    if not (isinstance(snr, (int, float)) and math.isfinite(snr) and snr > 0):
-        raise ValueError(f"target signal-to-noise ratio must be a positive number, got {snr!r}")
-    nfe = (carry or {}).get("nfe", 0)
     for i in range(start, plan.steps):
         ab, ab_prev = float(plan.alpha_bars[i]), float(plan.alpha_bars[i + 1])
         b = math.sqrt(1 - ab)
@@ -39,15 +51,13 @@ def sample_langevin(
         alpha = float(alphas[int(plan.timesteps[i])]) if alphas is not None else ab / ab_prev
         for k in range(corrector_steps):
             pred = predict(denoiser, x, plan, i)
-            nfe += 1
             score = score_from_eps(pred.eps, b)
             z = noise.step(i, tuple(x.shape), draw=k + 1)
             delta = langevin_step_size(score, z, snr, alpha)
             x = x + delta * score + torch.sqrt(2 * delta) * z
             check_finite(x, i)
         pred = predict(denoiser, x, plan, i)
-        nfe += 1
         mean, var = posterior(x, pred.x0, ab, ab_prev, "fixed_small")
         last = i == plan.steps - 1
         x = mean if last else mean + math.sqrt(var) * noise.step(i, tuple(x.shape))
-        yield make_record("langevin", plan, i, x, pred, nfe, {"nfe": nfe})
+        yield make_record("langevin", plan, i, x, pred, denoiser.nfe, {})
