@@ -83,7 +83,9 @@ def _recipe_from_args(args):
     from .session.recipe import Recipe, RecipeError
 
     if args.recipe:
-        base = Recipe.load(args.recipe)
+        from .session.export import read_recipe
+
+        base = read_recipe(args.recipe)  # bounded, regular files only; .json or an exported .png
         if base.init_noise and not os.path.isabs(base.init_noise):
             base = base.replace(init_noise=str(Path(args.recipe).resolve().parent / base.init_noise))
     else:
@@ -117,32 +119,66 @@ def _recipe_from_args(args):
     return recipe.validate()
 
 
+def _warn(msg: str) -> None:
+    if _BAR_OPEN[0]:
+        sys.stderr.write("\n")
+        _BAR_OPEN[0] = False
+    print(f"studio: warning: {msg}", file=sys.stderr)
+
+
 def cmd_sample(args) -> int:
+    from .session.atomic import Reservation
     from .session.output import write_run_folder
     from .session.runner import execute
+    from .session.trajectory import sweep_stale_spills
 
     recipe = _recipe_from_args(args)
+    sweep_stale_spills()  # spill caches of studio processes that were killed
+    # --out is checked (writable; new, empty or --overwrite) and locked before any sampling
+    with Reservation(Path(args.out), args.overwrite, folder=True, overwrite_hint="pass --overwrite") as out_folder:
+        traj, fingerprint, extra = _sample(args, recipe, execute)
+        try:
+            out = write_run_folder(traj, out_folder.target, save_raw=args.save_raw, scale=args.image_scale,
+                                   overwrite=args.overwrite, extra_files=extra,
+                                   reservation=out_folder, fingerprint=fingerprint)
+        finally:
+            traj.close()
+    if not args.quiet:
+        print(f"wrote {out}/final.png, xt/0000.png (the noise) … xt/{len(traj.xt) - 1:04d}.png, "
+              f"x0/0001.png (step 1) … x0/{len(traj.x0):04d}.png, recipe.json"
+              + (", trajectory.npz" if args.save_raw else ""), file=sys.stderr)
+    return 0
+
+
+def _sample(args, recipe, execute):
+    """Run the recipe for ``studio sample``: the trajectory, the weights' fingerprint, files to copy."""
+    from .session.provenance import recorded_weights, weights_fingerprint, weights_warning
+    from .session.runner import ModelCache
+
     extra = {}
     if recipe.init_noise:
         extra["init_noise.npy"] = Path(recipe.init_noise)
-    from .session.runner import ModelCache
-
     cache = ModelCache(allow_pickle=args.allow_pickle)
     if args.scale is None and not args.recipe and recipe.guidance != "none":
         # no scale given: the one the model recommends for this guidance (its recommended.json), if any
         rec = cache.get(recipe).info.recommended_scales.get(recipe.guidance)
         if rec is not None:
             recipe = recipe.replace(scale=rec).validate()
+    cache.get(recipe)  # open (and verify) the model before hashing its weights
+    fingerprint = weights_fingerprint(recipe.model, recipe.classifier)
+    if args.recipe:
+        from .session.export import read_recipe_document
+
+        base, document = read_recipe_document(args.recipe)
+        if (base.model, base.classifier) == (recipe.model, recipe.classifier):
+            warning = weights_warning(recorded_weights(document), fingerprint)
+            if warning:
+                _warn(warning)
     bar = None if args.quiet else ProgressBar(f"{recipe.sampler} {recipe.steps} steps")
     traj = execute(recipe, cache, progress=bar)
     if recipe.init_noise:  # the folder is self-contained: its recipe points at its own copy
         traj.recipe = traj.recipe.replace(init_noise="init_noise.npy")
-    out = write_run_folder(traj, Path(args.out), save_raw=args.save_raw, scale=args.image_scale,
-                           overwrite=args.overwrite, extra_files=extra)
-    if not args.quiet:
-        print(f"wrote {out}/final.png, {len(traj.xt)} x_t and {len(traj.x0)} x̂₀ frames, recipe.json"
-              + (", trajectory.npz" if args.save_raw else ""), file=sys.stderr)
-    return 0
+    return traj, fingerprint, extra
 
 
 def cmd_samplers(args) -> int:
@@ -237,8 +273,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .session.output import OutputError
     from .session.recipe import RecipeError
 
+    from .session.atomic import Terminated, terminate_cleanly
+
     try:
-        return int(args.func(args) or 0)
+        with terminate_cleanly():  # SIGTERM/SIGHUP unwind: staging folders and spill caches are removed
+            return int(args.func(args) or 0)
+    except Terminated as e:
+        _err(f"terminated (signal {e.signum}); nothing was written")
+        return 128 + int(e.signum)
     except (ModelLoadError, RecipeError, SamplingError, OutputError) as e:
         _err(str(e))
         return 2

@@ -40,7 +40,8 @@ def test_sample_writes_frames_grid_recipe_and_raw(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "steps/s" in r.stderr  # the progress bar
     assert sorted(p.name for p in (out / "xt").iterdir()) == [f"{i:04d}.png" for i in range(7)]
-    assert sorted(p.name for p in (out / "x0").iterdir()) == [f"{i:04d}.png" for i in range(6)]
+    # the same numbering as the window's exports: x0/000k.png is the x̂₀ of step k (k = 1 … steps)
+    assert sorted(p.name for p in (out / "x0").iterdir()) == [f"{i:04d}.png" for i in range(1, 7)]
     raw = np.load(out / "trajectory.npz")
     assert raw["xt"].shape == (7, 3, 3, 16, 16) and raw["xt"].dtype == np.float32
     assert raw["x0"].shape == (6, 3, 3, 16, 16)
@@ -54,8 +55,13 @@ def test_sample_writes_frames_grid_recipe_and_raw(tmp_path):
     from studio.session.frames import make_grid, to_uint8
     import torch
 
+    # enlarged by whole pixels so its shorter side is at least 256 px (the native grid is in trajectory.npz)
     expect = make_grid(to_uint8(torch.from_numpy(raw["xt"][-1])))
-    assert np.array_equal(np.asarray(img.convert("RGB")), expect)
+    k = -(-256 // min(expect.shape[:2]))
+    assert min(img.size) >= 256 and img.size == (expect.shape[1] * k, expect.shape[0] * k)
+    assert np.array_equal(np.asarray(img.convert("RGB")), expect.repeat(k, 0).repeat(k, 1))
+    with Image.open(out / "x0" / "0006.png") as last_x0:
+        assert np.array_equal(np.asarray(last_x0.convert("RGB")), make_grid(to_uint8(torch.from_numpy(raw["x0"][5]))))
 
 
 def test_recipe_reproduces_a_run(tmp_path):

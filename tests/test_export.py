@@ -101,7 +101,7 @@ def test_refuses_overwrite(traj, tmp_path):
 
 def test_bad_names_leave_nothing(traj, tmp_path):
     (tmp_path / "file").write_text("x")
-    for bad in [tmp_path / "file" / "out.gif", tmp_path / "missing" / "out.png", tmp_path / "out.bmp"]:
+    for bad in [tmp_path / "file" / "out.gif", tmp_path / "file" / "sub" / "out.png", tmp_path / "out.bmp"]:
         with pytest.raises(ex.ExportError) as err:
             if bad.suffix == ".png":
                 ex.export_final(traj, bad)

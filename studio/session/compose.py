@@ -8,6 +8,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .atomic import OutputError
 from .frames import make_grid
 
 WHICH = ("xt", "x0", "both")
@@ -15,8 +16,7 @@ BG = (24, 24, 28)
 FG = (230, 230, 235)
 
 
-class ExportError(RuntimeError):
-    """An export that could not be written; the message is one line naming the path and the problem."""
+ExportError = OutputError  # one error type for everything the studio writes (atomic.py)
 
 
 # -- pixels ---------------------------------------------------------------------

@@ -10,8 +10,6 @@ raise a one-line ``ExportError`` and leave nothing behind.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -19,8 +17,10 @@ import numpy as np
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from .atomic import TargetExists, precheck, write_files, write_folder  # noqa: F401  (TargetExists: API)
 from .compose import ExportError, captioned, compare_frame, frame_grid, hstack, positions, step_frames, vstack
 from .compose import at_fraction, step_caption  # noqa: F401  (part of this module's API: ex.at_fraction, …)
+from .provenance import recipe_json
 from .recipe import Recipe, RecipeError
 
 ANIMATION_SUFFIXES = {".gif": "GIF", ".png": "PNG", ".apng": "PNG", ".mp4": "MP4"}
@@ -36,93 +36,65 @@ def mp4_available() -> bool:
 
 
 # -- reading recipes back -------------------------------------------------------
-def read_recipe(path: str | os.PathLike) -> Recipe:
-    """A recipe from a ``.json`` file or from the ``recipe`` text chunk of an exported PNG."""
+def read_recipe_document(path: str | os.PathLike) -> tuple[Recipe, dict]:
+    """A recipe, and the JSON object it was read from (its ``versions`` record the weights), from a
+    ``.json`` file or the ``recipe`` text chunk of an exported PNG.
+
+    Both are read through the bounded, regular-file-only reader (core/file_reading.py); anything
+    wrong with the file or its contents is one ``RecipeError`` line naming the file."""
+    from ..core.file_reading import RECIPE_LIMIT, open_regular, parse_json, read_text
+
     p = Path(path)
     if p.suffix.lower() in (".png", ".apng"):
-        try:
-            with Image.open(p) as im:
-                text = getattr(im, "text", {}).get("recipe") or im.info.get("recipe")
-        except OSError as e:
-            raise RecipeError(f"{p}: cannot read image ({e})") from None
+        with open_regular(p, RecipeError) as f:
+            try:
+                with Image.open(f) as im:
+                    text = getattr(im, "text", {}).get("recipe") or im.info.get("recipe")
+            except Exception as e:  # noqa: BLE001 - PIL raises many types for broken images
+                why = str(e).splitlines()[0] if str(e) else e.__class__.__name__
+                raise RecipeError(f"{p}: not a readable PNG image ({why})") from None
         if not text:
             raise RecipeError(f"{p}: this PNG carries no recipe (it was not exported by the studio)")
-        try:
-            return Recipe.from_json(text)
-        except RecipeError as e:
-            raise RecipeError(f"{p}: {e}") from None
-    return Recipe.load(p)
+    else:
+        text = read_text(p, RECIPE_LIMIT, RecipeError)
+    document = parse_json(text, str(p), RecipeError)
+    try:
+        return Recipe.from_dict(document), document
+    except RecipeError as e:
+        raise RecipeError(f"{p}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - a field of the wrong type must not become a traceback
+        why = str(e).splitlines()[0] if str(e) else e.__class__.__name__
+        raise RecipeError(f"{p}: not a valid recipe ({why})") from None
 
 
-# -- atomic writing -------------------------------------------------------------
-def _check_target(path: Path, overwrite: bool, extra: Sequence[Path] = ()) -> Path:
-    if not path.name or path.name in (".", ".."):
-        raise ExportError(f"{path}: give a file name")
-    if "\x00" in str(path):
-        raise ExportError(f"{path!r}: the name contains a NUL character")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.exists():
-        raise ExportError(f"{parent}: the folder does not exist")
-    if not parent.is_dir():
-        raise ExportError(f"{parent}: not a folder")
-    if not overwrite:
-        for p in (path, *extra):
-            if p.exists():
-                raise ExportError(f"{p}: already exists; choose another name or allow overwriting")
-    return parent
+def read_recipe(path: str | os.PathLike) -> Recipe:
+    """A recipe from a ``.json`` file or from the ``recipe`` text chunk of an exported PNG."""
+    return read_recipe_document(path)[0]
 
 
-def _oserror(path: Path, e: BaseException) -> ExportError:
-    reason = getattr(e, "strerror", None) or (str(e).splitlines()[0] if str(e) else e.__class__.__name__)
-    return ExportError(f"{path}: cannot write ({reason})")
-
-
+# -- atomic writing: atomic.py, shared with the CLI's run folders ------------------
 def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".recipe.json")
 
 
 def _recipe_json(recipe) -> str:
-    return recipe.to_json() if recipe is not None else "{}"
+    return recipe_json(recipe) if recipe is not None else "{}"
 
 
 def _write_files(writers: dict[Path, Callable[[str], None]], overwrite: bool) -> None:
-    """Write each target through a temp file in its folder, then move them all into place."""
-    targets = list(writers)
-    parent = _check_target(targets[0], overwrite, targets[1:])
-    temps: dict[Path, str] = {}
-    try:
-        for target, write in writers.items():
-            fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{target.name}.", suffix=".part")
-            os.close(fd)
-            temps[target] = tmp
-            write(tmp)
-        for target, tmp in temps.items():
-            os.replace(tmp, target)
-    except ExportError:
-        _cleanup(temps.values())
-        raise
-    except (OSError, ValueError) as e:
-        _cleanup(temps.values())
-        raise _oserror(targets[0], e) from None
+    """Write each target through a staging file beside it, then move them all into place."""
+    write_files(writers, overwrite)
 
 
-def _cleanup(paths) -> None:
-    for p in paths:
-        try:
-            os.unlink(p)
-        except OSError:
-            pass
-
-
-def _png_info(recipe) -> PngInfo:
+def _png_info(recipe, text: Optional[str] = None) -> PngInfo:
     info = PngInfo()
     if recipe is not None:
-        info.add_text("recipe", recipe.to_json())
+        info.add_text("recipe", text if text is not None else recipe_json(recipe))
     return info
 
 
-def _save_png(img: np.ndarray, path: str, recipe) -> None:
-    Image.fromarray(img).save(path, format="PNG", pnginfo=_png_info(recipe))
+def _save_png(img: np.ndarray, path: str, recipe, text: Optional[str] = None) -> None:
+    Image.fromarray(img).save(path, format="PNG", pnginfo=_png_info(recipe, text))
 
 
 def _write_text(text: str) -> Callable[[str], None]:
@@ -135,36 +107,22 @@ def _write_text(text: str) -> Callable[[str], None]:
 # -- exports ----------------------------------------------------------------------
 def export_frames(traj, folder: str | os.PathLike, which: str = "both", scale: int = 1,
                   overwrite: bool = False) -> Path:
-    """Numbered PNG frames (``xt_0000.png`` … position 0 = noise; ``x0_0001.png`` … per step) and recipe.json."""
-    folder = Path(folder)
-    parent = _check_target(folder, overwrite)
+    """A folder of numbered PNG frames and recipe.json. Numbers are positions in the chain, as in the
+    CLI's run folders: ``xt_0000.png`` is the initial noise, ``xt_000k.png`` the state after step k,
+    ``x0_000k.png`` the x̂₀ predicted during step k (k ≥ 1)."""
     kinds = ("xt", "x0") if which == "both" else (which,)
     if any(k not in ("xt", "x0") for k in kinds):
         raise ExportError(f"unknown frame kind {which!r}; choose xt, x0 or both")
     recipe = traj.recipe
-    try:
-        tmp = tempfile.mkdtemp(dir=parent, prefix=f".{folder.name}.", suffix=".part")
-    except OSError as e:
-        raise _oserror(folder, e) from None
-    backup = None
-    try:
+    text = _recipe_json(recipe)
+
+    def fill(tmp: Path) -> None:
         for kind in kinds:
             for pos in range(0 if kind == "xt" else 1, positions(traj)):
-                _save_png(frame_grid(traj, kind, pos, scale), os.path.join(tmp, f"{kind}_{pos:04d}.png"), recipe)
-        _write_text(_recipe_json(recipe))(os.path.join(tmp, "recipe.json"))
-        if folder.exists():
-            backup = tempfile.mkdtemp(dir=parent, prefix=f".{folder.name}.", suffix=".old")
-            os.rmdir(backup)
-            os.replace(folder, backup)
-        os.replace(tmp, folder)
-    except (OSError, ValueError) as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if backup and os.path.exists(backup) and not folder.exists():
-            os.replace(backup, folder)
-        raise _oserror(folder, e) from None
-    if backup:
-        shutil.rmtree(backup, ignore_errors=True)
-    return folder
+                _save_png(frame_grid(traj, kind, pos, scale), str(tmp / f"{kind}_{pos:04d}.png"), recipe, text)
+        _write_text(text)(str(tmp / "recipe.json"))
+
+    return write_folder(Path(folder), fill, overwrite)
 
 
 def _animation_writer(frames: list[np.ndarray], fmt: str, fps: float, recipe) -> Callable[[str], None]:
@@ -212,7 +170,7 @@ def export_animation(traj, path: str | os.PathLike, which: str = "x0", fps: floa
     """An animated GIF, APNG (.png/.apng) or MP4 of the run (one frame per position), plus the recipe."""
     path = Path(path)
     fmt = _animation_format(path)
-    _check_target(path, overwrite, [_sidecar(path)])
+    precheck(path, overwrite, companions=[_sidecar(path)])
     frames = step_frames(traj, which, scale, caption, start=1 if which == "x0" else 0)
     if not frames:
         raise ExportError(f"{path}: the run has no steps to export")

@@ -1,21 +1,37 @@
-"""Writing a finished run to a folder (the CLI's output): atomically, never half-written."""
+"""Writing a finished run to a folder (the CLI's output), through the one atomic writer (atomic.py).
+
+The folder holds::
+
+    final.png        the sample: the last x_t as a grid of the batch, recipe in a PNG text chunk,
+                     enlarged (nearest neighbour, whole pixels) to at least 256 px a side so it can
+                     be looked at; the native-resolution values are in trajectory.npz
+    xt/0000.png      x_t at position k of the chain: 0000 is the initial noise x_T, 0001 the state
+    xt/000k.png      after step 1, …, the last one the sample
+    x0/000k.png      x̂₀ predicted during step k (k = 1 … steps, from x_t at position k − 1;
+                     the noise has none) — the window's exports number frames the same way
+    recipe.json      every setting, and the SHA-256 of the model's weights (provenance.py)
+    trajectory.npz   with --save-raw: float32 xt (steps+1, B, C, H, W), x0 (steps, …), t (steps,)
+
+Nothing is visible under the output name until all of it is written (a staging folder is renamed
+into place); see atomic.py for the locking, checks and clean-up rules.
+"""
 from __future__ import annotations
 
-import os
+import math
 import shutil
-import tempfile
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from .atomic import OutputError, Reservation  # noqa: F401  (OutputError: part of this module's API)
 from .frames import make_grid
+from .provenance import recipe_json as recipe_json_with_weights
 from .trajectory import Trajectory
 
-
-class OutputError(OSError):
-    """An output folder that cannot be written; the message says why and what to do."""
+MIN_FINAL_SIDE = 256  # px: final.png's shorter side is enlarged to at least this
 
 
 def png_bytes_info(recipe_json: str | None) -> PngInfo | None:
@@ -32,52 +48,49 @@ def save_png(path: Path, image: np.ndarray, recipe_json: str | None = None, scal
     img = Image.fromarray(image)
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    img.save(path, pnginfo=png_bytes_info(recipe_json))
+    img.save(path, format="PNG", pnginfo=png_bytes_info(recipe_json))
+
+
+def final_scale(image: np.ndarray, scale: int = 1) -> int:
+    """The whole-number enlargement that makes ``image``'s shorter side at least MIN_FINAL_SIDE (or ``scale``)."""
+    side = max(min(image.shape[:2]), 1)
+    return max(int(scale), math.ceil(MIN_FINAL_SIDE / side))
+
+
+def frame_name(kind: str, number: int) -> str:
+    """``xt/0000.png`` (the noise), ``x0/0001.png`` (step 1), …: the CLI's frame files."""
+    return f"{kind}/{number:04d}.png"
 
 
 def write_run_folder(traj: Trajectory, out: Path, save_raw: bool = False, scale: int = 1,
-                     overwrite: bool = False, extra_files: dict[str, Path] | None = None) -> Path:
-    """final.png, xt/NNNN.png (0000 = initial noise), x0/NNNN.png, recipe.json [, trajectory.npz].
+                     overwrite: bool = False, extra_files: dict[str, Path] | None = None,
+                     reservation: Optional[Reservation] = None, fingerprint: Optional[dict] = None) -> Path:
+    """Write the run folder described in the module docstring; returns its path.
 
-    Written into a temporary folder beside ``out`` and renamed into place, so a failure
-    leaves nothing behind and an existing folder is replaced only with ``overwrite``.
-    """
-    out = Path(out).expanduser().resolve()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise OutputError(f"{out}: already exists and is not empty; choose a new --out or pass --overwrite")
-    parent = out.parent
+    ``reservation``: one the caller took before sampling (``studio sample`` checks ``--out`` and
+    locks it before any work); without it, one is taken here."""
+    if reservation is None:
+        with Reservation(out, overwrite, folder=True) as r:
+            return write_run_folder(traj, out, save_raw, scale, overwrite, extra_files, r, fingerprint)
+    tmp = reservation.stage_folder()
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
-    except OSError as e:
-        raise OutputError(f"{parent}: cannot create the output folder ({e.strerror or e})") from None
-    try:
-        recipe_json = traj.recipe.to_json()
+        recipe_json = recipe_json_with_weights(traj.recipe, fingerprint)
         (tmp / "recipe.json").write_text(recipe_json + "\n", encoding="utf-8")
         (tmp / "xt").mkdir()
         (tmp / "x0").mkdir()
         for pos in range(len(traj.xt)):
-            save_png(tmp / "xt" / f"{pos:04d}.png", make_grid(traj.frame_xt(pos)), scale=scale)
+            save_png(tmp / frame_name("xt", pos), make_grid(traj.frame_xt(pos)), scale=scale)
         for k in range(len(traj.x0)):
-            save_png(tmp / "x0" / f"{k:04d}.png", make_grid(traj.frame_x0(k)), scale=scale)
+            save_png(tmp / frame_name("x0", k + 1), make_grid(traj.frame_x0(k)), scale=scale)
         from .frames import to_uint8
 
-        save_png(tmp / "final.png", make_grid(to_uint8(traj.final())), recipe_json, scale=scale)
+        final = make_grid(to_uint8(traj.final()))
+        save_png(tmp / "final.png", final, recipe_json, scale=final_scale(final, scale))
         if save_raw:
             np.savez(tmp / "trajectory.npz", **traj.arrays())
         for name, src in (extra_files or {}).items():
             shutil.copyfile(src, tmp / name)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=parent))
-            os.replace(out, old / "x")
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
     except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise OutputError(f"{out}: writing failed ({e.strerror or e}); nothing was written") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+        raise OutputError(f"{reservation.target}: writing failed ({e.strerror or e}); nothing was written") from None
+    reservation.commit()
+    return reservation.target

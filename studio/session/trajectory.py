@@ -11,6 +11,8 @@ Index 0 of ``xt`` is the initial noise; step k (0-based) is at ``xt[k + 1]``.
 """
 from __future__ import annotations
 
+import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,18 @@ from ..core.records import StepRecord
 from ..runtime import RELEASE_EVERY, release_free_memory
 from .frames import to_uint8
 from .slabs import Slabs
+
+
+SPILL_PREFIX = "studio-trajectory-"
+SPILL_NAME = re.compile(r"^studio-trajectory-(?P<pid>\d+)-[a-z0-9_]{8}$")
+
+
+def sweep_stale_spills() -> list[Path]:
+    """Remove spill caches left in the temp folder by studio processes that no longer exist (a SIGKILL
+    skips every clean-up); returns what was removed."""
+    from .atomic import sweep_stale
+
+    return sweep_stale(Path(tempfile.gettempdir()), SPILL_NAME)
 
 
 @dataclass
@@ -100,7 +114,8 @@ class Trajectory:
 
     def _spill(self, pos: int, entry: dict) -> Path:
         if self._cache_dir is None:
-            self._cache_dir = tempfile.TemporaryDirectory(prefix="studio-trajectory-")
+            # the pid in the name lets a later run remove it if this process is killed (sweep_stale_spills)
+            self._cache_dir = tempfile.TemporaryDirectory(prefix=f"{SPILL_PREFIX}{os.getpid()}-")
         path = Path(self._cache_dir.name) / f"{pos:06d}.pt"
         torch.save(entry, path)
         return path
