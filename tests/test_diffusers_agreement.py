@@ -228,7 +228,7 @@ def test_standard_schedule_matches_diffusers_relatively(model_dirs, trained_unet
     ("threshold", dict(thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=3.0)),
 ], ids=["clip_sample_range=0.5", "thresholding(0.9, max 3)"])
 def test_x0_processing_settings_from_scheduler_config(model_dirs, trained_unet, key, cfg):
-    """x̂₀ clipping / dynamic thresholding are applied "as the model's scheduler config says" (design.md),
+    """x̂₀ clipping / dynamic thresholding are applied "as the model's scheduler config says" (docs/maths.md, "Prediction conversions"),
     including their parameters (clip_sample_range, dynamic_thresholding_ratio, sample_max_value), as diffusers'
     DDIMScheduler does with the same config."""
     _compare(model_dirs, trained_unet, key, "ddim", 20, "leading", sched_cfg=cfg,

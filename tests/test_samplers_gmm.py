@@ -1,4 +1,4 @@
-"""Every sampler against the exact Gaussian mixture ``gmm`` (design.md, "Exact models for testing").
+"""Every sampler against the exact Gaussian mixture ``gmm`` (docs/maths.md, "The exact Gaussian mixture").
 
 Truth used here is independent of the samplers: the mixture's own parameters (π_k, μ_k, s_k), and, for
 the deterministic samplers, a very fine solve of the same probability-flow ODE from the same noise.

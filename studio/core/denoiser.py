@@ -10,9 +10,14 @@ re-derived from it, ε̂ = (x_t − √ᾱ x̂₀)/√(1−ᾱ), so that DDIM's 
 √ᾱ' x̂₀ + √(1−ᾱ') ε̂ stays on the line through x_t and the processed x̂₀
 (diffusers' DDIM ``use_clipped_model_output=True``). With ``eps_from_x0=False``
 it is the guided but un-clipped ε̂ (diffusers' default). The consistent form is
-what makes strong guidance work: at w = 8 the shipped digits model's DDIM
-samples are recognised 100 % of the time with it and 20 % without (a clipped
-x̂₀ beside an unclipped, guidance-amplified ε̂ leaves noise in the image).
+what makes strong guidance work: a clipped x̂₀ beside an unclipped,
+guidance-amplified ε̂ leaves noise in the image (README, "Conventions worth
+knowing", gives the measured effect). The maths is in docs/maths.md
+("Prediction conversions", "Classifier-free guidance", "Classifier guidance").
+
+The denoiser is where function evaluations are counted: ``nfe`` goes up by one
+per call (a CFG call is one evaluation of a doubled batch), and every sampler
+records that count in its StepRecords.
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ With components (π_k, μ_k, s_k² I) and x_t = a x₀ + b ε (a = √ᾱ_t, b =
 p_t = Σ π_k N(a μ_k, v_k I), v_k = a² s_k² + b². Responsibilities r_k = p(k | x_t);
 ∇log p_t = Σ r_k (a μ_k − x_t)/v_k; ε* = −b ∇log p_t; p(y | x_t) = r_y exactly.
 Every quantity the samplers need is closed-form, so sampler accuracy and guidance
-can be checked against truth (see design.md, "Exact models for testing").
+can be checked against truth (docs/maths.md, "The exact Gaussian mixture").
 """
 from __future__ import annotations
 

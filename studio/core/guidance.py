@@ -1,4 +1,5 @@
-"""Guidance settings and the classifier gradient.
+"""Guidance settings and the classifier gradient (docs/maths.md, "Classifier-free guidance" and
+"Classifier guidance").
 
 Classifier-free guidance (Ho & Salimans 2022): ε̃ = ε̂_u + w (ε̂_c − ε̂_u), with
 w the diffusers/web-UI "guidance scale" (w = 1 is plain conditional sampling).

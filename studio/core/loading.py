@@ -156,10 +156,10 @@ def fix_dtype(unet):
     """Make ``unet.dtype`` a stored value instead of diffusers' search; returns ``unet``.
 
     diffusers' ``ModelMixin.dtype`` walks every submodule on each access (looking for casting
-    hooks; 0.27–0.41 ms on the digits UNet here, ``python -m benchmarks.profile_step_costs``), and
-    ``UNet2DModel.forward`` reads it twice per call: ~3 % of a forward pass. The studio owns its network and never changes its dtype after loading,
-    so the value is fixed once. Done by giving the instance a subclass with a plain ``dtype``
-    property (same name, same weights and config)."""
+    hooks), and ``UNet2DModel.forward`` reads it twice per call; ``python -m
+    benchmarks.profile_step_costs`` measures what that costs per forward pass. The studio owns its
+    network and never changes its dtype after loading, so the value is fixed once. Done by giving
+    the instance a subclass with a plain ``dtype`` property (same name, same weights and config)."""
     cls = type(unet)
     if getattr(cls, "_studio_fixed_dtype", False):
         return unet
@@ -174,9 +174,9 @@ def fix_dtype(unet):
 class DiffusersUNetModel:
     """Adapter around a diffusers ``UNet2DModel``.
 
-    On CPU the network runs in channels-last (NHWC) memory format: oneDNN's convolutions are
-    5–10 % faster in it on the 2-core machine (benchmarks/bench_engine.py), and the results agree
-    with the NCHW ones to float rounding (~4e-6)."""
+    On CPU the network runs in channels-last (NHWC) memory format, the layout oneDNN's convolutions
+    prefer (PyTorch's CPU performance tuning guide recommends it for convolutional networks); the
+    results agree with the NCHW ones to float rounding."""
 
     def __init__(self, unet, info: ModelInfo, classifier=None, device=torch.device("cpu"), dtype=torch.float32):
         unet = unet.to(device=device)

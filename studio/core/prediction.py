@@ -1,4 +1,5 @@
-"""Conversions between model outputs and (ε̂, x̂₀), and x̂₀ post-processing.
+"""Conversions between model outputs and (ε̂, x̂₀), and x̂₀ post-processing (docs/maths.md,
+"Prediction conversions").
 
 With x_t = a x₀ + b ε, a = √ᾱ_t, b = √(1−ᾱ_t) (Ho et al. 2020, eq. 4):
   epsilon:      x̂₀ = (x_t − b ε̂) / a

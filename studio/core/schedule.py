@@ -1,4 +1,4 @@
-"""Noise schedules and inference timestep plans.
+"""Noise schedules and inference timestep plans (docs/maths.md, "Notation and schedules").
 
 Beta schedules follow Ho et al. 2020 (linear), Rombach et al. 2022
 (scaled_linear) and Nichol & Dhariwal 2021 (squaredcos_cap_v2). Timestep

@@ -16,10 +16,11 @@ MAX_RECENT = 8
 def settle_heap() -> None:
     """Collect, then move every live object to the collector's permanent generation (``gc.freeze``).
 
-    After start-up and a model load the heap holds ~200 k long-lived objects (torch, Qt, pyqtgraph,
-    diffusers). A full collection walks all of them while holding the GIL (117–154 ms measured here, in
-    the worker thread during a run, stalling the window: python -m benchmarks.profile_gui_stalls). Frozen objects are
-    not walked. Unfreezing first lets the next load reclaim whatever was frozen and has since died.
+    After start-up and a model load the heap holds hundreds of thousands of long-lived objects
+    (torch, Qt, pyqtgraph, diffusers). A full collection walks all of them while holding the GIL, and
+    one in the worker thread during a run stalls the window (``python -m benchmarks.profile_gui_stalls``
+    attributes the stalls; ``--unfrozen`` shows them without the freeze). Frozen objects are not
+    walked. Unfreezing first lets the next load reclaim whatever was frozen and has since died.
     """
     gc.unfreeze()
     gc.collect()
