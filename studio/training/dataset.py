@@ -97,7 +97,15 @@ def render_digit(label: int, rng: np.random.Generator) -> np.ndarray:
         raise ValueError(f"label must be in 0..9, got {label}")
     font_name = FONT_NAMES[int(rng.integers(len(FONT_NAMES)))]
     stroke = int(rng.integers(0, 4))  # in glyph pixels (80px font)
-    glyph = _glyph(label, font_name, stroke)
+    mask = glyph_mask(label, font_name, stroke, rng)
+    fg, bg = _colours(rng)
+    return composite(mask, fg, bg)
+
+
+def glyph_mask(label: int, font_name: str, stroke: int, rng: np.random.Generator) -> np.ndarray:
+    """Coverage mask (float32 (32, 32), 0..1) of one digit in the given face and stroke width,
+    with random rotation, shear, aspect, size and position drawn from ``rng``."""
+    glyph = _glyph(int(label), font_name, stroke)
 
     # rotation + shear (+ aspect jitter) as one affine map about the centre
     angle = math.radians(float(rng.uniform(-15.0, 15.0)))
@@ -144,9 +152,12 @@ def render_digit(label: int, rng: np.random.Generator) -> np.ndarray:
     mask = Image.new("L", (S, S), 0)
     mask.paste(warped, (px, py))
     mask = mask.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX)
+    return np.asarray(mask, dtype=np.float32) / 255.0
 
-    fg, bg = _colours(rng)
-    m = np.asarray(mask, dtype=np.float32)[..., None] / 255.0
+
+def composite(mask: np.ndarray, fg: np.ndarray, bg: np.ndarray) -> np.ndarray:
+    """Blend ``fg`` over ``bg`` (RGB, 0..255) through ``mask``; ``uint8`` (32, 32, 3)."""
+    m = mask[..., None]
     out = bg[None, None, :] * (1.0 - m) + fg[None, None, :] * m
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 

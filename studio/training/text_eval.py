@@ -1,0 +1,265 @@
+"""Evaluation of the text-to-image model ``digits-text``: is what the prompt says in the picture?
+
+Every caption word is a property that can be read back from pixels:
+
+* **colours** (:func:`read_colours`): the background is the per-channel median of the border
+  pixels; the foreground is the median of the pixels farthest from it (at least
+  ``FG_FRACTION`` of the largest distance); each is named by the nearest palette colour
+  (:data:`captions.PALETTE`), the same rule the data generator's jitter is bounded by;
+* **digit** (:func:`read_digits`): the shipped clean-image evaluator of the class model
+  (``assets/models/digits/evaluator``) reads a colour-free version of the image — the
+  distance of every pixel from the background, normalised to 0..1 and drawn white on
+  black — because that evaluator was trained on luminance-contrasting colour pairs and
+  misreads equal-luminance pairs such as red on blue.
+
+:func:`real_data_floor` applies both readers to rendered images with known captions: what
+they score there bounds what any model can be credited with.
+
+Samples come from :func:`generate` (diffusers ``StableDiffusionPipeline`` with DDIM,
+fixed seeds, batched); it is one small function so another generator can replace it.
+
+    python -m studio.training.text_eval --model assets/models/digits-text --n 500 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .captions import (ALLOWED_PAIRS, COLOUR_NAMES, HELD_OUT, HELD_OUT_SET, PALETTE_RGB, full_caption,
+                       make_captioned_dataset)
+
+FG_FRACTION = 0.6
+DIGITS_EVALUATOR = Path(__file__).resolve().parents[2] / "assets" / "models" / "digits" / "evaluator"
+REAL_SEED, PSNR_SEED = 4242, 4343  # dataset seeds used by no trainer
+
+
+# ----------------------------------------------------------------------------- readers
+def _border(x: np.ndarray) -> np.ndarray:
+    return np.concatenate([x[:, 0], x[:, -1], x[:, 1:-1, 0], x[:, 1:-1, -1]], axis=1)
+
+
+def nearest_colour(rgb: np.ndarray) -> np.ndarray:
+    """Index into ``COLOUR_NAMES`` of the nearest palette colour of each RGB row (N, 3)."""
+    d = np.linalg.norm(rgb[:, None, :].astype(np.float32) - PALETTE_RGB[None], axis=-1)
+    return d.argmin(1)
+
+
+def read_colours(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fg index, bg index, foreground mask in 0..1) of uint8 images (N, 32, 32, 3)."""
+    x = images.astype(np.float32)
+    bg = np.median(_border(x), axis=1)
+    dist = np.linalg.norm(x - bg[:, None, None], axis=-1)
+    top = dist.reshape(len(x), -1).max(1)
+    far = dist >= FG_FRACTION * np.maximum(top, 1e-6)[:, None, None]
+    fg = np.stack([np.median(x[i][far[i]], axis=0) for i in range(len(x))])
+    mask = np.clip(dist / np.maximum(top, 1.0)[:, None, None], 0, 1)
+    return nearest_colour(fg), nearest_colour(bg), mask
+
+
+def load_digit_reader(folder=DIGITS_EVALUATOR):
+    from .evaluator import load_evaluator
+
+    return load_evaluator(folder).eval()
+
+
+@torch.no_grad()
+def read_digits(evaluator, images: np.ndarray, mask: np.ndarray | None = None, batch: int = 500) -> np.ndarray:
+    """Digit read by the clean evaluator from the colour-free mask (white on black)."""
+    if mask is None:
+        mask = read_colours(images)[2]
+    out = []
+    for i in range(0, len(mask), batch):
+        g = torch.from_numpy(mask[i:i + batch] * 2 - 1).float()[:, None].repeat(1, 3, 1, 1)
+        out.append(evaluator.logits(g).argmax(1).numpy())
+    return np.concatenate(out)
+
+
+def score(evaluator, images: np.ndarray, digit: np.ndarray, fg: np.ndarray | None,
+          bg: np.ndarray | None) -> dict:
+    """Accuracies of digit / fg / bg (None: not asked) and all three together."""
+    fg_p, bg_p, mask = read_colours(images)
+    d_p = read_digits(evaluator, images, mask)
+    ok = {"digit": d_p == digit}
+    if fg is not None:
+        ok["fg"] = fg_p == fg
+    if bg is not None:
+        ok["bg"] = bg_p == bg
+    res = {f"{k}_accuracy": float(v.mean()) for k, v in ok.items()}
+    if fg is not None and bg is not None:
+        res["all_three"] = float((ok["digit"] & ok["fg"] & ok["bg"]).mean())
+    res["digit_read"] = np.bincount(d_p, minlength=10).tolist()
+    res["fg_read"] = np.bincount(fg_p, minlength=len(COLOUR_NAMES)).tolist()
+    return res
+
+
+# ----------------------------------------------------------------------------- prompts
+def held_in_prompts(n: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
+    """``n`` canonical prompts, digits cycling 0..9, colour pairs drawn from the allowed pairs
+    minus the held-out (digit, fg) pairs. Returns prompts and (digit, fg, bg) rows."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        d = i % 10
+        while True:
+            f, b = ALLOWED_PAIRS[int(rng.integers(len(ALLOWED_PAIRS)))]
+            if (d, f) not in HELD_OUT_SET:
+                break
+        rows.append((d, COLOUR_NAMES.index(f), COLOUR_NAMES.index(b)))
+    rows = np.array(rows)
+    return [full_caption(d, COLOUR_NAMES[f], COLOUR_NAMES[b]) for d, f, b in rows], rows
+
+
+def held_out_prompts(n: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
+    """``n`` prompts of the held-out (digit, fg) pairs (cycling), with random allowed backgrounds."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        d, f = HELD_OUT[i % len(HELD_OUT)]
+        bgs = [b for ff, b in ALLOWED_PAIRS if ff == f]
+        rows.append((d, COLOUR_NAMES.index(f), COLOUR_NAMES.index(bgs[int(rng.integers(len(bgs)))])))
+    rows = np.array(rows)
+    return [full_caption(d, COLOUR_NAMES[f], COLOUR_NAMES[b]) for d, f, b in rows], rows
+
+
+def no_fg_prompts(n: int, colour: str, seed: int = 0) -> tuple[list[str], np.ndarray]:
+    """'a 7 on a blue background': the foreground colour left open (backgrounds that allow
+    ``colour`` as foreground), for measuring a negative prompt's effect on the fg colour."""
+    rng = np.random.default_rng(seed)
+    bgs = [b for f, b in ALLOWED_PAIRS if f == colour]
+    rows = np.array([(i % 10, -1, COLOUR_NAMES.index(bgs[int(rng.integers(len(bgs)))])) for i in range(n)])
+    return [f"a {d} on a {COLOUR_NAMES[b]} background" for d, _, b in rows], rows
+
+
+# ----------------------------------------------------------------------------- generator
+def load_pipeline(folder):
+    """The exported folder as a diffusers ``StableDiffusionPipeline`` with DDIM (float32, CPU)."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(folder))
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@torch.no_grad()
+def generate(pipe, prompts: list[str], guidance: float, negative: list[str] | str | None = None,
+             steps: int = 50, seed: int = 0, batch: int = 100) -> np.ndarray:
+    """uint8 samples (N, 32, 32, 3): DDIM ``steps`` (η = 0), CFG ``guidance`` (w = 1: none),
+    batch ``k`` drawn from ``torch.Generator().manual_seed(seed + k)``."""
+    out = []
+    for k, i in enumerate(range(0, len(prompts), batch)):
+        p = prompts[i:i + batch]
+        neg = negative[i:i + batch] if isinstance(negative, list) else (
+            [negative] * len(p) if negative is not None else None)
+        g = torch.Generator().manual_seed(seed + k)
+        img = pipe(p, negative_prompt=neg, num_inference_steps=steps, guidance_scale=guidance,
+                   generator=g, output_type="np").images
+        out.append(np.clip(np.rint(img * 255), 0, 255).astype(np.uint8))
+    return np.concatenate(out)
+
+
+# ----------------------------------------------------------------------------- evaluation
+def real_data_floor(evaluator, n: int = 2000) -> dict:
+    """The readers on rendered images with known captions (train-distribution and held-out)."""
+    res = {}
+    for split in ("train", "held_out"):
+        images, attrs = make_captioned_dataset(n, REAL_SEED, split)
+        res[split] = {"n": n, **score(evaluator, images, attrs[:, 0], attrs[:, 1], attrs[:, 2])}
+    return res
+
+
+def vae_psnr(pipe, n: int = 1000) -> dict:
+    from .vae_train import psnr
+
+    out = {}
+    for split in ("train", "held_out"):  # "train": fresh images of the training distribution
+        images, _ = make_captioned_dataset(n, PSNR_SEED, split)
+        out[split] = {"n": n, "psnr_db": psnr(pipe.vae, images)}
+    return out
+
+
+def evaluate(folder, n: int = 500, groups=("cfg", "held_out", "negative", "uncond", "vae"),
+             cfg_scales=(1, 3, 5), negative_colours=("red",), seed: int = 0, steps: int = 50,
+             log=sys.stderr) -> dict:
+    pipe = load_pipeline(folder)
+    ev = load_digit_reader()
+    results: list[dict] = []
+
+    def run(name, prompts, rows, w, negative=None, extra=None):
+        t0 = time.perf_counter()
+        x = generate(pipe, prompts, w, negative, steps, seed)
+        fg = rows[:, 1] if (rows[:, 1] >= 0).all() else None
+        r = {"setting": name, "n": len(prompts), "guidance": w, "steps": steps,
+             "negative_prompt": negative if isinstance(negative, str) else None,
+             **score(ev, x, rows[:, 0], fg, rows[:, 2] if rows.shape[1] > 2 else None), **(extra or {})}
+        r["seconds"] = round(time.perf_counter() - t0, 1)
+        results.append(r)
+        if log:
+            log.write(json.dumps({k: v for k, v in r.items() if not k.endswith("_read")}) + "\n")
+            log.flush()
+        return r
+
+    if "cfg" in groups:
+        prompts, rows = held_in_prompts(n, seed)
+        for w in cfg_scales:
+            run(f"held-in w={w:g}", prompts, rows, float(w))
+    if "held_out" in groups:
+        prompts, rows = held_out_prompts(n, seed)
+        run("held-out w=3", prompts, rows, 3.0)
+    if "negative" in groups:
+        for c in negative_colours:
+            prompts, rows = no_fg_prompts(n, c, seed)
+            ci = COLOUR_NAMES.index(c)
+            for neg in (None, c):
+                r = run(f"fg open, negative {neg!r} w=3", prompts, rows, 3.0, neg)
+                r["colour"] = c
+                r["colour_fg_share"] = r["fg_read"][ci] / r["n"]
+    if "uncond" in groups:
+        rows = np.zeros((n, 3), dtype=np.int64) - 1
+        r = run("unconditional (empty prompt)", [""] * n, rows, 1.0)
+        r.pop("digit_accuracy", None)
+        r["digit_fractions"] = [round(v / n, 4) for v in r["digit_read"]]
+    out = {"model": str(folder), "n_per_setting": n, "seed": seed, "results": results}
+    if "vae" in groups:
+        out["vae_psnr"] = vae_psnr(pipe)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m studio.training.text_eval",
+                                description="evaluate a digits-text pipeline folder")
+    p.add_argument("--model", default="assets/models/digits-text")
+    p.add_argument("--n", type=int, default=500)
+    p.add_argument("--only", nargs="+", choices=["cfg", "held_out", "negative", "uncond", "vae", "floor"],
+                   default=["cfg", "held_out", "negative", "uncond", "vae"])
+    p.add_argument("--cfg-scales", type=float, nargs="+", default=[1, 3, 5])
+    p.add_argument("--negative-colours", nargs="+", default=["red"], choices=list(COLOUR_NAMES))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
+    a = p.parse_args(argv)
+    if a.only != ["floor"] and not (Path(a.model) / "model_index.json").is_file():
+        print(f"error: {a.model}: no model_index.json; give a digits-text pipeline folder", file=sys.stderr)
+        return 2
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if a.only == ["floor"]:
+        res = {"real_data_floor": real_data_floor(load_digit_reader(), a.n)}
+    else:
+        res = evaluate(a.model, a.n, [g for g in a.only if g != "floor"], a.cfg_scales,
+                       a.negative_colours, a.seed)
+        if "floor" in a.only:
+            res["real_data_floor"] = real_data_floor(load_digit_reader(), a.n)
+    print(json.dumps(res, indent=1) if a.json else res)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

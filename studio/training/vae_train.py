@@ -1,0 +1,160 @@
+"""Training of the ``digits-text`` autoencoder (diffusers ``AutoencoderKL``) on CPU.
+
+The first stage of latent diffusion (Rombach et al. 2022, Sec. 3): an encoder to a
+Gaussian posterior q(z|x) over 8x8x4 latents, a decoder back to 32x32 RGB. Loss per batch:
+``L1 + MSE`` between the input and the decoding of a posterior sample, plus ``kl_weight``
+times KL(q(z|x) || N(0, I)) (summed over latent elements, averaged over the batch) – the
+small KL weight of SD's KL-f8 autoencoder (1e-6) keeps the latent close to a smooth,
+roughly standard space without blurring. (SD adds a perceptual and an adversarial loss;
+at 32x32 with flat colours a pixel loss is enough.)
+
+Checkpoints, EMA-free (the decoder is used as trained), cosine learning rate fitted to
+``time_limit_s`` after 60 steps, export to ``out_dir/final`` (``save_pretrained``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from . import ckpt as C
+from .captions import load_cached_captioned
+from .dataset import grid, to_float, to_uint8
+from .text_model import VAE_CONFIG, make_vae
+
+FIT_AFTER, FIT_WINDOW = 60, 40
+ProgressFn = Callable[[int, int, float, float], None]
+
+
+def vae_loss(vae, x: torch.Tensor, gen: torch.Generator, kl_weight: float) -> tuple[torch.Tensor, float]:
+    """(loss, reconstruction MSE) for a batch ``x`` in [-1, 1]."""
+    post = vae.encode(x).latent_dist
+    z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
+    rec = vae.decode(z).sample
+    mse = F.mse_loss(rec, x)
+    loss = F.l1_loss(rec, x) + mse + kl_weight * post.kl().mean()
+    return loss, mse.item()
+
+
+@torch.no_grad()
+def psnr(vae, images: np.ndarray, batch: int = 250) -> float:
+    """Mean PSNR (dB, peak 255) of ``decode(posterior mean)`` on uint8 images, after rounding
+    the reconstruction to uint8 as a saved image would be."""
+    vals = []
+    was = vae.training
+    vae.eval()
+    for i in range(0, len(images), batch):
+        x = to_float(images[i:i + batch])
+        rec = to_uint8(vae.decode(vae.encode(x).latent_dist.mean).sample).astype(np.float64)
+        mse = ((rec - images[i:i + batch].astype(np.float64)) ** 2).mean(axis=(1, 2, 3))
+        vals.append(10 * np.log10(255.0 ** 2 / np.maximum(mse, 1e-10)))
+    vae.train(was)
+    return float(np.concatenate(vals).mean())
+
+
+def train_vae(out_dir, steps: int = 3000, batch_size: int = 64, seed: int = 0, lr: float = 1e-3,
+              kl_weight: float = 1e-6, checkpoint_every: int = 250, resume: bool = True,
+              progress: ProgressFn | None = None, dataset_cache=None, dataset_n: int = 50000,
+              dataset_seed: int = 0, vae_config: dict | None = None, warmup_steps: int = 100,
+              time_limit_s: float | None = None, log_every: int = 10, export: bool = True,
+              grad_clip: float = 1.0) -> dict:
+    """Train (or resume) and export to ``out_dir/final``; returns (and writes) a summary."""
+    out_dir = Path(out_dir)
+    (out_dir / "samples").mkdir(parents=True, exist_ok=True)
+    cfg = json.loads(json.dumps(vae_config or VAE_CONFIG))
+    t_setup = time.time()
+    images, _ = load_cached_captioned(dataset_cache, dataset_n, dataset_seed, "train")
+    val = images[-16:]
+    data_s = time.time() - t_setup
+
+    torch.manual_seed(seed)
+    vae = make_vae(cfg)
+    vae.train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    start_step, train_seconds = 0, 0.0
+    ck = C.latest_checkpoint(out_dir) if resume else None
+    if ck is not None:
+        st = C.restore_checkpoint(ck, {"vae": vae}, opt, rng, gen)
+        start_step, train_seconds = int(st["step"]), float(st.get("train_seconds", 0.0))
+        steps = C.resumed_steps(st, steps)
+    fitted_from = None
+    log = C.LossLog(out_dir / "loss.csv", ["step", "loss", "mse", "lr", "train_seconds", "s_per_it"],
+                    start_step if ck is not None else None)
+
+    def save(step: int) -> Path:
+        with torch.no_grad():
+            vae.eval()
+            rec = vae.decode(vae.encode(to_float(val)).latent_dist.mean).sample
+            vae.train()
+        grid(np.concatenate([val, to_uint8(rec)]), nrow=16).save(out_dir / "samples" / f"step_{step:06d}.png")
+        path = C.write_checkpoint(out_dir, step, {"vae.safetensors": vae.state_dict()}, opt,
+                                  {"numpy_rng": C.numpy_rng_state(rng), "train_seconds": train_seconds,
+                                   "vae_config": cfg, "seed": seed, "batch_size": batch_size, "lr": lr,
+                                   "kl_weight": kl_weight, "dataset_n": dataset_n, "dataset_seed": dataset_seed,
+                                   "fitted_from": fitted_from, "fitted_total": steps if fitted_from else None})
+        save_file({"torch_generator": gen.get_state()}, str(path / "rng.safetensors"))
+        return path
+
+    step, t_start = start_step, time.time()
+    recent: list[tuple[float, float, float]] = []
+    stopped_early = False
+    while step < steps:
+        if time_limit_s is not None and time.time() - t_start > time_limit_s:
+            stopped_early = True
+            break
+        t0 = time.time()
+        cur_lr = C.cosine_lr(step, steps, lr, warmup_steps)
+        for g in opt.param_groups:
+            g["lr"] = cur_lr
+        x = to_float(images[rng.integers(0, len(images), size=batch_size)])
+        loss, mse = vae_loss(vae, x, gen, kl_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(vae.parameters(), grad_clip)
+        opt.step()
+        step += 1
+        dt = time.time() - t0
+        train_seconds += dt
+        recent = (recent + [(loss.item(), mse, dt)])[-50:]
+        mean_loss = sum(r[0] for r in recent[-log_every:]) / len(recent[-log_every:])
+        spi = sum(r[2] for r in recent) / len(recent)
+        if step % log_every == 0 or step == steps:
+            log.write(step=step, loss=f"{mean_loss:.6f}",
+                      mse=f"{sum(r[1] for r in recent[-log_every:]) / len(recent[-log_every:]):.6f}",
+                      lr=f"{cur_lr:.3g}", train_seconds=f"{train_seconds:.1f}", s_per_it=f"{spi:.4f}")
+        if progress is not None:
+            progress(step, steps, mean_loss, spi * (steps - step))
+        if (time_limit_s is not None and step == start_step + FIT_AFTER and step < steps
+                and fitted_from is None):
+            spi_fit = sum(r[2] for r in recent[-FIT_WINDOW:]) / FIT_WINDOW
+            new_total = C.fit_steps_to_time(step, steps, spi_fit, time_limit_s - (time.time() - t_start))
+            if new_total < steps:
+                fitted_from, steps = steps, new_total
+        if checkpoint_every and step % checkpoint_every == 0 and step < steps:
+            save(step)
+    log.close()
+    final_ckpt = save(step) if (step > start_step or ck is None) else ck
+    summary = {"step": step, "target_steps": steps, "stopped_early": stopped_early,
+               "train_seconds_total": round(train_seconds, 1),
+               "s_per_it_mean": round(train_seconds / max(1, step), 4),
+               "recent_loss_mean": (sum(r[0] for r in recent) / len(recent)) if recent else None,
+               "recent_mse_mean": (sum(r[1] for r in recent) / len(recent)) if recent else None,
+               "dataset_seconds": round(data_s, 1), "vae_config": cfg, "batch_size": batch_size,
+               "lr": lr, "kl_weight": kl_weight, "steps_reduced_to_fit_time_limit_from": fitted_from,
+               "checkpoint": str(final_ckpt)}
+    if export:
+        vae.eval()
+        vae.save_pretrained(str(out_dir / "final"), safe_serialization=True)
+        summary["export"] = str(out_dir / "final")
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary

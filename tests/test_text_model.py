@@ -1,0 +1,252 @@
+"""The text-to-image model digits-text: captions, tokenizer, training, export, evaluation readers.
+
+Oracles: transformers' CLIPTokenizer (it runs the BPE on the files we write), diffusers'
+StableDiffusionPipeline (it loads and samples the exported folder unchanged), the data
+generator's own parameters (every caption and every colour is checked against them).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from studio.training import captions as C
+from studio.training import text_eval as E
+from studio.training.tokenizer import BOS, EOS, learn_merges, load_tokenizer, write_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "assets" / "models" / "digits-text"
+
+
+# ----------------------------------------------------------------------------- captions
+def _check_caption_true(cap: str, attrs) -> None:
+    digit, fg, bg, font = (int(v) for v in attrs)
+    words = cap.replace(",", " ").split()
+    colours = [w for w in words if w in C.COLOUR_NAMES]
+    assert set(colours) <= {C.COLOUR_NAMES[fg], C.COLOUR_NAMES[bg]}, cap
+    if "on" in words:  # the colour after "on" (and an optional "a") is the background
+        after = [w for w in words[words.index("on") + 1:] if w != "a"]
+        assert after[0] == C.COLOUR_NAMES[bg], cap
+        before = [w for w in words[:words.index("on")] if w in C.COLOUR_NAMES]
+        assert before in ([], [C.COLOUR_NAMES[fg]]), cap
+    elif colours:
+        assert colours == [C.COLOUR_NAMES[fg]], cap
+    digits = [w for w in words if w.isdigit() or w in C.DIGIT_WORDS]
+    assert all(w in (str(digit), C.DIGIT_WORDS[digit]) for w in digits), cap
+    styles = [w for w in words if w in C.STYLE_WORDS]
+    assert styles in ([], [C.FONT_STYLE[C.FONT_NAMES[font]]]), cap
+
+
+def test_every_caption_is_true_of_its_image_parameters():
+    rng = np.random.default_rng(0)
+    attrs = C.sample_attributes(3000, rng, "all")
+    seen_templates = set()
+    for a in attrs:
+        cap = C.caption(a, rng)
+        _check_caption_true(cap, a)
+        seen_templates.add(len(cap.split()))
+    assert len(seen_templates) > 4  # full and partial templates both occur
+
+
+def test_colour_pairs_are_distinct_and_readable():
+    for f, b in C.ALLOWED_PAIRS:
+        assert f != b
+        assert np.linalg.norm(np.subtract(C.PALETTE[f], C.PALETTE[b])) >= C.MIN_PAIR_DISTANCE
+    # the jitter cube around a colour never reaches halfway to another palette colour
+    d = np.linalg.norm(C.PALETTE_RGB[:, None] - C.PALETTE_RGB[None], axis=-1)
+    np.fill_diagonal(d, np.inf)
+    assert d.min() / 2 > C.JITTER * np.sqrt(3)
+    for digit, fg in C.HELD_OUT:  # every held-out pair can be rendered
+        assert any(f == fg for f, _ in C.ALLOWED_PAIRS)
+
+
+def test_held_out_pairs_never_in_training_split():
+    rng = np.random.default_rng(1)
+    train = C.sample_attributes(4000, rng, "train")
+    pairs = {(int(d), C.COLOUR_NAMES[f]) for d, f, _, _ in train}
+    assert not pairs & C.HELD_OUT_SET
+    assert len(pairs) == 10 * len(C.COLOUR_NAMES) - len(C.HELD_OUT)  # everything else occurs
+    held = C.sample_attributes(500, rng, "held_out")
+    assert {(int(d), C.COLOUR_NAMES[f]) for d, f, _, _ in held} == C.HELD_OUT_SET
+    assert abs(len(C.HELD_OUT) / (10 * len(C.COLOUR_NAMES)) - 0.1) < 0.02
+
+
+def test_captioned_dataset_deterministic_and_render_colours_near_names():
+    a_img, a_attr = C.make_captioned_dataset(50, seed=3)
+    b_img, b_attr = C.make_captioned_dataset(50, seed=3)
+    assert np.array_equal(a_img, b_img) and np.array_equal(a_attr, b_attr)
+    assert np.bincount(a_attr[:, 0], minlength=10).tolist() == [5] * 10
+    rng = np.random.default_rng(0)
+    for name in C.COLOUR_NAMES:
+        c = np.stack([C.render_colour(name, rng) for _ in range(200)])
+        assert np.abs(c - np.array(C.PALETTE[name])).max() <= C.JITTER
+    with pytest.raises(ValueError, match="not an allowed colour pair"):
+        C.render_captioned(1, "red", "red", 0, rng)
+
+
+# ----------------------------------------------------------------------------- readers
+def test_colour_reader_on_flat_synthetic_images():
+    img = np.zeros((2, 32, 32, 3), np.uint8)
+    img[0] = C.PALETTE["blue"]
+    img[0, 10:22, 12:20] = C.PALETTE["red"]
+    img[1] = C.PALETTE["white"]
+    img[1, 4:28, 14:18] = C.PALETTE["black"]
+    fg, bg, mask = E.read_colours(img)
+    assert [C.COLOUR_NAMES[i] for i in fg] == ["red", "black"]
+    assert [C.COLOUR_NAMES[i] for i in bg] == ["blue", "white"]
+    assert mask[0, 15, 15] == 1.0 and mask[0, 0, 0] == 0.0
+
+
+def test_readers_real_data_floor():
+    """Rendered images with known captions are read right: the ceiling any model is held to."""
+    ev = E.load_digit_reader()
+    for split in ("train", "held_out"):
+        images, attrs = C.make_captioned_dataset(300, seed=E.REAL_SEED, split=split)
+        r = E.score(ev, images, attrs[:, 0], attrs[:, 1], attrs[:, 2])
+        assert r["fg_accuracy"] == 1.0 and r["bg_accuracy"] == 1.0, (split, r)
+        assert r["digit_accuracy"] >= 0.98, (split, r)
+
+
+# ----------------------------------------------------------------------------- tokenizer
+def test_bpe_merges_assemble_every_word():
+    words = C.vocabulary()
+    merges = learn_merges(words)
+    # replay the merges in rank order (CLIP's bpe()) on each word: one symbol each
+    for w in words:
+        sym = list(w[:-1]) + [w[-1] + "</w>"]
+        for a, b in merges:
+            i = 0
+            while i < len(sym) - 1:
+                if sym[i] == a and sym[i + 1] == b:
+                    sym[i:i + 2] = [a + b]
+                i += 1
+        assert sym == [w + "</w>"]
+
+
+def test_clip_tokenizer_loads_offline_and_covers_every_caption(tmp_path):
+    tok = load_tokenizer(write_tokenizer(tmp_path / "tok", C.vocabulary()))
+    files = {p.name for p in (tmp_path / "tok").iterdir()}
+    assert {"vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"} <= files
+    assert tok.model_max_length == 20
+    unk = tok.convert_tokens_to_ids(EOS)
+    rng = np.random.default_rng(0)
+    attrs = C.sample_attributes(300, rng, "all")
+    for a in attrs:
+        cap = C.caption(a, rng)
+        ids = tok(cap).input_ids
+        n_words = len(cap.replace(",", " , ").split())
+        assert ids[0] == tok.convert_tokens_to_ids(BOS) and ids[-1] == unk
+        assert len(ids) == n_words + 2 and unk not in ids[1:-1], cap  # one known token per word
+        assert len(ids) <= tok.model_max_length
+    assert tok.convert_ids_to_tokens(tok("a red 7 on a blue background").input_ids[1:-1]) == [
+        "a</w>", "red</w>", "7</w>", "on</w>", "a</w>", "blue</w>", "background</w>"]
+    assert tok("red !").input_ids[2] == unk  # a character outside the alphabet is unknown
+    assert tok("").input_ids == [tok.bos_token_id, tok.eos_token_id]
+
+
+# ----------------------------------------------------------------------------- training + export
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory):
+    from studio.training.text_diffusion import train_text_diffusion
+    from studio.training.text_model import TINY_TEXT_CONFIG, TINY_UNET_CONFIG, TINY_VAE_CONFIG
+    from studio.training.vae_train import train_vae
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("digits_text")
+    cache = root / "cache"
+    vs = train_vae(root / "vae", steps=3, batch_size=4, dataset_n=40, dataset_cache=cache,
+                   vae_config=TINY_VAE_CONFIG, checkpoint_every=0, warmup_steps=1)
+    kw = dict(batch_size=4, dataset_n=40, dataset_cache=cache, unet_config=TINY_UNET_CONFIG,
+              text_config=TINY_TEXT_CONFIG, checkpoint_every=2, grid_per_prompt=0, warmup_steps=1)
+    s1 = train_text_diffusion(root / "a", vs["export"], steps=4, **kw)
+    train_text_diffusion(root / "b", vs["export"], steps=2, export=False, **kw)
+    s2 = train_text_diffusion(root / "b", vs["export"], steps=4, **kw)  # resumed at step 2
+    return root, s1, s2
+
+
+def test_training_resumes_exactly(tiny_export):
+    from safetensors.torch import load_file
+
+    root, s1, s2 = tiny_export
+    assert s1["step"] == s2["step"] == 4
+    a = load_file(str(root / "a" / "final" / "unet" / "diffusion_pytorch_model.safetensors"))
+    b = load_file(str(root / "b" / "final" / "unet" / "diffusion_pytorch_model.safetensors"))
+    # same data, captions, noise and schedule; equal to float rounding (the optimizer state
+    # reloaded from safetensors takes a different summation order than the one never saved)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_scaling_factor_is_inverse_latent_std(tiny_export):
+    from safetensors.torch import load_file
+
+    from studio.training.text_diffusion import latent_scaling_factor
+
+    root, s1, _ = tiny_export
+    cfg = json.loads((root / "a" / "final" / "vae" / "config.json").read_text())
+    lat = load_file(str(root / "a" / "latents.safetensors"))
+    assert cfg["scaling_factor"] == pytest.approx(s1["scaling_factor"])
+    assert cfg["scaling_factor"] == pytest.approx(latent_scaling_factor(lat["mean"], lat["std"]))
+    g = torch.Generator().manual_seed(0)
+    z = lat["mean"] + lat["std"] * torch.randn(lat["mean"].shape, generator=g)
+    assert (z * cfg["scaling_factor"]).std().item() == pytest.approx(1.0, rel=1e-4)
+
+
+def _check_pipeline_folder(folder: Path, steps: int = 2):
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["safety_checker"] == [None, None] and index["feature_extractor"] == [None, None]
+    assert index["requires_safety_checker"] is False
+    pipe = StableDiffusionPipeline.from_pretrained(str(folder))
+    assert isinstance(pipe.scheduler, DDIMScheduler)
+    sc = pipe.scheduler.config
+    assert (sc.beta_schedule, sc.beta_start, sc.beta_end, sc.clip_sample, sc.set_alpha_to_one, sc.steps_offset) == (
+        "scaled_linear", 0.00085, 0.012, False, False, 1)
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe("a red 7 on a blue background", negative_prompt="green", num_inference_steps=steps,
+               guidance_scale=3.0, generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert out.shape == (1, 32, 32, 3) and np.isfinite(out).all()
+    return pipe
+
+
+def test_export_loads_in_plain_diffusers_and_samples(tiny_export):
+    from studio.training.text_model import encode_prompts
+
+    root, _, _ = tiny_export
+    pipe = _check_pipeline_folder(root / "a" / "final")
+    # the training-time text conditioning is exactly the pipeline's
+    prompts = ["a red 7 on a blue background", ""]
+    ours = encode_prompts(pipe.tokenizer, pipe.text_encoder, prompts)
+    theirs, _ = pipe.encode_prompt(prompts, "cpu", 1, False)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+
+
+def test_cli_parses_text_model_commands():
+    import argparse
+
+    from studio.training import cli_train
+
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="command")
+    cli_train.add_train_parser(sub)
+    a = p.parse_args(["train", "text-diffusion", "--out", "x", "--vae", "v", "--time-limit-min", "3"])
+    assert a.what == "text-diffusion" and a.vae == "v"
+    with pytest.raises(ValueError, match="--vae"):
+        cli_train.cmd_train_text_diffusion(p.parse_args(["train", "text-diffusion", "--out", "x"]))
+
+
+@pytest.mark.skipif(not (SHIPPED / "model_index.json").exists(), reason="digits-text not shipped yet")
+def test_shipped_digits_text_model():
+    from studio.core.loading import sha256_file
+
+    _check_pipeline_folder(SHIPPED)
+    for line in (SHIPPED / "SHA256SUMS").read_text().splitlines():
+        digest, name = line.split(maxsplit=1)
+        assert sha256_file(SHIPPED / name) == digest, name
+    assert sum(p.stat().st_size for p in SHIPPED.rglob("*") if p.is_file()) <= 20 * 2 ** 20
+    rec = json.loads((SHIPPED / "recommended.json").read_text())
+    assert rec["cfg_scale"] == 3 and rec["prompt"] == "a red 7 on a blue background"
