@@ -25,10 +25,10 @@ def _child(workload: str) -> dict:
     import resource
     import time
 
-    from studio.runtime import TRAIN_MMAP_MB, tune_allocator
+    from studio.runtime import TRAIN_MMAP_MB, own_process
 
     # as each entry point does: `studio train` raises both thresholds further than the window and CLI
-    applied = tune_allocator(TRAIN_MMAP_MB, TRAIN_MMAP_MB) if workload == "train" else tune_allocator()
+    applied = own_process(TRAIN_MMAP_MB, TRAIN_MMAP_MB) if workload == "train" else own_process()
     import torch
 
     from benchmarks.bench_engine import bare_loop, digits_like_unet, studio_loop, wrap

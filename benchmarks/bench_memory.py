@@ -204,7 +204,7 @@ if __name__ == "__main__":
     import json
     import sys
 
-    from studio.runtime import tune_allocator
+    from studio.runtime import own_process
 
-    tune_allocator()  # as the studio's entry points do
+    own_process()  # as the studio's entry points do (tuned allocator, periodic release in long runs)
     print(json.dumps(run(quick="--quick" in sys.argv, gui="--no-gui" not in sys.argv), indent=2))

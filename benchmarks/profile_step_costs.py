@@ -151,9 +151,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=11)
     ap.add_argument("--gil", action="store_true", help="also time a plot update against a busy GIL (opens the window)")
     args = ap.parse_args()
-    from studio.runtime import tune_allocator
+    from studio.runtime import own_process
 
-    tune_allocator()  # as the studio's entry points do
+    own_process()  # as the studio's entry points do
     unet = be.digits_like_unet().eval()
     model = be.wrap(unet, "cpu")
     res = {"dtype_lookup_us": dtype_lookup_us(unet, model), "loops": loops(unet, model, args.repeats),

@@ -136,11 +136,11 @@ def main(argv=None) -> int:
     ap.add_argument("--only", nargs="+", choices=SUITES)
     ap.add_argument("--out", default=str(HERE))
     args = ap.parse_args(argv)
-    from studio.runtime import tune_allocator
+    from studio.runtime import own_process
 
     from .common import machine
 
-    tuned = tune_allocator()  # as the studio's own entry points do; baselines share the process
+    tuned = own_process()  # as the studio's own entry points do; baselines share the process
 
     out = Path(args.out)
     json_path = out / "results.json"

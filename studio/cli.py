@@ -207,7 +207,8 @@ def cmd_gui(args) -> int:
         print(f"studio: error: the window cannot start ({e}); install PySide6-Essentials or use `studio sample`",
               file=sys.stderr)
         return 1
-    return gui_main([] if getattr(args, "model", None) is None else ["--model", args.model])
+    # console_main owns the process already
+    return gui_main([] if getattr(args, "model", None) is None else ["--model", args.model], own_process=False)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -259,10 +260,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    from .runtime import tune_allocator
+def console_main(argv: Optional[Sequence[str]] = None) -> int:
+    """The ``studio`` command (the console script and ``python -m studio``): the studio owns this
+    process, so the allocator keeps the network's freed buffers for reuse (``studio train`` larger
+    ones: its activations are far above 32 MB; studio/runtime.py), then :func:`main` runs.
+    ``main(argv)`` itself changes nothing process-wide, so tests and embedders are not tuned."""
+    from .runtime import MMAP_MB, TRAIN_MMAP_MB, own_process
 
-    tune_allocator()  # the studio owns this process: keep the network's freed buffers for reuse
+    argv = list(sys.argv[1:] if argv is None else argv)
+    mb = TRAIN_MMAP_MB if argv[:1] == ["train"] else MMAP_MB
+    own_process(mb, mb)
+    return main(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run ``studio`` with ``argv``; returns the exit status (errors are one line on stderr)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -303,4 +315,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console_main())

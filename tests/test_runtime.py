@@ -1,5 +1,5 @@
 """The process tuning (studio/runtime.py) and the slab store (studio/session/slabs.py), measured in
-fresh processes: page faults of a free-and-reallocate loop, and heap release after a run."""
+fresh processes: page faults of a free-and-reallocate loop, and which entry points tune the process."""
 import json
 import os
 import subprocess
@@ -42,6 +42,58 @@ def test_tuned_allocator_reuses_freed_buffers_instead_of_faulting_them_in_again(
     # follows the largest block, 4 MB here) and faults it in again; the tuned heap keeps it
     assert plain["faults"] > 100_000, plain
     assert tuned["faults"] < plain["faults"] / 20, (plain, tuned)
+
+
+ENTRY = """
+import json, resource, sys
+import studio.cli as cli
+from studio import runtime
+from studio.session.recipe import Recipe
+from studio.session.runner import Run
+Run(Recipe(model="gmm", steps=120, batch=1, device="cpu")).run_to_end()  # a Run used as a library
+args = [a for a in sys.argv[1:] if a != "--console"]
+status = cli.console_main(args) if "--console" in sys.argv else cli.main(args)
+import numpy as np
+def churn():
+    for _ in range(50):
+        acts = [np.ones(1 << 18) for _ in range(10)]
+        del acts
+churn()
+r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+churn()
+print(json.dumps({"status": status, "owned": runtime.owns_process(),
+                  "faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0}))
+"""
+
+
+def _entry(*args: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "STUDIO_MALLOC_TUNING"}
+    out = subprocess.run([sys.executable, "-c", ENTRY, *args], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@linux
+def test_only_the_console_entry_point_tunes_the_process():
+    """Importing the studio, running a Run as a library and calling ``cli.main(argv)`` leave glibc's
+    allocator as it was (the churn faults its freed buffers in again, as untuned); the console entry
+    point (``console_main``: the ``studio`` script, ``python -m studio``) tunes it."""
+    library = _entry("samplers")
+    console = _entry("samplers", "--console")
+    assert library["status"] == console["status"] == 0
+    assert not library["owned"] and console["owned"]
+    assert library["faults"] > 100_000, library
+    assert console["faults"] < library["faults"] / 20, (library, console)
+
+
+def test_runs_release_memory_only_in_an_owned_process():
+    """The trajectory store's periodic ``malloc_trim`` (every RELEASE_EVERY steps) happens only where an
+    entry point owns the process; a library user's process is left alone."""
+    from studio import runtime
+
+    assert not runtime.owns_process()  # the test process imported the studio and ran nothing owning it
+    assert runtime.release_periodically(runtime.RELEASE_EVERY) is False
+    assert runtime.release_periodically(runtime.RELEASE_EVERY * 3) is False
 
 
 def test_slabs_hand_out_separate_zeroed_arrays():

@@ -226,7 +226,7 @@ def _find(folder: Path, sub: str, name: str) -> Optional[Path]:
 def load_classifier_folder(folder: Path, device, dtype, num_classes: Optional[int] = None) -> ClassifierAdapter:
     """Open a noise-aware classifier folder; with ``num_classes``, refuse one trained on another
     number of classes than the model has (its logits would not index the model's labels)."""
-    from ..training.classifier import load_classifier  # the network definition lives with its trainer
+    from .classifier_net import load_classifier  # imported here: classifier_net imports this module
 
     cfg_path = Path(folder) / "config.json"
     config = _read_json(cfg_path)  # bounded and regular-file-only, before the trainer's own reader runs

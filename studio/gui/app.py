@@ -81,10 +81,13 @@ def make_app(argv: Optional[Sequence[str]] = None):
     return app
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    from ..runtime import tune_allocator
+def main(argv: Optional[Sequence[str]] = None, own_process: bool = True) -> int:
+    """Open the window. ``own_process``: the ``studio-gui`` entry point tunes the allocator for the
+    window's runs (studio/runtime.py); ``studio`` has done that already in its console entry point."""
+    if own_process:
+        from ..runtime import own_process as own
 
-    tune_allocator()  # the studio owns this process: keep the network's freed buffers for reuse
+        own()
     parser = argparse.ArgumentParser(prog="studio-gui", description="Sampling Studio desktop window")
     parser.add_argument("target", nargs="?", default=None,
                         help="model to open (gmm, default or a diffusers model folder; default: the last one used), "

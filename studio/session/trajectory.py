@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..core.records import StepRecord
-from ..runtime import RELEASE_EVERY, release_free_memory
+from ..runtime import release_periodically
 from .frames import to_uint8
 from .slabs import Slabs
 
@@ -109,8 +109,7 @@ class Trajectory:
         self.x0.append(self._frame(rec.x0))
         self.meta.append(StepMeta(rec.index, rec.t, rec.sigma, rec.alpha_bar, rec.t_next, rec.sigma_next,
                                   rec.alpha_bar_next, rec.nfe, rec.guided, guidance_scale))
-        if len(self.meta) % RELEASE_EVERY == 0:
-            release_free_memory()
+        release_periodically(len(self.meta))  # only where an entry point owns the process
 
     def _spill(self, pos: int, entry: dict) -> Path:
         if self._cache_dir is None:
