@@ -66,13 +66,16 @@ def model_dirs(trained_unet, tmp_path_factory):
     return dirs
 
 
-_models: dict = {}
+@pytest.fixture(scope="session")
+def studio_models(model_dirs):
+    """The studio's model for each folder of ``model_dirs`` (``studio_models["eps"]``), opened on first use."""
 
+    class Opened(dict):
+        def __missing__(self, key):
+            self[key] = load_model(str(model_dirs[key]), device="cpu")
+            return self[key]
 
-def _studio(model_dirs, key):
-    if key not in _models:
-        _models[key] = load_model(str(model_dirs[key]), device="cpu")
-    return _models[key]
+    return Opened()
 
 
 def _x_T(seed=0):
@@ -114,9 +117,9 @@ def _scheduler(kind, spacing, karras=False, base=None, **cfg):
     return SCHEDULERS[kind](**(base or BASE), timestep_spacing=spacing, **extra, **cfg)
 
 
-def _compare(model_dirs, trained_unet, key, kind, steps, spacing, karras=False, sched_cfg=None, seed=0,
+def _compare(studio_models, trained_unet, key, kind, steps, spacing, karras=False, sched_cfg=None, seed=0,
              eps_from_x0=True, step_kw=None):
-    model = _studio(model_dirs, key)
+    model = studio_models[key]
     x_T = _x_T(seed)
     ours = final_x(model, kind, steps, batch=BATCH, init_noise=x_T, spacing=spacing, karras=karras,
                    eps_from_x0=eps_from_x0)
@@ -135,52 +138,52 @@ def _compare(model_dirs, trained_unet, key, kind, steps, spacing, karras=False, 
 # so DDIM is compared on leading and trailing only.
 @pytest.mark.parametrize("spacing", ["leading", "trailing"])
 @pytest.mark.parametrize("clip", [False, True])
-def test_ddim_matches_diffusers(model_dirs, trained_unet, spacing, clip):
+def test_ddim_matches_diffusers(studio_models, trained_unet, spacing, clip):
     """The studio's default (ε̂ re-derived from the clipped x̂₀) is diffusers' use_clipped_model_output=True."""
-    ours, _ = _compare(model_dirs, trained_unet, "eps_clip" if clip else "eps", "ddim", 20, spacing,
+    ours, _ = _compare(studio_models, trained_unet, "eps_clip" if clip else "eps", "ddim", 20, spacing,
                        sched_cfg=dict(clip_sample=clip, set_alpha_to_one=True),
                        step_kw=dict(use_clipped_model_output=True))
     if clip:  # clipping did something on this model (so the clip setting was really read and applied)
-        plain = final_x(_studio(model_dirs, "eps"), "ddim", 20, batch=BATCH, init_noise=_x_T(), spacing=spacing)
+        plain = final_x(studio_models["eps"], "ddim", 20, batch=BATCH, init_noise=_x_T(), spacing=spacing)
         assert (plain - ours).abs().max() > 1e-3
 
 
-def test_ddim_raw_eps_matches_diffusers_default(model_dirs, trained_unet):
+def test_ddim_raw_eps_matches_diffusers_default(studio_models, trained_unet):
     """eps_from_x0=False keeps the guided but unclipped ε̂: diffusers' DDIM default (use_clipped_model_output=False),
     and a different chain from the consistent form on a model whose x̂₀ gets clipped."""
-    raw, _ = _compare(model_dirs, trained_unet, "eps_clip", "ddim", 20, "leading",
+    raw, _ = _compare(studio_models, trained_unet, "eps_clip", "ddim", 20, "leading",
                       sched_cfg=dict(clip_sample=True, set_alpha_to_one=True), eps_from_x0=False)
-    consistent = final_x(_studio(model_dirs, "eps_clip"), "ddim", 20, batch=BATCH, init_noise=_x_T(), spacing="leading")
+    consistent = final_x(studio_models["eps_clip"], "ddim", 20, batch=BATCH, init_noise=_x_T(), spacing="leading")
     assert (raw - consistent).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("spacing,karras", [("leading", False), ("trailing", False), ("linspace", False),
                                             ("linspace", True)])
-def test_euler_matches_diffusers(model_dirs, trained_unet, spacing, karras):
-    _compare(model_dirs, trained_unet, "eps", "euler", 12, spacing, karras)
+def test_euler_matches_diffusers(studio_models, trained_unet, spacing, karras):
+    _compare(studio_models, trained_unet, "eps", "euler", 12, spacing, karras)
 
 
 @pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
-def test_heun_matches_diffusers(model_dirs, trained_unet, spacing):
-    _compare(model_dirs, trained_unet, "eps", "heun", 8, spacing)
+def test_heun_matches_diffusers(studio_models, trained_unet, spacing):
+    _compare(studio_models, trained_unet, "eps", "heun", 8, spacing)
 
 
 @pytest.mark.parametrize("spacing,karras", [("leading", False), ("trailing", False), ("linspace", False),
                                             ("linspace", True)])
-def test_dpmpp_2m_matches_diffusers(model_dirs, trained_unet, spacing, karras):
-    _compare(model_dirs, trained_unet, "eps", "dpmpp_2m", 15, spacing, karras)
+def test_dpmpp_2m_matches_diffusers(studio_models, trained_unet, spacing, karras):
+    _compare(studio_models, trained_unet, "eps", "dpmpp_2m", 15, spacing, karras)
 
 
 @pytest.mark.parametrize("kind,spacing", [("ddim", "trailing"), ("euler", "linspace"), ("dpmpp_2m", "linspace")])
-def test_v_prediction_matches_diffusers(model_dirs, trained_unet, kind, spacing):
-    assert _studio(model_dirs, "v").info.prediction_type == "v_prediction"
-    ours, _ = _compare(model_dirs, trained_unet, "v", kind, 10, spacing, sched_cfg=dict(prediction_type="v_prediction"))
-    eps = final_x(_studio(model_dirs, "eps"), kind, 10, batch=BATCH, init_noise=_x_T(), spacing=spacing)
+def test_v_prediction_matches_diffusers(studio_models, trained_unet, kind, spacing):
+    assert studio_models["v"].info.prediction_type == "v_prediction"
+    ours, _ = _compare(studio_models, trained_unet, "v", kind, 10, spacing, sched_cfg=dict(prediction_type="v_prediction"))
+    eps = final_x(studio_models["eps"], kind, 10, batch=BATCH, init_noise=_x_T(), spacing=spacing)
     assert (ours - eps).abs().max() > 1e-2  # the output really was read as v
 
 
-def test_class_conditional_matches_diffusers(model_dirs):
-    model = _studio(model_dirs, "cond")
+def test_class_conditional_matches_diffusers(studio_models):
+    model = studio_models["cond"]
     info = model.info
     assert info.num_classes == 2 and info.null_label == 2 and info.class_names == ["first", "second"]
     unet = model.unet
@@ -208,11 +211,11 @@ def test_class_conditional_matches_diffusers(model_dirs):
 
 @pytest.mark.parametrize("kind,spacing,karras", [("ddim", "leading", False), ("heun", "linspace", False),
                                                  ("dpmpp_2m", "trailing", True)])
-def test_standard_schedule_matches_diffusers_relatively(model_dirs, trained_unet, kind, spacing, karras):
+def test_standard_schedule_matches_diffusers_relatively(studio_models, trained_unet, kind, spacing, karras):
     """The usual β_end = 0.02 schedule. The tiny UNet is no denoiser there and runs end at |x| ≈ 30–80, where
     only relative agreement is meaningful: max |studio − diffusers| ≤ 1e-5 · max |diffusers| (float32 rounding;
     measured ≤ 2.2e-6 over three UNet inits)."""
-    model = _studio(model_dirs, "std")
+    model = studio_models["std"]
     x_T = _x_T(1)
     ours = final_x(model, kind, 10, batch=BATCH, init_noise=x_T, spacing=spacing, karras=karras)
     sched = _scheduler(kind, spacing, karras, base=STD)
@@ -227,17 +230,17 @@ def test_standard_schedule_matches_diffusers_relatively(model_dirs, trained_unet
     ("clip_half", dict(clip_sample=True, clip_sample_range=0.5)),
     ("threshold", dict(thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=3.0)),
 ], ids=["clip_sample_range=0.5", "thresholding(0.9, max 3)"])
-def test_x0_processing_settings_from_scheduler_config(model_dirs, trained_unet, key, cfg):
+def test_x0_processing_settings_from_scheduler_config(studio_models, trained_unet, key, cfg):
     """x̂₀ clipping / dynamic thresholding are applied "as the model's scheduler config says" (docs/maths.md, "Prediction conversions"),
     including their parameters (clip_sample_range, dynamic_thresholding_ratio, sample_max_value), as diffusers'
     DDIMScheduler does with the same config."""
-    _compare(model_dirs, trained_unet, key, "ddim", 20, "leading", sched_cfg=cfg,
+    _compare(studio_models, trained_unet, key, "ddim", 20, "leading", sched_cfg=cfg,
              step_kw=dict(use_clipped_model_output=True))
 
 
 # -- stochastic samplers, driven by the studio's own step noise ------------------------------------------
 @pytest.mark.parametrize("kind", ["ddpm", "ddim_eta1", "euler_a"])
-def test_stochastic_samplers_match_diffusers_given_the_same_noise(model_dirs, trained_unet, monkeypatch, kind):
+def test_stochastic_samplers_match_diffusers_given_the_same_noise(studio_models, trained_unet, monkeypatch, kind):
     """diffusers' DDPM / DDIM(η=1) / Euler-ancestral loops, fed the step noise the studio draws for step i
     (``NoiseSource(seed).step(i)``), give the studio's result: same posterior mean, variance and noise use."""
     import diffusers.schedulers.scheduling_ddpm as ddpm_mod
@@ -247,7 +250,7 @@ def test_stochastic_samplers_match_diffusers_given_the_same_noise(model_dirs, tr
     from studio.core.noise import NoiseSource
 
     steps, seed, x_T = 12, 5, _x_T(2)
-    model = _studio(model_dirs, "eps")
+    model = studio_models["eps"]
     name = "ddim" if kind == "ddim_eta1" else kind
     opts = {"options": {"eta": 1.0}} if kind == "ddim_eta1" else {}
     spacing = "linspace" if kind == "euler_a" else "leading"

@@ -1,8 +1,13 @@
-"""The evaluation metrics of `studio eval` against closed forms."""
+"""The evaluation metrics of `studio eval` against closed forms, and short evaluations of the shipped model.
+
+Single-threaded like the other engine tests (``one_thread``, conftest); the runs of the shipped model are
+marked slow."""
 import numpy as np
 import pytest
 
 from studio.training.evaluate import frechet, within_class_diversity
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_frechet_matches_the_closed_form_for_diagonal_gaussians():
@@ -24,6 +29,7 @@ def test_within_class_diversity_is_the_mean_pairwise_distance():
     assert abs(within_class_diversity(feats, labels) - (5.0 + 2.0) / 2) < 1e-12
 
 
+@pytest.mark.slow
 def test_guided_samples_of_the_shipped_model_are_recognised_well_above_chance():
     """A small, fast `studio eval`: 20 CFG-guided samples (w = 3, DDIM 20 steps) of the shipped digits model,
     read by the separate clean-image evaluator. Chance is 10 %."""
@@ -56,6 +62,7 @@ def test_eval_report_checks_the_targets_and_the_tradeoff(tmp_path):
     assert "DDIM Table 1" not in text  # no such rows, no empty table
 
 
+@pytest.mark.slow
 def test_eval_cli_runs_only_the_chosen_cells_and_rejects_a_bad_eta(capsys):
     """`studio eval --only ddim_table --ddim-steps 2 --ddim-etas 0.5` runs that one cell (to split a long run)."""
     import json

@@ -1,7 +1,10 @@
-"""Every sampler against the exact Gaussian mixture ``gmm`` (docs/maths.md, "The exact Gaussian mixture").
+"""Every sampler's accuracy against the exact Gaussian mixture ``gmm`` (docs/maths.md, "The exact Gaussian
+mixture").
 
 Truth used here is independent of the samplers: the mixture's own parameters (π_k, μ_k, s_k), and, for
-the deterministic samplers, a very fine solve of the same probability-flow ODE from the same noise.
+the deterministic samplers, a very fine solve of the same probability-flow ODE from the same noise. The
+groups come from the registry; what every sampler must do whatever its accuracy (shapes, NFE, resuming,
+seeds, refusing bad options) is tests/test_sampler_contract.py. The statistical runs are marked slow.
 """
 from __future__ import annotations
 
@@ -17,9 +20,10 @@ from studio.core.schedule import dpm_plan, sigma_plan
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
-ALL = ("ddpm", "ddim", "euler", "euler_a", "heun", "dpmpp_2m", "langevin")
-STOCHASTIC = ("ddpm", "euler_a", "langevin")
-DETERMINISTIC = ("ddim", "euler", "heun", "dpmpp_2m")
+ALL = tuple(SAMPLERS)
+DETERMINISTIC = tuple(n for n, s in SAMPLERS.items() if s.is_deterministic())  # with their default options
+STOCHASTIC = tuple(n for n in ALL if n not in DETERMINISTIC)
+slow = pytest.mark.slow
 
 # Steps for the n = 2000 accuracy runs: the fewest at which each sampler's discretisation bias in the
 # component weights is well below the tolerance (measured: at half these counts langevin and heun are biased).
@@ -31,7 +35,7 @@ N = 2000
 WEIGHT_TOL = 0.04
 
 
-def _nfe_after(name: str, i: int, corrector_steps: int = 1, steps: int = 0) -> int:
+def _nfe_after(name: str, i: int, steps: int, corrector_steps: int = 1) -> int:
     """Model evaluations after step i (0-based), from each algorithm's definition."""
     if name == "heun":  # 2 per step, 1 on the last (Euler) step to σ = 0
         return 2 * (i + 1) - (1 if i == steps - 1 else 0)
@@ -40,19 +44,23 @@ def _nfe_after(name: str, i: int, corrector_steps: int = 1, steps: int = 0) -> i
     return i + 1
 
 
-_cache: dict = {}
+def test_every_registered_sampler_has_accuracy_settings():
+    """A new sampler joins these tests by naming its step count here (and its spread run if stochastic)."""
+    assert set(ACCURACY_STEPS) == set(ALL)
+    assert set(SPREAD_RUNS) == set(STOCHASTIC)
 
 
-def _accuracy_run(gmm, name):
-    """One n = 2000 unconditional run per sampler (cached for the module): step metadata and the final record."""
-    if name not in _cache:
-        metas, last = [], None
-        for rec in engine.sample(gmm, name, ACCURACY_STEPS[name], batch=N, seed=0):
-            metas.append((rec.index, rec.steps, rec.nfe, rec.t, rec.t_next, rec.alpha_bar_next,
-                          tuple(rec.x.shape), tuple(rec.x0.shape), rec.x.dtype))
-            last = rec
-        _cache[name] = (metas, last)
-    return _cache[name]
+@pytest.fixture(scope="module")
+def accuracy_run(gmm):
+    """The final record of one n = 2000 unconditional run per sampler, made on first use."""
+    runs = {}
+
+    def get(name):
+        if name not in runs:
+            *_, runs[name] = engine.sample(gmm, name, ACCURACY_STEPS[name], batch=N, seed=0)
+        return runs[name]
+
+    return get
 
 
 def _classify(gmm, x):
@@ -60,42 +68,30 @@ def _classify(gmm, x):
     return comp, torch.bincount(comp, minlength=4).double() / len(x)
 
 
+@pytest.mark.parametrize("name,corrector_steps", [(n, 1) for n in ALL] + [("langevin", 3)])
+def test_registry_evaluations_match_each_algorithm(gmm, name, corrector_steps):
+    """``SamplerSpec.evals`` (the cost a UI or benchmark shows before a run) and the NFE a run reports both
+    equal each algorithm's own count: heun 2N − 1, langevin (corrector steps + 1) · N, the rest N."""
+    options = {"corrector_steps": corrector_steps} if name == "langevin" else {}
+    *_, last = engine.sample(gmm, name, 5, batch=1, options=options)
+    assert SAMPLERS[name].evals(5, options) == last.nfe == _nfe_after(name, 4, 5, corrector_steps)
+
+
+@slow
 @pytest.mark.parametrize("name", ALL)
-def test_records_shapes_and_nfe(gmm, name):
-    steps = ACCURACY_STEPS[name]
-    metas, last = _accuracy_run(gmm, name)
-    assert len(metas) == steps
-    for i, (index, n, nfe, t, t_next, ab_next, xs, x0s, dt) in enumerate(metas):
-        assert index == i and n == steps
-        assert nfe == _nfe_after(name, i, steps=steps), f"nfe after step {i}"
-        assert xs == x0s == (N, 3, 16, 16) and dt == torch.float32
-        if i + 1 < steps:
-            assert t_next == metas[i + 1][3] and t_next < t
-    assert metas[-1][4] == -1.0 and metas[-1][5] == pytest.approx(1.0)  # the chain ends at ᾱ = 1
-    assert torch.isfinite(last.x).all()
-
-
-@pytest.mark.parametrize("name", ALL)
-def test_registry_evals_per_step_matches_the_run(gmm, name):
-    """``SamplerSpec.evals`` (the cost a UI or benchmark shows before a run) equals the nfe a run with
-    default options reports: heun 2N − 1, langevin (1 corrector + 1 predictor) · N, the rest N."""
-    *_, last = engine.sample(gmm, name, 5, batch=1)
-    assert SAMPLERS[name].evals(5) == last.nfe == _nfe_after(name, 4, steps=5)
-
-
-@pytest.mark.parametrize("name", ALL)
-def test_component_weights(gmm, name):
-    _, last = _accuracy_run(gmm, name)
+def test_component_weights(accuracy_run, gmm, name):
+    last = accuracy_run(name)
     _, w = _classify(gmm, last.x)
     torch.testing.assert_close(w, gmm.weights.cpu(), rtol=0, atol=WEIGHT_TOL)
 
 
+@slow
 @pytest.mark.parametrize("name", ALL)
-def test_component_means(gmm, name):
+def test_component_means(accuracy_run, gmm, name):
     """Per component k, the RMS over pixels of (sample mean − μ_k). With n_k samples of per-pixel std ≤ s_k it is
     ≈ s_k/√n_k for an unbiased sampler; 3 s_k/√n_k allows for chance and a little discretisation bias
     (measured ≤ 0.6 s_k/√n_k at these step counts), while a mean off by 3 % of its size fails."""
-    _, last = _accuracy_run(gmm, name)
+    last = accuracy_run(name)
     comp, _ = _classify(gmm, last.x)
     for k in range(4):
         xk = last.x[comp == k].double()
@@ -112,6 +108,7 @@ def test_component_means(gmm, name):
 SPREAD_RUNS = {"ddpm": (1000, 0.07), "euler_a": (1000, 0.07), "langevin": (500, 0.05)}
 
 
+@slow
 @pytest.mark.parametrize("name", STOCHASTIC)
 def test_component_spread_stochastic(gmm, name):
     steps, tol = SPREAD_RUNS[name]
@@ -152,38 +149,6 @@ def test_ddpm_and_euler_ancestral_are_the_same_chain_on_the_same_timesteps(gmm, 
     assert (a - c).abs().max() > 1e-2  # β instead of β̃ is a different chain
 
 
-# -- reproducibility --------------------------------------------------------------
-@pytest.mark.parametrize("name", ALL)
-def test_same_seed_same_samples_different_seed_different(gmm, name):
-    a = final_x(gmm, name, 6, batch=3, seed=11)
-    b = final_x(gmm, name, 6, batch=3, seed=11)
-    c = final_x(gmm, name, 6, batch=3, seed=12)
-    assert torch.equal(a, b)
-    assert (a - c).flatten(1).abs().max(1).values.min() > 1e-2  # every sample differs
-    # noise is keyed per sample: sample j is the same whatever the batch size
-    d = final_x(gmm, name, 6, batch=2, seed=11)
-    assert torch.equal(a[:2], d)
-
-
-@pytest.mark.parametrize("name", STOCHASTIC + ("ddim_eta1",))
-def test_stochastic_samplers_use_fresh_noise(gmm, name):
-    """Same initial noise, different step noise (another seed) → a different sample: the step noise is used."""
-    kw = {"options": {"eta": 1.0}} if name == "ddim_eta1" else {}
-    name = "ddim" if name == "ddim_eta1" else name
-    x_T = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    a = final_x(gmm, name, 6, batch=2, seed=1, init_noise=x_T, **kw)
-    b = final_x(gmm, name, 6, batch=2, seed=2, init_noise=x_T, **kw)
-    assert (a - b).abs().max() > 1e-2
-
-
-@pytest.mark.parametrize("name", DETERMINISTIC)
-def test_deterministic_samplers_ignore_seed_given_noise(gmm, name):
-    x_T = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    a = final_x(gmm, name, 6, batch=2, seed=1, init_noise=x_T)
-    b = final_x(gmm, name, 6, batch=2, seed=2, init_noise=x_T)
-    assert torch.equal(a, b)
-
-
 # -- convergence of the ODE samplers ---------------------------------------------------
 B_CONV = 16
 
@@ -206,12 +171,14 @@ def _err(gmm, x_T, ref, name, steps):
     return (x - ref).pow(2).mean().sqrt().item()
 
 
+@slow
 def test_reference_solves_agree(ode_problem):
     _, ref, agree = ode_problem
     assert agree < 2e-3, agree  # two different high-order solvers at ≥ 500 steps agree closely
     assert ref.abs().max() < 3
 
 
+@slow
 @pytest.mark.parametrize("name", DETERMINISTIC)
 def test_error_falls_with_steps(gmm, ode_problem, name):
     x_T, ref, agree = ode_problem
@@ -221,6 +188,7 @@ def test_error_falls_with_steps(gmm, ode_problem, name):
     assert errs[-1] < 0.05, errs
 
 
+@slow
 def test_dpmpp_2m_beats_ddim_at_20_steps(gmm, ode_problem):
     """DDIM is the first-order member of the DPM-Solver family; on the same 20 points the second-order
     multistep correction must bring the result closer to the reference. On Karras σ (dense near σ = 0, so the
