@@ -186,8 +186,10 @@ def cmd_samplers(args) -> int:
 
     width = max(len(n) for n in SAMPLERS)
     for name, spec in SAMPLERS.items():
-        kind = "deterministic" if spec.deterministic else "stochastic"
-        print(f"{name:<{width}}  {spec.description} [{kind}]")
+        kind = "deterministic" if spec.is_deterministic() else "stochastic"
+        opts = "; ".join(f"{o.cli_flag} {o.default} ({o.range_text() or ', '.join(map(str, o.choices))})"
+                         for o in spec.options.values())
+        print(f"{name:<{width}}  {spec.description} [{kind}]" + (f" options: {opts}" if opts else ""))
     return 0
 
 

@@ -22,7 +22,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
                     "discrete", True, (DDIM_ETA,), "leading", noise_option="eta"),
         SamplerSpec("euler", sample_euler, "Euler on the probability-flow ODE (Karras et al. 2022)",
                     "sigma", True, (), "linspace"),
-        SamplerSpec("euler_a", sample_euler_ancestral, "ancestral Euler: Euler step plus fresh noise (k-diffusion)",
+        SamplerSpec("euler_a", sample_euler_ancestral, "ancestral Euler: Euler step plus fresh noise (k-diffusion); eta=0 no noise",
                     "sigma", False, (EULER_A_ETA,), "linspace", noise_option="eta"),
         SamplerSpec("heun", sample_heun, "Heun 2nd order (Karras et al. 2022, Alg. 1); 2 evaluations per step",
                     "sigma", True, (), "linspace", heun_evaluations),
