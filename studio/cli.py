@@ -66,7 +66,7 @@ def add_recipe_flags(parser: argparse.ArgumentParser) -> None:
         elif opt.kind == "pair":
             kw.update(type=float, nargs=2, metavar=("START", "END"))
         else:
-            kw["type"] = {"float": float, "int": int}.get(opt.kind, str)
+            kw.update(type={"float": float, "int": int}.get(opt.kind, str), metavar=opt.name.upper())
         parser.add_argument(opt.cli_flag, **kw)
 
     for name, opt in Recipe.schema().items():

@@ -148,6 +148,7 @@ def test_command_line_flags_come_from_the_schema():
                 if o.kind == "choice":
                     assert list(by_flag[o.cli_flag].choices) == list(o.choices)
     assert {"--timestep-spacing", "--x0", "--eta", "--corrector-steps", "--beta-start"} <= set(by_flag)
+    assert not {"--branch", "--parent", "--from-step", "--schedule", "--trained-betas"} & set(by_flag)
 
 
 def test_a_version_1_euler_a_recipe_loads_as_it_ran():

@@ -52,9 +52,9 @@ SCHEDULE_FIELDS = (
     Option("trained_betas", None, "floats", "explicit β_1..β_T", optional=True, flag=None),
 )
 BRANCH_FIELDS = (
-    Option("parent", None, "object", "the recipe of the run branched from", required=True),
+    Option("parent", None, "object", "the recipe of the run branched from", required=True, flag=None),
     Option("from_step", None, "int", "the parent's step (0-based) the branch continues after; -1: its x_T",
-           low=-1, required=True),
+           low=-1, required=True, flag=None),
 )
 
 
