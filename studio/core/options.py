@@ -37,8 +37,8 @@ class Option:
 
     kind:
       ``float`` / ``int``: a number (an int or a float / an int; never a bool) within ``low`` .. ``high``
-      (``low_open`` / ``high_open`` make a bound exclusive); ``bool``: true or false; ``str``: a non-empty
-      string; ``choice``: one of ``choices``; ``pair``: two numbers within the range, as a tuple;
+      (``low_open`` / ``high_open`` make a bound exclusive); ``bool``: true or false; ``str``: a string,
+      non-empty unless ``allow_empty``, of at most ``high`` characters if given; ``choice``: one of ``choices``; ``pair``: two numbers within the range, as a tuple;
       ``floats``: a list of finite numbers; ``mapping``: an object whose keys are the ``fields`` options;
       ``object``: any JSON object (checked further by its owner).
     ``optional``: null (None) is allowed too; what it means is said in ``help`` (usually "the model's
@@ -57,6 +57,7 @@ class Option:
     high_open: bool = False
     choices: tuple = ()
     optional: bool = False
+    allow_empty: bool = False  # a str may be ""
     required: bool = False  # inside a mapping: the key must be present
     fields: tuple["Option", ...] = ()
     label: str = ""
@@ -102,7 +103,8 @@ class Option:
             "float": f"a number{rng}",
             "int": f"an integer{rng}",
             "bool": "true or false",
-            "str": "a non-empty string",
+            "str": ("a string" if self.allow_empty else "a non-empty string")
+            + (f" of at most {_num(self.high)} characters" if self.high is not None else ""),
             "choice": "one of " + ", ".join(map(str, self.choices)),
             "pair": f"a pair [start, end] of numbers{rng}",
             "floats": "a list of numbers",
@@ -159,7 +161,8 @@ class Option:
                 return value
             raise self.refuse(value)
         if k == "str":
-            if isinstance(value, str) and value:
+            if (isinstance(value, str) and (value or self.allow_empty)
+                    and (self.high is None or len(value) <= self.high)):
                 return value
             raise self.refuse(value)
         if k == "choice":
