@@ -1,0 +1,81 @@
+"""The sampler panel's option widgets are made from the registry's declarations: they allow what a recipe
+allows, each sampler keeps its own values, and the recipe the panel describes carries exactly the chosen
+sampler's options."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import pytest  # noqa: E402
+from PySide6.QtWidgets import QComboBox, QDoubleSpinBox, QSpinBox  # noqa: E402
+
+from studio.core.samplers import OPTION_SCHEMA, SAMPLERS  # noqa: E402
+from studio.gui.panel import SamplerPanel  # noqa: E402
+from studio.session.recipe import Recipe  # noqa: E402
+
+
+@pytest.fixture
+def panel(qtbot):
+    p = SamplerPanel()
+    qtbot.addWidget(p)
+    return p
+
+
+def choose(p, sampler):
+    p.samplerCombo.setCurrentIndex(p.samplerCombo.findData(sampler))
+
+
+def test_one_widget_per_declared_option_with_the_declared_range(panel):
+    assert set(panel.optionWidgets) == set(OPTION_SCHEMA)
+    for name, opt in OPTION_SCHEMA.items():
+        w = panel.optionWidgets[name]
+        if opt.kind == "choice":
+            assert isinstance(w, QComboBox) and [w.itemData(i) for i in range(w.count())] == list(opt.choices)
+        else:
+            assert isinstance(w, QSpinBox if opt.kind == "int" else QDoubleSpinBox)
+            assert w.maximum() == opt.high
+            low = w.minimum()
+            assert (low > opt.low) if opt.low_open else (low == opt.low)
+            assert opt.check(low) is not None  # the smallest value the widget offers is allowed
+    corrector = panel.optionWidgets["corrector_steps"]
+    assert (corrector.minimum(), corrector.maximum()) == (0, 100)  # the sampler's range (the window had 1–50)
+    schema = Recipe.schema()
+    assert panel.stepsSpin.maximum() == schema["steps"].high and panel.guidanceSpin.maximum() == schema["scale"].high
+    assert [panel.x0Combo.itemData(i) for i in range(panel.x0Combo.count())] == [None, *schema["x0_mode"].choices]
+
+
+def test_each_sampler_shows_its_own_defaults_and_keeps_its_own_values(panel):
+    eta = panel.optionWidgets["eta"]
+    choose(panel, "ddim")
+    assert eta.isEnabled() and eta.value() == 0.0
+    eta.setValue(0.3)
+    choose(panel, "euler_a")
+    assert eta.value() == 1.0  # euler_a's default η, not DDIM's 0 (which would mean no noise)
+    assert panel.recipe().sampler_options() == {"eta": 1.0}
+    eta.setValue(0.5)
+    choose(panel, "heun")
+    assert not eta.isEnabled()
+    choose(panel, "ddim")
+    assert eta.value() == 0.3
+    choose(panel, "euler_a")
+    assert eta.value() == 0.5
+
+
+def test_the_recipe_carries_only_the_chosen_samplers_options(panel):
+    for name, spec in SAMPLERS.items():
+        choose(panel, name)
+        r = panel.recipe()
+        assert r.validate() == r
+        assert {k for k in OPTION_SCHEMA if getattr(r, k) is not None} == set(spec.options)
+        assert r.sampler_options() == spec.resolve()
+        for opt_name, w in panel.optionWidgets.items():
+            assert w.isEnabled() == (opt_name in spec.options)
+
+
+def test_a_recipe_round_trips_through_the_panel(panel):
+    r = Recipe(model="gmm", sampler="langevin", steps=7, corrector_steps=3, snr=0.05, seed=9, batch=2)
+    panel.set_recipe(r)
+    assert panel.optionWidgets["corrector_steps"].value() == 3
+    assert panel.recipe(model="gmm").sampler_options() == {"corrector_steps": 3, "snr": 0.05}
+    assert panel.recipe(model="gmm") == r.resolved().replace(karras=False)
