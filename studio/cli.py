@@ -1,6 +1,7 @@
 """The ``studio`` command: the window with no arguments, and headless subcommands.
 
   studio                      open the window on the default model
+  studio MODEL | RECIPE       open the window on a model folder, or on a recipe (.json, exported .png)
   studio sample …             run a sampler headless and write frames, grid, recipe
   studio samplers             list the samplers
   studio info MODEL           describe a model
@@ -209,8 +210,8 @@ def cmd_gui(args) -> int:
         print(f"studio: error: the window cannot start ({e}); install PySide6-Essentials or use `studio sample`",
               file=sys.stderr)
         return 1
-    # console_main owns the process already
-    return gui_main([] if getattr(args, "model", None) is None else ["--model", args.model], own_process=False)
+    target = getattr(args, "target", None) or getattr(args, "model", None)
+    return gui_main([] if target is None else [target], prog="studio", own_process=False)  # console_main owns it
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -262,6 +263,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _opens_in_window(arg: str, parser: argparse.ArgumentParser) -> bool:
+    """``studio X`` where X is not a subcommand but a model or a recipe the window can open."""
+    commands = next((a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {})
+    if arg.startswith("-") or arg in commands:
+        return False
+    return arg in ("gmm", "default") or os.path.lexists(os.path.expanduser(arg))
+
+
 def console_main(argv: Optional[Sequence[str]] = None) -> int:
     """The ``studio`` command (the console script and ``python -m studio``): the studio owns this
     process, so the allocator keeps the network's freed buffers for reuse (``studio train`` larger
@@ -279,6 +288,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run ``studio`` with ``argv``; returns the exit status (errors are one line on stderr)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    if len(argv) == 1 and _opens_in_window(argv[0], parser):  # `studio RECIPE.json`, `studio MODEL_FOLDER`
+        return cmd_gui(argparse.Namespace(target=argv[0]))
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         return cmd_gui(args)

@@ -18,6 +18,20 @@ from studio.core import engine
 from studio.core.gmm import GaussianMixtureModel
 
 
+@pytest.fixture(autouse=True, scope="session")
+def private_user_cache(tmp_path_factory):
+    """Digests and the window's log go to a temporary cache folder, not the user's (inherited by subprocesses)."""
+    import os
+
+    old = os.environ.get("STUDIO_CACHE_DIR")
+    os.environ["STUDIO_CACHE_DIR"] = str(tmp_path_factory.mktemp("user-cache"))
+    yield
+    if old is None:
+        os.environ.pop("STUDIO_CACHE_DIR", None)
+    else:
+        os.environ["STUDIO_CACHE_DIR"] = old
+
+
 @contextlib.contextmanager
 def single_thread():
     n = torch.get_num_threads()

@@ -2,16 +2,30 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from studio.gui.app import display_problem
 
 
-def test_the_window_without_a_display_fails_with_one_line_and_no_abort():
+BIN = Path(sys.executable).parent
+
+
+@pytest.mark.parametrize("command,typed", [
+    ([sys.executable, "-m", "studio.gui"], "python -m studio.gui"),
+    ([sys.executable, "-m", "studio"], "studio"),
+    ([str(BIN / "studio-gui")], "studio-gui"),
+    ([str(BIN / "studio")], "studio"),
+])
+def test_the_window_without_a_display_fails_with_one_line_naming_the_command(command, typed):
+    if not Path(command[0]).exists():
+        pytest.skip(f"{command[0]} is not installed")
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
-    p = subprocess.run([sys.executable, "-m", "studio.gui"], env=env, capture_output=True, text=True, timeout=120)
+    p = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 1, p.stderr
     lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("studio-gui: error: no display") and "xvfb-run" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith(f"{typed}: error: no display") and "xvfb-run" in lines[0], lines
 
 
 def test_display_checks():

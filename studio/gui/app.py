@@ -81,14 +81,24 @@ def make_app(argv: Optional[Sequence[str]] = None):
     return app
 
 
-def main(argv: Optional[Sequence[str]] = None, own_process: bool = True) -> int:
-    """Open the window. ``own_process``: the ``studio-gui`` entry point tunes the allocator for the
-    window's runs (studio/runtime.py); ``studio`` has done that already in its console entry point."""
+def command_name(argv0: Optional[str] = None) -> str:
+    """How the user started the window, for error lines: ``studio-gui``, ``studio`` or ``python -m studio.gui``."""
+    name = Path(argv0 if argv0 is not None else (sys.argv[0] if sys.argv else "")).name
+    if name in ("__main__.py", "app.py", "-c", ""):
+        return "python -m studio.gui"
+    return name.removesuffix(".exe")
+
+
+def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None, own_process: bool = True) -> int:
+    """Open the window. ``prog`` is the command the user typed (``studio`` when the CLI starts it).
+    ``own_process``: the ``studio-gui`` entry point tunes the allocator for the window's runs
+    (studio/runtime.py); ``studio`` has done that already in its console entry point."""
     if own_process:
         from ..runtime import own_process as own
 
         own()
-    parser = argparse.ArgumentParser(prog="studio-gui", description="Sampling Studio desktop window")
+    prog = prog or command_name()
+    parser = argparse.ArgumentParser(prog=prog, description="Sampling Studio desktop window")
     parser.add_argument("target", nargs="?", default=None,
                         help="model to open (gmm, default or a diffusers model folder; default: the last one used), "
                              "or a recipe (.json or an exported .png)")
@@ -101,22 +111,47 @@ def main(argv: Optional[Sequence[str]] = None, own_process: bool = True) -> int:
         recipe, model = model, None
     problem = display_problem()
     if problem:
-        print(f"studio-gui: error: {problem}", file=sys.stderr)
+        print(f"{prog}: error: {problem}", file=sys.stderr)
         return 1
     app = make_app()
+    from PySide6.QtCore import QTimer
+
+    from ..session.atomic import Terminated
+    from .errors import install_excepthook
     from .main_window import MainWindow
 
     win = MainWindow(model=model)
-    if recipe:
-        win.open_recipe(recipe)
-    win.show()
-    signal.signal(signal.SIGINT, lambda *_: win.close())  # Ctrl+C in the terminal closes cleanly
-    from PySide6.QtCore import QTimer
+    restore_hooks = install_excepthook(win.uncaught.emit, lambda: QTimer.singleShot(0, win.close))
 
-    keepalive = QTimer(interval=200)  # let Python see SIGINT while Qt's loop runs
+    signals_seen = []
+
+    def stop(signum, frame):
+        # SIGINT/SIGTERM/SIGHUP: close the window from the event loop (it stops and waits for its workers;
+        # an export being written finishes first). Raising here instead could interrupt any Python code,
+        # a paint included. A second signal raises Terminated: whatever is being written unwinds and
+        # removes its staging, and the hook above closes the window.
+        signals_seen.append(signum)
+        if len(signals_seen) > 1:
+            raise Terminated(signum)
+        QTimer.singleShot(0, win.close)
+
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), stop)
+    keepalive = QTimer(interval=200)  # let Python see signals while Qt's loop runs
     keepalive.timeout.connect(lambda: None)
     keepalive.start()
-    return app.exec()
+    try:
+        win.show()
+        if recipe:
+            win.open_recipe(recipe)
+        return app.exec()
+    except Terminated:
+        return 0
+    finally:
+        keepalive.stop()
+        win.shutdown()  # every worker stopped and waited for: no "QThread destroyed while running"
+        restore_hooks()
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ class Branching:
             if isinstance(w, TrajectoryView):
                 return w
             w = w.parentWidget()
-        v = getattr(self, "_focus_view", None)
+        v = self._focus_view
         if v is not None and shiboken6.isValid(v) and v.traj is not None:
             return v
         return self.mainView
@@ -42,7 +42,7 @@ class Branching:
         view.positionChanged.connect(lambda p, v=view: self._view_moved(v, p))
         view.scrubberBar.touched.connect(lambda v=view: self._touch(v))
         where = "" if source is self.mainView else f" of {self.branchTabs.tabText(self.branchTabs.indexOf(source))}"
-        self._branch_count = getattr(self, "_branch_count", 0) + 1
+        self._branch_count += 1
         title = f"#{self._branch_count} from step {pos}{where}: {recipe.sampler} {recipe.steps}"
         self.branchTabs.addTab(view, title)
         self.branchTabs.setTabToolTip(self.branchTabs.count() - 1, title)
@@ -55,7 +55,7 @@ class Branching:
 
     def _close_branch(self, index: int) -> None:
         w = self.branchTabs.widget(index)
-        if self.worker is not None and getattr(self.worker, "view", None) is w:
+        if self.worker is not None and self.worker.view is w:
             self.worker.abort()  # its run ends; the view goes once the worker has stopped
             self.worker.view = None
         self.branchTabs.removeTab(index)

@@ -186,7 +186,7 @@ class CompareDialog(QDialog):
         self._make_canvases(len(recipes))
         self.slider.setValue(SCRUB_TICKS)
         self.status.setText("Running…")
-        w = GeneratorWorker(jobs.compare_job, self.cache, recipes)
+        w = GeneratorWorker(jobs.compare_job, self.cache, recipes, kind="compare")
         w.deliver_to(self._on_item)
         w.finished.connect(self._finished)
         self.worker = w
@@ -212,7 +212,7 @@ class CompareDialog(QDialog):
         if w.outcome == "done":
             self.status.setText("Done. Scrub to compare the runs at the same fraction of their steps.")
         elif w.outcome == "error":
-            self.status.setText(f"⚠ {w.error}")
+            self.status.setText(f"⚠ {w.message}")
         else:
             self.status.setText("Stopped.")
         self.refresh()

@@ -20,22 +20,49 @@ class RecipeFiles:
             self.open_recipe(path)
 
     def open_recipe(self, path: str) -> Optional[Recipe]:
-        """Restore every setting from a recipe .json or an exported .png; loads its model if needed."""
-        from ..session.export import read_recipe
+        """Restore every setting from a recipe .json or an exported .png; loads its model if needed.
+
+        Anything wrong with the file (unreadable, not a PNG, bad JSON, a field of the wrong type) is
+        one line in the window's error bar and changes nothing."""
+        from ..session.export import read_recipe_document
+        from ..session.provenance import recorded_weights
 
         try:
-            recipe = read_recipe(path)
+            recipe, document = read_recipe_document(path)
         except RecipeError as e:
             self.show_error(str(e))
             return None
-        if recipe.branch:
-            self.statusBar().showMessage("This recipe is a branch; its own settings are restored", 8000)
-        self.panel.set_recipe(recipe)
+        previous = self.current_recipe()
+        try:
+            self.panel.set_recipe(recipe)
+        except Exception as e:  # noqa: BLE001 - a value the panel cannot show must not half-apply
+            self.panel.set_recipe(previous)
+            self.show_error(f"{path}: cannot show this recipe ({e.__class__.__name__}: {e})")
+            return None
         self.hide_error()
+        self.statusBar().showMessage(f"Opened recipe {path}" + ("; it is a branch, its own settings are restored"
+                                                               if recipe.branch else ""), 8000)
+        recorded = recorded_weights(document)
+        self._recipe_weights = (recipe.model, recorded) if recorded else None
         if recipe.model != self.model_spec:
             self.load_model(recipe.model)
-        self.statusBar().showMessage(f"Opened recipe {path}", 8000)
+        else:
+            self.check_recipe_weights()
         return recipe
+
+    def check_recipe_weights(self) -> None:
+        """Warn (one line) when the open model's weights differ from those the opened recipe recorded."""
+        from ..session.provenance import weights_warning
+
+        if self._recipe_weights is None or self.summary is None:
+            return
+        model, recorded = self._recipe_weights
+        if model != self.summary.spec:
+            return
+        self._recipe_weights = None
+        warning = weights_warning(recorded, self.summary.weights)
+        if warning:
+            self.show_error(f"Warning: {warning}")
 
     def save_recipe_dialog(self) -> None:
         from ..session.export import ExportError, export_recipe
@@ -54,16 +81,21 @@ class RecipeFiles:
             event.acceptProposedAction()
 
     def dropEvent(self, event) -> None:  # noqa: N802
-        for url in event.mimeData().urls():
-            self.open_path(url.toLocalFile())
-            break
+        urls = event.mimeData().urls()
+        if not urls:
+            return
+        if not urls[0].isLocalFile():
+            self.show_error(f"{urls[0].toString()}: drop a local model folder or recipe file")
+            return
+        event.acceptProposedAction()
+        self.open_path(urls[0].toLocalFile())
 
     def open_path(self, path: str) -> None:
         """A dropped path: a folder is a model, a .json/.png is a recipe."""
         p = Path(path)
         if p.is_dir():
             self.load_model(str(p))
-        elif p.suffix.lower() in (".json", ".png"):
+        elif p.suffix.lower() in (".json", ".png", ".apng"):
             self.open_recipe(str(p))
         else:
             self.show_error(f"{p}: drop a model folder, or a recipe (.json or exported .png)")

@@ -5,12 +5,13 @@ frames (numpy), StepMeta and the Trajectory object (read-only for the GUI).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import numpy as np
 
 from ..core import engine
+from ..session.provenance import weights_fingerprint
 from ..session.recipe import Recipe
 from ..session.runner import ModelCache, Run
 
@@ -24,6 +25,7 @@ class ModelSummary:
     t: np.ndarray  # training timesteps 0..T-1
     log_snr: np.ndarray
     alpha_bar: np.ndarray
+    weights: dict = field(default_factory=dict)  # {weight file: SHA-256} (provenance.py); {} for gmm
 
 
 @dataclass
@@ -53,8 +55,11 @@ def summarize(spec: str, recipe: Recipe, model) -> ModelSummary:
 
 
 def load_job(cache: ModelCache, recipe: Recipe) -> ModelSummary:
+    """Open the model and fingerprint its weights (digests cached per file; cancellable)."""
     model = cache.get(recipe)
-    return summarize(recipe.model, recipe, model)
+    summary = summarize(recipe.model, recipe, model)
+    summary.weights = weights_fingerprint(recipe.model, recipe.classifier)
+    return summary
 
 
 def run_job(cache: ModelCache, recipe: Recipe, parent=None, from_step: Optional[int] = None, tag: Any = None):

@@ -52,6 +52,7 @@ class MainWindow(Branching, ModelHandling, RecipeFiles, QMainWindow):
     modelLoaded = Signal(object)  # jobs.ModelSummary
     modelFailed = Signal(str)
     errorShown = Signal(str)
+    uncaught = Signal(object, object, object)  # (type, exception, traceback) from any thread: shown here
 
     def __init__(self, model: Optional[str] = None, settings: Optional[QSettings] = None, parent=None):
         super().__init__(parent)
@@ -74,7 +75,15 @@ class MainWindow(Branching, ModelHandling, RecipeFiles, QMainWindow):
         self._progress_sync = Throttle(PROGRESS_INTERVAL_MS, self)
         self._plot_sync = Throttle(PLOT_INTERVAL_MS, self)
         self._dialogs: list = []
+        self.compareDialog = None  # the last comparison opened
         self.trajectory = None  # the main run's trajectory
+        self._queued_run = False  # Run was pressed while a model loads: start once it is open
+        self._loading: tuple[str, str] = ("auto", "float32")  # device, dtype of the model being opened
+        self._good_device: Optional[tuple[str, str]] = None  # device, dtype of the last model that opened
+        self._focus_view = None  # the view the user worked with last (branches.py)
+        self._branch_count = 0
+        self._recipe_weights: Optional[tuple[str, dict]] = None  # (model, fingerprint) an opened recipe recorded
+        self.uncaught.connect(self.report_exception)
         self._build()
         self._restore_settings()
         self.load_model(model or self.settings.value("model", "default", str) or "default")
@@ -231,8 +240,7 @@ class MainWindow(Branching, ModelHandling, RecipeFiles, QMainWindow):
 
     def _start(self, fn, *args, on_yield=None, on_end=None, kind: str = "run", **kwargs) -> GeneratorWorker:
         """Run ``fn`` on a worker thread; ``on_end(worker)`` runs on the GUI thread once it has finished."""
-        w = GeneratorWorker(fn, *args, **kwargs)
-        w.kind = kind
+        w = GeneratorWorker(fn, *args, kind=kind, **kwargs)
         self._live_traj = None
         if on_yield:
             w.deliver_to(on_yield)
@@ -251,8 +259,11 @@ class MainWindow(Branching, ModelHandling, RecipeFiles, QMainWindow):
             if self.worker is w:
                 self.worker = None
                 self._set_busy(False)
-            if w.on_end is not None:
-                w.on_end(w)
+            try:
+                if w.on_end is not None:
+                    w.on_end(w)
+            except Exception as e:  # noqa: BLE001 - a failing handler must not leave the window half-updated
+                self.report_exception(type(e), e, e.__traceback__)
             w.deleteLater()
         if self._pending is not None and self.worker is None:
             action, self._pending = self._pending, None
@@ -268,7 +279,7 @@ class MainWindow(Branching, ModelHandling, RecipeFiles, QMainWindow):
 
     def _set_busy(self, busy: bool) -> None:
         loaded = self.summary is not None
-        loading = self.worker is not None and getattr(self.worker, "kind", "") == "load"
+        loading = self.worker is not None and self.worker.kind == "load"
         self.runButton.setEnabled((not busy and loaded) or loading)  # Run while loading: runs once it is open
         self.branchButton.setEnabled(not busy and loaded and self.trajectory is not None)
         self.compareButton.setEnabled(loaded)
@@ -291,7 +302,7 @@ class MainWindow(Branching, ModelHandling, RecipeFiles, QMainWindow):
             return None
 
     def run(self) -> None:
-        if self.worker is not None and getattr(self.worker, "kind", "") == "load":
+        if self.worker is not None and self.worker.kind == "load":
             self._queued_run = True
             self.statusBar().showMessage("The run starts as soon as the model is open…")
             return
@@ -383,7 +394,7 @@ class MainWindow(Branching, ModelHandling, RecipeFiles, QMainWindow):
             self._set_busy(self.busy)
             return
         if w.outcome == "error":
-            self.show_error(f"The run failed: {w.error}")
+            self.show_error(f"The run failed: {w.message}")
             if not is_main and view.traj is None:  # failed before starting: drop the empty tab
                 i = self.branchTabs.indexOf(view)
                 if i >= 0:
@@ -447,6 +458,9 @@ class MainWindow(Branching, ModelHandling, RecipeFiles, QMainWindow):
 
     # == errors ===========================================================================================
     def show_error(self, msg: str) -> None:
+        from .errors import log_shown
+
+        log_shown(msg)
         self.errorLabel.setText(msg)
         self.errorLabel.show()
         self.statusBar().showMessage(msg, 15000)
@@ -454,6 +468,14 @@ class MainWindow(Branching, ModelHandling, RecipeFiles, QMainWindow):
 
     def hide_error(self) -> None:
         self.errorLabel.hide()
+
+    def report_exception(self, exc_type, exc, tb) -> None:
+        """An exception nothing else handled (``sys.excepthook`` while the window runs, or a failing
+        handler): logged with its traceback, shown as one line; the window stays usable."""
+        from .errors import log_exception, one_line_report
+
+        log_exception(exc_type, exc, tb)
+        self.show_error(one_line_report(exc))
 
     # == closing ===========================================================================================
     def shutdown(self) -> None:

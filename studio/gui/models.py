@@ -56,7 +56,7 @@ class ModelHandling:
                 self.mainView.clear("loading model…")
             self._start(jobs.load_job, self.cache, recipe, kind="load",
                         on_end=lambda w: self._model_ready(w.result) if w.outcome == "done"
-                        else self._model_error(spec, w.error or "cancelled"))
+                        else self._model_error(spec, w.message or "cancelled"))
         self._after_current(start)
 
     def _model_ready(self, summary: jobs.ModelSummary) -> None:
@@ -64,7 +64,7 @@ class ModelHandling:
         self.summary = summary
         self.model_spec = summary.spec
         self.setWindowTitle(f"Sampling Studio — {summary.info.name}")
-        self._good_device = getattr(self, "_loading", ("auto", "float32"))
+        self._good_device = self._loading
         self.panel.show_model(summary.spec)
         self.panel.set_model_info(summary.info, summary.device)
         self.schedulePlot.set_schedule(summary)
@@ -78,14 +78,16 @@ class ModelHandling:
         self._set_busy(self.busy)
         settle_heap()
         self.modelLoaded.emit(summary)
-        if getattr(self, "_queued_run", False):
+        self.check_recipe_weights()
+        if self._queued_run:
             self._queued_run = False
             QTimer.singleShot(0, self.run)
 
     def _model_error(self, spec: str, msg: str) -> None:
         self.loadBar.hide()
         self._queued_run = False
-        good = getattr(self, "_good_device", None)
+        self._recipe_weights = None
+        good = self._good_device
         if good is not None:  # the previous model stays, with its device and precision
             for combo, value in zip((self.panel.deviceCombo, self.panel.dtypeCombo), good):
                 combo.setCurrentIndex(max(combo.findData(value), 0))

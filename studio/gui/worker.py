@@ -4,8 +4,11 @@ The job is a plain generator function; each value it yields is emitted as
 ``yielded``. Pause and abort are checked after every yield: ``abort()`` closes the
 generator (its ``finally`` blocks run in the worker thread), ``pause()`` blocks
 the thread between two yields, ``step_once()`` lets one more value through.
-The job's return value is emitted as ``done``; an exception becomes a one-line
-message on ``errored`` (never a traceback in the window).
+The job's return value is emitted as ``done``; an exception is emitted on ``errored``
+as the exception object (``message`` gives its one line for the window; never a
+traceback). ``abort()`` also cancels work that yields nothing for a long time
+(hashing a model's weights while it loads): the job runs inside ``cancel.cancellable``
+and long loops stop at their next ``cancel.check()``.
 
 Backpressure: a handler connected with ``deliver_to`` acknowledges each value, and
 the job waits (without holding the GIL) while ``max_ahead`` values are still
@@ -22,33 +25,49 @@ from typing import Optional
 
 from PySide6.QtCore import QThread, Signal
 
+from ..core import cancel
+from ..core.file_reading import FileReadError
+from ..core.guidance import GuidanceError
+from ..core.loading import ModelLoadError
+from ..core.records import SamplingError
+from ..core.schedule import ScheduleError
+from ..session.atomic import OutputError
+from ..session.recipe import RecipeError
+
 log = logging.getLogger(__name__)
 
 MAX_AHEAD = 4  # values a job may run ahead of its handler (see benchmarks/bench_gui.py)
 
 
+# errors whose message is written for the user (one line naming the problem): shown as they are
+USER_ERRORS = (ModelLoadError, RecipeError, SamplingError, GuidanceError, ScheduleError, OutputError, FileReadError,
+               ValueError)
+
+
 def one_line(exc: BaseException) -> str:
     """A short human message for any exception raised by a job."""
-    name = exc.__class__.__name__
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    if "out of memory" in str(exc).lower() or name == "OutOfMemoryError":
+    if isinstance(exc, MemoryError) or "out of memory" in text.lower():
         return "out of memory: lower the batch size or the precision, or use another device"
-    if name in ("ModelLoadError", "RecipeError", "SamplingError", "GuidanceError", "ScheduleError",
-                "ExportError", "ValueError"):
-        return text or name
+    if isinstance(exc, USER_ERRORS):
+        return text or exc.__class__.__name__
+    name = exc.__class__.__name__
     return f"{name}: {text}" if text else name
 
 
 class GeneratorWorker(QThread):
     yielded = Signal(object)
     done = Signal(object)
-    errored = Signal(str)
+    errored = Signal(object)  # the exception
     aborted = Signal()
 
-    def __init__(self, fn, *args, **kwargs):
+    def __init__(self, fn, *args, kind: str = "run", **kwargs):
         super().__init__()
         self._fn, self._args, self._kwargs = fn, args, kwargs
+        self.kind = kind  # "load", "run" (main run or branch) or "compare": what the owner started it for
+        self.view = None  # the view a branch run streams into (set by the owner)
         self._cond = threading.Condition()
+        self._cancel = threading.Event()
         self._abort = False
         self._paused = False
         self._credit = 0  # steps allowed through while paused
@@ -57,11 +76,17 @@ class GeneratorWorker(QThread):
         self._handled = 0  # values the handler has finished with
         self.outcome = None  # "done" | "error" | "aborted"
         self.result = None
-        self.error: str = ""
+        self.error: Optional[BaseException] = None
         self.on_end = None  # called on the GUI thread once the thread has finished (set by the owner)
+
+    @property
+    def message(self) -> str:
+        """The error as one line for the window ("" when there was none)."""
+        return one_line(self.error) if self.error is not None else ""
 
     # -- control (any thread) ---------------------------------------------------
     def abort(self) -> None:
+        self._cancel.set()
         with self._cond:
             self._abort = True
             self._cond.notify_all()
@@ -115,6 +140,10 @@ class GeneratorWorker(QThread):
 
     # -- thread body ----------------------------------------------------------------
     def run(self) -> None:  # noqa: D401 - QThread API
+        with cancel.cancellable(self._cancel):
+            self._run()
+
+    def _run(self) -> None:
         gen = None
         try:
             result = self._fn(*self._args, **self._kwargs)
@@ -141,11 +170,15 @@ class GeneratorWorker(QThread):
                     self._sent += 1
                 self.yielded.emit(value)
         except BaseException as e:  # noqa: BLE001 - every failure becomes a message
-            log.debug("job failed", exc_info=True)
             if gen is not None:
                 try:
                     gen.close()
                 except BaseException:  # noqa: BLE001
                     pass
-            self.outcome, self.error = "error", one_line(e)
-            self.errored.emit(self.error)
+            if isinstance(e, cancel.Cancelled):  # abort() stopped long work between two yields
+                self.outcome = "aborted"
+                self.aborted.emit()
+                return
+            log.debug("job failed", exc_info=True)
+            self.outcome, self.error = "error", e
+            self.errored.emit(e)
