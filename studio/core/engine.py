@@ -81,6 +81,52 @@ def labels_tensor(model, label: Optional[int], batch: int, device) -> Optional[t
     return torch.full((batch,), int(label), device=device, dtype=torch.long)
 
 
+def image_size(model, size: Optional[tuple[int, int]] = None) -> tuple[int, int]:
+    """(height, width) in pixels: ``size``, or the model's own resolution."""
+    info = model.info
+    if size is None:
+        return info.image_size, info.image_size
+    f = info.vae_scale_factor
+    h, w = size
+    for name, v in (("height", h), ("width", w)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < f or v % f or v > 8192:
+            raise ValueError(f"{name} {v!r} is not possible; use a multiple of {f} from {f} to 8192"
+                             + (" (the VAE's scale factor)" if f > 1 else ""))
+    if not info.text_conditioned and (h, w) != (info.image_size, info.image_size):
+        raise ValueError(f"model {info.name!r} makes {info.image_size}x{info.image_size} images only; "
+                         "leave width and height out")
+    return h, w
+
+
+def latent_shape(model, batch: int, size: Optional[tuple[int, int]] = None) -> tuple[int, int, int, int]:
+    """The shape of the chain's state: images, or latents for a latent model (pixels / scale factor)."""
+    h, w = image_size(model, size)
+    f = model.info.vae_scale_factor
+    return batch, model.info.in_channels, h // f, w // f
+
+
+def conditioning(model, label, batch: int, guidance: Guidance, prompt: Optional[str], negative_prompt: Optional[str],
+                 size: Optional[tuple[int, int]] = None):
+    """(cond, uncond) for the denoiser: labels and the null label, or the prompt's and the negative
+    prompt's text embeddings (computed once per text by the model and kept)."""
+    info = model.info
+    if not info.text_conditioned:
+        if prompt or negative_prompt:
+            raise ValueError(f"model {info.name!r} is not text-conditioned and takes no prompt; use --label")
+        return labels_tensor(model, label, batch, model.device), None
+    if label is not None:
+        raise ValueError(f"model {info.name!r} is text-conditioned and takes no class label; use --prompt")
+    if guidance.mode == "classifier":
+        raise ValueError(f"model {info.name!r} has no noise-aware classifier for its latents, so classifier "
+                         "guidance is not possible; use --guidance cfg with a prompt")
+    for name, text in (("prompt", prompt), ("negative prompt", negative_prompt)):
+        if text is not None and not isinstance(text, str):
+            raise ValueError(f"the {name} must be text, got {text!r}")
+    h, w = image_size(model, size)
+    cond, uncond, _ = model.conditions(prompt or "", negative_prompt, batch, h, w)
+    return cond, uncond
+
+
 def sample(
     model,
     sampler: str,
@@ -91,6 +137,10 @@ def sample(
     batch: int = 1,
     label: Optional[int] = None,
     guidance: Guidance = Guidance(),
+    prompt: Optional[str] = None,
+    negative_prompt: Optional[str] = None,
+    size: Optional[tuple[int, int]] = None,
+    guidance_rescale: float = 0.0,
     spacing: Optional[str] = None,
     karras: Optional[bool] = None,
     x0_mode: Optional[str] = None,
@@ -118,14 +168,15 @@ def sample(
     noise = NoiseSource(seed, device, torch.float32)
     plan = plan or model_plan(model, spec, steps, spacing, karras, schedule_overrides)
     info = model.info
-    shape = (batch, info.in_channels, info.sample_size, info.sample_size)
+    shape = latent_shape(model, batch, size)
     sc = info.scheduler_config
-    den = Denoiser(model, labels_tensor(model, label, batch, device), guidance,
+    cond, uncond = conditioning(model, label, batch, guidance, prompt, negative_prompt, size)
+    den = Denoiser(model, cond, guidance,
                    x0_mode or default_x0_mode(model),
                    clip_range=float(sc.get("clip_sample_range", 1.0)),
                    threshold_ratio=float(sc.get("dynamic_thresholding_ratio", 0.995)),
                    threshold_max=float(sc.get("sample_max_value", 1.0)),
-                   eps_from_x0=eps_from_x0)
+                   eps_from_x0=eps_from_x0, uncond=uncond, guidance_rescale=guidance_rescale)
     if guidance.mode == "classifier" and guidance.classifier_form == "mean" and spec.name != "ddpm":
         raise ValueError("the mean-shift form of classifier guidance exists only for ddpm; use the eps form")
     if spec.schedule_inputs is not None:
