@@ -137,11 +137,18 @@ def cmd_sample(args) -> int:
     sweep_stale_spills()  # spill caches of studio processes that were killed
     # --out is checked (writable; new, empty or --overwrite) and locked before any sampling
     with Reservation(Path(args.out), args.overwrite, folder=True, overwrite_hint="pass --overwrite") as out_folder:
-        traj, fingerprint, extra = _sample(args, recipe, execute)
+        traj, fingerprint, extra, model = _sample(args, recipe, execute)
+        decodes = None
+        if model.info.text_conditioned:
+            from .session.decodes import DecodeCache
+
+            decodes = DecodeCache(traj, model)
+        full = decodes is not None and args.decode_frames == "full"
         try:
             out = write_run_folder(traj, out_folder.target, save_raw=args.save_raw, scale=args.image_scale,
                                    overwrite=args.overwrite, extra_files=extra,
-                                   reservation=out_folder, fingerprint=fingerprint)
+                                   reservation=out_folder, fingerprint=fingerprint, decodes=decodes, full_frames=full,
+                                   progress=None if args.quiet or not full else ProgressBar("decoding frames"))
         finally:
             traj.close()
     if not args.quiet:
@@ -165,7 +172,14 @@ def _sample(args, recipe, execute):
         rec = cache.get(recipe).info.recommended_scales.get(recipe.guidance)
         if rec is not None:
             recipe = recipe.replace(scale=rec).validate()
-    cache.get(recipe)  # open (and verify) the model before hashing its weights
+    model = cache.get(recipe)  # open (and verify) the model before hashing its weights
+    if model.info.text_conditioned:
+        from .session.runner import prompt_notes
+
+        if args.preview_vae or args.preview != "linear":
+            model.set_preview(args.preview, args.preview_vae)
+        for note in prompt_notes(model, recipe):
+            _warn(note)
     fingerprint = weights_fingerprint(recipe.model, recipe.classifier)
     if args.recipe:
         from .session.export import read_recipe_document
@@ -179,7 +193,7 @@ def _sample(args, recipe, execute):
     traj = execute(recipe, cache, progress=bar)
     if recipe.init_noise:  # the folder is self-contained: its recipe points at its own copy
         traj.recipe = traj.recipe.replace(init_noise="init_noise.npy")
-    return traj, fingerprint, extra
+    return traj, fingerprint, extra, model
 
 
 def cmd_samplers(args) -> int:
@@ -236,6 +250,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--save-raw", action="store_true", help="also write trajectory.npz (float32 xt, x0, t)")
     s.add_argument("--scale-images", dest="image_scale", type=int, default=1, help="nearest-neighbour upscale of PNGs")
     s.add_argument("--quiet", action="store_true")
+    s.add_argument("--preview", choices=("linear", "tiny", "full"), default="linear",
+                   help="text-to-image models: how each step's latents become the frames kept and shown — the "
+                        "fitted linear RGB projection (default, at latent resolution), an AutoencoderTiny "
+                        "(--preview-vae) or the full VAE decode of every step (slow)")
+    s.add_argument("--preview-vae", metavar="PATH",
+                   help="an AutoencoderTiny folder (config.json + diffusion_pytorch_model.safetensors) for --preview tiny")
+    s.add_argument("--decode-frames", choices=("preview", "full"), default="preview",
+                   help="text-to-image models: write xt/ and x0/ frames as the previews (default) or as full VAE "
+                        "decodes (one decode per frame); final.png is always the full decode")
     s.set_defaults(func=cmd_sample)
 
     sub.add_parser("samplers", help="list the samplers").set_defaults(func=cmd_samplers)

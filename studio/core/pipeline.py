@@ -190,6 +190,18 @@ def load_pipeline_folder(path, device: torch.device, dtype: torch.dtype, allow_p
                             force_zeros_for_empty_prompt=force_zeros)
 
 
+def load_tiny_autoencoder(path, device: torch.device):
+    """An ``AutoencoderTiny`` folder (TAESD and kin), for previews: config.json + safetensors weights."""
+    from diffusers import AutoencoderTiny
+
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise ModelLoadError(f"{folder}: no such folder; --preview-vae takes an AutoencoderTiny folder")
+    sub = folder.parent
+    module = _diffusers_module(sub, folder.name, AutoencoderTiny, allow_pickle=False)
+    return module.to(device=device, dtype=torch.float32)
+
+
 def pipeline_kind(path) -> Optional[str]:
     """The pipeline class named in a folder's model_index.json, or None."""
     try:

@@ -26,6 +26,9 @@ from .conditioning import TextCondition
 from .model import ModelInfo
 
 
+PREVIEW_MODES = ("linear", "tiny", "full")
+
+
 @contextlib.contextmanager
 def quiet_libraries():
     """Silence diffusers' and transformers' advice meant for their own loaders (dtype casts, image
@@ -237,6 +240,37 @@ class TextToImageModel:
         self._preview = w
         return w
 
+    def set_preview(self, mode: str = "linear", tiny_vae: Optional[str] = None) -> None:
+        """How ``preview`` renders latents: ``linear`` (the fitted projection, at latent resolution),
+        ``tiny`` (an AutoencoderTiny folder, e.g. TAESD: a distilled decoder at full resolution) or
+        ``full`` (the model's own VAE every time)."""
+        if mode not in PREVIEW_MODES:
+            raise ValueError(f"unknown preview {mode!r}; choose one of {', '.join(PREVIEW_MODES)}")
+        if tiny_vae and mode == "linear":
+            mode = "tiny"
+        if mode == "tiny":
+            if not tiny_vae:
+                raise ValueError("--preview tiny needs an AutoencoderTiny folder; pass --preview-vae PATH")
+            from .pipeline import load_tiny_autoencoder
+
+            tiny = load_tiny_autoencoder(tiny_vae, self.device)
+            if int(tiny.config.latent_channels) != self.info.in_channels:
+                from .loading import ModelLoadError
+
+                raise ModelLoadError(f"{tiny_vae}: an AutoencoderTiny with {tiny.config.latent_channels} latent "
+                                     f"channels cannot preview {self.info.name!r} ({self.info.in_channels} channels)")
+            self._tiny = tiny
+        self.preview_mode = mode
+
+    preview_mode = "linear"
+    _tiny = None
+
+    @torch.no_grad()
     def preview(self, z: torch.Tensor) -> torch.Tensor:
-        """Latents → approximate RGB at latent resolution, in [−1, 1]."""
+        """Latents → RGB in [−1, 1], as ``set_preview`` chose (default: linear, at latent resolution)."""
+        if self.preview_mode == "full":
+            return self.decode(z)
+        if self.preview_mode == "tiny":
+            sf = float(self._tiny.config.scaling_factor)
+            return self._tiny.decode(z.to(self.device, torch.float32) / sf).sample.float().clamp(-1, 1).cpu()
         return apply_linear_preview(self.preview_weights(), z).clamp(-1, 1)

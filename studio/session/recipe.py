@@ -61,7 +61,7 @@ BRANCH_FIELDS = (
 @dataclass(frozen=True)
 class Recipe:
     model: str = declared(Option(default="default", kind="str",
-                                 help="default, gmm, or a diffusers UNet2DModel folder"))
+                                 help="default, gmm, digits-text, a diffusers pipeline folder or a UNet2DModel folder"))
     sampler: str = declared(Option(default="ddim", kind="choice", choices=tuple(SAMPLERS),
                                    help="the sampler (`studio samplers` lists them)"))
     steps: int = declared(Option(default=50, kind="int", low=1, high=10000, help="number of sampler steps"))
@@ -83,6 +83,21 @@ class Recipe:
     classifier: Optional[str] = declared(Option(
         kind="str", optional=True, help="noise-aware classifier folder (config.json + model.safetensors)"))
     label: Optional[int] = declared(Option(kind="int", low=0, optional=True, help="class label"))
+    prompt: Optional[str] = declared(Option(kind="str", optional=True, allow_empty=True, high=4000,
+                                            help="text prompt (text-to-image models)"))
+    negative_prompt: Optional[str] = declared(Option(
+        kind="str", optional=True, allow_empty=True, high=4000,
+        help="what classifier-free guidance steers away from (its unconditional branch; default: the empty "
+             "prompt)"))
+    width: Optional[int] = declared(Option(kind="int", low=8, high=8192, optional=True, step=8,
+                                           help="image width in pixels, a multiple of the VAE's scale factor "
+                                                "(text-to-image models; default: the model's)"))
+    height: Optional[int] = declared(Option(kind="int", low=8, high=8192, optional=True, step=8,
+                                            help="image height in pixels (text-to-image models; default: the "
+                                                 "model's)"))
+    guidance_rescale: float = declared(Option(
+        default=0.0, kind="float", low=0.0, high=1.0, step=0.05,
+        help="guidance rescale φ (Lin et al. 2024): 0 = off, 0.7 is their choice"))
     seed: int = declared(Option(default=0, kind="int", low=0, high=2**63 - 1,
                                 help="seed of the initial noise and of every fresh noise draw"))
     batch: int = declared(Option(default=4, kind="int", low=1, high=1024, help="images per run"))
@@ -138,8 +153,11 @@ class Recipe:
             get_sampler(r.sampler).resolve(r._option_values())
         except OptionError as e:
             raise RecipeError(str(e)) from None
-        if r.guidance != "none" and r.label is None:
-            raise RecipeError("guidance needs a class label; set a label (--label K)")
+        if r.label is not None and r.prompt is not None:
+            raise RecipeError("a recipe takes a class label or a prompt, not both; leave one out")
+        if r.guidance != "none" and r.label is None and r.prompt is None:
+            raise RecipeError("guidance needs a class label or a prompt; set a label (--label K) or a prompt "
+                              "(--prompt TEXT)")
         r.guidance_settings()
         if r.branch is not None:
             try:

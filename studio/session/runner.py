@@ -67,6 +67,30 @@ def load_init_noise(path: str) -> torch.Tensor:
     return torch.from_numpy(arr)
 
 
+def image_size(model, recipe: Recipe) -> Optional[tuple[int, int]]:
+    """(height, width) a recipe asks for, the model's own for a side it leaves out; None for neither."""
+    if recipe.width is None and recipe.height is None:
+        return None
+    side = model.info.image_size
+    try:
+        return engine.image_size(model, (recipe.height or side, recipe.width or side))
+    except ValueError as e:
+        raise RecipeError(str(e)) from None
+
+
+def prompt_notes(model, recipe: Recipe) -> list[str]:
+    """What a user should be told before the run: text the tokenizer cuts from the prompts."""
+    if not model.info.text_conditioned:
+        return []
+    notes = []
+    for name, text in (("prompt", recipe.prompt), ("negative prompt", recipe.negative_prompt)):
+        cut = model.truncated_text(text) if text else ""
+        if cut:
+            notes.append(f"the {name} is longer than the model's {model.info.max_prompt_tokens} tokens; "
+                         f"this was cut: {cut!r}")
+    return notes
+
+
 def same_plan(a: Recipe, b: Recipe) -> bool:
     """Whether ``b`` continues ``a``'s chain unchanged: same plan and the same sampler options."""
     return all(getattr(a, k) == getattr(b, k) for k in PLAN_KEYS) and a.sampler_options() == b.sampler_options()
@@ -91,7 +115,8 @@ class Run:
         kwargs = dict(
             options=recipe.sampler_options(), seed=recipe.seed, batch=recipe.batch, label=recipe.label,
             guidance=guidance, spacing=recipe.spacing, karras=recipe.karras, x0_mode=recipe.x0_mode, eps_from_x0=recipe.eps_from_x0,
-            schedule_overrides=recipe.schedule or None,
+            schedule_overrides=recipe.schedule or None, prompt=recipe.prompt, negative_prompt=recipe.negative_prompt,
+            size=image_size(self.model, recipe), guidance_rescale=recipe.guidance_rescale,
         )
         start, self.offset = None, 0
         if parent is not None and k >= 0 and not same_plan(parent.recipe, recipe):
@@ -107,8 +132,7 @@ class Run:
                                           recipe.schedule or None)
             if parent is None:
                 initial = load_init_noise(recipe.init_noise) if recipe.init_noise else NoiseSource(recipe.seed).initial(
-                    (recipe.batch, self.model.info.in_channels, self.model.info.sample_size,
-                     self.model.info.sample_size))
+                    engine.latent_shape(self.model, recipe.batch, kwargs["size"]))
             elif k < 0:  # the parent's initial noise, from the beginning
                 initial = parent.full_state(-1)["x"]
             else:  # exact continuation: the same plan and the parent's solver memory
@@ -116,7 +140,9 @@ class Run:
                 initial, self.offset = start.x, k + 1
         self._gen = engine.sample(self.model, recipe.sampler, recipe.steps, plan=self.plan, start=start,
                                   init_noise=initial if start is None else None, **kwargs)
-        self.trajectory = Trajectory(recipe, initial, self.plan.steps)
+        latent = self.model.info.text_conditioned
+        self.trajectory = Trajectory(recipe, initial, self.plan.steps, render=self.model.preview if latent else None)
+        self.notes = prompt_notes(self.model, recipe)
         self.guidance = guidance
         self.stopped = False
 
