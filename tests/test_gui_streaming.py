@@ -90,6 +90,8 @@ def test_throttle_cancel_and_flush(qtbot):
 # -- the window during a fast run --------------------------------------------------------------------------
 def test_plot_markers_follow_a_fast_run_at_the_throttled_rate_and_land_on_the_last_step(qtbot):
     w = open_window(qtbot, steps=1000, batch=2)
+    w.panel.labelCombo.setCurrentIndex(w.panel.labelCombo.findData(1))
+    w.panel.guidanceModeCombo.setCurrentIndex(w.panel.guidanceModeCombo.findData("cfg"))  # a curve to plot
     calls = []
     orig = w._show_markers
     w._show_markers = lambda view, pos: (calls.append(pos), orig(view, pos))

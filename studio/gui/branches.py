@@ -78,12 +78,13 @@ class Branching:
     def _show_markers(self, view: TrajectoryView, pos: int) -> None:
         if not shiboken6.isValid(view):
             return
+        if view is not self._plotted_view or not shiboken6.isValid(self._plotted_view):
+            self.follow_in_plots(view)  # the plots follow the run the user is looking at
         m = view.meta_at(pos)
         if m is None:
             self.schedulePlot.set_current(None)
             self.guidancePlot.set_current(None)
             return
         t = m.t if pos == 0 else m.t_next
-        self.schedulePlot.plan_t = view.plan_t
         self.schedulePlot.set_current(t if t >= 0 else 0.0)
         self.guidancePlot.set_current(m.index + 1 if pos else None)

@@ -1,4 +1,5 @@
-"""The export dialog: pick a format and a destination; asks before overwriting."""
+"""The export dialog: says which run it exports, picks a format and a destination (a missing folder is
+created), and asks once before overwriting (naming everything that would be replaced)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,19 +16,22 @@ DEFAULT_NAME = {"frames": "frames", "gif": "run", "apng": "run-anim", "mp4": "ru
 
 
 def export_with_confirm(parent, do_export, path) -> bool:
-    """Call ``do_export(overwrite)``; if the target exists, ask first. Errors become a message box."""
+    """Call ``do_export(overwrite)``; if anything it writes exists, ask once (listing all of it) first.
+    Errors become a message box."""
     try:
         do_export(False)
         return True
-    except ex.ExportError as e:
-        if "already exists" not in str(e):
-            QMessageBox.warning(parent, "Export failed", str(e))
-            return False
-        answer = QMessageBox.question(parent, "Overwrite?", f"{e}.\n\nOverwrite it?",
+    except ex.TargetExists as e:
+        names = "\n".join(f"  {p}" for p in e.paths)
+        these = "it" if len(e.paths) == 1 else "them"
+        answer = QMessageBox.question(parent, "Overwrite?", f"This export would replace:\n{names}\n\nReplace {these}?",
                                       QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
                                       QMessageBox.StandardButton.No)
         if answer != QMessageBox.StandardButton.Yes:
             return False
+    except ex.ExportError as e:
+        QMessageBox.warning(parent, "Export failed", str(e))
+        return False
     try:
         do_export(True)
         return True
@@ -39,11 +43,16 @@ def export_with_confirm(parent, do_export, path) -> bool:
 class ExportDialog(QDialog):
     exported = Signal(str)
 
-    def __init__(self, trajectory, parent=None, settings=None):
+    def __init__(self, trajectory, parent=None, settings=None, source: str = ""):
         super().__init__(parent)
         self.setWindowTitle("Export")
         self.traj = trajectory
         self.settings = settings
+        done = len(trajectory)
+        steps = f"{done} of {trajectory.steps} steps" if done < trajectory.steps else f"all {done} steps"
+        self.what = QLabel(f"Exporting the {source or 'run'}: {steps}", objectName="exportWhat")
+        self.what.setWordWrap(True)
+        self.what.setStyleSheet("font-weight: bold;")
         self.kind = QComboBox(objectName="exportKind")
         for key, text in ex.KINDS.items():
             self.kind.addItem(text, key)
@@ -83,6 +92,7 @@ class ExportDialog(QDialog):
         buttons.accepted.connect(self._save)
         buttons.rejected.connect(self.reject)
         lay = QVBoxLayout(self)
+        lay.addWidget(self.what)
         lay.addLayout(f)
         lay.addWidget(self.note)
         lay.addWidget(buttons)
@@ -96,10 +106,13 @@ class ExportDialog(QDialog):
         self.every.setEnabled(k == "contact")
         self.scale.setValue(1 if k in ("frames", "final") else 4 if k != "contact" else 2)
         self.name.setText(DEFAULT_NAME[k] + SUFFIX[k])
-        notes = {"frames": "A folder of numbered PNGs (xt_0000.png = noise) with recipe.json.",
+        notes = {"frames": "A folder of numbered PNGs with recipe.json: xt_0000.png is the initial noise, xt_000k.png "
+                           "the state after step k, x0_000k.png the x̂₀ predicted during step k (as the CLI's "
+                           "xt/ and x0/ folders).",
                  "contact": "x_t on top, x̂₀ below, every k-th step.",
                  "mp4": "" if ex.mp4_available() else "MP4 needs imageio-ffmpeg: pip install imageio-ffmpeg"}
-        self.note.setText(notes.get(k, "") + "  Every PNG carries the recipe; a .recipe.json goes beside the file.")
+        self.note.setText(notes.get(k, "") + "  Every PNG carries the recipe; a .recipe.json goes beside the file. "
+                          "A folder that does not exist yet is created.")
 
     def _browse(self) -> None:
         d = QFileDialog.getExistingDirectory(self, "Export to folder", self.folder.text())

@@ -5,9 +5,9 @@ import time
 from typing import Callable, Optional
 
 from PySide6.QtCore import QSettings, Qt, Signal
-from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtGui import QAction, QKeySequence, QShortcut
 from PySide6.QtWidgets import (QHBoxLayout, QLabel, QMainWindow, QMessageBox, QProgressBar, QPushButton,
-                               QScrollArea, QSplitter, QTabWidget, QVBoxLayout, QWidget)
+                               QScrollArea, QSizePolicy, QSplitter, QTabWidget, QToolBar, QVBoxLayout, QWidget)
 
 import shiboken6
 
@@ -82,6 +82,7 @@ class MainWindow(Branching, ModelHandling, RecipeFiles, QMainWindow):
         self._good_device: Optional[tuple[str, str]] = None  # device, dtype of the last model that opened
         self._focus_view = None  # the view the user worked with last (branches.py)
         self._branch_count = 0
+        self._plotted_view = None  # the view whose run the plots show (the main run or a branch)
         self._recipe_weights: Optional[tuple[str, dict]] = None  # (model, fingerprint) an opened recipe recorded
         self.uncaught.connect(self.report_exception)
         self._build()
@@ -116,18 +117,23 @@ class MainWindow(Branching, ModelHandling, RecipeFiles, QMainWindow):
         self.progress = QProgressBar(objectName="runProgress")
         self.progress.setTextVisible(True)
         self.progress.setFormat("%v / %m steps")
-        self.progress.setMinimumWidth(180)
+        self.progress.setMinimumWidth(120)
+        self.progress.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         self.rateLabel = QLabel("", objectName="rateLabel")
-        self.rateLabel.setMinimumWidth(170)
-        bar = QHBoxLayout()
+        # a tool bar, not a row of widgets: on a narrow screen what does not fit moves into its »
+        # overflow menu instead of widening the window past the screen
+        bar = QToolBar("Run", objectName="runToolBar")
+        bar.setMovable(False)
+        bar.setFloatable(False)
         for b in (self.runButton, self.pauseButton, self.stepOnceButton, self.stopButton):
             bar.addWidget(b)
-        bar.addSpacing(12)
-        bar.addWidget(self.progress, 1)
+        bar.addSeparator()
+        bar.addWidget(self.progress)
         bar.addWidget(self.rateLabel)
-        bar.addSpacing(12)
+        bar.addSeparator()
         for b in (self.branchButton, self.compareButton, self.exportButton):
             bar.addWidget(b)
+        self.runToolBar = bar
 
         self.errorLabel = QLabel(objectName="errorLabel")
         self.errorLabel.setWordWrap(True)
@@ -164,7 +170,7 @@ class MainWindow(Branching, ModelHandling, RecipeFiles, QMainWindow):
         center = QWidget()
         cl = QVBoxLayout(center)
         cl.setContentsMargins(6, 6, 6, 6)
-        cl.addLayout(bar)
+        cl.addWidget(bar)
         cl.addWidget(self.errorLabel)
         cl.addWidget(self.vsplit, 1)
         root = QSplitter(Qt.Orientation.Horizontal)
@@ -227,11 +233,27 @@ class MainWindow(Branching, ModelHandling, RecipeFiles, QMainWindow):
         m = self.menuBar().addMenu("&Help")
         self._action(m, "Keyboard shortcuts", self._shortcuts_help)
 
+    def shortcuts(self) -> list[tuple[str, str]]:
+        """(keys, what) for every keyboard shortcut the window has, read from its actions and shortcuts,
+        so the Help list cannot drift from what the keys do."""
+        rows: dict[str, str] = {}
+        for a in self.findChildren(QAction):
+            for seq in a.shortcuts():
+                keys = seq.toString(QKeySequence.SequenceFormat.NativeText)
+                if keys and a.text():
+                    rows.setdefault(keys, a.text().replace("&", "").rstrip("…").strip())
+        for sc in self.findChildren(QShortcut):
+            keys = sc.key().toString(QKeySequence.SequenceFormat.NativeText)
+            if keys:
+                rows.setdefault(keys, sc.whatsThis() or sc.objectName() or "shortcut")
+        return sorted(rows.items(), key=lambda kv: (len(kv[0]) > 5, kv[0]))
+
+    def shortcuts_text(self) -> str:
+        return "\n".join(f"{keys}\t{what}" for keys, what in self.shortcuts())
+
     def _shortcuts_help(self) -> None:
-        QMessageBox.information(self, "Keyboard shortcuts",
-                                "Space  play / pause\nLeft / Right  step back / forward\nCtrl+R  run\nEsc  stop\n"
-                                "Ctrl+B  continue from here\nCtrl+E  export\nCtrl+O  open model folder\n"
-                                "Ctrl+Shift+O  open recipe\nCtrl+S  save recipe")
+        rows = "".join(f"<tr><td><b>{keys}</b>&nbsp;&nbsp;</td><td>{what}</td></tr>" for keys, what in self.shortcuts())
+        QMessageBox.information(self, "Keyboard shortcuts", f"<table>{rows}</table>")
 
     # == jobs =============================================================================================
     @property
@@ -363,8 +385,7 @@ class MainWindow(Branching, ModelHandling, RecipeFiles, QMainWindow):
             self._live_traj = item.trajectory
             if view is self.mainView:
                 self.trajectory = item.trajectory
-            self.guidancePlot.set_meta([], item.total)
-            self.schedulePlot.set_plan(item.plan_t)
+            self.follow_in_plots(view)
             self._run_t0, self._run_done, self._run_total = time.monotonic(), 0, item.total
             self.progress.setRange(0, max(item.total, 1))
             self.progress.setValue(0)
@@ -374,10 +395,32 @@ class MainWindow(Branching, ModelHandling, RecipeFiles, QMainWindow):
         self._run_done = item.pos
         pos, traj, total = item.pos, item.trajectory, self._run_total
         self._progress_sync.request("progress", lambda: self._show_progress(pos))
-        self._plot_sync.request("meta", lambda: self.guidancePlot.set_meta(traj.meta, total))
+        if view is self._plotted_view:
+            guided = traj.recipe.guidance != "none"
+            self._plot_sync.request("meta", lambda: self.guidancePlot.set_meta(traj.meta, total, guided))
         if pos == total:
             self._progress_sync.flush()
             self._plot_sync.flush()
+
+    def _run_name(self, view: TrajectoryView) -> str:
+        """``main run``, or ``branch #2 from step 14: ddim 20`` (its tab's title)."""
+        if view is self.mainView:
+            return "main run"
+        i = self.branchTabs.indexOf(view)
+        return f"branch {self.branchTabs.tabText(i)}" if i >= 0 else "branch"
+
+    def follow_in_plots(self, view: TrajectoryView) -> None:
+        """Show ``view``'s run in the plots (its plan's points, its guidance curve) and name it in their titles."""
+        self._plotted_view = view
+        source = self._run_name(view)
+        self.schedulePlot.set_source(source)
+        self.guidancePlot.set_source(source)
+        self.schedulePlot.set_plan(view.plan_t)
+        traj = view.traj
+        if traj is None:
+            self.guidancePlot.set_meta([], 0)
+        else:
+            self.guidancePlot.set_meta(traj.meta, view.total, traj.recipe.guidance != "none")
 
     def _show_progress(self, pos: int) -> None:
         self.progress.setValue(pos)
@@ -411,7 +454,8 @@ class MainWindow(Branching, ModelHandling, RecipeFiles, QMainWindow):
         self._plot_sync.cancel("meta")
         self._progress_sync.cancel("progress")
         if traj is not None:
-            self.guidancePlot.set_meta(traj.meta, self._run_total)
+            if view is self._plotted_view:
+                self.guidancePlot.set_meta(traj.meta, self._run_total, traj.recipe.guidance != "none")
             self.progress.setValue(len(traj))
         self._run_total = 0
         self.rateLabel.setText("")
@@ -452,7 +496,9 @@ class MainWindow(Branching, ModelHandling, RecipeFiles, QMainWindow):
         if traj is None or len(traj) == 0:
             self.show_error("Nothing to export yet: run the sampler first")
             return
-        dlg = ExportDialog(traj, self, self.settings)
+        view = self._active_view()
+        source = self._run_name(view) if view.traj is traj else "main run"
+        dlg = ExportDialog(traj, self, self.settings, source=f"{source} ({describe(traj.recipe)})")
         dlg.exported.connect(lambda p: self.statusBar().showMessage(f"Exported {p}", 10000))
         dlg.open()
 

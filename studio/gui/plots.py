@@ -1,4 +1,7 @@
-"""pyqtgraph plots: the noise schedule with the current t, and the guidance scale over the run."""
+"""pyqtgraph plots: the noise schedule with the current t, and the guidance scale over the run.
+
+Both say in their title which run they follow (the main run or a branch: ``set_source``), since the
+window can hold several."""
 from __future__ import annotations
 
 from typing import Optional
@@ -35,8 +38,9 @@ class SchedulePlot(QWidget):
         self.plot.addItem(self.line)
         self.dot = pg.ScatterPlotItem(size=10, brush=pg.mkBrush(*MARK), pen=None)
         self.plot.addItem(self.dot)
+        self.title = QLabel("Noise schedule", objectName="schedulePlotTitle")
         head = QHBoxLayout()
-        head.addWidget(QLabel("Noise schedule"))
+        head.addWidget(self.title)
         head.addStretch(1)
         head.addWidget(self.kind)
         lay = QVBoxLayout(self)
@@ -47,6 +51,11 @@ class SchedulePlot(QWidget):
         self.plan_t: Optional[np.ndarray] = None
         self.current_t: Optional[float] = None
         self.kind.currentIndexChanged.connect(self.redraw)
+
+    def set_source(self, source: str) -> None:
+        """Name the run whose plan the points show (``main run``, ``branch #2 …``)."""
+        self.title.setText(f"Noise schedule · {source}" if source else "Noise schedule")
+        self.title.setToolTip(self.title.text())
 
     def set_schedule(self, summary) -> None:
         self.summary = summary
@@ -112,14 +121,33 @@ class GuidancePlot(QWidget):
         self.line = pg.InfiniteLine(angle=90, pen=pg.mkPen(MARK, width=1.5))
         self.plot.addItem(self.line)
         self.line.hide()  # no run yet: an empty 0..1 frame, not a marker on an arbitrary range
+        self.note = pg.TextItem("", color=(160, 160, 172), anchor=(0.5, 0.5))
+        self.plot.addItem(self.note)
+        self.note.setPos(0.5, 0.55)
         self.plot.setXRange(0, 1, padding=0.02)
         self.plot.setYRange(0, 1.1, padding=0)
+        self.title = QLabel("Guidance over the run", objectName="guidancePlotTitle")
+        self.guided = True
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
-        lay.addWidget(QLabel("Guidance over the run"))
+        lay.addWidget(self.title)
         lay.addWidget(self.plot, 1)
 
-    def set_meta(self, meta: list, total: int) -> None:
+    def set_source(self, source: str) -> None:
+        """Name the run whose guidance the curve shows (``main run``, ``branch #2 …``)."""
+        self.title.setText(f"Guidance · {source}" if source else "Guidance over the run")
+        self.title.setToolTip(self.title.text())
+
+    def set_meta(self, meta: list, total: int, guided: bool = True) -> None:
+        """The scale applied at each step so far; a run without guidance says so instead of a flat line."""
+        self.guided = guided
+        self.note.setText("" if guided else "no guidance in this run")
+        if not guided:
+            self.curve.setData([], [])
+            self.plot.setYRange(0, 1.1, padding=0)
+            self.plot.setXRange(0, max(total, 1), padding=0.02)
+            self.note.setPos(max(total, 1) / 2, 0.55)
+            return
         steps = np.array([m.index + 1 for m in meta], dtype=float)
         scales = np.array([m.guidance_scale for m in meta], dtype=float)
         self.curve.setData(steps, scales)

@@ -1,7 +1,10 @@
 """The timestep scrubber: a slider over trajectory positions, with play/pause and step buttons.
 
-During a run it follows the newest step until the user grabs it (presses the
-slider or steps back); moving it to the end (or pressing play) follows again.
+The slider spans the run's planned steps (0 … total) from the start, so its
+handle shows how far the run has come; positions not computed yet cannot be
+selected (the handle stops at the newest step, ``available``). During a run it
+follows the newest step until the user grabs it (presses the slider or steps
+back); moving it to the newest step (or pressing play) follows again.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ class ScrubberBar(QWidget):
     def __init__(self, slider_name: str = "scrubber", parent=None):
         super().__init__(parent)
         self.total = 0  # planned steps
+        self.available = 0  # the newest position computed so far
         self.following = True
         st = self.style()
         self.backButton = QToolButton(icon=st.standardIcon(QStyle.StandardPixmap.SP_MediaSeekBackward))
@@ -56,29 +60,32 @@ class ScrubberBar(QWidget):
 
     def reset(self, total: int) -> None:
         self.total = total
+        self.available = 0
         self.following = True
         self.stop_play()
         self.slider.blockSignals(True)
-        self.slider.setRange(0, 0)
+        self.slider.setRange(0, max(total, 0))
         self.slider.setValue(0)
         self.slider.blockSignals(False)
         self._update_label()
 
     def set_available(self, last: int) -> None:
         """Positions 0..last exist; follow the newest unless the user holds the slider."""
-        self.slider.setMaximum(last)
+        self.available = last
+        if last > self.slider.maximum():  # more steps than planned (never expected): widen
+            self.slider.setMaximum(last)
         if self.following and not self.slider.isSliderDown():
             self.slider.setValue(last)
         self._update_label()
 
     def set_position(self, pos: int) -> None:
-        self.slider.setValue(pos)
+        self.slider.setValue(min(pos, self.available))
 
     def step(self, delta: int) -> None:
         self.touched.emit()
         self.following = False
-        self.slider.setValue(self.slider.value() + delta)
-        if self.slider.value() == self.slider.maximum() and delta > 0:
+        self.slider.setValue(min(self.slider.value() + delta, self.available))
+        if self.slider.value() == self.available and delta > 0:
             self.following = True
 
     # -- playback -------------------------------------------------------------------------
@@ -87,7 +94,7 @@ class ScrubberBar(QWidget):
         if self._timer.isActive():
             self.stop_play()
         else:
-            if self.slider.value() >= self.slider.maximum():
+            if self.slider.value() >= self.available:
                 self.slider.setValue(0)
             self.following = False
             self._timer.start()
@@ -102,7 +109,7 @@ class ScrubberBar(QWidget):
         return self._timer.isActive()
 
     def _tick(self) -> None:
-        if self.slider.value() >= self.slider.maximum():
+        if self.slider.value() >= self.available:
             self.stop_play()
             self.following = True
             return
@@ -115,8 +122,11 @@ class ScrubberBar(QWidget):
         self.stop_play()
 
     def _changed(self, v: int) -> None:
+        if v > self.available:  # not computed yet: the handle stops at the newest step
+            self.slider.setValue(self.available)
+            return
         if self.slider.isSliderDown():
-            self.following = v == self.slider.maximum()
+            self.following = v == self.available
         self._update_label()
         self.positionChanged.emit(v)
 

@@ -3,7 +3,10 @@
 Qt-free and side-effect free (``export`` writes what these functions compose)."""
 from __future__ import annotations
 
-from typing import Sequence
+import functools
+import importlib.util
+from pathlib import Path
+from typing import Optional, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -26,7 +29,31 @@ def upscale(img: np.ndarray, scale: int) -> np.ndarray:
     return img if scale == 1 else np.repeat(np.repeat(img, scale, axis=0), scale, axis=1)
 
 
+CAPTION_FONT = "DejaVuSans.ttf"
+SYSTEM_FONT_DIRS = ("/usr/share/fonts/truetype/dejavu", "/usr/share/fonts/dejavu", "/usr/share/fonts/TTF",
+                    "/Library/Fonts", "C:/Windows/Fonts")
+
+
+def caption_font_path() -> Optional[Path]:
+    """DejaVu Sans: it has every character the captions use (η σ ᾱ x̂₀ t ε …), which Pillow's built-in
+    font does not (they came out as boxes). matplotlib, a dependency, ships it in ``mpl-data``; found
+    without importing matplotlib. System copies are the fallback."""
+    spec = importlib.util.find_spec("matplotlib")
+    candidates = []
+    if spec is not None and spec.origin:
+        candidates.append(Path(spec.origin).parent / "mpl-data" / "fonts" / "ttf" / CAPTION_FONT)
+    candidates += [Path(d) / CAPTION_FONT for d in SYSTEM_FONT_DIRS]
+    return next((p for p in candidates if p.is_file()), None)
+
+
+@functools.lru_cache(maxsize=8)
 def _font(size: int = 12):
+    path = caption_font_path()
+    if path is not None:
+        try:
+            return ImageFont.truetype(str(path), size)
+        except OSError:
+            pass
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # very old Pillow: bitmap font only

@@ -194,7 +194,7 @@ def export_contact_sheet(traj, path: str | os.PathLike, every: int = 5, scale: i
         xt = frame_grid(traj, "xt", pos, scale)
         x0 = frame_grid(traj, "x0", pos, scale)
         cols.append(vstack([captioned(xt, label), x0]))
-    sheet = captioned(hstack(cols), "top: x_t   bottom: predicted x0", 12)
+    sheet = captioned(hstack(cols), "top: x_t   bottom: x̂₀ (predicted clean image)", 12)
     _write_files({path: lambda p: _save_png(sheet, p, traj.recipe),
                   _sidecar(path): _write_text(_recipe_json(traj.recipe))}, overwrite)
     return path

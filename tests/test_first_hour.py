@@ -1,0 +1,140 @@
+"""A new user's first hour: the window fits a laptop screen, exported text has its glyphs, the plots
+say what they show, Help lists every shortcut, the export dialog says what it exports, the README
+puts the Linux needs first."""
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+pytest.importorskip("pytestqt")
+from PIL import Image, ImageDraw  # noqa: E402
+from PySide6.QtGui import QAction, QKeySequence  # noqa: E402
+from PySide6.QtWidgets import QMessageBox, QToolButton  # noqa: E402
+
+from _gui import open_window, temp_settings  # noqa: E402,F401
+from studio.session import compose  # noqa: E402
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+@pytest.fixture
+def win(qtbot):
+    return open_window(qtbot, steps=6)
+
+
+def run(qtbot, w, timeout=15000):
+    with qtbot.waitSignal(w.runFinished, timeout=timeout) as blocker:
+        w.runButton.click()
+    qtbot.waitUntil(lambda: not w.busy)
+    return blocker.args[0]
+
+
+# -- fitting the screen -----------------------------------------------------------------------------
+def test_the_window_fits_1280x800_and_1366x768_screens(qtbot, win):
+    hint = win.minimumSizeHint().expandedTo(win.minimumSize())
+    assert hint.width() <= 1280 and hint.height() <= 760, hint
+    buttons = [win.runButton, win.pauseButton, win.stepOnceButton, win.stopButton, win.branchButton,
+               win.compareButton, win.exportButton]
+    for w, h in ((1280, 760), (1366, 728)):  # the screen less a panel or task bar
+        win.resize(w, h)
+        qtbot.wait(50)
+        assert (win.width(), win.height()) == (w, h)
+        assert all(b.isVisible() for b in buttons), [b.objectName() for b in buttons if not b.isVisible()]
+        assert win.panel.parentWidget().parentWidget().objectName() == "panelScroll"  # the panel scrolls
+
+
+def test_a_narrower_window_moves_buttons_into_the_toolbars_overflow(qtbot, win):
+    win.resize(max(win.minimumSizeHint().width(), 760), 700)
+    qtbot.wait(50)
+    assert win.width() < 1000
+    ext = [b for b in win.runToolBar.findChildren(QToolButton) if b.objectName() == "qt_toolbar_ext_button"]
+    assert ext and ext[0].isVisible()  # the » button: Export is one click away, not cut off
+    assert not win.exportButton.isVisible()
+
+
+# -- glyphs in exported captions ----------------------------------------------------------------------
+def _render(text: str, font) -> np.ndarray:
+    im = Image.new("L", (80, 40), 0)
+    ImageDraw.Draw(im).text((6, 6), text, fill=255, font=font)
+    return np.asarray(im)
+
+
+def test_captions_draw_greek_letters_subscripts_and_the_hat():
+    font = compose._font(16)
+    missing = _render("\U0010ffff", font)  # a code point no font has: its .notdef box
+    assert missing.any()
+    for ch in ("η", "σ", "ᾱ", "ε", "₀", "\u0302", "x", "t"):
+        glyph = _render(ch, font)
+        assert glyph.any() and not np.array_equal(glyph, missing), f"{ch!r} is drawn as a box"
+    assert not np.array_equal(_render("x̂₀", font), _render("x₀", font))  # the combining hat is drawn
+    img = np.zeros((20, 60, 3), np.uint8)
+    assert not np.array_equal(compose.captioned(img, "η σ ᾱ x̂₀"), compose.captioned(img, "\U0010ffff" * 4))
+
+
+# -- plots, scrubber, help ------------------------------------------------------------------------------
+def test_the_plots_name_the_run_they_follow(qtbot, win):
+    traj = run(qtbot, win)
+    assert "main run" in win.schedulePlot.title.text() and "main run" in win.guidancePlot.title.text()
+    assert traj.recipe.guidance == "none" and win.guidancePlot.note.toPlainText() == "no guidance in this run"
+    win.scrubber.setValue(3)
+    win.panel.labelCombo.setCurrentIndex(win.panel.labelCombo.findData(1))
+    win.panel.guidanceModeCombo.setCurrentIndex(win.panel.guidanceModeCombo.findData("cfg"))
+    with qtbot.waitSignal(win.branchFinished, timeout=15000):
+        win.branchButton.click()
+    qtbot.waitUntil(lambda: not win.busy)
+    assert "branch #1" in win.schedulePlot.title.text() and "branch #1" in win.guidancePlot.title.text()
+    steps, scales = win.guidancePlot.curve.getData()
+    assert len(steps) == len(win.branch_views()[0].traj) and win.guidancePlot.note.toPlainText() == ""
+    win.mainView.scrubberBar.step(-1)  # back to the main run: the plots follow it
+    assert "main run" in win.schedulePlot.title.text()
+
+
+def test_help_lists_every_shortcut_the_window_has(qtbot, win, monkeypatch):
+    actual = {seq.toString(QKeySequence.SequenceFormat.NativeText)
+              for a in win.findChildren(QAction) for seq in a.shortcuts()}
+    listed = dict(win.shortcuts())
+    assert actual <= set(listed)
+    for keys in ("Ctrl+K", "Home", "End", "Ctrl+Right", "Space", "Ctrl+R", "Esc", "Ctrl+E"):
+        assert keys in listed, keys
+    shown = []
+    monkeypatch.setattr(QMessageBox, "information", lambda parent, title, text: shown.append(text))
+    help_action = next(a for a in win.findChildren(QAction) if a.text() == "Keyboard shortcuts")
+    help_action.trigger()
+    assert shown and all(f"<b>{keys}</b>" in shown[0] for keys in listed)
+
+
+# -- the export dialog ------------------------------------------------------------------------------------
+def test_the_export_dialog_says_what_it_exports_creates_folders_and_asks_once(qtbot, win, tmp_path, monkeypatch):
+    from studio.gui.export_dialog import ExportDialog
+
+    traj = run(qtbot, win)
+    dlg = ExportDialog(traj, win, source="main run (ddim)")
+    qtbot.addWidget(dlg)
+    assert "main run" in dlg.what.text() and "all 6 steps" in dlg.what.text()
+    dlg.folder.setText(str(tmp_path / "new" / "folder"))
+    dlg.kind.setCurrentIndex(dlg.kind.findData("gif"))
+    dlg._save()
+    gif = tmp_path / "new" / "folder" / "run.gif"
+    assert gif.exists() and gif.with_name("run.gif.recipe.json").exists()
+    asked = []
+    monkeypatch.setattr(QMessageBox, "question",
+                        lambda parent, title, text, *a: asked.append(text) or QMessageBox.StandardButton.Yes)
+    dlg._save()
+    assert len(asked) == 1 and "run.gif\n" in asked[0] and "run.gif.recipe.json" in asked[0]
+    # from the main window: the dialog names the run the user looked at
+    opened = []
+    monkeypatch.setattr(ExportDialog, "open", lambda self: opened.append(self))
+    win.export_dialog()
+    assert opened and "main run" in opened[0].what.text()
+
+
+# -- README ------------------------------------------------------------------------------------------
+def test_readme_puts_the_linux_needs_before_the_two_commands():
+    text = README.read_text()
+    setup = text.index("## Set-up")
+    assert setup < text.index("libxcb-cursor0", setup) < text.index("xvfb-run", setup) < text.index("pip install", setup)
+    assert "x0/000k.png" in text and "x0_0001.png" in text and "256 px" in text
