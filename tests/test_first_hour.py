@@ -138,3 +138,27 @@ def test_readme_puts_the_linux_needs_before_the_two_commands():
     setup = text.index("## Set-up")
     assert setup < text.index("libxcb-cursor0", setup) < text.index("xvfb-run", setup) < text.index("pip install", setup)
     assert "x0/000k.png" in text and "x0_0001.png" in text and "256 px" in text
+
+
+def test_compare_dialog_rows_stay_compact_and_x0_captions_use_the_windows_t(qtbot, win):
+    win.compare()
+    dlg = win.compareDialog
+    qtbot.addWidget(dlg)
+    dlg.resize(1000, 640)
+    dlg.show()
+    qtbot.wait(50)
+    assert dlg.placeholder.isVisible()
+    for row in dlg.rows:  # not stretched over the empty window
+        assert row.height() <= row.sizeHint().height() + 8, (row.height(), row.sizeHint())
+    with qtbot.waitSignal(dlg.compareFinished, timeout=20000):
+        dlg.runButton.click()
+    assert not dlg.placeholder.isVisible()
+    dlg.slider.setValue(500)  # half-way through each run
+    traj = dlg.trajs[0]
+    pos = max(compose.at_fraction(traj, 0.5), 1)
+    m = traj.meta[pos - 1]
+    from studio.gui.view import x0_caption
+
+    t = f"t={compose.format_t(m.t)} "
+    assert t in dlg.canvases[0].caption + " " and t in x0_caption(traj, pos)  # the t the x̂₀ was predicted at
+    dlg.close()

@@ -111,6 +111,13 @@ class CompareDialog(QDialog):
         self.status = QLabel("Each configuration starts from the same seed and the same initial noise.")
         self.status.setStyleSheet("color: #9a9aa6;")
         self.canvasGrid = QGridLayout()
+        # before a run, one placeholder takes the space the canvases will fill (otherwise the layout
+        # spreads the configuration rows over an empty window)
+        self.placeholder = QLabel("Run the comparison to see the configurations side by side here.",
+                                  objectName="comparePlaceholder")
+        self.placeholder.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.placeholder.setStyleSheet("color: #7a7a86; border: 1px dashed #4a4a55; border-radius: 6px;")
+        self.canvasGrid.addWidget(self.placeholder, 0, 0)
         self.canvases: list[ImageCanvas] = []
 
         buttons = QHBoxLayout()
@@ -236,6 +243,7 @@ class CompareDialog(QDialog):
 
     # -- display ----------------------------------------------------------------------------------
     def _make_canvases(self, n: int) -> None:
+        self.placeholder.hide()
         for c in self.canvases:
             c.setParent(None)
             c.deleteLater()
@@ -266,7 +274,7 @@ class CompareDialog(QDialog):
                 frames = traj.frame_x0(pos - 1) if pos else None
             else:
                 frames = traj.frame_xt(pos)
-            canvas.set_frames(frames, ex.step_caption(traj, pos), "waiting…")
+            canvas.set_frames(frames, ex.step_caption(traj, pos, which), "waiting…")
 
     # -- export -----------------------------------------------------------------------------------
     def export_grid(self, path, overwrite: bool = False):

@@ -111,19 +111,28 @@ def frame_grid(traj, which: str, pos: int, scale: int = 1) -> np.ndarray:
     return hstack([upscale(xt, scale), upscale(x0, scale)])
 
 
-def step_caption(traj, pos: int) -> str:
+def format_t(v: float) -> str:
+    """A timestep as the window shows it: whole numbers plain, fractional ones (σ samplers) to 0.1."""
+    return "0" if v < 0 else f"{v:.0f}" if float(v).is_integer() else f"{v:.1f}"
+
+
+def step_caption(traj, pos: int, which: str = "xt") -> str:
+    """The caption of position ``pos``, with the t its image belongs to, as the window's canvases give it:
+    x_t after step k is at step k's *next* t; the x̂₀ of step k was predicted at step k's own t."""
     n = traj.steps
     if pos == 0 or not traj.meta:
-        return f"noise  t={traj.meta[0].t:.0f}" if traj.meta else "noise"
+        return f"noise  t={format_t(traj.meta[0].t)}" if traj.meta else "noise"
     m = traj.meta[pos - 1]
-    return f"step {m.index + 1}/{n}  t={max(m.t_next, 0):.0f}"
+    if which == "x0":
+        return f"x̂₀ of step {m.index + 1}/{n}  t={format_t(m.t)}"
+    return f"step {m.index + 1}/{n}  t={format_t(m.t_next)}"
 
 
 def step_frames(traj, which: str, scale: int, caption: bool, start: int = 0) -> list[np.ndarray]:
     out = []
     for pos in range(start, positions(traj)):
         img = frame_grid(traj, which, pos, scale)
-        out.append(captioned(img, step_caption(traj, pos)) if caption else img)
+        out.append(captioned(img, step_caption(traj, pos, which)) if caption else img)
     return out
 
 
@@ -141,5 +150,5 @@ def compare_frame(trajs: Sequence, labels: Sequence[str], fraction: float, which
         pos = at_fraction(traj, fraction)
         if which == "x0" and pos == 0:
             pos = min(1, positions(traj) - 1)
-        cells.append(captioned(frame_grid(traj, which, pos, scale), f"{label}  [{step_caption(traj, pos)}]", 11))
+        cells.append(captioned(frame_grid(traj, which, pos, scale), f"{label}  [{step_caption(traj, pos, which)}]", 11))
     return hstack(cells, gap=10)
