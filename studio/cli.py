@@ -138,11 +138,7 @@ def cmd_sample(args) -> int:
     # --out is checked (writable; new, empty or --overwrite) and locked before any sampling
     with Reservation(Path(args.out), args.overwrite, folder=True, overwrite_hint="pass --overwrite") as out_folder:
         traj, fingerprint, extra, model = _sample(args, recipe, execute)
-        decodes = None
-        if model.info.text_conditioned:
-            from .session.decodes import DecodeCache
-
-            decodes = DecodeCache(traj, model)
+        decodes = traj.decodes  # a latent model's full VAE decodes (None for pixel models)
         full = decodes is not None and args.decode_frames == "full"
         try:
             out = write_run_folder(traj, out_folder.target, save_raw=args.save_raw, scale=args.image_scale,

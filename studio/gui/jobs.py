@@ -35,6 +35,7 @@ class Started:
     total: int  # steps this run will take
     plan_t: np.ndarray  # timesteps of the plan
     summary: ModelSummary
+    notes: list = field(default_factory=list)  # what the user should know (e.g. text cut from a prompt)
 
 
 @dataclass
@@ -69,7 +70,7 @@ def run_job(cache: ModelCache, recipe: Recipe, parent=None, from_step: Optional[
     traj = run.trajectory
     try:
         yield Started(tag, traj, run.total_steps, np.asarray(run.plan.timesteps, dtype=np.float64)[run.offset:],
-                      summarize(recipe.model, recipe, model))
+                      summarize(recipe.model, recipe, model), list(run.notes))
         for _ in run:
             pos = len(traj)
             yield Step(tag, traj, pos, traj.frame_xt(pos), traj.frame_x0(pos - 1), traj.meta[pos - 1])

@@ -186,6 +186,8 @@ class MainWindow(Branching, ModelHandling, RecipeFiles, QMainWindow):
         self._menus()
 
         self.panel.modelRequested.connect(self._model_requested)
+        self.panel.promptEdit.submitted.connect(self.run)  # Enter / Ctrl+Enter in a prompt box runs
+        self.panel.negativeEdit.submitted.connect(self.run)
         self.panel.deviceCombo.activated.connect(self._device_changed)
         self.panel.dtypeCombo.activated.connect(self._device_changed)
         self.mainView.positionChanged.connect(lambda pos: self._view_moved(self.mainView, pos))
@@ -348,12 +350,16 @@ class MainWindow(Branching, ModelHandling, RecipeFiles, QMainWindow):
         if w is None:
             self.pauseButton.setChecked(False)
             return
+        view = next((v for v in [self.mainView, *self.branch_views()] if v.traj is self._live_traj), self.mainView)
         if w.paused:
             w.resume()
+            view.paused = False
             self.pauseButton.setChecked(False)
             self.statusBar().showMessage("Running…")
         else:
             w.pause()
+            view.paused = True
+            view.show_position(view.position)  # a paused latent run gets its full decode
             self.pauseButton.setChecked(True)
             self.statusBar().showMessage("Paused — Space resumes, Step advances one step")
 
@@ -389,7 +395,7 @@ class MainWindow(Branching, ModelHandling, RecipeFiles, QMainWindow):
             self._run_t0, self._run_done, self._run_total = time.monotonic(), 0, item.total
             self.progress.setRange(0, max(item.total, 1))
             self.progress.setValue(0)
-            self.statusBar().showMessage("Running…")
+            self.statusBar().showMessage("Running…" + "".join(f" — note: {n}" for n in item.notes))
             return
         view.add_step(item.pos, item.xt, item.x0)
         self._run_done = item.pos

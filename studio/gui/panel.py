@@ -11,8 +11,10 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout
 from ..core.samplers import OPTION_SCHEMA, SAMPLERS
 from ..session.recipe import Recipe
 from . import option_widgets as ow
+from .prompt_box import PromptEdit
 
-BUILTIN_MODELS = [("gmm", "gmm — exact Gaussian mixture"), ("default", "default — shipped model")]
+BUILTIN_MODELS = [("gmm", "gmm — exact Gaussian mixture"), ("default", "default — shipped digits model"),
+                  ("digits-text", "digits-text — shipped text-to-image model")]
 OPEN_FOLDER = "__open__"
 FALLBACK_SCALES = {"cfg": 3.0, "classifier": 1.0}  # when the model recommends none
 SLIDER_STEPS = 10  # slider ticks per unit of guidance scale
@@ -133,8 +135,33 @@ class SamplerPanel(QWidget):
                                           singleStep=interval.step, value=interval.default[1])
         for w in (self.intervalStart, self.intervalEnd):
             w.setToolTip("Apply guidance only in this fraction of the run (0 = first step, 1 = last)")
+        # text-to-image models: prompts, size, guidance rescale (shown only for them)
+        self.promptEdit = PromptEdit("a prompt, e.g. a red 7 on a blue background  (Enter runs)", 3)
+        self.promptEdit.setObjectName("promptEdit")
+        self.promptEdit.setToolTip("What to draw. Enter or Ctrl+Enter runs; Shift+Enter adds a line")
+        self.negativeEdit = PromptEdit("negative prompt (what guidance steers away from)", 2)
+        self.negativeEdit.setObjectName("negativeEdit")
+        self.negativeEdit.setToolTip("The unconditional branch of classifier-free guidance: the image is pushed "
+                                     "away from this text (empty: away from no text at all)")
+        self.widthSpin = ow.make_widget(schema["width"])
+        self.widthSpin.setObjectName("widthSpin")
+        self.heightSpin = ow.make_widget(schema["height"])
+        self.heightSpin.setObjectName("heightSpin")
+        self.rescaleSpin = ow.make_widget(schema["guidance_rescale"])
+        self.rescaleSpin.setObjectName("rescaleSpin")
+        self.rescaleSpin.setToolTip("Guidance rescale φ (Lin et al. 2024): pulls strongly guided images back to "
+                                    "the conditional prediction's contrast; 0 = off")
         cond_box = QGroupBox("Conditioning")
         f = QFormLayout(cond_box)
+        self._cond_form = f
+        f.addRow("Prompt", self.promptEdit)
+        f.addRow("Negative", self.negativeEdit)
+        size = QHBoxLayout()
+        size.addWidget(self.widthSpin)
+        size.addWidget(QLabel("×"))
+        size.addWidget(self.heightSpin)
+        f.addRow("Size", size)
+        self._size_layout = size
         f.addRow("Class", self.labelCombo)
         f.addRow("Guidance", self.guidanceModeCombo)
         g = QHBoxLayout()
@@ -146,6 +173,7 @@ class SamplerPanel(QWidget):
         iv.addWidget(QLabel("to"))
         iv.addWidget(self.intervalEnd)
         f.addRow("Interval", iv)
+        f.addRow("Rescale φ", self.rescaleSpin)
 
         lay = QVBoxLayout(self)
         lay.setContentsMargins(4, 4, 4, 4)
@@ -175,8 +203,13 @@ class SamplerPanel(QWidget):
             w.currentIndexChanged.connect(self.changed)
         self.karrasCheck.toggled.connect(self.changed)
         self.epsCheck.toggled.connect(self.changed)
+        for w in (self.promptEdit, self.negativeEdit):
+            w.edited.connect(self.changed)
+        for w in (self.widthSpin, self.heightSpin, self.rescaleSpin):
+            ow.changed_signal(w).connect(self.changed)
         self._sampler_changed()
         self._mode_changed()
+        self._show_text_rows(False)
 
     # -- model picker -------------------------------------------------------------------------
     def set_recent(self, recent: list[str]) -> None:
@@ -215,8 +248,24 @@ class SamplerPanel(QWidget):
         self._mode_scales = {}  # scales chosen per guidance mode belonged to the previous model,
         self._scale_mode = None  # and so does the one shown: not remembered for the new one
         classes = f"{info.num_classes} classes" if info.num_classes else "unconditional"
-        self.modelInfo.setText(f"{info.sample_size}×{info.sample_size}, {info.in_channels} ch, {classes}, "
-                               f"{info.prediction_type}" + (f" — on {device}" if device else ""))
+        text = getattr(info, "text_conditioned", False)
+        if text:
+            self.modelInfo.setText(f"text-to-image, {info.image_size}×{info.image_size} from "
+                                   f"{info.in_channels}×{info.sample_size}×{info.sample_size} latents, "
+                                   f"{info.prediction_type}" + (f" — on {device}" if device else ""))
+        else:
+            self.modelInfo.setText(f"{info.sample_size}×{info.sample_size}, {info.in_channels} ch, {classes}, "
+                                   f"{info.prediction_type}" + (f" — on {device}" if device else ""))
+        self._show_text_rows(text)
+        if text:
+            f = info.vae_scale_factor
+            for spin in (self.widthSpin, self.heightSpin):
+                spin.setSingleStep(f)
+                spin.setMinimum(f)
+                if spin.value() < f or spin.value() % f or not self._size_set:
+                    spin.setValue(info.image_size)
+            if not self.promptEdit.text() and info.sample_prompt:
+                self.promptEdit.setText(info.sample_prompt)
         self.modelInfo.setToolTip(info.describe())
         current = self.labelCombo.currentData()
         self.labelCombo.blockSignals(True)
@@ -230,11 +279,14 @@ class SamplerPanel(QWidget):
         self.labelCombo.blockSignals(False)
         self.labelCombo.setEnabled(info.conditional)
         model = self.guidanceModeCombo.model()
-        model.item(1).setEnabled(info.null_label is not None)
+        cfg_ok = info.null_label is not None or text  # a text model's unconditional branch is a prompt
+        model.item(1).setEnabled(cfg_ok)
         model.item(2).setEnabled(bool(info.has_classifier))
         mode = self.guidanceModeCombo.currentData()
-        if (mode == "cfg" and info.null_label is None) or (mode == "classifier" and not info.has_classifier):
+        if (mode == "cfg" and not cfg_ok) or (mode == "classifier" and not info.has_classifier):
             _select(self.guidanceModeCombo, "none")
+        if text and mode == "none":
+            _select(self.guidanceModeCombo, "cfg")  # what a text-to-image user expects
         self.changed.emit()
 
     # -- recipe <-> widgets ----------------------------------------------------------------------
@@ -254,7 +306,12 @@ class SamplerPanel(QWidget):
             seed=self._base.seed if (self._base.seed > SEED_MAX and self.seedSpin.value() == SEED_MAX)
             else self.seedSpin.value(),
             batch=self.batchSpin.value(),
-            label=self.labelCombo.currentData(),
+            label=None if self.is_text else self.labelCombo.currentData(),
+            prompt=self.promptEdit.text() if self.is_text else None,
+            negative_prompt=(self.negativeEdit.text() or None) if self.is_text else None,
+            width=self.widthSpin.value() if self.is_text else None,
+            height=self.heightSpin.value() if self.is_text else None,
+            guidance_rescale=round(self.rescaleSpin.value(), 4) if self.is_text else 0.0,
             guidance=self.guidanceModeCombo.currentData(),
             scale=round(self.guidanceSpin.value(), 4),
             guidance_interval=(round(self.intervalStart.value(), 4), round(self.intervalEnd.value(), 4)),
@@ -279,6 +336,14 @@ class SamplerPanel(QWidget):
         if r.label is not None and self.labelCombo.findData(r.label) < 0:
             self.labelCombo.addItem(f"{r.label}", r.label)
         _select(self.labelCombo, r.label)
+        if r.prompt is not None:
+            self.promptEdit.setText(r.prompt)
+        self.negativeEdit.setText(r.negative_prompt or "")
+        for spin, v in ((self.widthSpin, r.width), (self.heightSpin, r.height)):
+            if v is not None:
+                spin.setValue(v)
+                self._size_set = True
+        self.rescaleSpin.setValue(r.guidance_rescale)
         _select(self.guidanceModeCombo, r.guidance)
         self._set_scale(float(r.scale))
         self._scale_mode = r.guidance  # the recipe's scale is the one of its mode
@@ -290,6 +355,19 @@ class SamplerPanel(QWidget):
         self._mode_changed()
 
     # -- behaviour -------------------------------------------------------------------------------
+    _size_set = False  # a recipe chose the size; a newly opened text model keeps it if it can
+
+    @property
+    def is_text(self) -> bool:
+        """The open model is text-to-image: prompts instead of a class."""
+        return bool(getattr(self._info, "text_conditioned", False))
+
+    def _show_text_rows(self, text: bool) -> None:
+        f = self._cond_form
+        for field in (self.promptEdit, self.negativeEdit, self._size_layout, self.rescaleSpin):
+            f.setRowVisible(field, text)
+        f.setRowVisible(self.labelCombo, not text)
+
     def new_seed(self) -> None:
         self.seedSpin.setValue(random.randrange(SEED_MAX))
 
@@ -328,7 +406,7 @@ class SamplerPanel(QWidget):
             if on:
                 self._set_scale(self._mode_scales.get(mode, self.recommended_scale(mode)))
             self._scale_mode = mode
-        if on and self.labelCombo.currentData() is None and self.labelCombo.count() > 1:
+        if on and not self.is_text and self.labelCombo.currentData() is None and self.labelCombo.count() > 1:
             self.labelCombo.setCurrentIndex(1)
 
     def _set_scale(self, value: float, from_slider: bool = False) -> None:

@@ -5,10 +5,15 @@ from typing import Optional
 
 import numpy as np
 from PySide6.QtCore import QTimer, Signal
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
+from ..session.latent_views import channel_mosaic
 from .canvas import ImageCanvas
+from .full_decode import shared_decoder
 from .scrubber import ScrubberBar
+
+
+SETTLE_MS = 250  # a position shown this long without moving gets its full decode (latent models)
 
 
 def _t(v: float) -> str:
@@ -47,6 +52,11 @@ class TrajectoryView(QWidget):
         self.scrubber = self.scrubberBar.slider
         self.header = QLabel()
         self.header.setStyleSheet("color: #b8b8c4; padding: 2px 4px;")
+        self.channelsCheck = QCheckBox("x_t as latent channels")
+        self.channelsCheck.setObjectName(names[0] + "Channels")
+        self.channelsCheck.setToolTip("Show the latent state's channels side by side (grey, −3..3) instead of "
+                                      "its RGB preview")
+        self.channelsCheck.hide()
         self.plan_t = None
         row = QHBoxLayout()
         row.setSpacing(4)
@@ -54,7 +64,10 @@ class TrajectoryView(QWidget):
         row.addWidget(self.x0Canvas)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
-        lay.addWidget(self.header)
+        top = QHBoxLayout()
+        top.addWidget(self.header, 1)
+        top.addWidget(self.channelsCheck)
+        lay.addLayout(top)
         lay.addLayout(row, 1)
         lay.addWidget(self.scrubberBar)
         self.traj = None
@@ -63,8 +76,15 @@ class TrajectoryView(QWidget):
         self.x0: dict[int, np.ndarray] = {}
         self.latest = 0
         self._dirty = False
+        self.paused = False  # set by the window while a run streaming here is paused
         self._timer = QTimer(self, interval=33)
         self._timer.timeout.connect(self.refresh)
+        # a latent run's frames are previews; the position a person settles on gets the full decode
+        self._settle = QTimer(self, singleShot=True, interval=SETTLE_MS)
+        self._settle.timeout.connect(self._decode_settled)
+        self.decoder = shared_decoder()
+        self.decoder.ready.connect(self._decoded)
+        self.channelsCheck.toggled.connect(lambda _: self._paint(self.position))
         self.scrubberBar.positionChanged.connect(self.show_position)
         self.xtCanvas.soloChanged.connect(self.x0Canvas.set_solo)  # both canvases show the same sample
         self.x0Canvas.soloChanged.connect(self.xtCanvas.set_solo)
@@ -87,6 +107,8 @@ class TrajectoryView(QWidget):
         self.xt = {0: traj.frame_xt(0)}
         self.x0 = {}
         self.latest = 0
+        self.paused = False
+        self.channelsCheck.setVisible(getattr(traj, "decodes", None) is not None)
         self.scrubberBar.reset(total)
         self.show_position(0)
         self._timer.start()
@@ -101,6 +123,7 @@ class TrajectoryView(QWidget):
         self._timer.stop()
         self._dirty = True
         self.refresh()
+        self._settle.start()  # the final image gets its full decode
 
     def set_trajectory(self, traj) -> None:
         """Show a finished trajectory (e.g. a comparison or a reloaded one)."""
@@ -134,10 +157,43 @@ class TrajectoryView(QWidget):
     def show_position(self, pos: int) -> None:
         if self.traj is None:
             return
-        xt, x0 = self.frames_at(pos)
-        self.xtCanvas.set_frames(xt, xt_caption(self.traj, pos))
-        self.x0Canvas.set_frames(x0, x0_caption(self.traj, pos), "no prediction yet (initial noise)")
+        self._paint(pos)
         self.positionChanged.emit(pos)
+        if getattr(self.traj, "decodes", None) is not None:
+            self._settle.start()
+
+    def _paint(self, pos: int) -> None:
+        """Put position ``pos`` on the canvases: a latent run's full decode when there is one, else its
+        previews (or x_t's latent channels)."""
+        if self.traj is None:
+            return
+        xt, x0 = self.frames_at(pos)
+        xt_note = x0_note = ""
+        decodes = getattr(self.traj, "decodes", None)
+        if decodes is not None:
+            full_xt = decodes.peek(pos, "xt")
+            full_x0 = decodes.peek(pos - 1, "x0") if pos >= 1 else None
+            xt, xt_note = (full_xt, "  · full decode") if full_xt is not None else (xt, "  · preview")
+            x0, x0_note = (full_x0, "  · full decode") if full_x0 is not None else (x0, "  · preview")
+            if self.channelsCheck.isChecked():
+                xt, xt_note = channel_mosaic(self.traj.full_state(pos - 1)["x"]), "  · latent channels"
+        self.xtCanvas.set_frames(xt, xt_caption(self.traj, pos) + xt_note)
+        self.x0Canvas.set_frames(x0, x0_caption(self.traj, pos) + (x0_note if pos else ""),
+                                 "no prediction yet (initial noise)")
+
+    def _decode_settled(self) -> None:
+        """The position has stayed put: decode it, unless it is the head of a run still streaming."""
+        if self.traj is None or getattr(self.traj, "decodes", None) is None:
+            return
+        pos = self.position
+        if self.live and pos >= self.latest and not self.paused:
+            return
+        if pos < len(self.traj.xt):
+            self.decoder.request(self.traj, pos)
+
+    def _decoded(self, traj, pos: int) -> None:
+        if traj is self.traj and pos == self.position:
+            self._paint(pos)
 
     @property
     def live(self) -> bool:

@@ -14,6 +14,7 @@ from ..core.loading import load_model
 from ..core.noise import NoiseSource
 from ..core.samplers import get_sampler
 from .recipe import Recipe, RecipeError
+from .decodes import DecodeCache
 from .trajectory import Trajectory
 
 PLAN_KEYS = ("sampler", "steps", "spacing", "karras", "schedule")
@@ -142,6 +143,8 @@ class Run:
                                   init_noise=initial if start is None else None, **kwargs)
         latent = self.model.info.text_conditioned
         self.trajectory = Trajectory(recipe, initial, self.plan.steps, render=self.model.preview if latent else None)
+        if latent:
+            self.trajectory.decodes = DecodeCache(self.trajectory, self.model)
         self.notes = prompt_notes(self.model, recipe)
         self.guidance = guidance
         self.stopped = False

@@ -1,0 +1,87 @@
+"""The window on a text-to-image pipeline: prompt boxes, Enter runs, previews then full decodes, a branch with a
+new prompt, the latent-channel view. Real widgets (offscreen), a real tiny pipeline folder on disk."""
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+pytest.importorskip("pytestqt")
+from PySide6.QtCore import Qt  # noqa: E402
+
+from studio.gui import MainWindow  # noqa: E402
+from studio.gui.full_decode import shared_decoder  # noqa: E402
+from text_pipelines import make_sd_pipeline  # noqa: E402
+
+from _gui import temp_settings  # noqa: E402,F401
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning")
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    return make_sd_pipeline(tmp_path_factory.mktemp("gui") / "sd")
+
+
+@pytest.fixture
+def win(qtbot, pipeline):
+    w = MainWindow(model=str(pipeline))
+    qtbot.addWidget(w)
+    w.show()
+    qtbot.waitUntil(lambda: w.summary is not None and not w.busy, timeout=30000)
+    w.panel.stepsSpin.setValue(5)
+    w.panel.batchSpin.setValue(2)
+    return w
+
+
+def test_text_model_shows_prompt_boxes_and_hides_class(win):
+    p = win.panel
+    assert p.is_text and p.promptEdit.isVisible() and p.negativeEdit.isVisible() and not p.labelCombo.isVisible()
+    assert p.widthSpin.value() == 16 and p.widthSpin.singleStep() == 2
+    assert p.guidanceModeCombo.currentData() == "cfg"  # text-to-image starts guided
+    assert not p.guidanceModeCombo.model().item(2).isEnabled()  # no classifier for latents
+    assert "text-to-image" in p.modelInfo.text()
+
+
+def test_enter_in_prompt_runs_and_final_is_decoded(qtbot, win):
+    p = win.panel
+    p.promptEdit.setText("a red 7")
+    p.negativeEdit.setText("blue")
+    with qtbot.waitSignal(win.runFinished, timeout=30000) as blocker:
+        qtbot.keyClick(p.promptEdit, Qt.Key.Key_Return)
+    traj = blocker.args[0]
+    assert traj.recipe.prompt == "a red 7" and traj.recipe.negative_prompt == "blue" and len(traj) == 5
+    view = win.mainView
+    # the final position settles and gets its full decode: image size, not latent size
+    qtbot.waitUntil(lambda: traj.decodes.peek(5, "xt") is not None, timeout=15000)
+    shared_decoder().idle()
+    qtbot.waitUntil(lambda: "full decode" in view.xtCanvas.caption, timeout=5000)
+    assert view.xtCanvas.image().shape[:2] != traj.frame_xt(5).shape[1:3]
+    full = traj.decodes.peek(5, "xt")
+    assert full.shape == (2, 16, 16, 3)
+    # scrubbing back shows the preview at once, then that step's decode once it settles
+    view.scrubber.setValue(2)
+    qtbot.waitUntil(lambda: traj.decodes.peek(2, "xt") is not None and "full decode" in view.xtCanvas.caption,
+                    timeout=15000)
+    # the latent-channel view of x_t
+    view.channelsCheck.setChecked(True)
+    assert "latent channels" in view.xtCanvas.caption
+    view.channelsCheck.setChecked(False)
+
+
+def test_branch_with_new_prompt(qtbot, win):
+    p = win.panel
+    p.promptEdit.setText("a cat")
+    with qtbot.waitSignal(win.runFinished, timeout=30000) as blocker:
+        win.run()
+    parent = blocker.args[0]
+    win.mainView.scrubber.setValue(2)
+    p.promptEdit.setText("a dog")
+    qtbot.waitUntil(lambda: not win.busy)
+    with qtbot.waitSignal(win.branchFinished, timeout=30000) as blocker:
+        win.branchButton.click()
+    child = blocker.args[0]
+    assert child.recipe.prompt == "a dog" and child.recipe.branch["parent"]["prompt"] == "a cat"
+    assert len(win.branch_views()) == 1
+    assert not np.array_equal(child.final().numpy(), parent.final().numpy())
