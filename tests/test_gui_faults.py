@@ -261,3 +261,17 @@ def test_sigterm_while_the_window_loads_a_model_exits_cleanly(tmp_path):
     assert p.returncode == 0 and time.monotonic() - t0 < 10, err
     assert "Traceback" not in err and "QThread" not in err, err
     assert np.isfinite(t0)
+
+
+def test_a_damaged_settings_file_starts_the_window_with_defaults(qtbot, tmp_path):
+    from studio.gui.main_window import open_settings
+
+    settings = open_settings()
+    for text in ('{"steps": "many"', '{"guidance_interval": [null, 1]}', '[1, 2]', '{"sampler": "warp"}'):
+        settings.setValue("recipe", text)
+        settings.sync()
+        w = MainWindow(model="gmm")
+        qtbot.addWidget(w)
+        qtbot.waitUntil(lambda: w.summary is not None and not w.busy, timeout=15000)
+        assert w.current_recipe().validate()
+        w.close()

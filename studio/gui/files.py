@@ -108,9 +108,12 @@ class RecipeFiles:
         if text:
             try:
                 recipe = Recipe.from_json(text)
-            except RecipeError:
+            except Exception:  # noqa: BLE001 - a damaged or outdated settings file: start from the defaults
                 pass
-        self.panel.set_recipe(recipe)
+        try:
+            self.panel.set_recipe(recipe)
+        except Exception:  # noqa: BLE001 - a saved value this panel cannot show: the defaults instead
+            self.panel.set_recipe(Recipe(model="default", steps=50))
         geo = self.settings.value("geometry")
         if isinstance(geo, QByteArray):
             self.restoreGeometry(geo)
