@@ -85,3 +85,27 @@ def test_branch_with_new_prompt(qtbot, win):
     assert child.recipe.prompt == "a dog" and child.recipe.branch["parent"]["prompt"] == "a cat"
     assert len(win.branch_views()) == 1
     assert not np.array_equal(child.final().numpy(), parent.final().numpy())
+
+
+def test_compare_prompts_on_the_same_latents(qtbot, win, tmp_path):
+    from PIL import Image
+
+    from studio.gui.compare import CompareDialog
+
+    win.panel.promptEdit.setText("a red 7")
+    dlg = CompareDialog(win.current_recipe(), win.summary, win)
+    qtbot.addWidget(dlg)
+    assert dlg.rows[0].prompt.isVisibleTo(dlg) and dlg.rows[0].prompt.text() == "a red 7"
+    dlg.rows[1].sampler.setCurrentIndex(dlg.rows[1].sampler.findData(dlg.rows[0].sampler.currentData()))
+    dlg.rows[1].prompt.setText("a blue 3")
+    dlg.rows[1].rescale.setValue(0.7)
+    recipes = dlg.recipes()
+    assert [r.prompt for r in recipes] == ["a red 7", "a blue 3"] and recipes[1].guidance_rescale == 0.7
+    with qtbot.waitSignal(dlg.compareFinished, timeout=30000) as blocker:
+        dlg.run()
+    a, b = blocker.args[0]
+    assert np.array_equal(a.full_state(-1)["x"].numpy(), b.full_state(-1)["x"].numpy())  # the same initial latents
+    assert not np.array_equal(a.final().numpy(), b.final().numpy())
+    path = dlg.export_grid(tmp_path / "cmp.png")
+    img = Image.open(path)
+    assert img.height > 3 * 16  # full decodes (16 px images, enlarged), not 8 px previews

@@ -5,7 +5,7 @@ from typing import Optional
 
 from PySide6.QtCore import QTimer, Qt, Signal
 from PySide6.QtWidgets import (QComboBox, QDialog, QDoubleSpinBox, QFileDialog, QGridLayout, QHBoxLayout, QLabel,
-                               QPushButton, QSlider, QSpinBox, QToolButton, QVBoxLayout, QWidget)
+                               QLineEdit, QPushButton, QSlider, QSpinBox, QToolButton, QVBoxLayout, QWidget)
 
 from ..core.samplers import SAMPLERS
 from ..session import export as ex
@@ -26,12 +26,22 @@ def label_for(r: Recipe) -> str:
         s += f" · η={r.sampler_options()['eta']:g}"
     if r.guidance != "none":
         s += f" · w={r.scale:g}"
+    if r.guidance_rescale:
+        s += f" · φ={r.guidance_rescale:g}"
+    if r.prompt is not None:
+        s += f" · “{r.prompt if len(r.prompt) <= 24 else r.prompt[:23] + '…'}”"
     return s
 
 
 class ConfigRow(QWidget):
-    def __init__(self, recipe: Recipe, guided: bool, parent=None):
+    def __init__(self, recipe: Recipe, guided: bool, text: bool = False, parent=None):
         super().__init__(parent)
+        self.text = text  # a text-to-image model: each configuration has its own prompt and rescale φ
+        self.prompt = QLineEdit(recipe.prompt or "")
+        self.prompt.setPlaceholderText("prompt")
+        self.prompt.setMinimumWidth(180)
+        self.rescale = QDoubleSpinBox(minimum=0.0, maximum=1.0, singleStep=0.05, value=recipe.guidance_rescale)
+        self.rescale.setToolTip("Guidance rescale φ (0 = off)")
         self.sampler = QComboBox()
         for name in SAMPLERS:
             self.sampler.addItem(name, name)
@@ -44,9 +54,12 @@ class ConfigRow(QWidget):
         self.remove.setToolTip("Remove this configuration")
         lay = QHBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
-        for text, w in (("", self.sampler), ("steps", self.steps), ("η", self.eta), ("scale", self.scale)):
-            if text:
-                lay.addWidget(QLabel(text))
+        fields = [("", self.sampler), ("steps", self.steps), ("η", self.eta), ("scale", self.scale)]
+        if text:
+            fields += [("φ", self.rescale), ("", self.prompt)]
+        for name, w in fields:
+            if name:
+                lay.addWidget(QLabel(name))
             lay.addWidget(w)
         lay.addStretch(1)
         lay.addWidget(self.remove)
@@ -61,9 +74,10 @@ class ConfigRow(QWidget):
 
     def apply(self, base: Recipe) -> Recipe:
         takes_eta = "eta" in SAMPLERS[self.sampler.currentData()].options
+        extra = dict(prompt=self.prompt.text().strip(), guidance_rescale=round(self.rescale.value(), 4)) if self.text else {}
         return base.replace(sampler=self.sampler.currentData(), steps=self.steps.value(),
                             eta=round(self.eta.value(), 4) if takes_eta else None, scale=round(self.scale.value(), 4),
-                            spacing=None if self.sampler.currentData() != base.sampler else base.spacing)
+                            spacing=None if self.sampler.currentData() != base.sampler else base.spacing, **extra)
 
 
 class CompareDialog(QDialog):
@@ -150,7 +164,8 @@ class CompareDialog(QDialog):
     def add_config(self, recipe: Optional[Recipe] = None) -> Optional[ConfigRow]:
         if len(self.rows) >= MAX_CONFIGS:
             return None
-        row = ConfigRow(recipe or self.base, self.base.guidance != "none")
+        text = bool(getattr(getattr(self.summary, "info", None), "text_conditioned", False))
+        row = ConfigRow(recipe or self.base, self.base.guidance != "none", text)
         row.remove.clicked.connect(lambda: self.remove_config(row))
         self.rows.append(row)
         self.rowBox.addWidget(row)

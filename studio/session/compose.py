@@ -99,13 +99,18 @@ def positions(traj) -> int:
 
 
 def frame_grid(traj, which: str, pos: int, scale: int = 1) -> np.ndarray:
-    """The batch grid at trajectory position ``pos`` (0 = noise, k = after step k) for x_t, x̂₀ or both."""
+    """The batch grid at trajectory position ``pos`` (0 = noise, k = after step k) for x_t, x̂₀ or both;
+    a latent model's frames are its full VAE decodes (decoded once, kept by the trajectory)."""
     if which not in WHICH:
         raise ExportError(f"unknown frame kind {which!r}; choose xt, x0 or both")
-    xt = make_grid(traj.frame_xt(pos))
+    decodes = getattr(traj, "decodes", None)  # a latent run: exports show the full VAE decode, not previews
+    xt = make_grid(decodes.get(pos, "xt") if decodes is not None else traj.frame_xt(pos))
     if which == "xt":
         return upscale(xt, scale)
-    x0 = make_grid(traj.frame_x0(pos - 1)) if pos >= 1 else np.full_like(xt, BG[0])
+    if pos >= 1:
+        x0 = make_grid(decodes.get(pos - 1, "x0") if decodes is not None else traj.frame_x0(pos - 1))
+    else:
+        x0 = np.full_like(xt, BG[0])
     if which == "x0":
         return upscale(x0, scale)
     return hstack([upscale(xt, scale), upscale(x0, scale)])
@@ -120,6 +125,12 @@ def step_caption(traj, pos: int, which: str = "xt") -> str:
     """The caption of position ``pos``, with the t its image belongs to, as the window's canvases give it:
     x_t after step k is at step k's *next* t; the x̂₀ of step k was predicted at step k's own t."""
     n = traj.steps
+    if getattr(traj, "decodes", None) is not None:
+        return _step_caption(traj, pos, which, n) + "  (VAE decode)"
+    return _step_caption(traj, pos, which, n)
+
+
+def _step_caption(traj, pos: int, which: str, n: int) -> str:
     if pos == 0 or not traj.meta:
         return f"noise  t={format_t(traj.meta[0].t)}" if traj.meta else "noise"
     m = traj.meta[pos - 1]
