@@ -41,6 +41,9 @@ def folders(tmp_path_factory):
         "sd_v": make_sd_pipeline(root / "sd_v", scheduler={**SD_SCHEDULER, "prediction_type": "v_prediction",
                                                               "timestep_spacing": "trailing"}),
         "sdxl": make_sdxl_pipeline(root / "sdxl"),
+        "sd_zsnr": make_sd_pipeline(root / "sd_zsnr", scheduler={**SD_SCHEDULER, "prediction_type": "v_prediction",
+                                                                  "timestep_spacing": "trailing",
+                                                                  "rescale_betas_zero_snr": True}),
     }
 
 
@@ -57,6 +60,7 @@ def diffusers_pipes(folders):
         "sd": StableDiffusionPipeline.from_pretrained(str(folders["sd"]), safety_checker=None),
         "sd_v": StableDiffusionPipeline.from_pretrained(str(folders["sd_v"]), safety_checker=None),
         "sdxl": StableDiffusionXLPipeline.from_pretrained(str(folders["sdxl"])),
+        "sd_zsnr": StableDiffusionPipeline.from_pretrained(str(folders["sd_zsnr"]), safety_checker=None),
     }
 
 
@@ -153,6 +157,18 @@ def test_v_prediction_matches_diffusers(studio_models, diffusers_pipes, kind, st
     ours = studio_run(studio_models["sd_v"], kind, steps, "trailing", lat, 3.0)
     ref = diffusers_run(diffusers_pipes["sd_v"], kind, steps, "trailing", lat, 3.0)
     assert rel_err(ours, ref) <= TOL
+
+
+@pytest.mark.parametrize("kind,steps", [("ddim", 8), ("euler", 8), ("dpmpp_2m", 15)])
+def test_zero_terminal_snr_matches_diffusers(studio_models, diffusers_pipes, kind, steps):
+    """rescale_betas_zero_snr (Lin et al. 2024): ᾱ_T = 0, so the first step sees pure noise and x̂₀ comes
+    from v̂ directly; the σ-space samplers use ᾱ_T = 2⁻²⁴ as diffusers does."""
+    model = studio_models["sd_zsnr"]
+    lat = x_T(6)
+    ours = studio_run(model, kind, steps, "trailing", lat, 3.0)
+    ref = diffusers_run(diffusers_pipes["sd_zsnr"], kind, steps, "trailing", lat, 3.0)
+    assert torch.isfinite(ours).all()
+    assert rel_err(ours, ref) <= TOL, f"{kind}: {rel_err(ours, ref):.2e}"
 
 
 def test_prompt_embeddings_are_computed_once(studio_models):

@@ -29,7 +29,7 @@ import torch
 
 from .conditioning import join
 from .guidance import Guidance, classifier_log_prob_grad
-from .prediction import eps_to_x0, process_x0, to_epsilon, x0_to_eps
+from .prediction import eps_to_x0, process_x0, to_epsilon, to_x0, x0_to_eps
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ class Denoiser:
         """Predict at x_t (VP scale) with ᾱ = ``alpha_bar``, timestep ``t`` for the network."""
         self.nfe += 1
         a, b = math.sqrt(alpha_bar), math.sqrt(1.0 - alpha_bar)
-        sigma = b / a
+        sigma = b / a if a > 0 else math.inf  # ᾱ = 0: the first step of a zero-terminal-SNR schedule
         g = self.guidance
         ptype = self.model.info.prediction_type
         active = g.active(fraction)
@@ -105,6 +105,7 @@ class Denoiser:
             if self.guidance_rescale:
                 out = rescale_guided(out, out_c, self.guidance_rescale)
             eps = to_epsilon(out, x, a, b, ptype)
+            raw = out
             guided = True
         else:
             if labels is None or g.mode == "classifier":
@@ -113,7 +114,8 @@ class Denoiser:
                     labels = torch.full((x.shape[0],), null, device=x.device, dtype=torch.long)
                 elif self.uncond is not None:
                     labels = self.uncond
-            eps = to_epsilon(self._forward(x, t, labels, sigma), x, a, b, ptype)
+            raw = self._forward(x, t, labels, sigma)
+            eps = to_epsilon(raw, x, a, b, ptype)
             guided = g.mode == "cfg" and active
         grad = None
         if g.mode == "classifier" and active and g.scale != 0.0:
@@ -123,7 +125,9 @@ class Denoiser:
                 eps = eps - g.scale * b * grad
                 grad = None
             guided = True
-        x0 = eps_to_x0(eps, x, a, b)
+        # at ᾱ = 0 (pure noise) x̂₀ cannot come from ε̂ (it divides by √ᾱ); the network's own output gives it
+        # (v-prediction: x̂₀ = −v̂), as diffusers' schedulers compute it
+        x0 = to_x0(raw, x, a, b, ptype) if a == 0 else eps_to_x0(eps, x, a, b)
         if self.x0_mode != "none":
             x0 = process_x0(x0, self.x0_mode, self.clip_range, self.threshold_ratio, self.threshold_max)
             if self.eps_from_x0:

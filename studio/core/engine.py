@@ -29,6 +29,8 @@ def default_x0_mode(model) -> str:
 def make_plan(spec: SamplerSpec, sched: NoiseSchedule, steps: int, spacing: Optional[str] = None,
               karras: bool = False) -> Plan:
     spacing = spacing or spec.default_spacing
+    if spec.plan_kind != "discrete":
+        sched = sched.finite_terminal()
     if spec.plan_kind == "discrete":
         if karras:
             raise ValueError(f"Karras sigmas apply to the σ-space samplers (euler, euler_a, heun, dpmpp_2m), not {spec.name}")

@@ -8,6 +8,8 @@ agree with diffusers' schedulers step for step.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from dataclasses import dataclass, field
 
@@ -76,7 +78,7 @@ def check_scheduler_config(c: dict) -> None:
         v = c["steps_offset"]
         if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < (n if isinstance(n, int) else 1000):
             bad("steps_offset", "an integer from 0 to num_train_timesteps − 1")
-    for key in ("set_alpha_to_one", "use_karras_sigmas", "clip_sample", "thresholding"):
+    for key in ("set_alpha_to_one", "use_karras_sigmas", "clip_sample", "thresholding", "rescale_betas_zero_snr"):
         if key in c and c[key] is not None and not isinstance(c[key], bool):
             bad(key, "true or false")
     if c.get("timestep_spacing") is not None and c["timestep_spacing"] not in SPACINGS:
@@ -102,13 +104,16 @@ class NoiseSchedule:
     beta_end: float = 0.02
     final_alpha_cumprod: float = 1.0
     steps_offset: int = 0
+    zero_terminal_snr: bool = False  # β_T = 1, ᾱ_T = 0 (Lin et al. 2024, Alg. 1: rescale_betas_zero_snr)
     alphas_cumprod: torch.Tensor = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         betas = self.betas.to(torch.float32)
         if betas.ndim != 1 or len(betas) < 2:
             raise ScheduleError("betas must be a 1-D list of at least 2 values")
-        if not torch.isfinite(betas).all() or (betas <= 0).any() or (betas >= 1).any():
+        inner = betas[:-1] if self.zero_terminal_snr else betas
+        if (not torch.isfinite(betas).all() or (betas <= 0).any() or (inner >= 1).any()
+                or (self.zero_terminal_snr and betas[-1] > 1)):
             raise ScheduleError("every beta must be finite and strictly between 0 and 1")
         object.__setattr__(self, "betas", betas)
         object.__setattr__(self, "alphas_cumprod", torch.cumprod(1.0 - betas, dim=0))
@@ -156,9 +161,25 @@ class NoiseSchedule:
             trained_betas=c.get("trained_betas"),
             steps_offset=int(c.get("steps_offset", 0) or 0),
         )
+        if c.get("rescale_betas_zero_snr"):
+            from diffusers.schedulers.scheduling_ddim import rescale_zero_terminal_snr
+
+            sched = cls(rescale_zero_terminal_snr(sched.betas.clone()), sched.beta_schedule, sched.beta_start,
+                        sched.beta_end, sched.final_alpha_cumprod, sched.steps_offset, zero_terminal_snr=True)
         if not set_one:
             object.__setattr__(sched, "final_alpha_cumprod", float(sched.alphas_cumprod[0]))
         return sched
+
+    def finite_terminal(self) -> "NoiseSchedule":
+        """For samplers in σ (Euler, Heun, DPM-Solver): ᾱ_T = 2⁻²⁴ instead of 0, so σ_max is finite
+        (≈ 4096), exactly as diffusers' Euler and DPM-Solver schedulers do under rescale_betas_zero_snr."""
+        if not self.zero_terminal_snr:
+            return self
+        ac = self.alphas_cumprod.clone()
+        ac[-1] = 2.0 ** -24
+        out = dataclasses.replace(self)
+        object.__setattr__(out, "alphas_cumprod", ac)
+        return out
 
     def to_config(self) -> dict:
         d = {
@@ -169,6 +190,8 @@ class NoiseSchedule:
             "steps_offset": self.steps_offset,
             "set_alpha_to_one": self.final_alpha_cumprod == 1.0,
         }
+        if self.zero_terminal_snr:
+            d["rescale_betas_zero_snr"] = True
         if self.beta_schedule == "explicit":
             d["trained_betas"] = [float(b) for b in self.betas]
         return d
@@ -194,7 +217,7 @@ class NoiseSchedule:
         return np.interp(t, np.arange(len(s)), s)
 
     def log_snr(self) -> np.ndarray:
-        ac = self.alphas_cumprod.double().numpy()
+        ac = np.maximum(self.alphas_cumprod.double().numpy(), 2.0 ** -24)  # finite at a zero-SNR ᾱ_T = 0
         return np.log(ac) - np.log1p(-ac)
 
 
@@ -295,7 +318,8 @@ def discrete_plan(sched: NoiseSchedule, steps: int, spacing: str = "leading") ->
     """Plan on integer timesteps (DDPM, DDIM, Langevin); the last point is the final ᾱ."""
     ts = integer_timesteps(sched, steps, spacing)
     ab = np.array([sched.alpha_bar(int(t)) for t in ts] + [sched.final_alpha_cumprod], dtype=np.float64)
-    sig = np.sqrt((1 - ab) / ab)
+    with np.errstate(divide="ignore"):  # ᾱ = 0 (zero terminal SNR): σ = ∞
+        sig = np.sqrt((1 - ab) / ab)
     return Plan(ts.astype(np.float64), sig, ab, spacing)
 
 
