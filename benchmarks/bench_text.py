@@ -6,6 +6,10 @@
    ``StableDiffusionPipeline.__call__(output_type="latent")`` on the same pipeline, DDIM 20 steps, CFG,
    interleaved; the ratio studio / diffusers, target ≤ 1.00.
 
+3. memory: RSS growth over a 1000-step latent run with every step kept (tiny pipeline).
+4. window: event-loop stalls while scrubbing a finished run of the mid pipeline and stopping long enough on
+   each position for its full decode to run in the background (targets: longest ≤ 50 ms, p99 ≤ 20 ms).
+
 Pipelines: "tiny" (the tests' size: 8×8×4 latents), "mid" (an SD-1-shaped UNet at reduced width:
 32×32×4 latents, 4 levels, cross-attention dim 256) and the shipped digits-text model when present.
 
@@ -17,6 +21,7 @@ import argparse
 import json
 import sys
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -114,16 +119,83 @@ def bench_pipeline(name: str, folder: Path, repeats: int, steps: int = 20, batch
             "diffusers_s": loop["baseline_s"], "studio_s": loop["studio_s"], "repeats": repeats}
 
 
+def memory_long_run(folder: Path, steps: int = 1000, batch: int = 4) -> dict:
+    """RSS growth over a 1000-step latent run with every step kept (previews, latents, x̂₀), as
+    bench_memory measures the pixel models."""
+    from studio.session.recipe import Recipe
+    from studio.session.runner import ModelCache, Run
+
+    from .bench_memory import MB, rss_bytes, trim
+
+    cache = ModelCache()
+    recipe = Recipe(model=str(folder), sampler="euler", steps=steps, batch=batch, prompt="a red 7", guidance="cfg",
+                    scale=3.0)
+    Run(recipe.replace(steps=2), cache=cache).run_to_end().close()  # model open, preview fitted, prompt encoded
+    trim()
+    before = rss_bytes()
+    run = Run(recipe, cache=cache)
+    peak = before
+    for rec in run:
+        if rec.index % 50 == 0:
+            peak = max(peak, rss_bytes())
+    traj = run.trajectory
+    after = rss_bytes()
+    latents = sum(x.numel() * 4 for x in (traj.final(),)) * (2 * steps + 1)
+    previews = sum(f.nbytes for f in traj.xt) + sum(f.nbytes for f in traj.x0)
+    traj.close()
+    del traj, run
+    trim()
+    return {"steps": steps, "batch": batch, "growth_mb": (after - before) / MB, "peak_growth_mb": (peak - before) / MB,
+            "previews_mb": previews / MB, "latents_mb_if_all_in_memory": latents / MB,
+            "released_mb": (after - rss_bytes()) / MB}
+
+
+def scrub_with_decodes(folder: Path, steps: int = 30, dwell_ms: int = 400, positions: int = 40, seed: int = 0) -> dict:
+    """Event-loop stalls while a person scrubs a finished latent run and stops on positions long enough
+    (``dwell_ms`` > the view's settle time) for full decodes to run in the background thread."""
+    import random
+
+    from studio.gui.full_decode import shared_decoder
+    from studio.gui.view import SETTLE_MS
+
+    from .bench_gui import Heartbeat, configure, make_app, open_window, run_once, wait
+
+    make_app()
+    w = open_window(str(folder))
+    w.resize(1280, 800)
+    try:
+        configure(w, steps, 4)
+        traj, _ = run_once(w)
+        shared_decoder().idle()
+        rng = random.Random(seed)
+        hb = Heartbeat()
+        hb.start()
+        t0 = time.perf_counter()
+        for _ in range(positions):
+            w.scrubber.setValue(rng.randrange(0, len(traj) + 1))
+            wait(seconds=dwell_ms / 1000, timeout=dwell_ms / 1000 + 5)
+        stalls = hb.stop()
+        decoded = sum(traj.decodes.peek(p, "xt") is not None for p in range(len(traj) + 1))
+        shared_decoder().idle()
+    finally:
+        w.close()
+        w.deleteLater()
+    return {"steps": steps, "positions_visited": positions, "dwell_ms": dwell_ms, "settle_ms": SETTLE_MS,
+            "positions_decoded": decoded, "seconds": time.perf_counter() - t0,
+            "longest_ms": stalls["longest_ms"], "p99_ms": stalls["p99_ms"]}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--only", nargs="+", choices=("tiny", "mid", "digits-text"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "text_results.json"))
+    ap.add_argument("--no-window", action="store_true", help="skip the window's scrub-with-decodes measurement")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
     from studio.core.loading import TEXT_MODEL_DIR
 
-    results = []
+    results, extra = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         todo = {"tiny": lambda: _tiny_pipeline(Path(tmp) / "tiny"), "mid": lambda: _mid_pipeline(Path(tmp) / "mid")}
         if (TEXT_MODEL_DIR / "model_index.json").exists():
@@ -131,10 +203,17 @@ def main(argv=None) -> int:
         for name, make in todo.items():
             if args.only and name not in args.only:
                 continue
-            r = bench_pipeline(name, make(), args.repeats)
+            folder = make()
+            r = bench_pipeline(name, folder, args.repeats)
             print(json.dumps(r), flush=True)
             results.append(r)
-    Path(args.out).write_text(json.dumps({"machine": machine(), "results": results}, indent=2) + "\n")
+            if name == "tiny":
+                extra["memory_tiny"] = memory_long_run(folder)
+                print(json.dumps(extra["memory_tiny"]), flush=True)
+            if name == "mid" and not args.no_window:
+                extra["scrub_with_decodes_mid"] = scrub_with_decodes(folder)
+                print(json.dumps(extra["scrub_with_decodes_mid"]), flush=True)
+    Path(args.out).write_text(json.dumps({"machine": machine(), "results": results, **extra}, indent=2) + "\n")
     return 0
 
 
