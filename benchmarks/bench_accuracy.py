@@ -21,11 +21,14 @@ BUDGETS = (10, 20, 50, 100)
 
 
 def steps_for(sampler: str, nfe: int) -> int:
-    if sampler == "heun":
-        return (nfe + 1) // 2  # 2n − 1 evaluations
-    if sampler == "langevin":
-        return nfe // 2  # one corrector + one predictor per step
-    return nfe
+    """The most steps whose evaluations (as the sampler's registry entry counts them) fit in ``nfe``."""
+    from studio.core.samplers import get_sampler
+
+    spec = get_sampler(sampler)
+    steps = 1
+    while spec.evals(steps + 1) <= nfe:
+        steps += 1
+    return steps
 
 
 VARIANTS = [("ddim", "ddim", {}), ("euler", "euler", {}), ("heun", "heun", {}), ("dpmpp_2m", "dpmpp_2m", {}),

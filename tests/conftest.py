@@ -1,9 +1,9 @@
 """Shared fixtures for the sampling-engine tests.
 
-The machine these run on has 2 cores shared with other jobs; torch's intra-op
-thread pool thrashes badly under that contention (a tiny UNet forward goes
-from ~8 ms to ~160 ms with 2 threads), so the engine tests run single-threaded
-(``one_thread``; the setting is restored after each test, so other suites keep theirs).
+The machines these run on have 2 cores shared with other jobs; torch's intra-op
+thread pool thrashes under that contention (its threads spin-wait for each other),
+so the engine tests run single-threaded (``one_thread``; the setting is restored
+after each test, so other suites keep theirs).
 """
 from __future__ import annotations
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 from typing import Optional
 
 from PySide6.QtCore import QTimer, Qt, Signal
-from PySide6.QtWidgets import (QComboBox, QDialog, QDoubleSpinBox, QFileDialog, QGridLayout, QHBoxLayout, QLabel,
-                               QLineEdit, QPushButton, QSlider, QSpinBox, QToolButton, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QComboBox, QDialog, QFileDialog, QGridLayout, QHBoxLayout, QLabel,
+                               QLineEdit, QPushButton, QSlider, QToolButton, QVBoxLayout, QWidget)
 
-from ..core.samplers import SAMPLERS
+from ..core.samplers import OPTION_SCHEMA, SAMPLERS
 from ..session import export as ex
 from ..session.recipe import Recipe, RecipeError
 from ..session.runner import ModelCache
 from . import jobs
+from . import option_widgets as ow
 from .canvas import ImageCanvas
 from .export_dialog import export_with_confirm
 from .worker import GeneratorWorker
@@ -40,15 +41,20 @@ class ConfigRow(QWidget):
         self.prompt = QLineEdit(recipe.prompt or "")
         self.prompt.setPlaceholderText("prompt")
         self.prompt.setMinimumWidth(180)
-        self.rescale = QDoubleSpinBox(minimum=0.0, maximum=1.0, singleStep=0.05, value=recipe.guidance_rescale)
+        self.rescale = ow.make_widget(Recipe.schema()["guidance_rescale"])
+        self.rescale.setValue(recipe.guidance_rescale)
         self.rescale.setToolTip("Guidance rescale φ (0 = off)")
         self.sampler = QComboBox()
         for name in SAMPLERS:
             self.sampler.addItem(name, name)
         self.sampler.setCurrentIndex(self.sampler.findData(recipe.sampler))
-        self.steps = QSpinBox(minimum=1, maximum=1000, value=recipe.steps)
-        self.eta = QDoubleSpinBox(minimum=0.0, maximum=1.0, singleStep=0.1, value=recipe.sampler_options().get("eta", 0.0))
-        self.scale = QDoubleSpinBox(minimum=0.0, maximum=1000.0, singleStep=0.5, value=recipe.scale)
+        schema = Recipe.schema()  # ranges and steps from the one declaration of each setting
+        self.steps = ow.make_widget(schema["steps"])
+        self.steps.setValue(recipe.steps)
+        self.eta = ow.make_widget(OPTION_SCHEMA["eta"])
+        self.eta.setValue(recipe.sampler_options().get("eta", 0.0))
+        self.scale = ow.make_widget(schema["scale"])
+        self.scale.setValue(recipe.scale)
         self.scale.setEnabled(guided)
         self.remove = QToolButton(text="✕")
         self.remove.setToolTip("Remove this configuration")

@@ -44,6 +44,8 @@ class SamplerPanel(QWidget):
 
     def __init__(self, parent=None):
         super().__init__(parent)
+        self._scale_busy = False
+        self._size_set = False  # a recipe chose the size; a newly opened text model keeps it if it can
         self._base = Recipe()
         self._info = None
         self._model_spec = "gmm"
@@ -355,8 +357,6 @@ class SamplerPanel(QWidget):
         self._mode_changed()
 
     # -- behaviour -------------------------------------------------------------------------------
-    _size_set = False  # a recipe chose the size; a newly opened text model keeps it if it can
-
     @property
     def is_text(self) -> bool:
         """The open model is text-to-image: prompts instead of a class."""
@@ -410,7 +410,7 @@ class SamplerPanel(QWidget):
             self.labelCombo.setCurrentIndex(1)
 
     def _set_scale(self, value: float, from_slider: bool = False) -> None:
-        if self._guard_scale():
+        if self._scale_busy:  # the slider and the spin box update each other once, not back and forth
             return
         self._scale_busy = True
         try:
@@ -420,7 +420,4 @@ class SamplerPanel(QWidget):
                 self.guidanceSpin.setValue(value)
         finally:
             self._scale_busy = False
-
-    def _guard_scale(self) -> bool:
-        return getattr(self, "_scale_busy", False)
 
