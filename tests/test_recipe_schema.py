@@ -185,3 +185,21 @@ def test_the_same_line_in_the_window(qtbot, tmp_path, index):
     assert win.open_recipe(str(png)) is None
     assert win.errorLabel.text() == f"{png}: {_message(bad)}"
     assert win.current_recipe() == before
+
+
+@pytest.mark.parametrize("path", ["/dev/zero", "/nonexistent/recipe.json"])
+def test_recipe_load_refuses_devices_and_missing_files_in_one_line(path):
+    from studio.session.recipe import Recipe, RecipeError
+
+    with pytest.raises(RecipeError) as e:
+        Recipe.load(path)
+    assert path in str(e.value) and "\n" not in str(e.value)
+
+
+def test_recipe_load_refuses_oversized_files(tmp_path):
+    from studio.session.recipe import Recipe, RecipeError
+
+    big = tmp_path / "big.json"
+    big.write_text('{"model": "gmm", "x": "' + "a" * (5 << 20) + '"}')
+    with pytest.raises(RecipeError, match="big.json"):
+        Recipe.load(big)

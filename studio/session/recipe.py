@@ -218,10 +218,9 @@ class Recipe:
 
     @classmethod
     def load(cls, path) -> "Recipe":
-        try:
-            text = open(path, encoding="utf-8").read()
-        except (OSError, UnicodeDecodeError) as e:
-            raise RecipeError(f"{path}: cannot read recipe ({getattr(e, 'strerror', None) or e})") from None
+        from ..core.file_reading import RECIPE_LIMIT, read_text
+
+        text = read_text(path, RECIPE_LIMIT, RecipeError)  # regular files only, bounded: never hangs or fills memory
         try:
             return cls.from_json(text)
         except RecipeError as e:
