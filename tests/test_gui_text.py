@@ -109,3 +109,25 @@ def test_compare_prompts_on_the_same_latents(qtbot, win, tmp_path):
     path = dlg.export_grid(tmp_path / "cmp.png")
     img = Image.open(path)
     assert img.height > 3 * 16  # full decodes (16 px images, enlarged), not 8 px previews
+
+
+def test_a_webui_png_opens_with_its_prompt_and_settings(qtbot, win, tmp_path):
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    WEBUI_TEXT = ("a red 7, bold\nNegative prompt: blue\nSteps: 12, Sampler: DPM++ 2M, Schedule type: Karras, "
+                  "CFG scale: 4.5, Seed: 1234, Size: 16x16, Model hash: 0123abcd, Model: v1-5")
+
+    info = PngInfo()
+    info.add_text("parameters", WEBUI_TEXT)
+    Image.new("RGB", (16, 16)).save(tmp_path / "webui.png", pnginfo=info)
+    recipe = win.open_recipe(str(tmp_path / "webui.png"))
+    assert recipe is not None and recipe.model == win.model_spec
+    r = win.current_recipe()
+    assert (r.prompt, r.negative_prompt, r.steps, r.sampler, r.karras, r.scale, r.seed) == (
+        "a red 7, bold", "blue", 12, "dpmpp_2m", True, 4.5, 1234)
+    # a PNG with neither chunk: one line, nothing changed
+    Image.new("RGB", (8, 8)).save(tmp_path / "plain.png")
+    assert win.open_recipe(str(tmp_path / "plain.png")) is None
+    assert "carries no recipe" in win.errorLabel.text()
+    assert win.current_recipe().prompt == "a red 7, bold"

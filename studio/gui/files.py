@@ -30,8 +30,15 @@ class RecipeFiles:
         try:
             recipe, document = read_recipe_document(path)
         except RecipeError as e:
-            self.show_error(str(e))
-            return None
+            try:
+                webui = self._webui_recipe(path)
+            except RecipeError as why:
+                self.show_error(str(why))
+                return None
+            if webui is None:
+                self.show_error(str(e))
+                return None
+            recipe, document = webui, {}
         previous = self.current_recipe()
         try:
             self.panel.set_recipe(recipe)
@@ -49,6 +56,21 @@ class RecipeFiles:
         else:
             self.check_recipe_weights()
         return recipe
+
+    def _webui_recipe(self, path: str) -> Optional[Recipe]:
+        """A PNG without the studio's recipe but with the web UIs' ``parameters``: its prompt and settings
+        on the open model; None when it has no such chunk, a RecipeError when they do not fit."""
+        from ..session.export import read_webui_parameters
+
+        if Path(path).suffix.lower() not in (".png", ".apng"):
+            return None
+        settings = read_webui_parameters(path)
+        if settings is None:
+            return None
+        try:
+            return self.current_recipe().replace(**settings, label=None).validate()
+        except RecipeError as e:
+            raise RecipeError(f"{path}: its settings do not fit the open model ({e})") from None
 
     def check_recipe_weights(self) -> None:
         """Warn (one line) when the open model's weights differ from those the opened recipe recorded."""

@@ -67,6 +67,41 @@ def read_recipe_document(path: str | os.PathLike) -> tuple[Recipe, dict]:
         raise RecipeError(f"{p}: not a valid recipe ({why})") from None
 
 
+def read_webui_parameters(path: str | os.PathLike) -> Optional[dict]:
+    """The recipe settings in a PNG's web-UI ``parameters`` chunk (an image made by AUTOMATIC1111, Forge,
+    or the studio itself), as Recipe field values: prompt, negative_prompt, steps, sampler, karras, CFG
+    scale, seed, width, height, eta, guidance_rescale; None when the PNG has no such chunk. The model is
+    not among them: the web UIs name theirs by a hash the studio cannot resolve."""
+    from ..core.file_reading import open_regular
+    from ..core.samplers import SAMPLERS
+    from .parameters import parse_parameters
+
+    p = Path(path)
+    with open_regular(p, RecipeError) as f:
+        try:
+            with Image.open(f) as im:
+                text = getattr(im, "text", {}).get("parameters")
+        except Exception as e:  # noqa: BLE001 - PIL raises many types for broken images
+            why = str(e).splitlines()[0] if str(e) else e.__class__.__name__
+            raise RecipeError(f"{p}: not a readable PNG image ({why})") from None
+    if not text:
+        return None
+    try:
+        parsed = parse_parameters(text)
+    except ValueError as e:
+        raise RecipeError(f"{p}: {e}") from None
+    out = {k: parsed[k] for k in ("prompt", "negative_prompt", "steps", "seed", "width", "height", "karras", "eta",
+                                  "guidance_rescale") if k in parsed}
+    if "sampler" in parsed:
+        if parsed["sampler"] not in SAMPLERS:
+            raise RecipeError(f"{p}: sampler {parsed['sampler']!r} of this image is not one the studio has; "
+                              f"choose one of {', '.join(SAMPLERS)}")
+        out["sampler"] = parsed["sampler"]
+    if "scale" in parsed:
+        out.update(guidance="cfg", scale=parsed["scale"])
+    return out
+
+
 def read_recipe(path: str | os.PathLike) -> Recipe:
     """A recipe from a ``.json`` file or from the ``recipe`` text chunk of an exported PNG."""
     return read_recipe_document(path)[0]
