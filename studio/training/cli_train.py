@@ -175,6 +175,8 @@ def cmd_train_vae(args: argparse.Namespace) -> int:
     kw = _common(args, "vae")
     if args.checkpoint_every is not None:
         kw["checkpoint_every"] = args.checkpoint_every
+    kw["init_from"] = args.init_from
+    kw["decoder_only"] = args.decoder_only
     summary = train_vae(**kw)
     print(json.dumps(summary, indent=1), file=sys.stderr)
     return 0
@@ -251,6 +253,10 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive(int), default=2, help="torch CPU threads")
     p.add_argument("--vae", default=None,
                    help="text-diffusion only: the trained autoencoder (the final/ folder of `train vae`)")
+    p.add_argument("--init-from", default=None,
+                   help="vae only: start from this trained autoencoder folder")
+    p.add_argument("--decoder-only", action="store_true",
+                   help="vae only: fine-tune only the decoder of --init-from (the latent space stays the same)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="resume from the newest checkpoint in --out (default: yes)")
     p.set_defaults(func=cmd_train)

@@ -10,6 +10,11 @@ at 32x32 with flat colours a pixel loss is enough.)
 
 Checkpoints, EMA-free (the decoder is used as trained), cosine learning rate fitted to
 ``time_limit_s`` after 60 steps, export to ``out_dir/final`` (``save_pretrained``).
+
+``decoder_only=True`` with ``init_from`` fine-tunes only the decoder (and ``post_quant_conv``)
+of a trained autoencoder, the encoder frozen, so the latent space – and any diffusion model
+already trained in it – stays valid; Stable Diffusion's improved VAEs (``sd-vae-ft-mse``)
+were made the same way.
 """
 
 from __future__ import annotations
@@ -33,13 +38,18 @@ FIT_AFTER, FIT_WINDOW = 60, 40
 ProgressFn = Callable[[int, int, float, float], None]
 
 
-def vae_loss(vae, x: torch.Tensor, gen: torch.Generator, kl_weight: float) -> tuple[torch.Tensor, float]:
-    """(loss, reconstruction MSE) for a batch ``x`` in [-1, 1]."""
-    post = vae.encode(x).latent_dist
+def vae_loss(vae, x: torch.Tensor, gen: torch.Generator, kl_weight: float,
+             decoder_only: bool = False) -> tuple[torch.Tensor, float]:
+    """(loss, reconstruction MSE) for a batch ``x`` in [-1, 1] (no KL term when only the
+    decoder trains: the posterior is fixed)."""
+    with torch.set_grad_enabled(not decoder_only):
+        post = vae.encode(x).latent_dist
     z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
     rec = vae.decode(z).sample
     mse = F.mse_loss(rec, x)
-    loss = F.l1_loss(rec, x) + mse + kl_weight * post.kl().mean()
+    loss = F.l1_loss(rec, x) + mse
+    if not decoder_only:
+        loss = loss + kl_weight * post.kl().mean()
     return loss, mse.item()
 
 
@@ -64,7 +74,7 @@ def train_vae(out_dir, steps: int = 3000, batch_size: int = 64, seed: int = 0, l
               progress: ProgressFn | None = None, dataset_cache=None, dataset_n: int = 50000,
               dataset_seed: int = 0, vae_config: dict | None = None, warmup_steps: int = 100,
               time_limit_s: float | None = None, log_every: int = 10, export: bool = True,
-              grad_clip: float = 1.0) -> dict:
+              grad_clip: float = 1.0, init_from=None, decoder_only: bool = False) -> dict:
     """Train (or resume) and export to ``out_dir/final``; returns (and writes) a summary."""
     out_dir = Path(out_dir)
     (out_dir / "samples").mkdir(parents=True, exist_ok=True)
@@ -75,9 +85,23 @@ def train_vae(out_dir, steps: int = 3000, batch_size: int = 64, seed: int = 0, l
     data_s = time.time() - t_setup
 
     torch.manual_seed(seed)
-    vae = make_vae(cfg)
+    if init_from is not None:
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(str(init_from))
+        cfg = json.loads(json.dumps({k: v for k, v in vae.config.items() if not k.startswith("_")}))
+    elif decoder_only:
+        raise ValueError("decoder_only needs init_from: a trained autoencoder folder")
+    else:
+        vae = make_vae(cfg)
     vae.train()
-    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    params = list(vae.parameters())
+    if decoder_only:
+        for p in list(vae.encoder.parameters()) + list(vae.quant_conv.parameters()):
+            p.requires_grad_(False)
+        vae.encoder.eval()
+        params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed + 1)
     start_step, train_seconds = 0, 0.0
@@ -95,12 +119,16 @@ def train_vae(out_dir, steps: int = 3000, batch_size: int = 64, seed: int = 0, l
             vae.eval()
             rec = vae.decode(vae.encode(to_float(val)).latent_dist.mean).sample
             vae.train()
+            if decoder_only:
+                vae.encoder.eval()
         grid(np.concatenate([val, to_uint8(rec)]), nrow=16).save(out_dir / "samples" / f"step_{step:06d}.png")
         path = C.write_checkpoint(out_dir, step, {"vae.safetensors": vae.state_dict()}, opt,
                                   {"numpy_rng": C.numpy_rng_state(rng), "train_seconds": train_seconds,
                                    "vae_config": cfg, "seed": seed, "batch_size": batch_size, "lr": lr,
                                    "kl_weight": kl_weight, "dataset_n": dataset_n, "dataset_seed": dataset_seed,
-                                   "fitted_from": fitted_from, "fitted_total": steps if fitted_from else None})
+                                   "fitted_from": fitted_from, "fitted_total": steps if fitted_from else None,
+                                   "init_from": str(init_from) if init_from else None,
+                                   "decoder_only": decoder_only})
         save_file({"torch_generator": gen.get_state()}, str(path / "rng.safetensors"))
         return path
 
@@ -116,11 +144,11 @@ def train_vae(out_dir, steps: int = 3000, batch_size: int = 64, seed: int = 0, l
         for g in opt.param_groups:
             g["lr"] = cur_lr
         x = to_float(images[rng.integers(0, len(images), size=batch_size)])
-        loss, mse = vae_loss(vae, x, gen, kl_weight)
+        loss, mse = vae_loss(vae, x, gen, kl_weight, decoder_only)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip:
-            torch.nn.utils.clip_grad_norm_(vae.parameters(), grad_clip)
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
         opt.step()
         step += 1
         dt = time.time() - t0
@@ -150,7 +178,8 @@ def train_vae(out_dir, steps: int = 3000, batch_size: int = 64, seed: int = 0, l
                "recent_loss_mean": (sum(r[0] for r in recent) / len(recent)) if recent else None,
                "recent_mse_mean": (sum(r[1] for r in recent) / len(recent)) if recent else None,
                "dataset_seconds": round(data_s, 1), "vae_config": cfg, "batch_size": batch_size,
-               "lr": lr, "kl_weight": kl_weight, "steps_reduced_to_fit_time_limit_from": fitted_from,
+               "lr": lr, "kl_weight": kl_weight, "init_from": str(init_from) if init_from else None,
+               "decoder_only": decoder_only, "steps_reduced_to_fit_time_limit_from": fitted_from,
                "checkpoint": str(final_ckpt)}
     if export:
         vae.eval()
