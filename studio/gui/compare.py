@@ -170,7 +170,7 @@ class CompareDialog(QDialog):
     def add_config(self, recipe: Optional[Recipe] = None) -> Optional[ConfigRow]:
         if len(self.rows) >= MAX_CONFIGS:
             return None
-        text = bool(getattr(getattr(self.summary, "info", None), "text_conditioned", False))
+        text = self.summary is not None and self.summary.info.text_conditioned
         row = ConfigRow(recipe or self.base, self.base.guidance != "none", text)
         row.remove.clicked.connect(lambda: self.remove_config(row))
         self.rows.append(row)

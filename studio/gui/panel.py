@@ -250,7 +250,7 @@ class SamplerPanel(QWidget):
         self._mode_scales = {}  # scales chosen per guidance mode belonged to the previous model,
         self._scale_mode = None  # and so does the one shown: not remembered for the new one
         classes = f"{info.num_classes} classes" if info.num_classes else "unconditional"
-        text = getattr(info, "text_conditioned", False)
+        text = info.text_conditioned
         if text:
             self.modelInfo.setText(f"text-to-image, {info.image_size}×{info.image_size} from "
                                    f"{info.in_channels}×{info.sample_size}×{info.sample_size} latents, "
@@ -360,7 +360,7 @@ class SamplerPanel(QWidget):
     @property
     def is_text(self) -> bool:
         """The open model is text-to-image: prompts instead of a class."""
-        return bool(getattr(self._info, "text_conditioned", False))
+        return self._info is not None and self._info.text_conditioned
 
     def _show_text_rows(self, text: bool) -> None:
         f = self._cond_form

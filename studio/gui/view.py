@@ -108,7 +108,7 @@ class TrajectoryView(QWidget):
         self.x0 = {}
         self.latest = 0
         self.paused = False
-        self.channelsCheck.setVisible(getattr(traj, "decodes", None) is not None)
+        self.channelsCheck.setVisible(traj.decodes is not None)
         self.scrubberBar.reset(total)
         self.show_position(0)
         self._timer.start()
@@ -159,7 +159,7 @@ class TrajectoryView(QWidget):
             return
         self._paint(pos)
         self.positionChanged.emit(pos)
-        if getattr(self.traj, "decodes", None) is not None:
+        if self.traj.decodes is not None:
             self._settle.start()
 
     def _paint(self, pos: int) -> None:
@@ -169,7 +169,7 @@ class TrajectoryView(QWidget):
             return
         xt, x0 = self.frames_at(pos)
         xt_note = x0_note = ""
-        decodes = getattr(self.traj, "decodes", None)
+        decodes = self.traj.decodes
         if decodes is not None:
             full_xt = decodes.peek(pos, "xt")
             full_x0 = decodes.peek(pos - 1, "x0") if pos >= 1 else None
@@ -183,7 +183,7 @@ class TrajectoryView(QWidget):
 
     def _decode_settled(self) -> None:
         """The position has stayed put: decode it, unless it is the head of a run still streaming."""
-        if self.traj is None or getattr(self.traj, "decodes", None) is None:
+        if self.traj is None or self.traj.decodes is None:
             return
         pos = self.position
         if self.live and pos >= self.latest and not self.paused:
