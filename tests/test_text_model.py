@@ -250,3 +250,33 @@ def test_shipped_digits_text_model():
     assert sum(p.stat().st_size for p in SHIPPED.rglob("*") if p.is_file()) <= 20 * 2 ** 20
     rec = json.loads((SHIPPED / "recommended.json").read_text())
     assert rec["cfg_scale"] == 3 and rec["prompt"] == "a red 7 on a blue background"
+
+
+def test_decoder_fine_tune_keeps_latent_space_and_ships(tiny_export, tmp_path):
+    from diffusers import AutoencoderKL
+
+    from studio.training.ship_text import RECOMMENDED, assemble
+    from studio.training.vae_train import train_vae
+
+    root, _, _ = tiny_export
+    src = root / "a" / "final"
+    ft = train_vae(tmp_path / "ft", steps=2, batch_size=4, dataset_n=40, dataset_cache=root / "cache",
+                   checkpoint_every=0, warmup_steps=1, init_from=src / "vae", decoder_only=True)
+    old = AutoencoderKL.from_pretrained(str(src / "vae")).state_dict()
+    new = AutoencoderKL.from_pretrained(ft["export"]).state_dict()
+    assert all(torch.equal(old[k], new[k]) for k in old if k.startswith(("encoder.", "quant_conv.")))
+    assert any(not torch.equal(old[k], new[k]) for k in old if k.startswith("decoder."))
+    out = tmp_path / "ship"
+    assemble(src, out, Path(ft["export"]))
+    shipped = AutoencoderKL.from_pretrained(str(out / "vae"))
+    assert shipped.config.scaling_factor == pytest.approx(
+        AutoencoderKL.from_pretrained(str(src / "vae")).config.scaling_factor)
+    assert json.loads((out / "recommended.json").read_text()) == RECOMMENDED
+    _check_pipeline_folder(out)
+    # an autoencoder trained separately has another encoder: refused
+    from studio.training.text_model import TINY_VAE_CONFIG
+
+    other = train_vae(tmp_path / "other", steps=1, batch_size=4, dataset_n=40, dataset_cache=root / "cache",
+                      checkpoint_every=0, warmup_steps=1, seed=5, vae_config=TINY_VAE_CONFIG)
+    with pytest.raises(ValueError, match="encoder differs"):
+        assemble(src, tmp_path / "bad", Path(other["export"]))
