@@ -5,6 +5,7 @@
   studio sample …             run a sampler headless and write frames, grid, recipe
   studio samplers             list the samplers
   studio info MODEL           describe a model
+  studio sweep SPEC --out DIR run a grid of recipes (here or on a Ray cluster), tables and plots
   studio dataset / train …    make the built-in model's data and weights
 """
 from __future__ import annotations
@@ -268,6 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("gui", help="open the window (the same as `studio` with no arguments)")
     g.add_argument("--model")
     g.set_defaults(func=cmd_gui)
+
+    from .sweep.cli import add_sweep_parser
+
+    add_sweep_parser(sub)  # studio sweep SPEC.toml --out DIR
 
     try:
         from .training import cli_train

@@ -1,0 +1,175 @@
+"""Running a sweep into its folder: what is missing is computed, as it finishes it is written.
+
+The driver (this process) owns the folder: it takes the folder's lock (one sweep writes a folder at
+a time), records the spec in ``sweep.json``, asks the executor — the local pool (local.py) or Ray
+(ray_exec.py) — for the cells not yet on disk, and writes each result as it arrives (cells.py);
+workers only compute, so a cluster's nodes need no shared file system. A cell is written once: a
+result for a key already written (a replaced Ray worker's cell that finished after all) is dropped.
+
+Before any cell runs, the first worker checks every distinct setting against the opened model (a
+label beyond its classes, a prompt for a class model, …): a refusal is one line naming the spec's
+line, like the spec's own errors.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+from ..session.atomic import OutputError, Reservation
+from ..session.provenance import recipe_json, weights_fingerprint
+from ..session.recipe import versions
+from .cells import canonical_json, done_keys, remove_stale_staging, write_cell
+from .local import LocalPool, SweepError, default_workers
+from .progress import SweepProgress
+from .spec import SpecError, SweepSpec, describe, refusal_path
+from .toml_lines import key_lines, line_of
+
+SWEEP_FILE = "sweep.json"
+SWEEP_FORMAT = "sampling-studio/sweep@1"
+
+
+class CellRefused(ValueError):
+    """A cell the model or the workers cannot run at all (every try would fail the same way)."""
+
+
+@dataclass
+class SweepStats:
+    total: int = 0
+    already: int = 0  # cells found in the folder
+    computed: int = 0  # cells written by this run (ok or failed)
+    failed: int = 0  # of those, chains that diverged
+    errors: list = field(default_factory=list)  # (key, message) of cells not written (retried next time)
+    duplicates: int = 0  # results dropped because the cell was already written
+    replaced_workers: int = 0
+    seconds: float = 0.0
+    executor: str = ""
+
+
+def check_folder(out: Path) -> Path:
+    out = Path(out).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: exists and is not a folder; choose another --out")
+    if out.is_dir() and not (out / SWEEP_FILE).is_file():
+        visible = [p for p in out.iterdir() if not p.name.startswith(".")]
+        if visible:
+            raise OutputError(f"{out}: is not empty and holds no sweep ({SWEEP_FILE}); choose a new or empty "
+                              "folder, or the folder of the sweep to continue")
+    return out
+
+
+def sweep_document(spec: SweepSpec) -> dict:
+    return {"format": SWEEP_FORMAT, "spec_file": spec.path, "spec_text": spec.text, "spec": spec.to_dict(),
+            "setting_axes": spec.setting_axes,
+            "cells": [{"key": c.key, "values": c.values} for c in spec.cells],
+            "merged": spec.merged, "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "versions": versions()}
+
+
+def make_executor(spec: SweepSpec, workers: Optional[int], ray: Optional[str], gpus_per_worker: float,
+                  fingerprint: dict, todo: int, allow_pickle: bool = False, cpus_per_worker: float = 1.0):
+    fixed = spec.fixed
+    config = {"model": spec.model, "device": fixed.get("device", "auto"), "dtype": fixed.get("dtype", "float32"),
+              "classifier": fixed.get("classifier"), "metrics": list(spec.metrics),
+              "reference_steps": spec.reference_steps, "fingerprint": fingerprint, "allow_pickle": allow_pickle}
+    if ray is not None:
+        from .ray_exec import RayPool
+
+        return RayPool(config, ray, workers, gpus_per_worker, cpus_per_worker, todo)
+    if gpus_per_worker:
+        raise SweepError("--gpus-per-worker applies to --ray; a local sweep uses the device of the recipe "
+                         "(set device in [fixed])")
+    n = workers or default_workers(spec.model, config["device"], todo)
+    return LocalPool(config, n)
+
+
+def run_sweep(spec: SweepSpec, out, workers: Optional[int] = None, ray: Optional[str] = None,
+              gpus_per_worker: float = 0.0, stream=None, report: bool = True, allow_pickle: bool = False,
+              cpus_per_worker: float = 1.0, progress_every_s: float = 30.0) -> SweepStats:
+    """Compute the cells of ``spec`` missing from ``out``, then write the tables and plots."""
+    stream = stream if stream is not None else sys.stderr
+    out = check_folder(out)
+    stats = SweepStats(total=len(spec.cells))
+    t0 = time.perf_counter()
+    with Reservation(out / SWEEP_FILE, overwrite=True) as lock:
+        remove_stale_staging(out)
+        staged = lock.stage_file()
+        Path(staged).write_text(json.dumps(sweep_document(spec), indent=1) + "\n", encoding="utf-8")
+        lock.commit()
+        done = done_keys(out, (c.key for c in spec.cells))
+        todo = [c for c in spec.cells if c.key not in done]
+        stats.already = len(spec.cells) - len(todo)
+        progress = SweepProgress(stats.total, stats.already, stream, every_s=progress_every_s)
+        if todo:
+            fingerprint = weights_fingerprint(spec.model, spec.fixed.get("classifier"))
+            executor = make_executor(spec, workers, ray, gpus_per_worker, fingerprint, len(todo), allow_pickle,
+                                     cpus_per_worker)
+            stats.executor = executor.describe()
+            merged = f"; {spec.merged} repeated settings merged" if spec.merged else ""
+            progress.note(f"{len(todo)} of {stats.total} cells to compute{merged}, on {stats.executor}")
+            try:
+                _compute(spec, out, todo, executor, fingerprint, stats, progress)
+            finally:
+                stats.replaced_workers = executor.replaced
+                executor.close()
+                progress.end_line()
+        else:
+            progress.note(f"all {stats.total} cells are already in {out}")
+        stats.seconds = time.perf_counter() - t0
+        if report:
+            from .report import write_report
+
+            write_report(out)
+    return stats
+
+
+def _preflight_items(todo) -> list:
+    unique: dict[str, tuple] = {}
+    for c in todo:  # the seed changes no check: one recipe per distinct setting
+        unique.setdefault(canonical_json(c.recipe.replace(seed=0)), (c.values, c.recipe.to_dict()))
+    return list(unique.values())
+
+
+def _compute(spec: SweepSpec, out: Path, todo, executor, fingerprint: dict, stats: SweepStats,
+             progress: SweepProgress) -> None:
+    refused = executor.preflight(_preflight_items(todo))
+    if refused:
+        message, values = refused
+        if not values:
+            raise CellRefused(message)
+        path = refusal_path(spec, message)
+        line = line_of(key_lines(spec.text), *path)
+        raise SpecError(f"{spec.path} line {line}: {'.'.join(path)}: the model refuses the cell "
+                        f"{describe(values)}: {message}")
+    by_key = {c.key: c for c in todo}
+    written: set[str] = set()
+
+    def on_result(p: dict) -> None:
+        key = p["key"]
+        cell = by_key[key]
+        if key in written:
+            stats.duplicates += 1
+            return
+        if p["status"] == "error":
+            if p.get("fatal"):
+                raise CellRefused(f"the cell {describe(cell.values)} cannot run: {p['error']}")
+            stats.errors.append((key, p["error"]))
+            progress.note(f"cell {describe(cell.values)} not computed: {p['error']} (a re-run retries it)")
+            return
+        result = {"key": key, "values": cell.values, "status": p["status"],
+                  "recipe": json.loads(canonical_json(cell.recipe)), "metrics": p.get("metrics", {}),
+                  "error": p.get("error"), "seconds": p.get("seconds"), "worker": p.get("worker"),
+                  "device": p.get("device"), "executor": executor.name,
+                  "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        write_cell(out, key, result, recipe_json(cell.recipe, fingerprint), p.get("png"), p.get("npz"))
+        written.add(key)
+        stats.computed += 1
+        if p["status"] == "failed":
+            stats.failed += 1
+        progress.update(stats.computed + len(stats.errors), stats.failed)
+
+    executor.run([(c.key, c.recipe.to_dict()) for c in todo], on_result)

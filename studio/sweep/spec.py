@@ -1,0 +1,394 @@
+"""A sweep's specification: a TOML file naming the model, fixed settings and the axes to cross.
+
+::
+
+    title = "DDIM steps x eta on the digits model"    # optional
+    model = "default"            # default, gmm, digits-text or a model folder (relative to this file)
+    metrics = ["accuracy", "frechet", "seconds_per_image"]   # optional; default: every one the model has
+    pool = ["label"]             # optional: axes summarised together (seeds always are)
+
+    [fixed]                      # any recipe setting, the same in every cell
+    batch = 8
+    guidance = "cfg"
+
+    [axes]                       # any recipe setting; every combination is one cell
+    sampler = ["ddim", "dpmpp_2m"]
+    steps = [10, 20, 50]
+    scale = [1.0, 3.0, 5.0]
+    label = {start = 0, count = 10}
+    seeds = {start = 0, count = 8}      # or a list: seeds = [0, 1, 7]
+
+A cell is an ordinary :class:`~studio.session.recipe.Recipe` (the fixed settings, then one value of
+every axis), validated by ``Recipe.validate`` before anything runs, so any cell can be reproduced
+alone with ``studio sample --recipe``. Ranges: ``{start, count[, step]}`` for integer settings,
+``{start, stop, count}`` (evenly spaced, both ends included) for numbers.
+
+Every problem is a :class:`SpecError` of one line naming the spec's line and the problem, raised
+before any cell runs. Without ``scale`` in the spec, guided cells take the scale the model folder
+recommends (its ``recommended.json``), like ``studio sample``.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from ..core.loading import BUILTINS, ModelLoadError, read_recommended_scales
+from ..core.options import OptionError
+from ..session.provenance import model_folder
+from ..session.recipe import Recipe, RecipeError
+from .cells import cell_key
+from .metrics import available_metrics
+from .toml_lines import key_lines, line_of
+
+TOP_LEVEL = ("title", "model", "metrics", "pool", "reference_steps", "fd_reference", "fixed", "axes")
+# one model load per worker: these are the sweep's, not a cell's
+NOT_AXES = {"model": "one sweep opens one model; run one sweep per model",
+            "device": "set it in [fixed]", "dtype": "set it in [fixed]",
+            "classifier": "set it in [fixed]"}
+NOT_FIELDS = {"branch": "a sweep's cells are fresh runs", "model": "set it at the top of the spec (model = …)"}
+SEED_NAMES = ("seeds", "seed")
+MAX_CELLS = 1_000_000
+
+
+class SpecError(ValueError):
+    """A spec that cannot run; one line naming the spec's line and the problem."""
+
+
+@dataclass(frozen=True)
+class Axis:
+    name: str  # the recipe field ("seed" for the seeds)
+    values: tuple
+    line: int
+
+
+@dataclass(frozen=True)
+class Cell:
+    key: str
+    recipe: Recipe  # validated and resolved (the sampler's defaults spelled out)
+    values: dict  # axis name -> this cell's value (as JSON: pairs are lists)
+
+
+@dataclass
+class SweepSpec:
+    path: str
+    text: str
+    model: str
+    fixed: dict
+    axes: list[Axis]
+    metrics: tuple[str, ...]
+    pool: tuple[str, ...]  # axis names summarised together (always "seed")
+    reference_steps: int = 500
+    fd_reference: int = 2000
+    title: str = ""
+    cells: list[Cell] = field(default_factory=list)
+    merged: int = 0  # axis combinations that are the same recipe as an earlier one (e.g. eta for euler)
+
+    @property
+    def setting_axes(self) -> list[str]:
+        """The axes that tell settings apart (everything not pooled)."""
+        return [a.name for a in self.axes if a.name not in self.pool]
+
+    def setting_of(self, values: dict) -> tuple:
+        """The setting a cell belongs to: its values on the setting axes."""
+        return tuple(_hashable(values.get(a)) for a in self.setting_axes)
+
+    def to_dict(self) -> dict:
+        return {"title": self.title, "model": self.model, "fixed": _jsonable(self.fixed),
+                "axes": {a.name: [_jsonable(v) for v in a.values] for a in self.axes},
+                "metrics": list(self.metrics), "pool": list(self.pool), "reference_steps": self.reference_steps,
+                "fd_reference": self.fd_reference}
+
+
+def _hashable(v: Any) -> Any:
+    return tuple(v) if isinstance(v, list) else v
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, tuple):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    return v
+
+
+class _Where:
+    """Builds the one-line errors: ``spec.toml line 7: axes.steps: …``."""
+
+    def __init__(self, name: str, text: str):
+        self.name = name
+        self.lines = key_lines(text)
+
+    def line(self, *path: str) -> int:
+        return line_of(self.lines, *path)
+
+    def error(self, path: tuple[str, ...], problem: str) -> SpecError:
+        label = ".".join(path)
+        return SpecError(f"{self.name} line {self.line(*path)}: {label + ': ' if label else ''}{problem}")
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """Read and check ``path``; every cell is built and validated here."""
+    p = Path(path).expanduser()
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise SpecError(f"{path}: cannot read the spec ({e.strerror or e})") from None
+    if len(raw) > 1 << 20:
+        raise SpecError(f"{path}: the spec is larger than 1 MiB; is this the right file?")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SpecError(f"{path}: the spec is not UTF-8 text") from None
+    return parse_spec(text, str(path), p.resolve().parent)
+
+
+def parse_spec(text: str, name: str = "spec.toml", base: Optional[Path] = None) -> SweepSpec:
+    base = base or Path.cwd()
+    where = _Where(name, text)
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        msg = str(e)
+        m = re.search(r"\(at line (\d+), column \d+\)", msg)
+        line = m.group(1) if m else "1"
+        msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", msg) or "syntax error"
+        if m is None and "end of document" in msg:
+            line = str(max(text.count("\n"), 1))
+        raise SpecError(f"{name} line {line}: not valid TOML ({msg[0].lower() + msg[1:]})") from None
+
+    for key in doc:
+        if key not in TOP_LEVEL:
+            schema = Recipe.schema()
+            hint = (f"; recipe settings go in [fixed] or [axes]" if key in schema or key in SEED_NAMES
+                    else f"; the spec takes {', '.join(TOP_LEVEL)}")
+            raise where.error((key,), f"unknown key{hint}")
+
+    title = _string(doc, "title", "", where)
+    model = _model(doc, base, where)
+    fixed = _fixed(doc.get("fixed", {}), base, where)
+    axes = _axes(doc.get("axes", {}), fixed, where)
+    metrics = _metrics(doc, model, where)
+    pool = _pool(doc, axes, where)
+    reference_steps = _positive_int(doc, "reference_steps", 500, 100_000, where)
+    fd_reference = _positive_int(doc, "fd_reference", 2000, 1_000_000, where)
+    spec = SweepSpec(name, text, model, fixed, axes, metrics, pool, reference_steps, fd_reference, title)
+    spec.cells, spec.merged = _cells(spec, where)
+    return spec
+
+
+# -- top-level values ---------------------------------------------------------------------------
+def _string(doc: dict, key: str, default: str, where: _Where) -> str:
+    v = doc.get(key, default)
+    if not isinstance(v, str):
+        raise where.error((key,), f"must be a string, got {v!r}")
+    return v
+
+
+def _positive_int(doc: dict, key: str, default: int, high: int, where: _Where) -> int:
+    v = doc.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= high:
+        raise where.error((key,), f"must be an integer from 1 to {high}, got {v!r}")
+    return v
+
+
+def _model(doc: dict, base: Path, where: _Where) -> str:
+    model = _string(doc, "model", "default", where)
+    if not model:
+        raise where.error(("model",), "is empty; name a model (default, gmm, digits-text or a folder)")
+    if model in BUILTINS:
+        return model
+    folder = (base / Path(model).expanduser()).resolve()
+    if not folder.is_dir():
+        raise where.error(("model",), f"{model!r} is not a built-in model ({', '.join(BUILTINS)}) and "
+                                      f"{folder} is not a folder")
+    return str(folder)
+
+
+def _fixed(table: Any, base: Path, where: _Where) -> dict:
+    if not isinstance(table, dict):
+        raise where.error(("fixed",), "must be a table of recipe settings ([fixed])")
+    schema = Recipe.schema()
+    out = {}
+    for name, value in table.items():
+        if name in SEED_NAMES[:1]:
+            raise where.error(("fixed", name), "seeds are an axis; use seed = N for one seed")
+        if name in NOT_FIELDS:
+            raise where.error(("fixed", name), NOT_FIELDS[name])
+        if name not in schema:
+            raise where.error(("fixed", name), f"unknown recipe setting {name!r}; `studio sample --help` lists them")
+        if name == "init_noise" and isinstance(value, str):
+            value = str((base / Path(value).expanduser()).resolve())
+        try:
+            out[name] = schema[name].check(value)
+        except OptionError as e:
+            raise where.error(("fixed", name), str(e)) from None
+    return out
+
+
+def _expand(name: str, raw: Any, kind: str, where: _Where) -> list:
+    path = ("axes", name)
+    if isinstance(raw, dict):
+        keys = set(raw)
+        if kind == "int" and keys <= {"start", "count", "step"} and {"start", "count"} <= keys:
+            start, count, step = raw["start"], raw["count"], raw.get("step", 1)
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in (start, count, step)):
+                raise where.error(path, "start, count and step must be integers")
+            if count < 0 or count > MAX_CELLS or step == 0:
+                raise where.error(path, f"count must be from 0 to {MAX_CELLS} and step non-zero")
+            return [start + i * step for i in range(count)]
+        if kind == "float" and keys == {"start", "stop", "count"}:
+            start, stop, count = raw["start"], raw["stop"], raw["count"]
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (start, stop)) or \
+                    isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_CELLS:
+                raise where.error(path, "start and stop must be numbers and count a non-negative integer")
+            if count == 1:
+                return [float(start)]
+            return [float(start) + (float(stop) - float(start)) * i / (count - 1) for i in range(count)]
+        form = "{start, count[, step]}" if kind == "int" else "{start, stop, count}" if kind == "float" else None
+        raise where.error(path, f"a range must be {form}" if form else "must be a list of values")
+    if not isinstance(raw, list):
+        raise where.error(path, f"must be a list of values, e.g. {name} = [{raw!r}, …] "
+                                "(a single value belongs in [fixed])")
+    if kind == "pair" and raw and not all(isinstance(v, list) for v in raw):
+        raise where.error(path, "must be a list of [start, end] pairs, e.g. [[0, 1], [0.2, 0.8]]")
+    return raw
+
+
+def _axes(table: Any, fixed: dict, where: _Where) -> list[Axis]:
+    if not isinstance(table, dict):
+        raise where.error(("axes",), "must be a table of recipe settings to cross ([axes])")
+    schema = Recipe.schema()
+    axes: list[Axis] = []
+    seen_seed = None
+    for spelled, raw in table.items():
+        name = "seed" if spelled in SEED_NAMES else spelled
+        path = ("axes", spelled)
+        if name == "seed":
+            if seen_seed:
+                raise where.error(path, f"the seeds are given twice ({seen_seed} and {spelled}); keep one")
+            seen_seed = spelled
+        if spelled in NOT_AXES:
+            raise where.error(path, f"cannot be an axis: {NOT_AXES[spelled]}")
+        if name in NOT_FIELDS:
+            raise where.error(path, NOT_FIELDS[name])
+        if name not in schema:
+            raise where.error(path, f"unknown recipe setting {spelled!r}; `studio sample --help` lists them")
+        if name in fixed:
+            raise where.error(path, f"{name} is both fixed and an axis; keep one")
+        opt = schema[name]
+        values = _expand(spelled, raw, opt.kind, where)
+        if not values:
+            raise where.error(path, "is empty; give at least one value or remove the axis")
+        checked = []
+        for v in values:
+            try:
+                c = opt.check(v)
+            except OptionError as e:
+                raise where.error(path, str(e)) from None
+            if c in checked:
+                raise where.error(path, f"lists {v!r} twice")
+            checked.append(c)
+        axes.append(Axis(name, tuple(checked), where.line(*path)))
+    return axes
+
+
+def _metrics(doc: dict, model: str, where: _Where) -> tuple[str, ...]:
+    available = available_metrics(model)
+    raw = doc.get("metrics")
+    if raw is None:
+        return available
+    if not isinstance(raw, list) or not all(isinstance(m, str) for m in raw):
+        raise where.error(("metrics",), "must be a list of metric names")
+    for m in raw:
+        if m not in available:
+            raise where.error(("metrics",), f"unknown metric {m!r} for model {Path(model).name!r}; "
+                                            f"choose from {', '.join(available)}")
+    return tuple(dict.fromkeys(raw))
+
+
+def _pool(doc: dict, axes: list[Axis], where: _Where) -> tuple[str, ...]:
+    raw = doc.get("pool", [])
+    if not isinstance(raw, list) or not all(isinstance(m, str) for m in raw):
+        raise where.error(("pool",), "must be a list of axis names")
+    names = {a.name for a in axes}
+    out = ["seed"]
+    for p in raw:
+        n = "seed" if p in SEED_NAMES else p
+        if n not in names and n != "seed":
+            raise where.error(("pool",), f"{p!r} is not an axis of this spec; pool lists axes to summarise "
+                                         f"together ({', '.join(sorted(names)) or 'none'})")
+        if n not in out:
+            out.append(n)
+    return tuple(out)
+
+
+# -- cells --------------------------------------------------------------------------------------
+def _culprit(message: str, names: list[str]) -> Optional[str]:
+    """The setting a refusal names first (a word of the message), to point at its line."""
+    best = None
+    for n in names:
+        for spelled in {n, n.replace("_", " ")}:
+            m = re.search(rf"(?<![A-Za-z_]){re.escape(spelled)}(?![A-Za-z_])", message, re.IGNORECASE)
+            if m and (best is None or m.start() < best[0]):
+                best = (m.start(), n)
+    return best[1] if best else None
+
+
+def refusal_path(spec: SweepSpec, message: str) -> tuple[str, ...]:
+    """Where a refusal of a cell points: the axis or fixed setting it names, else the [axes] table."""
+    axis_names = [a.name for a in spec.axes]
+    n = _culprit(message, axis_names + list(spec.fixed) + ["seeds"])
+    lines = key_lines(spec.text)
+    if n in axis_names or n == "seeds":
+        spelled = next((s for s in (n, *SEED_NAMES) if ("axes", s) in lines), n) if n in ("seed", "seeds") else n
+        return ("axes", spelled)
+    if n in spec.fixed:
+        return ("fixed", n)
+    return ("axes",) if spec.axes else ("fixed",)
+
+
+def describe(values: dict) -> str:
+    """``sampler=ddim, steps=10`` for messages."""
+    return ", ".join(f"{k}={v}" for k, v in values.items()) or "the only cell"
+
+
+def _cells(spec: SweepSpec, where: _Where) -> tuple[list[Cell], int]:
+    total = math.prod(len(a.values) for a in spec.axes)
+    if total > MAX_CELLS:
+        raise where.error(("axes",), f"{total} cells is more than {MAX_CELLS}; split the sweep")
+    recommended: dict[str, float] = {}
+    if "scale" not in spec.fixed and all(a.name != "scale" for a in spec.axes):
+        folder = model_folder(spec.model)
+        if folder is not None:
+            try:
+                recommended = read_recommended_scales(folder)
+            except ModelLoadError:
+                recommended = {}
+    base = Recipe(model=spec.model, **spec.fixed)
+    cells: list[Cell] = []
+    seen: set[str] = set()
+    merged = 0
+    names = [a.name for a in spec.axes]
+    for combo in itertools.product(*(a.values for a in spec.axes)):
+        changes = dict(zip(names, combo))
+        recipe = base.replace(**changes)
+        if recommended and recipe.guidance in recommended:
+            recipe = recipe.replace(scale=recommended[recipe.guidance])
+        try:
+            recipe = recipe.validate().resolved()
+        except (RecipeError, OptionError) as e:
+            path = refusal_path(spec, str(e))
+            raise where.error(path, f"the cell {describe(changes)} is refused: {e}") from None
+        key = cell_key(recipe)
+        if key in seen:
+            merged += 1
+            continue
+        seen.add(key)
+        values = {n: _jsonable(getattr(recipe, n)) for n in names}
+        cells.append(Cell(key, recipe, values))
+    return cells, merged
