@@ -131,3 +131,15 @@ def test_a_webui_png_opens_with_its_prompt_and_settings(qtbot, win, tmp_path):
     assert win.open_recipe(str(tmp_path / "plain.png")) is None
     assert "carries no recipe" in win.errorLabel.text()
     assert win.current_recipe().prompt == "a red 7, bold"
+
+
+def test_preview_setting_full_decodes_every_step(qtbot, win):
+    win.panel.previewCombo.setCurrentIndex(win.panel.previewCombo.findData("full"))
+    with qtbot.waitSignal(win.runFinished, timeout=30000) as blocker:
+        win.run()
+    traj = blocker.args[0]
+    assert traj.frame_x0(0).shape[1:3] == (16, 16)  # frames at image size: every step decoded
+    win.panel.previewCombo.setCurrentIndex(win.panel.previewCombo.findData("linear"))
+    with qtbot.waitSignal(win.runFinished, timeout=30000) as blocker:
+        win.run()
+    assert blocker.args[0].frame_x0(0).shape[1:3] == (8, 8)

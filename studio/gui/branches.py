@@ -50,6 +50,7 @@ class Branching:
         self.branchTabs.show()
         self.hide_error()
         w = self._start(jobs.run_job, self.cache, recipe, parent=parent, from_step=from_step, tag=view,
+                        preview=self.panel.preview_setting(),
                         on_yield=self._on_step, on_end=lambda w: self._run_ended(view, w))
         w.view = view
 

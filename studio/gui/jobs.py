@@ -63,9 +63,13 @@ def load_job(cache: ModelCache, recipe: Recipe) -> ModelSummary:
     return summary
 
 
-def run_job(cache: ModelCache, recipe: Recipe, parent=None, from_step: Optional[int] = None, tag: Any = None):
-    """Yield Started, then one Step per step; return the trajectory."""
+def run_job(cache: ModelCache, recipe: Recipe, parent=None, from_step: Optional[int] = None, tag: Any = None,
+            preview: Optional[tuple] = None):
+    """Yield Started, then one Step per step; return the trajectory. ``preview``: (mode, AutoencoderTiny
+    folder or None), how a text-to-image model renders each step's latents (TextToImageModel.set_preview)."""
     model = cache.get(recipe)
+    if preview is not None and model.info.text_conditioned:
+        model.set_preview(*preview)
     run = Run(recipe, model=model, parent=parent, from_step=from_step)
     traj = run.trajectory
     try:

@@ -337,7 +337,8 @@ class MainWindow(Branching, ModelHandling, RecipeFiles, QMainWindow):
             return
         self.hide_error()
         self.settings.setValue("recipe", recipe.to_json())
-        self._start(jobs.run_job, self.cache, recipe, tag="main", on_yield=self._on_step,
+        self._start(jobs.run_job, self.cache, recipe, tag="main", preview=self.panel.preview_setting(),
+                    on_yield=self._on_step,
                     on_end=lambda w: self._run_ended(self.mainView, w))
 
     def stop(self) -> None:

@@ -5,7 +5,7 @@ import random
 from typing import Optional
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
                                QSlider, QToolButton, QVBoxLayout, QWidget)
 
 from ..core.samplers import OPTION_SCHEMA, SAMPLERS
@@ -151,6 +151,12 @@ class SamplerPanel(QWidget):
         self.heightSpin.setObjectName("heightSpin")
         self.rescaleSpin = ow.make_widget(schema["guidance_rescale"])
         self.rescaleSpin.setObjectName("rescaleSpin")
+        self.previewCombo = _combo("previewCombo", [("linear", "linear RGB projection (fast)"),
+                                                    ("full", "full VAE decode every step (slow)"),
+                                                    ("tiny", "AutoencoderTiny folder…")],
+                                   "How each step's latents are shown while the run streams; the step you stop "
+                                   "on and the final image always get the full VAE decode")
+        self._tiny_vae: Optional[str] = None
         self.rescaleSpin.setToolTip("Guidance rescale φ (Lin et al. 2024): pulls strongly guided images back to "
                                     "the conditional prediction's contrast; 0 = off")
         cond_box = QGroupBox("Conditioning")
@@ -176,6 +182,7 @@ class SamplerPanel(QWidget):
         iv.addWidget(self.intervalEnd)
         f.addRow("Interval", iv)
         f.addRow("Rescale φ", self.rescaleSpin)
+        f.addRow("Preview", self.previewCombo)
 
         lay = QVBoxLayout(self)
         lay.setContentsMargins(4, 4, 4, 4)
@@ -209,6 +216,7 @@ class SamplerPanel(QWidget):
             w.edited.connect(self.changed)
         for w in (self.widthSpin, self.heightSpin, self.rescaleSpin):
             ow.changed_signal(w).connect(self.changed)
+        self.previewCombo.activated.connect(self._preview_chosen)
         self._sampler_changed()
         self._mode_changed()
         self._show_text_rows(False)
@@ -364,9 +372,24 @@ class SamplerPanel(QWidget):
 
     def _show_text_rows(self, text: bool) -> None:
         f = self._cond_form
-        for field in (self.promptEdit, self.negativeEdit, self._size_layout, self.rescaleSpin):
+        for field in (self.promptEdit, self.negativeEdit, self._size_layout, self.rescaleSpin, self.previewCombo):
             f.setRowVisible(field, text)
         f.setRowVisible(self.labelCombo, not text)
+
+    def preview_setting(self) -> tuple[str, Optional[str]]:
+        """(mode, AutoencoderTiny folder) for the next run of a text-to-image model."""
+        mode = self.previewCombo.currentData()
+        return (mode, self._tiny_vae if mode == "tiny" else None)
+
+    def _preview_chosen(self, *_) -> None:
+        if self.previewCombo.currentData() != "tiny":
+            return
+        folder = QFileDialog.getExistingDirectory(self, "An AutoencoderTiny folder (e.g. TAESD)", self._tiny_vae or "")
+        if folder:
+            self._tiny_vae = folder
+            self.previewCombo.setItemText(2, f"AutoencoderTiny: {folder.rstrip('/').split('/')[-1]}")
+        elif self._tiny_vae is None:
+            _select(self.previewCombo, "linear")
 
     def new_seed(self) -> None:
         self.seedSpin.setValue(random.randrange(SEED_MAX))
