@@ -100,6 +100,16 @@ def default_workers(model: str, device: str, cells: int) -> int:
     return max(1, min(n, cells))
 
 
+def default_threads(workers: int) -> int:
+    """torch threads per worker: the cores shared out, capped by OMP_NUM_THREADS when it is set."""
+    n = max(1, cores() // max(workers, 1))
+    try:
+        cap = int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        cap = 0
+    return min(n, cap) if cap > 0 else n
+
+
 class LocalPool:
     """``--workers N`` processes on this machine."""
 
@@ -107,7 +117,7 @@ class LocalPool:
 
     def __init__(self, config: dict, workers: int, threads: Optional[int] = None):
         self.workers = max(1, int(workers))
-        self.config = dict(config, threads=threads or max(1, cores() // self.workers))
+        self.config = dict(config, threads=threads or default_threads(self.workers))
         self.replaced = 0
         self._pool: Optional[cf.ProcessPoolExecutor] = None
 
@@ -146,7 +156,11 @@ class LocalPool:
     def preflight(self, items: list) -> Optional[tuple]:
         if self._pool is None:
             self._start()
-        return self._pool.submit(_preflight, items).result()
+        try:
+            return self._pool.submit(_preflight, items).result()
+        except BrokenProcessPool:
+            raise SweepError("the worker process died while opening the model (out of memory? a script that "
+                             "starts a sweep needs `if __name__ == \"__main__\":`)") from None
 
     def run(self, tasks: list[tuple[str, dict]], on_result: Callable[[dict], None]) -> None:
         """Run every (key, recipe dict); ``on_result(payload)`` in this thread as each finishes."""

@@ -29,6 +29,7 @@ recommends (its ``recommended.json``), like ``studio sample``.
 """
 from __future__ import annotations
 
+import difflib
 import itertools
 import math
 import re
@@ -164,8 +165,8 @@ def parse_spec(text: str, name: str = "spec.toml", base: Optional[Path] = None) 
     for key in doc:
         if key not in TOP_LEVEL:
             schema = Recipe.schema()
-            hint = (f"; recipe settings go in [fixed] or [axes]" if key in schema or key in SEED_NAMES
-                    else f"; the spec takes {', '.join(TOP_LEVEL)}")
+            hint = ("; recipe settings go in [fixed] or [axes]" if key in schema or key in SEED_NAMES
+                    else f"{_suggest(key, TOP_LEVEL)}; the spec takes {', '.join(TOP_LEVEL)}")
             raise where.error((key,), f"unknown key{hint}")
 
     title = _string(doc, "title", "", where)
@@ -179,6 +180,11 @@ def parse_spec(text: str, name: str = "spec.toml", base: Optional[Path] = None) 
     spec = SweepSpec(name, text, model, fixed, axes, metrics, pool, reference_steps, fd_reference, title)
     spec.cells, spec.merged = _cells(spec, where)
     return spec
+
+
+def _suggest(name: str, choices) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 # -- top-level values ---------------------------------------------------------------------------
@@ -220,7 +226,8 @@ def _fixed(table: Any, base: Path, where: _Where) -> dict:
         if name in NOT_FIELDS:
             raise where.error(("fixed", name), NOT_FIELDS[name])
         if name not in schema:
-            raise where.error(("fixed", name), f"unknown recipe setting {name!r}; `studio sample --help` lists them")
+            raise where.error(("fixed", name), f"unknown recipe setting {name!r}{_suggest(name, schema)}; "
+                                               "`studio sample --help` lists them")
         if name == "init_noise" and isinstance(value, str):
             value = str((base / Path(value).expanduser()).resolve())
         try:
@@ -277,7 +284,8 @@ def _axes(table: Any, fixed: dict, where: _Where) -> list[Axis]:
         if name in NOT_FIELDS:
             raise where.error(path, NOT_FIELDS[name])
         if name not in schema:
-            raise where.error(path, f"unknown recipe setting {spelled!r}; `studio sample --help` lists them")
+            raise where.error(path, f"unknown recipe setting {spelled!r}{_suggest(spelled, [*schema, 'seeds'])}; "
+                                    "`studio sample --help` lists them")
         if name in fixed:
             raise where.error(path, f"{name} is both fixed and an axis; keep one")
         opt = schema[name]

@@ -1,0 +1,135 @@
+"""Sweep specs: the cells they make are ordinary validated recipes, and every bad spec is one line
+naming the spec's line, before anything runs (no folder, no worker)."""
+import json
+
+import pytest
+
+from studio.cli import main
+from studio.session.recipe import Recipe
+from studio.sweep.cells import canonical_json, cell_key
+from studio.sweep.spec import SpecError, load_spec, parse_spec
+
+GOOD = """\
+title = "a small grid"
+model = "gmm"
+
+[fixed]
+batch = 2
+guidance = "cfg"
+label = 1
+
+[axes]
+sampler = ["ddim", "euler"]
+steps = [4, 8]
+scale = {start = 1.0, stop = 3.0, count = 3}
+seeds = {start = 10, count = 2}
+"""
+
+
+def spec_error(text: str) -> str:
+    with pytest.raises(SpecError) as e:
+        parse_spec(text, "grid.toml")
+    msg = str(e.value)
+    assert "\n" not in msg
+    return msg
+
+
+def test_cells_are_the_cross_product_of_validated_recipes():
+    spec = parse_spec(GOOD, "grid.toml")
+    assert len(spec.cells) == 2 * 2 * 3 * 2
+    assert [a.name for a in spec.axes] == ["sampler", "steps", "scale", "seed"]
+    assert spec.axes[2].values == (1.0, 2.0, 3.0) and spec.axes[3].values == (10, 11)
+    first = spec.cells[0]
+    assert first.values == {"sampler": "ddim", "steps": 4, "scale": 1.0, "seed": 10}
+    expected = Recipe(model="gmm", sampler="ddim", steps=4, scale=1.0, seed=10, batch=2, guidance="cfg",
+                      label=1).validate().resolved()
+    assert first.recipe == expected
+    assert first.key == cell_key(expected)
+    # the key is the recipe's: the same recipe written another way has it, any change does not
+    assert cell_key(Recipe.from_json(expected.to_json())) == first.key
+    assert len({c.key for c in spec.cells}) == len(spec.cells)
+    assert "versions" not in json.loads(canonical_json(expected))
+    assert spec.pool == ("seed",) and spec.setting_axes == ["sampler", "steps", "scale"]
+    assert spec.metrics == ("seconds_per_image", "nfe", "weight_error", "ref_distance")
+
+
+def test_settings_a_sampler_does_not_take_merge_into_one_cell():
+    spec = parse_spec('model = "gmm"\n[axes]\nsampler = ["ddim", "euler"]\neta = [0.0, 1.0]\n', "s.toml")
+    assert spec.merged == 1  # euler has no eta: its two cells are one recipe
+    assert [(c.values["sampler"], c.values["eta"]) for c in spec.cells] == [("ddim", 0.0), ("ddim", 1.0),
+                                                                            ("euler", None)]
+
+
+def test_the_model_folder_recommended_scale_is_used_when_the_spec_names_none():
+    from studio.core.loading import DEFAULT_MODEL_DIR, read_recommended_scales
+
+    if not (DEFAULT_MODEL_DIR / "recommended.json").exists():
+        pytest.skip("the digits model is not in this checkout")
+    spec = parse_spec('[fixed]\nlabel = 3\n[axes]\nguidance = ["cfg", "classifier"]\n', "s.toml")
+    rec = read_recommended_scales(DEFAULT_MODEL_DIR)
+    assert [c.recipe.scale for c in spec.cells] == [rec["cfg"], rec["classifier"]]
+
+
+@pytest.mark.parametrize("text, line, words", [
+    ('model = "gmm"\n[axes]\nsteps = [4,\n', 3, "not valid TOML"),
+    ('model = "gmm"\nsteps = 4\n', 2, "steps: unknown key; recipe settings go in [fixed] or [axes]"),
+    ('model = "gmm"\nmetric = []\n', 2, "metric: unknown key (did you mean 'metrics'?)"),
+    ('model = "gmm"\n[fixed]\nbatch = 2\n\n[axes]\nsampler = ["ddim"]\nstpes = [4, 8]\n', 7,
+     "axes.stpes: unknown recipe setting 'stpes' (did you mean 'steps'?)"),
+    ('model = "gmm"\n[axes]\nsampler = ["ddim"]\nsteps = []\n', 4, "axes.steps: is empty"),
+    ('model = "gmm"\n[axes]\nsampler = ["ddim"]\n# a comment\nsteps = [4, 0]\n', 5,
+     "axes.steps: steps must be an integer from 1 to 10000, got 0"),
+    ('model = "gmm"\n[axes]\nsampler = ["ddim", "nope"]\n', 3, "axes.sampler: unknown sampler 'nope'"),
+    ('model = "gmm"\n[fixed]\nbatch = 0\n', 3, "fixed.batch: batch must be an integer from 1 to 1024"),
+    ('model = "gmm"\n[fixed]\nprompt = "a cat"\n[axes]\nlabel = [0, 1]\n', 5,
+     "axes.label: the cell label=0 is refused: a recipe takes a class label or a prompt"),
+    ('model = "gmm"\n[axes]\nsteps = 4\n', 3, "axes.steps: must be a list of values"),
+    ('model = "gmm"\n[axes]\nmodel = ["gmm", "default"]\n', 3, "axes.model: cannot be an axis"),
+    ('model = "gmm"\n[axes]\nsteps = [4, 4]\n', 3, "axes.steps: lists 4 twice"),
+    ('model = "gmm"\nmetrics = ["accuracy"]\n', 2, "metrics: unknown metric 'accuracy' for model 'gmm'"),
+    ('model = "gmm"\npool = ["label"]\n[axes]\nsteps = [4]\n', 2, "pool: 'label' is not an axis"),
+    ('model = "no/such/folder"\n', 1, "model: 'no/such/folder' is not a built-in model"),
+    ('model = "gmm"\n[fixed]\nsteps = 4\n[axes]\nsteps = [4, 8]\n', 5, "axes.steps: steps is both fixed and an axis"),
+])
+def test_a_bad_spec_is_one_line_naming_its_line(text, line, words):
+    msg = spec_error(text)
+    assert msg.startswith(f"grid.toml line {line}: "), msg
+    assert words in msg, msg
+
+
+def test_studio_sweep_refuses_a_bad_spec_before_anything_runs(tmp_path, capsys):
+    spec = tmp_path / "grid.toml"
+    spec.write_text('model = "gmm"\n[fixed]\nbatch = 2\n[axes]\nsampler = ["ddim", "heun"]\nsteps = [4, -1]\n')
+    out = tmp_path / "out"
+    assert main(["sweep", str(spec), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("studio: error: ") and f"{spec} line 6: axes.steps" in err[0], err
+    assert not out.exists()  # nothing ran, nothing was made
+
+
+def test_a_value_only_the_model_refuses_is_caught_before_any_cell_runs(tmp_path, capsys):
+    """The gmm has 4 classes: label 7 passes the recipe's checks but not the model's; the first worker
+    checks every distinct setting against the opened model before any cell is computed."""
+    spec = tmp_path / "grid.toml"
+    spec.write_text('model = "gmm"\n[fixed]\nbatch = 2\nsteps = 3\n\n[axes]\nlabel = [0, 7]\nseeds = [0, 1]\n')
+    out = tmp_path / "out"
+    assert main(["sweep", str(spec), "--out", str(out), "--workers", "1"]) == 2
+    err = [ln for ln in capsys.readouterr().err.strip().splitlines() if ln.startswith("studio: error")]
+    assert len(err) == 1 and "grid.toml line 7: axes.label:" in err[0] and "label 7 is out of range" in err[0], err
+    assert not any((out / "cells").rglob("result.json"))
+
+
+def test_the_cli_needs_a_spec_and_a_folder(tmp_path, capsys):
+    assert main(["sweep", "--out", str(tmp_path / "o")]) == 2
+    assert "give a spec" in capsys.readouterr().err
+    assert main(["sweep", str(tmp_path / "missing.toml"), "--out", str(tmp_path / "o")]) == 2
+    assert "cannot read the spec" in capsys.readouterr().err
+    assert main(["sweep", "--report", str(tmp_path)]) == 2
+    assert "no sweep.json here" in capsys.readouterr().err
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    ok = tmp_path / "ok.toml"
+    ok.write_text('model = "gmm"\n')
+    assert main(["sweep", str(ok), "--out", str(tmp_path / "busy")]) == 2
+    assert "is not empty and holds no sweep" in capsys.readouterr().err
+    assert load_spec(ok).cells[0].recipe.model == "gmm"
