@@ -6,7 +6,9 @@
 Copies the exported ``StableDiffusionPipeline`` folder; with ``--vae``, replaces its
 autoencoder by another one with the *same encoder* (a decoder fine-tune,
 ``studio train vae --decoder-only``), keeping the pipeline's latent ``scaling_factor``
-(the encoder is unchanged, so is the latent scale; checked). Writes ``recommended.json``
+(the encoder is unchanged, so is the latent scale; checked). The UNet's weights are stored as
+float16 (half the bytes; diffusers loads them into the float32 model, so sampling stays float32).
+Writes ``recommended.json``
 (the CFG scale and the sample prompt the window fills in) and ``SHA256SUMS``.
 """
 
@@ -42,6 +44,15 @@ def swap_vae(folder: Path, vae_dir: Path) -> None:
     assert load_file(str(folder / "vae" / "diffusion_pytorch_model.safetensors")).keys() == sn.keys()
 
 
+def half_unet(path: Path) -> None:
+    """Rewrite a safetensors file with its floating tensors as float16."""
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(str(path))
+    save_file({k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in sd.items()},
+              str(path), metadata={"format": "pt"})
+
+
 def assemble(pipeline: Path, out: Path, vae: Path | None = None) -> dict:
     out = Path(out)
     if out.exists():
@@ -55,6 +66,7 @@ def assemble(pipeline: Path, out: Path, vae: Path | None = None) -> dict:
             shutil.copy2(item, out / item.name)
     if vae is not None:
         swap_vae(out, Path(vae))
+    half_unet(out / "unet" / "diffusion_pytorch_model.safetensors")
     (out / "recommended.json").write_text(json.dumps(RECOMMENDED, indent=1) + "\n")
     for f in out.rglob("*"):
         if f.is_file():
