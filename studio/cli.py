@@ -81,6 +81,7 @@ def add_recipe_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _recipe_from_args(args):
+    from .core.loading import BUILTINS
     from .core.samplers import OPTION_SCHEMA, SAMPLERS
     from .session.recipe import Recipe, RecipeError
 
@@ -105,7 +106,7 @@ def _recipe_from_args(args):
             changes[name] = tuple(v) if opt.kind == "pair" else v
     if "init_noise" in changes:
         changes["init_noise"] = str(Path(changes["init_noise"]).expanduser().resolve())
-    if "model" in changes and changes["model"] not in ("default", "gmm"):
+    if "model" in changes and changes["model"] not in BUILTINS:
         changes["model"] = str(Path(changes["model"]).expanduser().resolve())
     recipe = base.replace(**changes)
     spec = SAMPLERS.get(recipe.sampler)
@@ -206,9 +207,9 @@ def cmd_samplers(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from .core.loading import load_model
+    from .core.loading import BUILTINS, load_model
 
-    model = load_model(args.model if args.model in ("default", "gmm") else str(Path(args.model).expanduser()),
+    model = load_model(args.model if args.model in BUILTINS else str(Path(args.model).expanduser()),
                        args.device or "cpu", allow_pickle=args.allow_pickle)
     print(model.info.describe())
     return 0
@@ -292,7 +293,9 @@ def _opens_in_window(arg: str, parser: argparse.ArgumentParser) -> bool:
     commands = next((a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {})
     if arg.startswith("-") or arg in commands:
         return False
-    return arg in ("gmm", "default") or os.path.lexists(os.path.expanduser(arg))
+    from .core.loading import BUILTINS
+
+    return arg in BUILTINS or os.path.lexists(os.path.expanduser(arg))
 
 
 def console_main(argv: Optional[Sequence[str]] = None) -> int:

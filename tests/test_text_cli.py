@@ -137,3 +137,18 @@ def test_tiny_autoencoder_preview(pipeline, tmp_path, capsys):
                  "--preview", "tiny", "--preview-vae", str(tmp_path / "taesd"), "--out", str(out), "--quiet"]) == 0, \
         capsys.readouterr().err
     assert Image.open(out / "x0" / "0002.png").size == (16 + 2, 16 + 2)  # tiny decoder: full resolution
+
+
+def test_builtin_text_model_by_name(tmp_path, capsys):
+    """`digits-text` is a name like `default` and `gmm` everywhere a model is named (sample, info, recipes)."""
+    from studio.core.loading import TEXT_MODEL_DIR
+
+    if not (TEXT_MODEL_DIR / "model_index.json").exists():
+        pytest.skip("the built-in text model is not in this checkout")
+    assert main(["info", "digits-text"]) == 0
+    assert "sample prompt:   a red 7 on a blue background" in capsys.readouterr().out
+    out = tmp_path / "dt"
+    assert main(["sample", "--model", "digits-text", "--prompt", "a red 7", "--guidance", "cfg", "--steps", "2",
+                 "--batch", "1", "--out", str(out), "--quiet"]) == 0, capsys.readouterr().err
+    recipe = json.loads((out / "recipe.json").read_text())
+    assert recipe["model"] == "digits-text" and recipe["scale"] == 3.0  # the model's recommended CFG scale

@@ -7,6 +7,7 @@ from pathlib import Path
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QFileDialog
 
+from ..core.loading import BUILTINS
 from . import jobs
 from .panel import OPEN_FOLDER
 
@@ -68,7 +69,7 @@ class ModelHandling:
         self.panel.show_model(summary.spec)
         self.panel.set_model_info(summary.info, summary.device)
         self.schedulePlot.set_schedule(summary)
-        if summary.spec not in ("gmm", "default"):
+        if summary.spec not in BUILTINS:
             self._remember_model(summary.spec)
         self.settings.setValue("model", summary.spec)
         self.statusBar().showMessage(f"Model {summary.info.name} ready ({summary.info.source})", 5000)

@@ -17,7 +17,7 @@ from typing import Optional
 
 from ..core import file_hashes
 from ..core.file_reading import FileReadError
-from ..core.loading import DEFAULT_MODEL_DIR
+from ..core.loading import DEFAULT_MODEL_DIR, TEXT_MODEL_DIR, TEXT_MODEL_NAME
 
 WEIGHTS_KEY = "weights"
 
@@ -28,6 +28,8 @@ def model_folder(spec: Optional[str]) -> Optional[Path]:
         return None
     if spec == "default":
         return DEFAULT_MODEL_DIR if (DEFAULT_MODEL_DIR / "config.json").exists() else None
+    if spec == TEXT_MODEL_NAME:
+        return TEXT_MODEL_DIR if TEXT_MODEL_DIR.is_dir() else None
     p = Path(spec).expanduser()
     return p if p.is_dir() else None
 
