@@ -19,6 +19,7 @@ from .files import RecipeFiles
 from .models import ModelHandling
 from .panel import SamplerPanel
 from .plots import GuidancePlot, SchedulePlot
+from .sweep_view import open_sweep
 from .throttle import Throttle
 from .view import TrajectoryView
 from .worker import GeneratorWorker
@@ -215,6 +216,7 @@ class MainWindow(Branching, ModelHandling, RecipeFiles, QMainWindow):
         m = self.menuBar().addMenu("&File")
         self._action(m, "Open model folder…", self.open_model_dialog, "Ctrl+O")
         self._action(m, "Open recipe…", self.open_recipe_dialog, "Ctrl+Shift+O")
+        self._action(m, "Open sweep…", lambda: open_sweep(self))  # gui/sweep_view.py
         self._action(m, "Save recipe…", self.save_recipe_dialog, "Ctrl+S")
         self._action(m, "Export…", self.export_dialog, "Ctrl+E")
         m.addSeparator()

@@ -48,6 +48,7 @@ class SweepStats:
     replaced_workers: int = 0
     seconds: float = 0.0
     executor: str = ""
+    written_at: list = field(default_factory=list)  # time.perf_counter() as each cell was written
 
 
 def check_folder(out: Path) -> Path:
@@ -167,6 +168,7 @@ def _compute(spec: SweepSpec, out: Path, todo, executor, fingerprint: dict, stat
                   "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         write_cell(out, key, result, recipe_json(cell.recipe, fingerprint), p.get("png"), p.get("npz"))
         written.add(key)
+        stats.written_at.append(time.perf_counter())
         stats.computed += 1
         if p["status"] == "failed":
             stats.failed += 1
