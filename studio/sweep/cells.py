@@ -21,22 +21,41 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Iterable, Optional
 
 import numpy as np
 
 from ..session.atomic import sweep_stale, write_folder
+from ..session.recipe import RECIPE_FORMAT
 
 CELLS = "cells"
 KEY_CHARS = 16
 
 
+def canonical_dict(recipe) -> dict:
+    """``recipe.resolved().to_dict()`` without the ``versions`` block (which costs milliseconds of
+    package-metadata reads per call: too much for a grid of many thousand cells)."""
+    r = recipe.resolved()
+    d = asdict(r)
+    d["guidance_interval"] = list(r.guidance_interval)
+    return {"format": RECIPE_FORMAT, **d}
+
+
+def recipe_document_json(recipe, versions: dict, fingerprint: dict) -> str:
+    """The recipe as ``studio sample`` writes it (session/provenance.py: the recipe, its versions and
+    the weights' SHA-256), with the versions read once per sweep rather than once per cell."""
+    from ..session.provenance import WEIGHTS_KEY
+
+    doc = canonical_dict(recipe)
+    doc["versions"] = dict(versions, **({WEIGHTS_KEY: fingerprint} if fingerprint else {}))
+    return json.dumps(doc, indent=2)
+
+
 def canonical_json(recipe) -> str:
     """The resolved recipe as compact JSON with sorted keys, without versions: what a key hashes."""
-    d = recipe.resolved().to_dict()
-    d.pop("versions", None)
-    return json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return json.dumps(canonical_dict(recipe), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
 def cell_key(recipe) -> str:

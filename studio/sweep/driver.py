@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Optional
 
 from ..session.atomic import OutputError, Reservation
-from ..session.provenance import recipe_json, weights_fingerprint
+from ..session.provenance import weights_fingerprint
 from ..session.recipe import versions
-from .cells import canonical_json, done_keys, remove_stale_staging, write_cell
+from .cells import (canonical_dict, canonical_json, done_keys, recipe_document_json, remove_stale_staging,
+                    write_cell)
 from .local import LocalPool, SweepError, default_workers
 from .progress import SweepProgress
 from .spec import SpecError, SweepSpec, describe, refusal_path
@@ -131,7 +132,7 @@ def run_sweep(spec: SweepSpec, out, workers: Optional[int] = None, ray: Optional
 def _preflight_items(todo) -> list:
     unique: dict[str, tuple] = {}
     for c in todo:  # the seed changes no check: one recipe per distinct setting
-        unique.setdefault(canonical_json(c.recipe.replace(seed=0)), (c.values, c.recipe.to_dict()))
+        unique.setdefault(canonical_json(c.recipe.replace(seed=0)), (c.values, canonical_dict(c.recipe)))
     return list(unique.values())
 
 
@@ -148,6 +149,7 @@ def _compute(spec: SweepSpec, out: Path, todo, executor, fingerprint: dict, stat
                         f"{describe(values)}: {message}")
     by_key = {c.key: c for c in todo}
     written: set[str] = set()
+    run_versions = versions()
 
     def on_result(p: dict) -> None:
         key = p["key"]
@@ -162,11 +164,12 @@ def _compute(spec: SweepSpec, out: Path, todo, executor, fingerprint: dict, stat
             progress.note(f"cell {describe(cell.values)} not computed: {p['error']} (a re-run retries it)")
             return
         result = {"key": key, "values": cell.values, "status": p["status"],
-                  "recipe": json.loads(canonical_json(cell.recipe)), "metrics": p.get("metrics", {}),
+                  "recipe": canonical_dict(cell.recipe), "metrics": p.get("metrics", {}),
                   "error": p.get("error"), "seconds": p.get("seconds"), "worker": p.get("worker"),
                   "device": p.get("device"), "executor": executor.name,
                   "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        write_cell(out, key, result, recipe_json(cell.recipe, fingerprint), p.get("png"), p.get("npz"))
+        write_cell(out, key, result, recipe_document_json(cell.recipe, run_versions, fingerprint), p.get("png"),
+                   p.get("npz"))
         written.add(key)
         stats.written_at.append(time.perf_counter())
         stats.computed += 1
@@ -174,4 +177,4 @@ def _compute(spec: SweepSpec, out: Path, todo, executor, fingerprint: dict, stat
             stats.failed += 1
         progress.update(stats.computed + len(stats.errors), stats.failed)
 
-    executor.run([(c.key, c.recipe.to_dict()) for c in todo], on_result)
+    executor.run([(c.key, canonical_dict(c.recipe)) for c in todo], on_result)

@@ -35,6 +35,7 @@ class CellWorker:
         self.metrics = None
         self.load_error: Optional[str] = None
         self.where = f"{socket.gethostname()}:{os.getpid()}"
+        self._versions: Optional[dict] = None
         self._load()
 
     def _load(self) -> None:
@@ -101,10 +102,10 @@ class CellWorker:
         from ..session.frames import make_grid, to_uint8
         from ..session.output import final_scale, png_bytes_info
         from ..session.parameters import format_parameters
-        from ..session.provenance import recipe_json
         from ..session.recipe import Recipe
         from ..session.runner import Run
-        from .cells import npz_bytes
+        from ..session.recipe import versions
+        from .cells import npz_bytes, recipe_document_json
 
         recipe = Recipe.from_dict(recipe_dict)
         t0 = time.perf_counter()
@@ -129,7 +130,9 @@ class CellWorker:
         if scale > 1:
             img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
         buf = io.BytesIO()
-        doc = recipe_json(run.recipe, self.config.get("fingerprint") or {})
+        if self._versions is None:
+            self._versions = versions()
+        doc = recipe_document_json(run.recipe, self._versions, self.config.get("fingerprint") or {})
         h, w = int(images.shape[1]), int(images.shape[2])
         img.save(buf, format="PNG", pnginfo=png_bytes_info(doc, format_parameters(run.recipe, w, h)))
         arrays["x"] = x.numpy().astype("float32", copy=False)
