@@ -133,3 +133,18 @@ def test_the_cli_needs_a_spec_and_a_folder(tmp_path, capsys):
     assert main(["sweep", str(ok), "--out", str(tmp_path / "busy")]) == 2
     assert "is not empty and holds no sweep" in capsys.readouterr().err
     assert load_spec(ok).cells[0].recipe.model == "gmm"
+
+
+def test_a_ray_cluster_that_cannot_be_reached_is_one_line_and_leaves_no_folder(tmp_path, capsys):
+    pytest.importorskip("ray")
+    spec = tmp_path / "grid.toml"
+    spec.write_text('model = "gmm"\n[axes]\nsteps = [2, 3]\n')
+    out = tmp_path / "out"
+    assert main(["sweep", str(spec), "--out", str(out), "--ray", "127.0.0.1:1"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot reach a Ray cluster at 127.0.0.1:1" in err[0], err
+    assert not out.exists()
+    assert main(["sweep", str(spec), "--out", str(out), "--ray", "nonsense"]) == 2
+    assert "give auto or the cluster's address as HOST:PORT" in capsys.readouterr().err
+    assert main(["sweep", str(spec), "--out", str(out), "--gpus-per-worker", "1"]) == 2
+    assert "--gpus-per-worker applies to --ray" in capsys.readouterr().err

@@ -95,32 +95,50 @@ def run_sweep(spec: SweepSpec, out, workers: Optional[int] = None, ray: Optional
     """Compute the cells of ``spec`` missing from ``out``, then write the tables and plots."""
     stream = stream if stream is not None else sys.stderr
     out = check_folder(out)
+    created = not out.exists()
+    try:
+        return _run(spec, out, workers, ray, gpus_per_worker, stream, report, allow_pickle, cpus_per_worker,
+                    progress_every_s)
+    except BaseException:
+        if created:  # a sweep that could not start leaves no empty folder behind
+            try:
+                out.rmdir()
+            except OSError:
+                pass
+        raise
+
+
+def _run(spec, out: Path, workers, ray, gpus_per_worker, stream, report, allow_pickle, cpus_per_worker,
+         progress_every_s) -> SweepStats:
     stats = SweepStats(total=len(spec.cells))
     t0 = time.perf_counter()
     with Reservation(out / SWEEP_FILE, overwrite=True) as lock:
         remove_stale_staging(out)
-        staged = lock.stage_file()
-        Path(staged).write_text(json.dumps(sweep_document(spec), indent=1) + "\n", encoding="utf-8")
-        lock.commit()
         done = done_keys(out, (c.key for c in spec.cells))
         todo = [c for c in spec.cells if c.key not in done]
         stats.already = len(spec.cells) - len(todo)
-        progress = SweepProgress(stats.total, stats.already, stream, every_s=progress_every_s)
-        if todo:
+        executor, fingerprint = None, {}
+        if todo:  # connect (a cluster that cannot be reached changes nothing in the folder)
             fingerprint = weights_fingerprint(spec.model, spec.fixed.get("classifier"))
             executor = make_executor(spec, workers, ray, gpus_per_worker, fingerprint, len(todo), allow_pickle,
                                      cpus_per_worker)
-            stats.executor = executor.describe()
-            merged = f"; {spec.merged} repeated settings merged" if spec.merged else ""
-            progress.note(f"{len(todo)} of {stats.total} cells to compute{merged}, on {stats.executor}")
-            try:
+        progress = SweepProgress(stats.total, stats.already, stream, every_s=progress_every_s)
+        try:
+            staged = lock.stage_file()
+            Path(staged).write_text(json.dumps(sweep_document(spec), indent=1) + "\n", encoding="utf-8")
+            lock.commit()
+            if executor is not None:
+                stats.executor = executor.describe()
+                merged = f"; {spec.merged} repeated settings merged" if spec.merged else ""
+                progress.note(f"{len(todo)} of {stats.total} cells to compute{merged}, on {stats.executor}")
                 _compute(spec, out, todo, executor, fingerprint, stats, progress)
-            finally:
+            else:
+                progress.note(f"all {stats.total} cells are already in {out}")
+        finally:
+            if executor is not None:
                 stats.replaced_workers = executor.replaced
                 executor.close()
-                progress.end_line()
-        else:
-            progress.note(f"all {stats.total} cells are already in {out}")
+            progress.end_line()
         stats.seconds = time.perf_counter() - t0
         if report:
             from .report import write_report

@@ -36,12 +36,44 @@ def _ray():
     return ray
 
 
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A HOST:PORT that nothing answers on is one line at once (Ray itself retries for minutes)."""
+    import socket
+
+    if address == "local":
+        return
+    if address == "auto":  # what Ray would connect to: RAY_ADDRESS, else the last `ray start` on this machine
+        try:
+            from ray._private.services import canonicalize_bootstrap_address
+        except ImportError:  # a Ray without it: let ray.init find the cluster
+            return
+        try:
+            found = canonicalize_bootstrap_address("auto")
+        except (ConnectionError, ValueError) as e:
+            raise SweepError(f"--ray auto: no Ray cluster found on this machine ({one_line(e)}); start one with "
+                             "`ray start --head` or give its address") from None
+        if not found:
+            return
+        address = found
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--ray {address!r}: give auto or the cluster's address as HOST:PORT (e.g. 10.0.0.5:6379)")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as e:
+        raise SweepError(f"cannot reach a Ray cluster at {address} ({e.strerror or e}); is `ray start --head` "
+                         "running there, and is the port open?") from None
+
+
 def connect(address: str) -> bool:
     """Join the cluster at ``address`` (``auto``: the one this machine joined with ``ray start``) unless
     this process is connected already; returns whether this call connected (and so must disconnect)."""
     ray = _ray()
     if ray.is_initialized():
         return False
+    check_reachable(address)
     try:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     except (ConnectionError, ValueError, RuntimeError) as e:
