@@ -7,7 +7,7 @@ re-run into its folder finds what is already done, whatever spec or executor mad
     DIR/cells/ab/ab12cd34ef56ab78/
         result.json   the cell's axis values, canonical recipe, metrics, timing, worker
         recipe.json   the full recipe document with versions and the weights' SHA-256:
-                      ``studio sample --recipe result/recipe.json`` reproduces the cell alone
+                      ``studio sample --recipe …/recipe.json`` reproduces the cell alone
         final.png     the final images as a grid, with the recipe in its PNG text chunks
         final.npz     float32 ``x``: the final samples (a latent model's: its latents), and the
                       per-image arrays the metrics need (evaluator features, posteriors)

@@ -13,6 +13,7 @@ import collections
 import concurrent.futures as cf
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from concurrent.futures.process import BrokenProcessPool
@@ -43,6 +44,7 @@ def _watch_parent(ppid: int) -> None:
 
 def _init(config: dict, ppid: int) -> None:
     global _WORKER
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the driver's: it stops the pool, no tracebacks here
     _watch_parent(ppid)
     _WORKER = CellWorker(config)
 

@@ -29,6 +29,7 @@ from .summary import cell_results, load_sweep, summarise
 
 VECTOR = ("component_weights", "class_fractions")
 THUMB = 160  # px: the longer side of a contact sheet image
+MAX_SHEET_ROWS = 60  # a contact sheet stays an image one can open
 
 
 def _cell(v) -> str:
@@ -152,7 +153,8 @@ def contact_sheet(out: Path, doc: dict, results: list[dict], settings: list[dict
     if not first:
         return None
     tiles_rows = []
-    for rk in rows_keys:
+    shown = rows_keys[:MAX_SHEET_ROWS]
+    for rk in shown:
         rvals = dict(zip(row_axes, json.loads(rk)))
         tiles = [captioned(np.full((THUMB, 150, 3), BG, np.uint8), _label(rvals, row_axes)[:28], 11)]
         for ck in cols:
@@ -176,6 +178,8 @@ def contact_sheet(out: Path, doc: dict, results: list[dict], settings: list[dict
             tiles.append(captioned(thumb, caption, 11))
         tiles_rows.append(hstack(tiles))
     title = doc["spec"].get("title") or f"sweep of {Path(doc['spec']['model']).name}"
+    if len(rows_keys) > len(shown):
+        title += f"  (the first {len(shown)} of {len(rows_keys)} rows)"
     return captioned(vstack(tiles_rows), title, 14)
 
 
