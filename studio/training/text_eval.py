@@ -175,13 +175,24 @@ def real_data_floor(evaluator, n: int = 2000) -> dict:
     return res
 
 
-def vae_psnr(pipe, n: int = 1000) -> dict:
+@torch.no_grad()
+def vae_psnr(pipe, n: int = 1000, evaluator=None) -> dict:
+    """PSNR of the autoencoder's reconstructions (posterior mean) of fresh images and, with an
+    ``evaluator``, the readers' scores on those reconstructions: the ceiling the autoencoder
+    puts on any sample of this latent space."""
+    from .dataset import to_float, to_uint8
     from .vae_train import psnr
 
     out = {}
     for split in ("train", "held_out"):  # "train": fresh images of the training distribution
-        images, _ = make_captioned_dataset(n, PSNR_SEED, split)
+        images, attrs = make_captioned_dataset(n, PSNR_SEED, split)
         out[split] = {"n": n, "psnr_db": psnr(pipe.vae, images)}
+        if evaluator is not None:
+            rec = np.concatenate([to_uint8(pipe.vae.decode(pipe.vae.encode(to_float(images[i:i + 250]))
+                                                           .latent_dist.mean).sample)
+                                  for i in range(0, n, 250)])
+            r = score(evaluator, rec, attrs[:, 0], attrs[:, 1], attrs[:, 2])
+            out[split]["reconstructions_read"] = {k: v for k, v in r.items() if not k.endswith("_read")}
     return out
 
 
@@ -224,12 +235,49 @@ def evaluate(folder, n: int = 500, groups=("cfg", "held_out", "negative", "uncon
     if "uncond" in groups:
         rows = np.zeros((n, 3), dtype=np.int64) - 1
         r = run("unconditional (empty prompt)", [""] * n, rows, 1.0)
-        r.pop("digit_accuracy", None)
+        for k in ("digit_accuracy", "bg_accuracy"):  # nothing was asked for
+            r.pop(k, None)
         r["digit_fractions"] = [round(v / n, 4) for v in r["digit_read"]]
     out = {"model": str(folder), "n_per_setting": n, "seed": seed, "results": results}
     if "vae" in groups:
-        out["vae_psnr"] = vae_psnr(pipe)
+        out["vae_psnr"] = vae_psnr(pipe, evaluator=ev)
     return out
+
+
+def report(files: list[str]) -> str:
+    """Markdown tables of raw JSON results (the model card's tables)."""
+    rows, extra = [], []
+    for f in files:
+        d = json.loads(Path(f).read_text())
+        rows += d.get("results", [])
+        extra.append(d)
+    fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
+    out = ["| setting | n | digit | fg colour | bg colour | all three | red fg share | seconds |",
+           "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "digit_fractions" in r:
+            continue
+        out.append(f"| {r['setting']} | {r['n']} | {fmt(r.get('digit_accuracy'))} | {fmt(r.get('fg_accuracy'))} | "
+                   f"{fmt(r.get('bg_accuracy'))} | {fmt(r.get('all_three'))} | "
+                   f"{fmt(r.get('colour_fg_share'))} | {r['seconds']} |")
+    for r in rows:
+        if "digit_fractions" in r:
+            out += ["", f"{r['setting']}, {r['n']} samples, digit read by the evaluator:", "",
+                    "| digit | " + " | ".join(str(i) for i in range(10)) + " |",
+                    "|---|" + "---|" * 10,
+                    "| fraction | " + " | ".join(f"{v:.3f}" for v in r["digit_fractions"]) + " |"]
+    for d in extra:
+        for split, v in d.get("vae_psnr", {}).items():
+            line = f"\nVAE reconstruction PSNR ({split} split, {v['n']} images): {v['psnr_db']:.2f} dB"
+            if "reconstructions_read" in v:
+                q = v["reconstructions_read"]
+                line += (f"; read from the reconstructions: digit {q['digit_accuracy']:.3f}, "
+                         f"fg {q['fg_accuracy']:.3f}, bg {q['bg_accuracy']:.3f}, all three {q['all_three']:.3f}")
+            out.append(line)
+        for split, v in d.get("real_data_floor", {}).items():
+            out.append(f"\nReaders on real images ({split} split, {v['n']}): digit {v['digit_accuracy']:.3f}, "
+                       f"fg {v['fg_accuracy']:.3f}, bg {v['bg_accuracy']:.3f}, all three {v['all_three']:.3f}")
+    return "\n".join(out)
 
 
 def main(argv=None) -> int:
@@ -244,7 +292,11 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
+    p.add_argument("--report", nargs="+", metavar="JSON", help="print markdown tables of saved results and exit")
     a = p.parse_args(argv)
+    if a.report:
+        print(report(a.report))
+        return 0
     if a.only != ["floor"] and not (Path(a.model) / "model_index.json").is_file():
         print(f"error: {a.model}: no model_index.json; give a digits-text pipeline folder", file=sys.stderr)
         return 2
