@@ -237,6 +237,10 @@ def test_cli_parses_text_model_commands():
     assert a.what == "text-diffusion" and a.vae == "v"
     with pytest.raises(ValueError, match="--vae"):
         cli_train.cmd_train_text_diffusion(p.parse_args(["train", "text-diffusion", "--out", "x"]))
+    with pytest.raises(ValueError, match="--decoder-only needs --init-from"):
+        cli_train.cmd_train_vae(p.parse_args(["train", "vae", "--out", "x", "--decoder-only"]))
+    with pytest.raises(ValueError, match="no config.json"):
+        cli_train.cmd_train_vae(p.parse_args(["train", "vae", "--out", "x", "--init-from", "/nonexistent"]))
 
 
 @pytest.mark.skipif(not (SHIPPED / "model_index.json").exists(), reason="digits-text not shipped yet")

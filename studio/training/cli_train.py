@@ -169,8 +169,14 @@ def cmd_train_evaluator(args: argparse.Namespace) -> int:
 
 
 def cmd_train_vae(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from .vae_train import train_vae
 
+    if args.decoder_only and args.init_from is None:
+        raise ValueError("--decoder-only needs --init-from FOLDER: the final/ folder of a `studio train vae` run")
+    if args.init_from is not None and not (Path(args.init_from) / "config.json").is_file():
+        raise ValueError(f"--init-from {args.init_from}: no config.json; give the final/ folder of a `studio train vae` run")
     _threads(args)
     kw = _common(args, "vae")
     if args.checkpoint_every is not None:
