@@ -45,8 +45,8 @@ GRID_PROMPTS = [full_caption(d, f, b) for d, f, b in (
 
 
 class CachedTokenizer:
-    """Memoised input ids per prompt (CLIPTokenizer is pure Python, ~2 ms a caption; the
-    caption set is finite, so each is tokenised once)."""
+    """Memoised input ids per prompt: CLIPTokenizer's BPE runs in Python, and the caption set is
+    finite, so each caption is tokenised once instead of at every step."""
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
