@@ -73,7 +73,8 @@ def sweep_document(spec: SweepSpec) -> dict:
 
 
 def make_executor(spec: SweepSpec, workers: Optional[int], ray: Optional[str], gpus_per_worker: float,
-                  fingerprint: dict, todo: int, allow_pickle: bool = False, cpus_per_worker: float = 1.0):
+                  fingerprint: dict, todo: int, allow_pickle: bool = False, cpus_per_worker: float = 1.0,
+                  threads: Optional[int] = None):
     fixed = spec.fixed
     config = {"model": spec.model, "device": fixed.get("device", "auto"), "dtype": fixed.get("dtype", "float32"),
               "classifier": fixed.get("classifier"), "metrics": list(spec.metrics),
@@ -86,19 +87,21 @@ def make_executor(spec: SweepSpec, workers: Optional[int], ray: Optional[str], g
         raise SweepError("--gpus-per-worker applies to --ray; a local sweep uses the device of the recipe "
                          "(set device in [fixed])")
     n = workers or default_workers(spec.model, config["device"], todo)
-    return LocalPool(config, n)
+    return LocalPool(config, n, threads)
 
 
 def run_sweep(spec: SweepSpec, out, workers: Optional[int] = None, ray: Optional[str] = None,
               gpus_per_worker: float = 0.0, stream=None, report: bool = True, allow_pickle: bool = False,
-              cpus_per_worker: float = 1.0, progress_every_s: float = 30.0) -> SweepStats:
-    """Compute the cells of ``spec`` missing from ``out``, then write the tables and plots."""
+              cpus_per_worker: float = 1.0, progress_every_s: float = 30.0,
+              threads: Optional[int] = None) -> SweepStats:
+    """Compute the cells of ``spec`` missing from ``out``, then write the tables and plots. ``threads``:
+    torch threads of each local worker (default: the cores shared out, capped by OMP_NUM_THREADS)."""
     stream = stream if stream is not None else sys.stderr
     out = check_folder(out)
     created = not out.exists()
     try:
         return _run(spec, out, workers, ray, gpus_per_worker, stream, report, allow_pickle, cpus_per_worker,
-                    progress_every_s)
+                    progress_every_s, threads)
     except BaseException:
         if created:  # a sweep that could not start leaves no empty folder behind
             try:
@@ -109,7 +112,7 @@ def run_sweep(spec: SweepSpec, out, workers: Optional[int] = None, ray: Optional
 
 
 def _run(spec, out: Path, workers, ray, gpus_per_worker, stream, report, allow_pickle, cpus_per_worker,
-         progress_every_s) -> SweepStats:
+         progress_every_s, threads) -> SweepStats:
     stats = SweepStats(total=len(spec.cells))
     t0 = time.perf_counter()
     with Reservation(out / SWEEP_FILE, overwrite=True) as lock:
@@ -121,7 +124,7 @@ def _run(spec, out: Path, workers, ray, gpus_per_worker, stream, report, allow_p
         if todo:  # connect (a cluster that cannot be reached changes nothing in the folder)
             fingerprint = weights_fingerprint(spec.model, spec.fixed.get("classifier"))
             executor = make_executor(spec, workers, ray, gpus_per_worker, fingerprint, len(todo), allow_pickle,
-                                     cpus_per_worker)
+                                     cpus_per_worker, threads)
         progress = SweepProgress(stats.total, stats.already, stream, every_s=progress_every_s)
         try:
             staged = lock.stage_file()

@@ -18,7 +18,6 @@ import numpy as np
 from .cells import is_done, read_arrays, read_result
 
 SWEEP_FILE = "sweep.json"
-HELD_OUT_SEED = 777  # training/evaluate.py's: a dataset seed neither trainer uses
 
 
 class ReportError(ValueError):
@@ -53,7 +52,7 @@ def reference_features(out: Path, model: str, n: int) -> np.ndarray:
     from ..core.file_hashes import folder_fingerprint
     from ..session.atomic import write_files
     from ..training.dataset import make_dataset, to_float
-    from ..training.evaluate import evaluator_outputs
+    from ..training.evaluate import HELD_OUT_SEED, evaluator_outputs
     from ..training.evaluator import load_evaluator
     from .metrics import evaluator_folder
 

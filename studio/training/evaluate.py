@@ -1,5 +1,8 @@
 """``studio eval``: measure the built-in model with a separate clean-image evaluator.
 
+Each setting of the grid below is a sweep with a fixed spec (``setting_spec``, run by studio/sweep on
+the local worker pool); the metric functions here are the ones the sweep's workers and summary use.
+
 Metrics (all in the evaluator's penultimate features or its predictions):
 - accuracy: fraction of samples classified as the requested digit;
 - diversity: mean pairwise feature distance within each class (Ho & Salimans' trade-off);
@@ -19,9 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.loading import DEFAULT_MODEL_DIR, load_model, read_recommended_scales
-from ..session.recipe import Recipe
-from ..session.runner import Run
+from ..core.loading import DEFAULT_MODEL_DIR, read_recommended_scales
 from .cli_train import _positive
 
 HELD_OUT_SEED = 777  # a dataset seed used by neither trainer
@@ -36,29 +37,6 @@ class Setting:
     guidance: str = "cfg"
     scale: float = 3.0
     conditional: bool = True  # False: null label, no guidance
-
-
-def generate(model, s: Setting, n: int, seed: int = 0, batch: int = 50, progress=None) -> tuple[np.ndarray, np.ndarray]:
-    """n samples, labels cycling over the classes (n/10 each), as float32 in [−1, 1]."""
-    k = model.info.num_classes
-    out, labels = [], []
-    per_class = int(np.ceil(n / k)) if s.conditional else n
-    jobs = [(c, per_class) for c in range(k)] if s.conditional else [(None, n)]
-    done = 0
-    for label, count in jobs:
-        for start in range(0, count, batch):
-            b = min(batch, count - start)
-            recipe = Recipe(model="default", sampler=s.sampler, steps=s.steps, eta=s.eta, batch=b,
-                            seed=seed + 1000 * (label if label is not None else 99) + start,
-                            label=label, guidance=s.guidance if s.conditional else "none", scale=s.scale)
-            traj = Run(recipe, model=model).run_to_end()
-            out.append(traj.final().clamp(-1, 1).numpy())
-            labels.append(np.full(b, -1 if label is None else label))
-            done += b
-            if progress:
-                progress(done, n if not s.conditional else per_class * k)
-    x, y = np.concatenate(out), np.concatenate(labels)
-    return x[:n] if not s.conditional else x, y[:n] if not s.conditional else y
 
 
 @torch.no_grad()
@@ -96,40 +74,68 @@ def within_class_diversity(feats: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(vals))
 
 
+def setting_spec(s: Setting, n: int, seed: int, model_dir: Path, fd_reference: int, batch: int = 50) -> str:
+    """The sweep spec (TOML) of one setting: labels 0..K−1 (n/K samples each, or n unlabelled), in
+    batches of at most ``batch`` whose seeds are ``seed``, ``seed + 1``, …; Fréchet distance,
+    diversity and accuracy (or class fractions) pooled over the labels and seeds."""
+    k = 10  # the evaluator reads digits
+    per_class = int(np.ceil(n / k)) if s.conditional else n
+    chunks = int(np.ceil(per_class / batch))
+    b = int(np.ceil(per_class / chunks))
+    metrics = ["seconds_per_image", "nfe", "diversity", "frechet", "accuracy" if s.conditional else "class_fractions"]
+    guided = s.conditional and s.guidance != "none"
+    lines = [f"title = {json.dumps(s.name)}", f"model = {json.dumps(str(model_dir))}",
+             f"metrics = {json.dumps(metrics)}", f"fd_reference = {int(fd_reference)}",
+             f"pool = {json.dumps(['label'] if s.conditional else [])}", "", "[fixed]",
+             f"sampler = {json.dumps(s.sampler)}", f"steps = {int(s.steps)}", f"batch = {b}",
+             f"guidance = {json.dumps(s.guidance if guided else 'none')}"]
+    from ..core.samplers import SAMPLERS
+
+    if "eta" in SAMPLERS[s.sampler].options:
+        lines.append(f"eta = {float(s.eta)!r}")
+    if guided:
+        lines.append(f"scale = {float(s.scale)!r}")
+    lines += ["", "[axes]", f"seeds = {{start = {int(seed)}, count = {chunks}}}"]
+    if s.conditional:
+        lines.append(f"label = {{start = 0, count = {k}}}")
+    return "\n".join(lines) + "\n"
+
+
 def evaluate(settings: list[Setting], n: int, seed: int = 0, model_dir: Path = DEFAULT_MODEL_DIR,
-             fd_reference: int = 2000, progress_stream=sys.stderr) -> dict:
-    from .dataset import make_dataset, to_float
-    from .evaluator import load_evaluator
+             fd_reference: int = 2000, progress_stream=sys.stderr, workers: int | None = None,
+             out: Path | None = None, threads: int | None = None) -> dict:
+    """Each setting is a sweep with a fixed spec (``setting_spec``; studio/sweep) run into
+    ``out/<setting>`` (kept, so an interrupted evaluation continues) or a temporary folder; its
+    summary row is the result."""
+    import os
+    import tempfile
 
-    model = load_model(str(model_dir), "auto")
-    evaluator = load_evaluator(model_dir / "evaluator").eval()
-    ref_x, _ = make_dataset(fd_reference, seed=HELD_OUT_SEED)
-    ref_feats, _ = evaluator_outputs(evaluator, to_float(ref_x).numpy())
+    from ..sweep.driver import run_sweep
+    from ..sweep.spec import parse_spec
+    from ..sweep.summary import cell_results, load_sweep, summarise
+
     results = []
-    for s in settings:
-        t0 = time.perf_counter()
-
-        def prog(done, total, name=s.name):
-            if progress_stream:
-                progress_stream.write(f"\r{name}: {done}/{total} samples, {time.perf_counter() - t0:.0f}s ")
-                progress_stream.flush()
-
-        x, y = generate(model, s, n, seed, progress=prog)
-        feats, pred = evaluator_outputs(evaluator, x)
-        row = {"setting": s.name, "sampler": s.sampler, "steps": s.steps, "eta": s.eta,
-               "guidance": s.guidance if s.conditional else "none", "scale": s.scale if s.conditional else None,
-               "n": int(len(x)), "seconds": round(time.perf_counter() - t0, 1),
-               "frechet": frechet(feats, ref_feats)}
-        if s.conditional:
-            row["accuracy"] = float((pred == y).mean())
-            row["diversity"] = within_class_diversity(feats, y)
-        else:
-            hist = np.bincount(pred, minlength=model.info.num_classes) / len(pred)
-            row["class_fractions"] = [round(float(h), 4) for h in hist]
-            row["diversity"] = within_class_diversity(feats, pred)
-        results.append(row)
-        if progress_stream:
-            progress_stream.write("\n")
+    with tempfile.TemporaryDirectory(prefix="studio-eval-") as tmp:
+        root = Path(out) if out is not None else Path(tmp)
+        for s in settings:
+            t0 = time.perf_counter()
+            spec = parse_spec(setting_spec(s, n, seed, model_dir, fd_reference), f"{s.name} (studio eval)")
+            folder = root / "".join(c if c.isalnum() or c in "=._-" else "_" for c in s.name)
+            with open(os.devnull, "w") as devnull:
+                run_sweep(spec, folder, workers=workers, threads=threads, stream=progress_stream or devnull,
+                          report=False, progress_every_s=5.0)
+            doc = load_sweep(folder)
+            (row,) = summarise(folder, doc, cell_results(folder, doc))
+            out_row = {"setting": s.name, "sampler": s.sampler, "steps": s.steps, "eta": s.eta,
+                       "guidance": s.guidance if s.conditional else "none", "scale": s.scale if s.conditional else None,
+                       "n": int(row["images"]), "seconds": round(time.perf_counter() - t0, 1),
+                       "frechet": row["frechet"]}
+            if s.conditional:
+                out_row["accuracy"] = row["accuracy"]
+            else:
+                out_row["class_fractions"] = [round(float(h), 4) for h in row["class_fractions"]]
+            out_row["diversity"] = row.get("diversity", float("nan"))  # nan: no class has two samples
+            results.append(out_row)
     return {"model": str(model_dir), "n_per_setting": n, "seed": seed, "results": results}
 
 
@@ -166,7 +172,12 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--ddim-etas", type=float, nargs="+", default=list(DDIM_ETAS), metavar="ETA",
                    help="η values of the ddim_table group (default 0 1)")
     p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
-    p.add_argument("--threads", type=_positive(int), default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=_positive(int), default=None,
+                   help="torch CPU threads of each worker (default: the cores shared out)")
+    p.add_argument("--workers", type=_positive(int), default=None,
+                   help="worker processes (default: one per core; each setting is a sweep, studio sweep)")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR",
+                   help="keep each setting's sweep in DIR/<setting> (a re-run continues it); default: a temporary folder")
     p.set_defaults(func=cmd_eval)
 
 
@@ -176,8 +187,6 @@ def cmd_eval(args) -> int:
         raise ValueError(f"{model_dir}: no evaluator/ folder; `studio eval` needs the clean-image evaluator beside the model")
     if args.n < 10:
         raise ValueError("--n must be at least 10")
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
     scale = args.classifier_scale
     if scale is None:
         scale = read_recommended_scales(model_dir).get("classifier", 1.0)
@@ -186,7 +195,7 @@ def cmd_eval(args) -> int:
     groups = standard_settings(scale, args.cfg_scales, args.ddim_etas, args.ddim_steps)
     chosen = args.only or list(groups)
     settings = [s for g in chosen for s in groups[g]]
-    res = evaluate(settings, args.n, args.seed, model_dir)
+    res = evaluate(settings, args.n, args.seed, model_dir, workers=args.workers, out=args.out, threads=args.threads)
     if args.json:
         print(json.dumps(res, indent=2))
     else:
