@@ -65,6 +65,7 @@ class Axis:
     name: str  # the recipe field ("seed" for the seeds)
     values: tuple
     line: int
+    spelled: str = ""  # as the spec writes it ("seeds")
 
 
 @dataclass(frozen=True)
@@ -301,7 +302,7 @@ def _axes(table: Any, fixed: dict, where: _Where) -> list[Axis]:
             if c in checked:
                 raise where.error(path, f"lists {v!r} twice")
             checked.append(c)
-        axes.append(Axis(name, tuple(checked), where.line(*path)))
+        axes.append(Axis(name, tuple(checked), where.line(*path), spelled))
     return axes
 
 
@@ -349,12 +350,10 @@ def _culprit(message: str, names: list[str]) -> Optional[str]:
 
 def refusal_path(spec: SweepSpec, message: str) -> tuple[str, ...]:
     """Where a refusal of a cell points: the axis or fixed setting it names, else the [axes] table."""
-    axis_names = [a.name for a in spec.axes]
-    n = _culprit(message, axis_names + list(spec.fixed) + ["seeds"])
-    lines = key_lines(spec.text)
-    if n in axis_names or n == "seeds":
-        spelled = next((s for s in (n, *SEED_NAMES) if ("axes", s) in lines), n) if n in ("seed", "seeds") else n
-        return ("axes", spelled)
+    spelled = {a.name: a.spelled or a.name for a in spec.axes}
+    n = _culprit(message, list(spelled) + list(spec.fixed))
+    if n in spelled:
+        return ("axes", spelled[n])
     if n in spec.fixed:
         return ("fixed", n)
     return ("axes",) if spec.axes else ("fixed",)
