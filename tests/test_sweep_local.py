@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from studio.cli import main
 from studio.session.recipe import Recipe

@@ -57,10 +57,6 @@ def _preflight(items: list) -> Optional[tuple]:
     return _WORKER.preflight(items)
 
 
-def _info() -> dict:
-    return _WORKER.info()
-
-
 def cores() -> int:
     try:
         return len(os.sched_getaffinity(0))

@@ -18,9 +18,6 @@ import socket
 import time
 from typing import Optional
 
-WORKER_FIELDS = ("model", "device", "dtype", "classifier")
-
-
 def one_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return text[0] if text else e.__class__.__name__
@@ -55,14 +52,6 @@ class CellWorker:
                                        int(c.get("reference_steps", 500)))
         except Exception as e:  # reported with the first cell (a process pool's initializer cannot)
             self.load_error = f"cannot open the model {c['model']!r}: {one_line(e)}"
-
-    def info(self) -> dict:
-        """Where this worker runs and what it opened (for the result files and the progress line)."""
-        import torch
-
-        dev = getattr(self.model, "device", None)
-        return {"where": self.where, "device": str(dev) if dev is not None else None,
-                "threads": torch.get_num_threads(), "error": self.load_error}
 
     def preflight(self, items: list[tuple[dict, dict]]) -> Optional[tuple[str, dict]]:
         """Check every distinct recipe (``(values, recipe dict)`` pairs) against the opened model without
