@@ -186,7 +186,8 @@ def _compute(spec: SweepSpec, out: Path, todo, executor, fingerprint: dict, stat
             return
         result = {"key": key, "values": cell.values, "status": p["status"],
                   "recipe": canonical_dict(cell.recipe), "metrics": p.get("metrics", {}),
-                  "error": p.get("error"), "seconds": p.get("seconds"), "worker": p.get("worker"),
+                  "error": p.get("error"), "seconds": p.get("seconds"), "worker_seconds": p.get("worker_seconds"),
+                  "worker": p.get("worker"),
                   "device": p.get("device"), "executor": executor.name,
                   "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         write_cell(out, key, result, recipe_document_json(cell.recipe, run_versions, fingerprint), p.get("png"),

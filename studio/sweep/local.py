@@ -53,6 +53,10 @@ def _run(key: str, recipe: dict) -> dict:
     return _WORKER.run(key, recipe)
 
 
+def _ready() -> int:
+    return os.getpid()
+
+
 def _preflight(items: list) -> Optional[tuple]:
     return _WORKER.preflight(items)
 
@@ -127,6 +131,10 @@ class LocalPool:
         ctx = multiprocessing.get_context("spawn")
         self._pool = cf.ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init,
                                             initargs=(self.config, os.getpid()))
+        # a spawn pool starts a process per task submitted while none is idle: start them all now, so
+        # every worker opens the model at once instead of the second one starting after the first cells
+        for _ in range(self.workers):
+            self._pool.submit(_ready)
 
     def _stop(self) -> None:
         pool, self._pool = self._pool, None

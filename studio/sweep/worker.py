@@ -72,8 +72,11 @@ class CellWorker:
     def run(self, key: str, recipe_dict: dict) -> dict:
         if self.load_error:
             return {"key": key, "status": "error", "fatal": True, "error": self.load_error}
+        t0 = time.perf_counter()
         try:
-            return self._run(key, recipe_dict)
+            payload = self._run(key, recipe_dict)
+            payload["worker_seconds"] = time.perf_counter() - t0  # sampling, metrics and encoding
+            return payload
         except MemoryError:
             return {"key": key, "status": "error", "fatal": False, "error": "out of memory"}
         except Exception as e:  # a worker never dies of a cell; the driver decides
