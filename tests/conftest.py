@@ -7,6 +7,12 @@ after each test, so other suites keep theirs).
 """
 from __future__ import annotations
 
+import os
+
+# Ray turns 127.0.0.1 into the machine's network address unless told it is not forming a cluster; the tests'
+# Ray instance (and every process it starts) must stay on loopback. Set before anything imports ray.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
 import contextlib
 import json
 from pathlib import Path

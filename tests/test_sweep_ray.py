@@ -52,7 +52,7 @@ seeds = [0, 1]
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+    ray.init(address="local", num_cpus=2, include_dashboard=False,
              object_store_memory=96 * 2**20, logging_level=logging.WARNING, log_to_driver=False)
     yield
     ray.shutdown()
@@ -159,3 +159,8 @@ def test_ray_and_the_local_pool_agree_on_the_digits_model(local_ray, tmp_path):
         assert row["accuracy"] == pytest.approx(float((pred == labels).mean()))
         assert np.isfinite(row["frechet"]) and row["frechet"] > 0 and row["diversity"] > 0
     assert (tmp_path / "ray" / "reference.npz").is_file()
+
+
+def test_the_test_instance_stays_on_loopback(local_ray):
+    """conftest keeps Ray off the machine's network address (it would otherwise replace 127.0.0.1)."""
+    assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
