@@ -155,13 +155,27 @@ def main(argv=None) -> int:
             print(f"skipping {suite}: {e}", file=sys.stderr)
             continue
         print(f"running {suite} …", file=sys.stderr)
+        kept = standalone_sections(out / "RESULTS.md")
         res[suite] = mod.run(quick=args.quick)
         if suite == "accuracy":
             mod.plot(res[suite], out / "accuracy.png")
         print(f"  {suite} done in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
         json_path.write_text(json.dumps(res, indent=2))
-        (out / "RESULTS.md").write_text(markdown(res))
+        (out / "RESULTS.md").write_text(markdown(res) + kept)
     return 0
+
+
+STANDALONE_FROM = "## 9."  # sections measured by their own scripts (bench_text, bench_sweep), kept as written
+
+
+def standalone_sections(path: Path) -> str:
+    """The sections of an existing RESULTS.md that run_all does not generate, to keep them when it rewrites it."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return ""
+    i = text.find("\n" + STANDALONE_FROM)
+    return "\n" + text[i + 1:] if i >= 0 else ""
 
 
 if __name__ == "__main__":
