@@ -170,6 +170,16 @@ def format_eta(seconds: float) -> str:
     return f"{h:d}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
 
 
+def out_of_time(t_start: float, limit_s: float | None) -> bool:
+    """Whether a trainer given ``limit_s`` seconds (None: no limit) from ``t_start`` must stop now."""
+    return limit_s is not None and time.time() - t_start > limit_s
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for g in opt.param_groups:
+        g["lr"] = lr
+
+
 def cosine_lr(step: int, total: int, base: float, warmup: int, floor: float = 0.05) -> float:
     """Linear warm-up over ``warmup`` steps, then half-cosine decay from ``base`` to
     ``floor * base`` at ``total`` (Loshchilov & Hutter 2017, SGDR without restarts)."""

@@ -94,13 +94,12 @@ def train_loop(model: nn.Module, out_dir, steps: int, batch_size: int, seed: int
     recent: list[tuple[float, float]] = []
     stopped_early = False
     while step < steps:
-        if time_limit_s is not None and time.time() - t_start > time_limit_s:
+        if C.out_of_time(t_start, time_limit_s):
             stopped_early = True
             break
         t0 = time.time()
         cur = C.cosine_lr(step, steps, lr, warmup_steps)
-        for g in opt.param_groups:
-            g["lr"] = cur
+        C.set_lr(opt, cur)
         loss = loss_fn(model, rng, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()

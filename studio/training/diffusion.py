@@ -238,7 +238,7 @@ def train_diffusion(
     last_loss = float("nan")
     stopped_early = False
     while step < steps:
-        if time_limit_s is not None and time.time() - t_start > time_limit_s:
+        if C.out_of_time(t_start, time_limit_s):
             stopped_early = True
             break
         t0 = time.time()
@@ -246,8 +246,7 @@ def train_diffusion(
             cur_lr = C.cosine_lr(step, steps, lr, warmup_steps)
         else:
             cur_lr = lr * min(1.0, (step + 1) / max(1, warmup_steps))
-        for gparam in opt.param_groups:
-            gparam["lr"] = cur_lr
+        C.set_lr(opt, cur_lr)
         idx = rng.integers(0, images.shape[0], size=batch_size)
         x0 = to_float(images[idx]).contiguous(memory_format=torch.channels_last)
         y = torch.from_numpy(labels[idx].copy())

@@ -201,13 +201,12 @@ def train_text_diffusion(out_dir, vae_dir, steps: int = 20000, batch_size: int =
     recent: list[tuple[float, float]] = []
     stopped_early = False
     while step < steps:
-        if time_limit_s is not None and time.time() - t_start > time_limit_s:
+        if C.out_of_time(t_start, time_limit_s):
             stopped_early = True
             break
         t0 = time.time()
         cur_lr = C.cosine_lr(step, steps, lr, warmup_steps)
-        for g in opt.param_groups:
-            g["lr"] = cur_lr
+        C.set_lr(opt, cur_lr)
         idx = rng.integers(0, len(images), size=batch_size)
         drop = rng.random(batch_size) < p_uncond
         prompts = ["" if d else caption(attrs[i], rng) for i, d in zip(idx, drop)]

@@ -136,13 +136,12 @@ def train_vae(out_dir, steps: int = 3000, batch_size: int = 64, seed: int = 0, l
     recent: list[tuple[float, float, float]] = []
     stopped_early = False
     while step < steps:
-        if time_limit_s is not None and time.time() - t_start > time_limit_s:
+        if C.out_of_time(t_start, time_limit_s):
             stopped_early = True
             break
         t0 = time.time()
         cur_lr = C.cosine_lr(step, steps, lr, warmup_steps)
-        for g in opt.param_groups:
-            g["lr"] = cur_lr
+        C.set_lr(opt, cur_lr)
         x = to_float(images[rng.integers(0, len(images), size=batch_size)])
         loss, mse = vae_loss(vae, x, gen, kl_weight, decoder_only)
         opt.zero_grad(set_to_none=True)
