@@ -335,16 +335,23 @@ def precheck(target: str | os.PathLike, overwrite: bool = False, folder: bool = 
     r.check()
 
 
+@contextlib.contextmanager
+def _nothing_written_on_error(r: "Reservation"):
+    """A failure while staging becomes one OutputError line (the reservation removes what was staged)."""
+    try:
+        yield
+    except OutputError:
+        raise
+    except (OSError, ValueError) as e:
+        raise OutputError(f"{r.target}: cannot write ({_reason(e)}); nothing was written") from None
+
+
 def write_folder(target: str | os.PathLike, fill: Callable[[Path], None], overwrite: bool = False) -> Path:
     """Reserve ``target``, call ``fill(staging_folder)``, commit; returns the target."""
     with Reservation(target, overwrite, folder=True) as r:
         tmp = r.stage_folder()
-        try:
+        with _nothing_written_on_error(r):
             fill(tmp)
-        except OutputError:
-            raise
-        except (OSError, ValueError) as e:
-            raise OutputError(f"{r.target}: cannot write ({_reason(e)}); nothing was written") from None
         r.commit()
         return r.target
 
@@ -354,13 +361,9 @@ def write_files(writers: dict, overwrite: bool = False) -> Path:
     them into place; returns the first path."""
     paths = [Path(p) for p in writers]
     with Reservation(paths[0], overwrite, companions=paths[1:]) as r:
-        try:
+        with _nothing_written_on_error(r):
             for path, write in zip(paths, writers.values()):
                 write(str(r.stage_file(path)))
-        except OutputError:
-            raise
-        except (OSError, ValueError) as e:
-            raise OutputError(f"{r.target}: cannot write ({_reason(e)}); nothing was written") from None
         r.commit()
         return r.target
 
