@@ -256,6 +256,18 @@ def test_shipped_digits_text_model():
     assert rec["cfg_scale"] == 3 and rec["prompt"] == "a red 7 on a blue background"
 
 
+
+@pytest.mark.skipif(not (SHIPPED / "model_index.json").exists(), reason="digits-text not shipped yet")
+def test_shipped_digits_text_draws_what_the_prompt_says():
+    """The shipped model, sampled by plain diffusers, draws the digit and the colours asked for
+    (read back from the pixels by the readers whose floor on real images is 100 %); a small
+    version of `studio eval`'s held-in w = 3 setting (the model card has n = 500)."""
+    torch.set_num_threads(1)
+    prompts, rows = E.held_in_prompts(30, seed=11)
+    images = E.generate(E.load_pipeline(SHIPPED), prompts, 3.0, steps=25, seed=11, batch=30)
+    r = E.score(E.load_digit_reader(), images, rows[:, 0], rows[:, 1], rows[:, 2])
+    assert r["digit_accuracy"] >= 0.7 and r["fg_accuracy"] >= 0.8 and r["bg_accuracy"] >= 0.9, r
+
 def test_decoder_fine_tune_keeps_latent_space_and_ships(tiny_export, tmp_path):
     from diffusers import AutoencoderKL
 
@@ -284,3 +296,91 @@ def test_decoder_fine_tune_keeps_latent_space_and_ships(tiny_export, tmp_path):
                       checkpoint_every=0, warmup_steps=1, seed=5, vae_config=TINY_VAE_CONFIG)
     with pytest.raises(ValueError, match="encoder differs"):
         assemble(src, tmp_path / "bad", Path(other["export"]))
+
+
+def test_studio_eval_runs_text_model_settings(tiny_export, capsys):
+    """`studio eval` on a pipeline folder measures prompt adherence (text_eval), as JSON."""
+    from studio.cli import main
+
+    root, _, _ = tiny_export
+    folder = str(root / "a" / "final")
+    assert main(["eval", "--model", folder, "--n", "10", "--only", "cfg", "--cfg-scales", "3", "--json",
+                 "--threads", "1"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    (r,) = res["results"]
+    assert r["setting"] == "held-in w=3" and r["n"] == 10 and r["guidance"] == 3.0
+    assert 0 <= r["digit_accuracy"] <= 1 and sum(r["digit_read"]) == 10 and sum(r["fg_read"]) == 10
+    # groups of the other kind of model are one-line errors, not tracebacks
+    assert main(["eval", "--model", folder, "--only", "ddim_table"]) == 2
+    assert "text model has the groups" in capsys.readouterr().err
+    assert main(["eval", "--only", "held_out"]) == 2
+    assert "digits model has the groups" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- text-encoder pretraining
+def test_caption_targets_state_exactly_what_the_caption_says():
+    """The pretraining targets, read from a caption's words, agree with the image parameters the
+    caption was drawn from, and say "not said" for every attribute a caption leaves out."""
+    from studio.training.text_pretrain import HEADS, caption_targets
+
+    rng = np.random.default_rng(3)
+    attrs = C.sample_attributes(400, rng, "train")
+    for a in attrs:
+        for _ in range(3):
+            cap = C.caption(a, rng)
+            d, f, b, s = caption_targets(cap)
+            words = cap.replace(",", " ").split()
+            said_digit = any(w.isdigit() or w in C.DIGIT_WORDS for w in words)
+            assert d == (a[0] if said_digit else HEADS["digit"]), cap
+            assert f in (a[1], HEADS["fg"]) and b in (a[2], HEADS["bg"]), cap
+            assert (f != HEADS["fg"]) + (b != HEADS["bg"]) == len([w for w in words if w in C.COLOUR_NAMES]), cap
+            style = C.FONT_STYLE[C.FONT_NAMES[a[3]]]
+            assert s == (C.STYLE_WORDS.index(style) if style and style in words else HEADS["style"]), cap
+    assert caption_targets("") == tuple(HEADS.values())
+
+
+def test_pretrained_text_encoder_learns_captions_and_starts_the_unet_run(tmp_path):
+    """A few hundred steps of the tiny encoder beat chance on held-back captions; the exported
+    folder loads into a text-diffusion run, and a mismatched one is a one-line error."""
+    from studio.training.text_model import TEXT_CONFIG, TINY_TEXT_CONFIG
+    from studio.training.text_pretrain import load_pretrained_text_encoder, pretrain_text_encoder
+
+    torch.set_num_threads(1)
+    s = pretrain_text_encoder(tmp_path / "te", steps=150, batch_size=64, lr=3e-3, text_config=TINY_TEXT_CONFIG)
+    acc = s["held_back_accuracy"]  # on captions that state it, chance is 1 / the number of values
+    assert acc["digit_when_said"] > 0.4 and acc["fg_when_said"] > 0.3 and acc["bg_when_said"] > 0.3
+    tok = load_tokenizer(tmp_path / "te" / "final" / "tokenizer")
+    enc = load_pretrained_text_encoder(tmp_path / "te" / "final", tok, TINY_TEXT_CONFIG)
+    assert enc.config.hidden_size == TINY_TEXT_CONFIG["hidden_size"]
+    with pytest.raises(ValueError, match="does not match this run's configuration"):
+        load_pretrained_text_encoder(tmp_path / "te" / "final", tok, TEXT_CONFIG)
+    with pytest.raises(ValueError, match="no text_encoder/model.safetensors"):
+        load_pretrained_text_encoder(tmp_path, tok, TINY_TEXT_CONFIG)
+
+
+def test_pretrained_text_encoder_stays_frozen_in_the_unet_run(tiny_export, tmp_path):
+    """With --text-encoder, the UNet run conditions on the pretrained encoder unchanged (as SD on
+    CLIP) and exports exactly its weights; the UNet itself does train."""
+    from safetensors.torch import load_file
+
+    from studio.training.text_diffusion import train_text_diffusion
+    from studio.training.text_model import TINY_TEXT_CONFIG, TINY_UNET_CONFIG
+    from studio.training.text_pretrain import pretrain_text_encoder
+
+    torch.set_num_threads(1)
+    root, _, _ = tiny_export
+    pretrain_text_encoder(tmp_path / "te", steps=5, batch_size=16, text_config=TINY_TEXT_CONFIG)
+    s = train_text_diffusion(tmp_path / "u", root / "vae" / "final", steps=3, batch_size=4, dataset_n=40,
+                             dataset_cache=root / "cache", unet_config=TINY_UNET_CONFIG,
+                             text_config=TINY_TEXT_CONFIG, checkpoint_every=0, grid_per_prompt=0, warmup_steps=1,
+                             text_encoder_init=tmp_path / "te" / "final")
+    assert s["text_encoder_init"] == str(tmp_path / "te" / "final")
+    before = load_file(str(tmp_path / "te" / "final" / "text_encoder" / "model.safetensors"))
+    after = load_file(str(tmp_path / "u" / "final" / "text_encoder" / "model.safetensors"))
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    from studio.training.text_model import make_unet
+
+    torch.manual_seed(0)  # the run's seed: its UNet's initial weights
+    init = make_unet(TINY_UNET_CONFIG).state_dict()
+    trained = load_file(str(tmp_path / "u" / "checkpoints" / "step_000003" / "unet.safetensors"))
+    assert any(not torch.equal(init[k], trained[k]) for k in init)

@@ -5,7 +5,7 @@ The main ``studio`` CLI registers these with :func:`add_dataset_parser` and
 ``python -m studio.training.cli_train {dataset,train} ...``.
 
     studio dataset --out DIR --n N [--seed S]
-    studio train {diffusion,classifier,evaluator,vae,text-diffusion} --out DIR [--steps N]
+    studio train {diffusion,classifier,evaluator,vae,text-encoder,text-diffusion} --out DIR [--steps N]
                  [--batch-size B] [--seed S] [--resume/--no-resume]
 """
 
@@ -28,6 +28,7 @@ DEFAULTS = {
     # the text-to-image model digits-text (assets/models/digits-text/README.md)
     "vae": (3000, 64, 0, 1e-3),
     "text-diffusion": (20000, 64, 0, 1e-3),
+    "text-encoder": (600, 256, 0, 1e-3),
 }
 
 
@@ -195,6 +196,9 @@ def cmd_train_text_diffusion(args: argparse.Namespace) -> int:
 
     if args.vae is None or not (Path(args.vae) / "config.json").is_file():
         raise ValueError("text-diffusion needs --vae FOLDER: the final/ folder of `studio train vae`")
+    if args.text_encoder is not None and not (Path(args.text_encoder) / "text_encoder").is_dir():
+        raise ValueError(f"--text-encoder {args.text_encoder}: no text_encoder/ folder; give the final/ "
+                         "folder of `studio train text-encoder`")
     _threads(args)
     kw = _common(args, "text-diffusion")
     kw["vae_dir"] = args.vae
@@ -202,7 +206,20 @@ def cmd_train_text_diffusion(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)
     kw["snr_gamma"] = None if args.no_min_snr else args.snr_gamma
+    kw["text_encoder_init"] = args.text_encoder
     summary = train_text_diffusion(**kw)
+    print(json.dumps(summary, indent=1), file=sys.stderr)
+    return 0
+
+
+def cmd_train_text_encoder(args: argparse.Namespace) -> int:
+    from .text_pretrain import pretrain_text_encoder
+
+    _threads(args)
+    steps, bs, seed, lr = DEFAULTS["text-encoder"]
+    summary = pretrain_text_encoder(args.out, steps=args.steps or steps, batch_size=args.batch_size or bs,
+                                    seed=seed if args.seed is None else args.seed, lr=args.lr or lr,
+                                    progress=ProgressBar("text-encoder"))
     print(json.dumps(summary, indent=1), file=sys.stderr)
     return 0
 
@@ -213,6 +230,7 @@ _TRAIN_CMDS = {
     "evaluator": cmd_train_evaluator,
     "vae": cmd_train_vae,
     "text-diffusion": cmd_train_text_diffusion,
+    "text-encoder": cmd_train_text_encoder,
 }
 
 
@@ -259,6 +277,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive(int), default=2, help="torch CPU threads")
     p.add_argument("--vae", default=None,
                    help="text-diffusion only: the trained autoencoder (the final/ folder of `train vae`)")
+    p.add_argument("--text-encoder", default=None,
+                   help="text-diffusion only: start the text encoder from this pretrained one "
+                        "(the final/ folder of `train text-encoder`)")
     p.add_argument("--init-from", default=None,
                    help="vae only: start from this trained autoencoder folder")
     p.add_argument("--decoder-only", action="store_true",

@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.loading import DEFAULT_MODEL_DIR, read_recommended_scales
+from ..core.loading import DEFAULT_MODEL_DIR, TEXT_MODEL_DIR, TEXT_MODEL_NAME, read_recommended_scales
 from .cli_train import _positive
 
+TEXT_ONLY_GROUPS = ["held_out", "negative", "vae", "floor"]
 HELD_OUT_SEED = 777  # a dataset seed used by neither trainer
 
 
@@ -157,16 +158,20 @@ def standard_settings(classifier_scale: float = 1.0, cfg_scales=CFG_SCALES, ddim
 
 
 def add_eval_parser(sub) -> None:
-    p = sub.add_parser("eval", help="measure the built-in model: guided accuracy, diversity, Fréchet distance")
-    p.add_argument("--model", default="default", help="default (the shipped digits model) or a folder with evaluator/")
+    p = sub.add_parser("eval", help="measure a built-in model: guided accuracy, diversity, Fréchet distance; "
+                                    "for digits-text, whether digit and colours follow the prompt")
+    p.add_argument("--model", default="default",
+                   help="default (the shipped digits model), digits-text, a folder with evaluator/ "
+                        "or a digits-text pipeline folder (model_index.json)")
     p.add_argument("--n", type=int, default=500, help="samples per setting (default 500)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--only", nargs="+", choices=["cfg", "classifier", "uncond", "ddim_table"],
-                   help="run only these groups of settings")
+    p.add_argument("--only", nargs="+", choices=["cfg", "classifier", "uncond", "ddim_table"] + TEXT_ONLY_GROUPS,
+                   help="run only these groups of settings (digits models: cfg classifier uncond ddim_table; "
+                        "digits-text: cfg held_out negative uncond vae floor)")
     p.add_argument("--classifier-scale", type=float, default=None,
                    help="classifier guidance scale (default: the model card's recommendation)")
-    p.add_argument("--cfg-scales", type=_positive(float), nargs="+", default=list(CFG_SCALES), metavar="W",
-                   help="guidance scales of the cfg group (default 1 2 3 5 8)")
+    p.add_argument("--cfg-scales", type=_positive(float), nargs="+", default=None, metavar="W",
+                   help="guidance scales of the cfg group (default 1 2 3 5 8; digits-text: 1 3 5)")
     p.add_argument("--ddim-steps", type=_positive(int), nargs="+", default=list(DDIM_STEPS), metavar="S",
                    help="step counts of the ddim_table group (default 10 20 50 100)")
     p.add_argument("--ddim-etas", type=float, nargs="+", default=list(DDIM_ETAS), metavar="ETA",
@@ -182,7 +187,11 @@ def add_eval_parser(sub) -> None:
 
 
 def cmd_eval(args) -> int:
+    if args.model == TEXT_MODEL_NAME or (Path(args.model).expanduser() / "model_index.json").is_file():
+        return cmd_eval_text(args)
     model_dir = DEFAULT_MODEL_DIR if args.model == "default" else Path(args.model).expanduser()
+    if set(args.only or ()) - {"cfg", "classifier", "uncond", "ddim_table"}:
+        raise ValueError(f"--only {' '.join(args.only)}: a digits model has the groups cfg classifier uncond ddim_table")
     if not (model_dir / "evaluator" / "config.json").exists():
         raise ValueError(f"{model_dir}: no evaluator/ folder; `studio eval` needs the clean-image evaluator beside the model")
     if args.n < 10:
@@ -192,7 +201,7 @@ def cmd_eval(args) -> int:
         scale = read_recommended_scales(model_dir).get("classifier", 1.0)
     if any(not 0 <= e <= 1 for e in args.ddim_etas):
         raise ValueError("--ddim-etas must be between 0 and 1")
-    groups = standard_settings(scale, args.cfg_scales, args.ddim_etas, args.ddim_steps)
+    groups = standard_settings(scale, args.cfg_scales or CFG_SCALES, args.ddim_etas, args.ddim_steps)
     chosen = args.only or list(groups)
     settings = [s for g in chosen for s in groups[g]]
     res = evaluate(settings, args.n, args.seed, model_dir, workers=args.workers, out=args.out, threads=args.threads)
@@ -202,4 +211,29 @@ def cmd_eval(args) -> int:
         for r in res["results"]:
             extra = f"acc {r['accuracy']:.3f}" if "accuracy" in r else f"classes {r['class_fractions']}"
             print(f"{r['setting']:<22} {extra}  diversity {r['diversity']:.3f}  FD {r['frechet']:.2f}  ({r['seconds']}s)")
+    return 0
+
+
+def cmd_eval_text(args) -> int:
+    """``studio eval --model digits-text``: :func:`studio.training.text_eval.evaluate` (prompt
+    adherence read back from pixels), with the same --n, --seed, --cfg-scales, --json, --threads."""
+    from . import text_eval
+
+    folder = TEXT_MODEL_DIR if args.model == TEXT_MODEL_NAME else Path(args.model).expanduser()
+    if args.n < 10:
+        raise ValueError("--n must be at least 10")
+    groups = args.only or ["cfg", "held_out", "negative", "uncond", "vae"]
+    if "classifier" in groups or "ddim_table" in groups:
+        raise ValueError("--only: a text model has the groups cfg held_out negative uncond vae floor")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model_groups = [g for g in groups if g != "floor"]
+    res = text_eval.evaluate(folder, args.n, model_groups, args.cfg_scales or (1, 3, 5), seed=args.seed,
+                             log=None if args.json else sys.stderr) if model_groups else {"results": []}
+    if "floor" in groups:
+        res["real_data_floor"] = text_eval.real_data_floor(text_eval.load_digit_reader(), args.n)
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        print(text_eval.report_data([res]))
     return 0

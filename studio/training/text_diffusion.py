@@ -113,8 +113,12 @@ def train_text_diffusion(out_dir, vae_dir, steps: int = 20000, batch_size: int =
                          grad_clip: float = 1.0, time_limit_s: float | None = None,
                          snr_gamma: float | None = 5.0, grid_every: int | None = 1000,
                          grid_per_prompt: int = 8, grid_steps: int = 25, log_every: int = 10,
-                         export: bool = True) -> dict:
-    """Train (or resume) and export ``out_dir/final``; returns (and writes) a summary."""
+                         export: bool = True, text_encoder_init=None) -> dict:
+    """Train (or resume) and export ``out_dir/final``; returns (and writes) a summary.
+    ``text_encoder_init``: the ``final/`` folder of :func:`text_pretrain.pretrain_text_encoder`;
+    that encoder is then frozen, as SD freezes CLIP and Imagen T5 (trained jointly from its
+    pretrained state, it lost the digit within 1,500 steps: the UNet did not use the digit yet,
+    so varying with it only cost loss). None: a text encoder trained from scratch with the UNet."""
     from diffusers import AutoencoderKL
 
     t_begin = time.time()
@@ -146,11 +150,17 @@ def train_text_diffusion(out_dir, vae_dir, steps: int = 20000, batch_size: int =
 
     torch.manual_seed(seed)
     unet = make_unet(ucfg)
-    text_encoder = make_text_encoder(tokenizer, tcfg)
+    if text_encoder_init is not None:
+        from .text_pretrain import load_pretrained_text_encoder
+
+        text_encoder = load_pretrained_text_encoder(text_encoder_init, tokenizer, tcfg).eval()
+        text_encoder.requires_grad_(False)
+    else:
+        text_encoder = make_text_encoder(tokenizer, tcfg).train()
+    trained = list(unet.parameters()) + [q for q in text_encoder.parameters() if q.requires_grad]
     unet.train()
-    text_encoder.train()
     ema_u, ema_t = C.EMA(unet, ema_decay), C.EMA(text_encoder, ema_decay)
-    opt = torch.optim.AdamW(list(unet.parameters()) + list(text_encoder.parameters()), lr=lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(trained, lr=lr, weight_decay=0.0)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed + 1)
     ac = alphas_cumprod()
@@ -190,6 +200,7 @@ def train_text_diffusion(out_dir, vae_dir, steps: int = 20000, batch_size: int =
              "text_config": tcfg, "seed": seed, "batch_size": batch_size, "lr": lr, "ema_decay": ema_decay,
              "p_uncond": p_uncond, "dataset_n": dataset_n, "dataset_seed": dataset_seed,
              "snr_gamma": snr_gamma, "scaling_factor": scaling, "vae": str(vae_dir),
+             "text_encoder_init": None if text_encoder_init is None else str(text_encoder_init),
              "grid_seconds": grid_s, "fitted_from": fitted_from,
              "fitted_total": steps if fitted_from else None})
         save_file({"torch_generator": gen.get_state()}, str(path / "rng.safetensors"))
@@ -219,11 +230,12 @@ def train_text_diffusion(out_dir, vae_dir, steps: int = 20000, batch_size: int =
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip:
-            torch.nn.utils.clip_grad_norm_(list(unet.parameters()) + list(text_encoder.parameters()), grad_clip)
+            torch.nn.utils.clip_grad_norm_(trained, grad_clip)
         opt.step()
         step += 1
         ema_u.update(unet, step)
-        ema_t.update(text_encoder, step)
+        if text_encoder_init is None:  # a frozen encoder's average is itself, exactly
+            ema_t.update(text_encoder, step)
         dt = time.time() - t0
         train_seconds += dt
         recent = (recent + [(loss.item(), dt)])[-50:]
@@ -253,6 +265,7 @@ def train_text_diffusion(out_dir, vae_dir, steps: int = 20000, batch_size: int =
                "setup_seconds": round(setup_s, 1), "scaling_factor": scaling, "unet_config": ucfg,
                "text_config": tcfg, "batch_size": batch_size, "lr": lr, "ema_decay": ema_decay,
                "p_uncond": p_uncond, "snr_gamma": snr_gamma,
+               "text_encoder_init": None if text_encoder_init is None else str(text_encoder_init),
                "steps_reduced_to_fit_time_limit_from": fitted_from, "checkpoint": str(final_ckpt)}
     if export:
         u, te = ema_models()

@@ -18,7 +18,7 @@ they score there bounds what any model can be credited with.
 Samples come from :func:`generate` (diffusers ``StableDiffusionPipeline`` with DDIM,
 fixed seeds, batched); it is one small function so another generator can replace it.
 
-    python -m studio.training.text_eval --model assets/models/digits-text --n 500 --json
+    studio eval --model digits-text --n 500 --json      (or python -m studio.training.text_eval)
 """
 
 from __future__ import annotations
@@ -245,10 +245,14 @@ def evaluate(folder, n: int = 500, groups=("cfg", "held_out", "negative", "uncon
 
 
 def report(files: list[str]) -> str:
-    """Markdown tables of raw JSON results (the model card's tables)."""
+    """Markdown tables of raw JSON result files (the model card's tables)."""
+    return report_data([json.loads(Path(f).read_text()) for f in files])
+
+
+def report_data(results: list[dict]) -> str:
+    """Markdown tables of results as :func:`evaluate` returns them."""
     rows, extra = [], []
-    for f in files:
-        d = json.loads(Path(f).read_text())
+    for d in results:
         rows += d.get("results", [])
         extra.append(d)
     fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731

@@ -51,13 +51,19 @@ UNET_CONFIG: dict = {
     "sample_size": 8,
     "in_channels": 4,
     "out_channels": 4,
-    "block_out_channels": [64, 128, 128],
+    "block_out_channels": [48, 96, 96],
     "layers_per_block": 1,
     "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
     "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
     "cross_attention_dim": TEXT_HIDDEN,
     "attention_head_dim": 8,  # diffusers' SD-1 naming: the number of heads
-    "norm_num_groups": 32,
+    "norm_num_groups": 16,
+    # A pooled text embedding added to the timestep embedding, beside cross-attention, as in
+    # GLIDE (Nichol et al. 2022, Sec. 4: the final token embedding in place of ADM's class
+    # embedding) and Imagen (Saharia et al. 2022); diffusers' TextTimeEmbedding pools the
+    # hidden states by attention, so plain StableDiffusionPipeline still drives it.
+    "addition_embed_type": "text",
+    "addition_embed_type_num_heads": 4,
 }
 
 SCHEDULER_CONFIG: dict = {
@@ -77,7 +83,8 @@ TINY_VAE_CONFIG = {**VAE_CONFIG, "block_out_channels": [8, 16, 16], "norm_num_gr
 TINY_TEXT_CONFIG = {**TEXT_CONFIG, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
                     "num_attention_heads": 2, "projection_dim": 16}
 TINY_UNET_CONFIG = {**UNET_CONFIG, "block_out_channels": [16, 32, 32], "cross_attention_dim": 16,
-                    "attention_head_dim": 2, "norm_num_groups": 8}
+                    "attention_head_dim": 2, "norm_num_groups": 8,
+                    "addition_embed_type_num_heads": 2}
 
 
 def make_vae(config: dict | None = None):

@@ -1,0 +1,97 @@
+"""Sampling speed of the two built-in models, in the window and in the CLI.
+
+Steps per second of one 50-step DDIM run with classifier-free guidance (w = 3, batch 1):
+``default`` (the class-conditional 32×32 pixel UNet, label 7) and ``digits-text`` (the latent text
+model, its sample prompt). The class model is the baseline; the figure reported is the median of
+per-pair ratios text/class, pairs interleaved.
+
+* window: a real ``MainWindow`` (offscreen Qt), Run pressed, timed to ``runFinished`` (the run
+  streams its previews and, for the text model, decodes the final image);
+* CLI: ``studio sample`` in a subprocess, timed from start to exit: start-up, model load, the
+  run and writing its outputs (the steps/s figure is therefore a lower bound on the loop's).
+
+    QT_QPA_PLATFORM=offscreen python -m benchmarks.bench_model_speed [--repeats 3]
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+STEPS, SCALE = 50, 3.0
+MODELS = ("default", "digits-text")
+TEXT_PROMPT = "a red 7 on a blue background"
+
+
+def recipe_args(model: str) -> list[str]:
+    extra = ["--prompt", TEXT_PROMPT] if model == "digits-text" else ["--label", "7"]
+    return ["--model", model, "--sampler", "ddim", "--steps", str(STEPS), "--batch", "1",
+            "--guidance", "cfg", "--scale", str(SCALE), "--seed", "0", *extra]
+
+
+def cli_once(model: str) -> float:
+    """Wall seconds of one ``studio sample`` process (start-up and load included)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "studio", "sample", *recipe_args(model), "--out",
+                        str(Path(tmp) / "run")], check=True, capture_output=True)
+        return time.perf_counter() - t0
+
+
+def window_runs(repeats: int) -> dict:
+    from PySide6.QtWidgets import QApplication
+
+    from benchmarks.bench_gui import open_window, run_once
+    from studio.session.recipe import Recipe
+
+    QApplication.instance() or QApplication([])
+    windows = {}
+    for m in MODELS:
+        w = open_window(m)
+        r = dict(model=w.model_spec, sampler="ddim", steps=STEPS, batch=1, seed=0, guidance="cfg", scale=SCALE)
+        r.update(prompt=TEXT_PROMPT) if m == "digits-text" else r.update(label=7)
+        w.panel.set_recipe(Recipe(**r))
+        run_once(w)  # warm-up
+        windows[m] = w
+    times = {m: [] for m in MODELS}
+    for _ in range(repeats):
+        for m in MODELS:
+            times[m].append(run_once(windows[m])[1])
+    for w in windows.values():
+        w.close()
+    return times
+
+
+def summarise(times: dict) -> dict:
+    out = {m: {"seconds_median": round(statistics.median(v), 3), "steps_per_s": round(STEPS / statistics.median(v), 1),
+               "seconds": [round(x, 3) for x in v]} for m, v in times.items()}
+    ratios = [t / c for t, c in zip(times["digits-text"], times["default"])]
+    out["text_over_class_time_ratio"] = round(statistics.median(ratios), 3)
+    return out
+
+
+def main() -> int:
+    repeats = int(sys.argv[sys.argv.index("--repeats") + 1]) if "--repeats" in sys.argv else 3
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    res = {"steps": STEPS, "cfg_scale": SCALE, "batch": 1, "repeats": repeats, "threads": os.cpu_count()}
+    res["window"] = summarise(window_runs(repeats))
+    for m in MODELS:
+        cli_once(m)  # warm the file cache
+    cli = {m: [] for m in MODELS}
+    for _ in range(repeats):
+        for m in MODELS:
+            cli[m].append(cli_once(m))
+    res["cli_process"] = summarise(cli)
+    print(json.dumps(res, indent=1))
+    out = Path(__file__).with_name("model_speed.json")
+    out.write_text(json.dumps(res, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

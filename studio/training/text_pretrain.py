@@ -1,0 +1,172 @@
+"""Pretraining of the ``digits-text`` text encoder on what its captions say.
+
+Stable Diffusion conditions on a text encoder that already understands text (CLIP, Radford
+et al. 2021); Imagen (Saharia et al. 2022) freezes a pretrained T5 and finds the text
+encoder's quality to matter more than the UNet's size. Trained from scratch together with
+the UNet, our encoder's outputs hardly change with the digit word: the colour words, which
+explain most of the pixels, dominate the gradient, the UNet never learns to read the digit,
+and so the encoder never learns to write it (a chicken-and-egg that more steps did not break).
+
+The task here is the caption's own meaning: from the hidden state at the end-of-text token
+and at every padding position after it (the positions a causal encoder fills with the whole
+caption), predict the digit, the foreground colour, the background colour and the style word,
+each with an extra class "not said" (partial captions and the empty prompt). Targets are read
+from the caption's words (:func:`caption_targets`), so they are true by construction, and the
+captions are drawn as in training (:func:`captions.caption`, train split: the held-out
+(digit, colour) combinations are never seen here either). The probe heads are thrown away;
+the encoder is then trained further with the UNet.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import ckpt as C
+from .captions import COLOUR_NAMES, DIGIT_WORDS, STYLE_WORDS, caption, sample_attributes, vocabulary
+from .text_diffusion import CachedTokenizer
+from .text_model import TEXT_CONFIG, make_text_encoder
+from .tokenizer import load_tokenizer, write_tokenizer
+
+ProgressFn = Callable[[int, int, float, float], None]
+HEADS = {"digit": len(DIGIT_WORDS), "fg": len(COLOUR_NAMES), "bg": len(COLOUR_NAMES), "style": len(STYLE_WORDS)}
+
+
+def caption_targets(text: str) -> tuple[int, int, int, int]:
+    """(digit, fg, bg, style) indices a caption states; the head's size ("not said") where it
+    states nothing. The colour after "on" is the background, a colour before it (or the only
+    colour of a caption without "on") the foreground, as every template is built."""
+    words = text.replace(",", " ").split()
+    digit = next((int(w) if w.isdigit() else DIGIT_WORDS.index(w) for w in words
+                  if w.isdigit() or w in DIGIT_WORDS), HEADS["digit"])
+    on = words.index("on") if "on" in words else len(words)
+    fg = next((COLOUR_NAMES.index(w) for w in words[:on] if w in COLOUR_NAMES), HEADS["fg"])
+    bg = next((COLOUR_NAMES.index(w) for w in words[on:] if w in COLOUR_NAMES), HEADS["bg"])
+    style = next((STYLE_WORDS.index(w) for w in words if w in STYLE_WORDS), HEADS["style"])
+    return digit, fg, bg, style
+
+
+class CaptionProbe(torch.nn.Module):
+    """Linear heads over the encoder's hidden states (one per attribute, +1 class: not said)."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.heads = torch.nn.ModuleDict({k: torch.nn.Linear(hidden, n + 1) for k, n in HEADS.items()})
+
+    def loss_and_accuracy(self, hidden: torch.Tensor, after_eos: torch.Tensor,
+                          targets: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Cross-entropy at every position from the end-of-text token on, and the accuracies at
+        the end-of-text token: of all four attributes at once, and of each attribute over the
+        captions that state it (chance: 1 / the number of values)."""
+        h = hidden[after_eos]  # (M, hidden)
+        rows = after_eos.nonzero()[:, 0]
+        at_eos = torch.cat([torch.ones(1, dtype=torch.bool), rows[1:] != rows[:-1]])
+        loss, all_ok, acc = 0.0, None, {}
+        for j, (name, head) in enumerate(self.heads.items()):
+            logits = head(h)
+            target = targets[rows, j]
+            loss = loss + F.cross_entropy(logits, target)
+            ok = (logits.argmax(1) == target)[at_eos]
+            said = target[at_eos] != HEADS[name]
+            acc[f"{name}_when_said"] = float(ok[said].float().mean()) if said.any() else float("nan")
+            all_ok = ok if all_ok is None else all_ok & ok
+        acc["all_four"] = float(all_ok.float().mean())
+        return loss, acc
+
+
+def _batch(rng: np.random.Generator, n: int, p_empty: float) -> list[str]:
+    attrs = sample_attributes(n, rng, "train")
+    return ["" if rng.random() < p_empty else caption(a, rng) for a in attrs]
+
+
+def pretrain_text_encoder(out_dir, steps: int = 600, batch_size: int = 256, seed: int = 0, lr: float = 1e-3,
+                          warmup_steps: int = 50, p_empty: float = 0.1, text_config: dict | None = None,
+                          progress: ProgressFn | None = None, log_every: int = 10) -> dict:
+    """Train and write ``out_dir/final`` (``text_encoder/`` safetensors + ``tokenizer/``);
+    returns (and writes) a summary with the held-back accuracy."""
+    t_begin = time.time()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tcfg = json.loads(json.dumps(text_config or TEXT_CONFIG))
+    tok_dir = write_tokenizer(out_dir / "tokenizer", vocabulary())
+    tokenizer = load_tokenizer(tok_dir)
+    torch.manual_seed(seed)
+    encoder = make_text_encoder(tokenizer, tcfg).train()
+    probe = CaptionProbe(tcfg["hidden_size"])
+    params = list(encoder.parameters()) + list(probe.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    rng = np.random.default_rng(seed)
+    eos = tokenizer.eos_token_id
+    tokenize = CachedTokenizer(tokenizer)
+
+    def encode(texts: list[str]):
+        ids = tokenize(texts)
+        first_eos = (ids == eos).int().argmax(1, keepdim=True)
+        after_eos = torch.arange(ids.shape[1])[None] >= first_eos
+        targets = torch.tensor([caption_targets(t) for t in texts])
+        return ids, after_eos, targets
+
+    log = C.LossLog(out_dir / "loss.csv", ["step", "loss", "accuracy", "lr", "s_per_it"], None)
+    recent: list[float] = []
+    for step in range(1, steps + 1):
+        t0 = time.time()
+        C.set_lr(opt, C.cosine_lr(step - 1, steps, lr, warmup_steps))
+        ids, after_eos, targets = encode(_batch(rng, batch_size, p_empty))
+        loss, acc = probe.loss_and_accuracy(encoder(ids)[0], after_eos, targets)
+        acc = acc["all_four"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        recent = (recent + [time.time() - t0])[-50:]
+        if step % log_every == 0 or step == steps:
+            log.write(step=step, loss=f"{loss.item():.5f}", accuracy=f"{acc:.4f}", lr=f"{opt.param_groups[0]['lr']:.3g}",
+                      s_per_it=f"{sum(recent) / len(recent):.4f}")
+        if progress is not None:
+            progress(step, steps, loss.item(), sum(recent) / len(recent) * (steps - step))
+    log.close()
+    encoder.eval()
+    with torch.no_grad():  # fresh captions the run never drew (another seed)
+        ids, after_eos, targets = encode(_batch(np.random.default_rng(seed + 10_000), 2000, p_empty))
+        _, held_back = probe.loss_and_accuracy(encoder(ids)[0], after_eos, targets)
+    final = out_dir / "final"
+    encoder.save_pretrained(str(final / "text_encoder"), safe_serialization=True)
+    import shutil
+
+    if (final / "tokenizer").exists():
+        shutil.rmtree(final / "tokenizer")
+    shutil.copytree(tok_dir, final / "tokenizer")
+    summary = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "p_empty": p_empty,
+               "text_config": tcfg, "held_back_accuracy": held_back,
+               "wall_seconds": round(time.time() - t_begin, 1), "export": str(final)}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def load_pretrained_text_encoder(folder, tokenizer, text_config: dict):
+    """The encoder written by :func:`pretrain_text_encoder`, checked against the tokenizer and
+    the configuration the UNet run uses (one-line ``ValueError`` otherwise)."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    weights = folder / "text_encoder" / "model.safetensors"
+    if not weights.is_file():
+        raise ValueError(f"{folder}: no text_encoder/model.safetensors; give the final/ folder of "
+                         "`studio train text-encoder`")
+    if (folder / "tokenizer" / "vocab.json").read_bytes() != Path(tokenizer.vocab_file).read_bytes():
+        raise ValueError(f"{folder}: its tokenizer's vocabulary differs from this run's; pretrain it again")
+    encoder = make_text_encoder(tokenizer, text_config)
+    try:
+        missing, unexpected = encoder.load_state_dict(load_file(str(weights)), strict=False)
+    except RuntimeError:  # a tensor of another shape
+        missing, unexpected = ["?"], ["?"]
+    if missing or unexpected:
+        raise ValueError(f"{folder}: its text encoder does not match this run's configuration "
+                         f"({len(missing)} missing, {len(unexpected)} unexpected weights)")
+    return encoder
