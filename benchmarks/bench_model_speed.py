@@ -54,7 +54,10 @@ def window_runs(repeats: int) -> dict:
     for m in MODELS:
         w = open_window(m)
         r = dict(model=w.model_spec, sampler="ddim", steps=STEPS, batch=1, seed=0, guidance="cfg", scale=SCALE)
-        r.update(prompt=TEXT_PROMPT) if m == "digits-text" else r.update(label=7)
+        if m == "digits-text":
+            r["prompt"] = TEXT_PROMPT
+        else:
+            r["label"] = 7
         w.panel.set_recipe(Recipe(**r))
         run_once(w)  # warm-up
         windows[m] = w

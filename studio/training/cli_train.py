@@ -196,9 +196,10 @@ def cmd_train_text_diffusion(args: argparse.Namespace) -> int:
 
     if args.vae is None or not (Path(args.vae) / "config.json").is_file():
         raise ValueError("text-diffusion needs --vae FOLDER: the final/ folder of `studio train vae`")
-    if args.text_encoder is not None and not (Path(args.text_encoder) / "text_encoder").is_dir():
-        raise ValueError(f"--text-encoder {args.text_encoder}: no text_encoder/ folder; give the final/ "
-                         "folder of `studio train text-encoder`")
+    if args.text_encoder is not None:
+        from .text_pretrain import check_pretrained_folder
+
+        check_pretrained_folder(args.text_encoder)
     _threads(args)
     kw = _common(args, "text-diffusion")
     kw["vae_dir"] = args.vae

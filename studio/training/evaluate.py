@@ -23,9 +23,10 @@ import numpy as np
 import torch
 
 from ..core.loading import DEFAULT_MODEL_DIR, TEXT_MODEL_DIR, TEXT_MODEL_NAME, read_recommended_scales
+from . import text_eval
 from .cli_train import _positive
 
-TEXT_ONLY_GROUPS = ["held_out", "negative", "vae", "floor"]
+DIGITS_GROUPS = ("cfg", "classifier", "uncond", "ddim_table")  # the keys of standard_settings
 HELD_OUT_SEED = 777  # a dataset seed used by neither trainer
 
 
@@ -165,7 +166,7 @@ def add_eval_parser(sub) -> None:
                         "or a digits-text pipeline folder (model_index.json)")
     p.add_argument("--n", type=int, default=500, help="samples per setting (default 500)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--only", nargs="+", choices=["cfg", "classifier", "uncond", "ddim_table"] + TEXT_ONLY_GROUPS,
+    p.add_argument("--only", nargs="+", choices=sorted(set(DIGITS_GROUPS) | set(text_eval.GROUPS)),
                    help="run only these groups of settings (digits models: cfg classifier uncond ddim_table; "
                         "digits-text: cfg held_out negative uncond vae floor)")
     p.add_argument("--classifier-scale", type=float, default=None,
@@ -190,8 +191,8 @@ def cmd_eval(args) -> int:
     if args.model == TEXT_MODEL_NAME or (Path(args.model).expanduser() / "model_index.json").is_file():
         return cmd_eval_text(args)
     model_dir = DEFAULT_MODEL_DIR if args.model == "default" else Path(args.model).expanduser()
-    if set(args.only or ()) - {"cfg", "classifier", "uncond", "ddim_table"}:
-        raise ValueError(f"--only {' '.join(args.only)}: a digits model has the groups cfg classifier uncond ddim_table")
+    if set(args.only or ()) - set(DIGITS_GROUPS):
+        raise ValueError(f"--only {' '.join(args.only)}: a digits model has the groups {' '.join(DIGITS_GROUPS)}")
     if not (model_dir / "evaluator" / "config.json").exists():
         raise ValueError(f"{model_dir}: no evaluator/ folder; `studio eval` needs the clean-image evaluator beside the model")
     if args.n < 10:
@@ -217,21 +218,16 @@ def cmd_eval(args) -> int:
 def cmd_eval_text(args) -> int:
     """``studio eval --model digits-text``: :func:`studio.training.text_eval.evaluate` (prompt
     adherence read back from pixels), with the same --n, --seed, --cfg-scales, --json, --threads."""
-    from . import text_eval
-
     folder = TEXT_MODEL_DIR if args.model == TEXT_MODEL_NAME else Path(args.model).expanduser()
     if args.n < 10:
         raise ValueError("--n must be at least 10")
-    groups = args.only or ["cfg", "held_out", "negative", "uncond", "vae"]
-    if "classifier" in groups or "ddim_table" in groups:
-        raise ValueError("--only: a text model has the groups cfg held_out negative uncond vae floor")
+    groups = args.only or list(text_eval.DEFAULT_GROUPS)
+    if set(groups) - set(text_eval.GROUPS):
+        raise ValueError(f"--only: a text model has the groups {' '.join(text_eval.GROUPS)}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    model_groups = [g for g in groups if g != "floor"]
-    res = text_eval.evaluate(folder, args.n, model_groups, args.cfg_scales or (1, 3, 5), seed=args.seed,
-                             log=None if args.json else sys.stderr) if model_groups else {"results": []}
-    if "floor" in groups:
-        res["real_data_floor"] = text_eval.real_data_floor(text_eval.load_digit_reader(), args.n)
+    res = text_eval.evaluate(folder, args.n, groups, args.cfg_scales or text_eval.DEFAULT_CFG_SCALES,
+                             seed=args.seed, log=None if args.json else sys.stderr)
     if args.json:
         print(json.dumps(res, indent=2))
     else:

@@ -36,6 +36,9 @@ from .captions import (ALLOWED_PAIRS, COLOUR_NAMES, HELD_OUT, HELD_OUT_SET, PALE
                        make_captioned_dataset)
 
 FG_FRACTION = 0.6
+GROUPS = ("cfg", "held_out", "negative", "uncond", "vae", "floor")  # floor: the readers on real images
+DEFAULT_GROUPS = GROUPS[:-1]
+DEFAULT_CFG_SCALES = (1, 3, 5)
 DIGITS_EVALUATOR = Path(__file__).resolve().parents[2] / "assets" / "models" / "digits" / "evaluator"
 REAL_SEED, PSNR_SEED = 4242, 4343  # dataset seeds used by no trainer
 
@@ -196,10 +199,10 @@ def vae_psnr(pipe, n: int = 1000, evaluator=None) -> dict:
     return out
 
 
-def evaluate(folder, n: int = 500, groups=("cfg", "held_out", "negative", "uncond", "vae"),
-             cfg_scales=(1, 3, 5), negative_colours=("red",), seed: int = 0, steps: int = 50,
-             log=sys.stderr) -> dict:
-    pipe = load_pipeline(folder)
+def evaluate(folder, n: int = 500, groups=DEFAULT_GROUPS, cfg_scales=DEFAULT_CFG_SCALES,
+             negative_colours=("red",), seed: int = 0, steps: int = 50, log=sys.stderr) -> dict:
+    """The settings of ``groups`` (:data:`GROUPS`), ``n`` samples each; ``floor`` alone needs no model."""
+    pipe = load_pipeline(folder) if set(groups) - {"floor"} else None
     ev = load_digit_reader()
     results: list[dict] = []
 
@@ -241,6 +244,8 @@ def evaluate(folder, n: int = 500, groups=("cfg", "held_out", "negative", "uncon
     out = {"model": str(folder), "n_per_setting": n, "seed": seed, "results": results}
     if "vae" in groups:
         out["vae_psnr"] = vae_psnr(pipe, evaluator=ev)
+    if "floor" in groups:
+        out["real_data_floor"] = real_data_floor(ev, n)
     return out
 
 
@@ -289,9 +294,8 @@ def main(argv=None) -> int:
                                 description="evaluate a digits-text pipeline folder")
     p.add_argument("--model", default="assets/models/digits-text")
     p.add_argument("--n", type=int, default=500)
-    p.add_argument("--only", nargs="+", choices=["cfg", "held_out", "negative", "uncond", "vae", "floor"],
-                   default=["cfg", "held_out", "negative", "uncond", "vae"])
-    p.add_argument("--cfg-scales", type=float, nargs="+", default=[1, 3, 5])
+    p.add_argument("--only", nargs="+", choices=GROUPS, default=list(DEFAULT_GROUPS))
+    p.add_argument("--cfg-scales", type=float, nargs="+", default=list(DEFAULT_CFG_SCALES))
     p.add_argument("--negative-colours", nargs="+", default=["red"], choices=list(COLOUR_NAMES))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
@@ -306,13 +310,7 @@ def main(argv=None) -> int:
         return 2
     if a.threads:
         torch.set_num_threads(a.threads)
-    if a.only == ["floor"]:
-        res = {"real_data_floor": real_data_floor(load_digit_reader(), a.n)}
-    else:
-        res = evaluate(a.model, a.n, [g for g in a.only if g != "floor"], a.cfg_scales,
-                       a.negative_colours, a.seed)
-        if "floor" in a.only:
-            res["real_data_floor"] = real_data_floor(load_digit_reader(), a.n)
+    res = evaluate(a.model, a.n, a.only, a.cfg_scales, a.negative_colours, a.seed)
     print(json.dumps(res, indent=1) if a.json else res)
     return 0
 

@@ -20,6 +20,7 @@ the encoder is then trained further with the UNet.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Callable
@@ -137,8 +138,6 @@ def pretrain_text_encoder(out_dir, steps: int = 600, batch_size: int = 256, seed
         _, held_back = probe.loss_and_accuracy(encoder(ids)[0], after_eos, targets)
     final = out_dir / "final"
     encoder.save_pretrained(str(final / "text_encoder"), safe_serialization=True)
-    import shutil
-
     if (final / "tokenizer").exists():
         shutil.rmtree(final / "tokenizer")
     shutil.copytree(tok_dir, final / "tokenizer")
@@ -149,16 +148,23 @@ def pretrain_text_encoder(out_dir, steps: int = 600, batch_size: int = 256, seed
     return summary
 
 
+def check_pretrained_folder(folder) -> Path:
+    """The weights file of a :func:`pretrain_text_encoder` export; a one-line ``ValueError`` if
+    the folder lacks it or its tokenizer (checked before a training run spends its set-up)."""
+    folder = Path(folder)
+    for need in ("text_encoder/model.safetensors", "tokenizer/vocab.json"):
+        if not (folder / need).is_file():
+            raise ValueError(f"{folder}: no {need}; give the final/ folder of `studio train text-encoder`")
+    return folder / "text_encoder" / "model.safetensors"
+
+
 def load_pretrained_text_encoder(folder, tokenizer, text_config: dict):
     """The encoder written by :func:`pretrain_text_encoder`, checked against the tokenizer and
     the configuration the UNet run uses (one-line ``ValueError`` otherwise)."""
     from safetensors.torch import load_file
 
+    weights = check_pretrained_folder(folder)
     folder = Path(folder)
-    weights = folder / "text_encoder" / "model.safetensors"
-    if not weights.is_file():
-        raise ValueError(f"{folder}: no text_encoder/model.safetensors; give the final/ folder of "
-                         "`studio train text-encoder`")
     if (folder / "tokenizer" / "vocab.json").read_bytes() != Path(tokenizer.vocab_file).read_bytes():
         raise ValueError(f"{folder}: its tokenizer's vocabulary differs from this run's; pretrain it again")
     encoder = make_text_encoder(tokenizer, text_config)
