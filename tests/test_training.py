@@ -279,6 +279,43 @@ def test_fit_steps_to_time():
     assert fit_steps_to_time(20, 50, 2.0, 100.0) == 50
 
 
+def simulate_fitted_run(limit_s: float, s_per_it, requested: int = 100_000):
+    """Runs ``TimeFittedTotal`` on a simulated clock where step ``i`` takes ``s_per_it(i)``
+    seconds; returns (steps done, seconds used, the totals it fitted)."""
+    from studio.training.ckpt import TimeFittedTotal
+
+    fit = TimeFittedTotal(requested, limit_s, 0.0, 0)
+    now, step, total, totals = 0.0, 0, requested, []
+    while step < total and now <= limit_s:
+        now += s_per_it(step)
+        step += 1
+        total = fit.update(step, now)
+        totals.append(total)
+    return step, now, totals
+
+
+def test_time_fitted_total_follows_a_drifting_speed():
+    # 0.55 s/it for the first 300 steps, then 0.71 s/it (as a shared CPU did in a real run):
+    # a schedule fitted once after 60 steps would have been cut by the limit 22 % short of its end
+    def drifting(i):
+        return 0.55 if i < 300 else 0.71
+
+    steps, used, totals = simulate_fitted_run(2400.0, drifting)
+    assert steps == totals[-1] and 0.95 * 2400 < used <= 0.98 * 2400  # finished its schedule, in time
+    first_fit = totals[60]
+    assert first_fit > 1.2 * steps  # the early fit was too optimistic; the refits corrected it
+    jumps = [abs(a - b) / a for a, b in zip(totals[60:], totals[61:])]
+    assert max(jumps) < 0.1  # each refit moves the total by little: the schedule stays smooth
+    # a steady speed: one fit is right and the refits hardly move it
+    steps, used, totals = simulate_fitted_run(2400.0, lambda i: 0.6)
+    assert 0.95 * 2400 < used <= 0.98 * 2400 and abs(totals[60] - steps) < 0.01 * steps
+
+
+def test_time_fitted_total_never_exceeds_the_request():
+    steps, used, totals = simulate_fitted_run(2400.0, lambda i: 0.6, requested=500)
+    assert steps == 500 and set(totals) == {500} and used == pytest.approx(300)
+
+
 def test_diffusion_cosine_schedule_is_logged_and_validated(tmp_path, cache):
     from studio.training.ckpt import cosine_lr
 

@@ -5,8 +5,8 @@
   same network serves as conditional and unconditional model (CFG).
 * EMA of the weights, AdamW, linear warm-up then a constant learning rate, or
   (``lr_schedule="cosine"``) a half-cosine decay to 5 % that, in a time-limited run, is
-  fitted after 60 steps to the steps the limit allows (the fitted total is kept in the
-  checkpoints, so a resumed run keeps the same schedule).
+  kept fitted to the steps the limit allows (``ckpt.TimeFittedTotal``; the fitted total is
+  kept in the checkpoints, so a resumed run keeps the same schedule).
 * ``out_dir/checkpoints/step_XXXXXX/`` holds ``model.safetensors``,
   ``ema.safetensors``, ``optimizer.safetensors``, ``rng.safetensors`` and
   ``state.json``; training resumes from the newest one.
@@ -33,7 +33,6 @@ from . import ckpt as C
 from .dataset import grid, load_cached, to_float, to_uint8
 from .unet_config import NULL_CLASS, UNET_CONFIG, alphas_cumprod, make_scheduler, make_unet
 
-FIT_AFTER, FIT_WINDOW = 60, 40  # a cosine schedule is fitted to the time limit from steps 21–60
 ProgressFn = Callable[[int, int, float, float], None]  # (step, total, loss, eta_seconds)
 
 
@@ -234,6 +233,8 @@ def train_diffusion(
 
     step = start_step
     t_start = time.time()
+    fit = (C.TimeFittedTotal(steps, time_limit_s, t_start, start_step)
+           if lr_schedule == "cosine" and time_limit_s is not None else None)
     recent: list[tuple[float, float]] = []  # (loss, seconds)
     last_loss = float("nan")
     stopped_early = False
@@ -275,12 +276,9 @@ def train_diffusion(
             spi = sum(r[1] for r in recent) / len(recent)
             progress(step, steps, sum(r[0] for r in recent[-log_every:]) / len(recent[-log_every:]),
                      spi * (steps - step))
-        if (lr_schedule == "cosine" and time_limit_s is not None and step == start_step + FIT_AFTER
-                and step < steps and fitted_from is None):
-            spi = sum(r[1] for r in recent[-FIT_WINDOW:]) / FIT_WINDOW  # the first steps are slower
-            new_total = C.fit_steps_to_time(step, steps, spi, time_limit_s - (time.time() - t_start))
-            if new_total < steps:
-                fitted_from, steps = steps, new_total
+        if fit is not None:
+            steps = fit.update(step, time.time())
+            fitted_from = fit.requested if steps < fit.requested else None
         if checkpoint_every and step % checkpoint_every == 0 and step < steps:
             save(step)
     log.close()

@@ -12,8 +12,8 @@ and GLIDE, Nichol et al. 2022, train or fine-tune theirs).
 * captions are drawn anew from each image's attributes at every use (:func:`captions.caption`),
   replaced by the empty prompt with probability ``p_uncond`` so the same networks give the
   unconditional ε for classifier-free guidance (Ho & Salimans 2022);
-* optional Min-SNR-γ loss weighting (Hang et al. 2023), cosine learning rate fitted to the time
-  limit after 60 steps, EMA of both networks (the EMA weights are exported), safetensors
+* optional Min-SNR-γ loss weighting (Hang et al. 2023), cosine learning rate kept fitted to the
+  time limit (``ckpt.TimeFittedTotal``), EMA of both networks (the EMA weights are exported), safetensors
   checkpoints with exact resume, a grid of prompts every ``grid_every`` steps;
 * export: a diffusers ``StableDiffusionPipeline`` folder in ``out_dir/final``.
 """
@@ -37,7 +37,6 @@ from .text_model import (TEXT_CONFIG, UNET_CONFIG, alphas_cumprod, export_pipeli
                          make_text_encoder, make_unet)
 from .tokenizer import load_tokenizer, write_tokenizer
 
-FIT_AFTER, FIT_WINDOW = 60, 40
 ProgressFn = Callable[[int, int, float, float], None]
 GRID_PROMPTS = [full_caption(d, f, b) for d, f, b in (
     (7, "red", "blue"), (0, "yellow", "black"), (3, "white", "green"), (5, "blue", "white"),
@@ -209,6 +208,9 @@ def train_text_diffusion(out_dir, vae_dir, steps: int = 20000, batch_size: int =
     step, t_start = start_step, time.time()
     if time_limit_s is not None:
         time_limit_s = time_limit_s - setup_s  # the limit covers rendering and encoding too
+    # the final grid and the export come after the last step: keep ~2 % of the run for them
+    fit = (C.TimeFittedTotal(steps, time_limit_s, t_start, start_step, reserve_s=0.02 * time_limit_s)
+           if time_limit_s is not None else None)
     recent: list[tuple[float, float]] = []
     stopped_early = False
     while step < steps:
@@ -246,14 +248,9 @@ def train_text_diffusion(out_dir, vae_dir, steps: int = 20000, batch_size: int =
                       train_seconds=f"{train_seconds:.1f}", s_per_it=f"{spi:.4f}")
         if progress is not None:
             progress(step, steps, mean_loss, spi * (steps - step))
-        if (time_limit_s is not None and step == start_step + FIT_AFTER and step < steps
-                and fitted_from is None):
-            spi_fit = sum(r[1] for r in recent[-FIT_WINDOW:]) / FIT_WINDOW
-            # keep time for the checkpoints' grids and the export (~2 % of the run)
-            new_total = C.fit_steps_to_time(step, steps, spi_fit,
-                                            time_limit_s - (time.time() - t_start), margin=0.93)
-            if new_total < steps:
-                fitted_from, steps = steps, new_total
+        if fit is not None:
+            steps = fit.update(step, time.time())
+            fitted_from = fit.requested if steps < fit.requested else None
         if checkpoint_every and step % checkpoint_every == 0 and step < steps:
             save(step)
     log.close()

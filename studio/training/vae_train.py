@@ -8,8 +8,8 @@ small KL weight of SD's KL-f8 autoencoder (1e-6) keeps the latent close to a smo
 roughly standard space without blurring. (SD adds a perceptual and an adversarial loss;
 at 32x32 with flat colours a pixel loss is enough.)
 
-Checkpoints, EMA-free (the decoder is used as trained), cosine learning rate fitted to
-``time_limit_s`` after 60 steps, export to ``out_dir/final`` (``save_pretrained``).
+Checkpoints, EMA-free (the decoder is used as trained), cosine learning rate kept fitted to
+``time_limit_s`` (``ckpt.TimeFittedTotal``), export to ``out_dir/final`` (``save_pretrained``).
 
 ``decoder_only=True`` with ``init_from`` fine-tunes only the decoder (and ``post_quant_conv``)
 of a trained autoencoder, the encoder frozen, so the latent space – and any diffusion model
@@ -34,7 +34,6 @@ from .captions import load_cached_captioned
 from .dataset import grid, to_float, to_uint8
 from .text_model import VAE_CONFIG, make_vae
 
-FIT_AFTER, FIT_WINDOW = 60, 40
 ProgressFn = Callable[[int, int, float, float], None]
 
 
@@ -133,6 +132,7 @@ def train_vae(out_dir, steps: int = 3000, batch_size: int = 64, seed: int = 0, l
         return path
 
     step, t_start = start_step, time.time()
+    fit = C.TimeFittedTotal(steps, time_limit_s, t_start, start_step) if time_limit_s is not None else None
     recent: list[tuple[float, float, float]] = []
     stopped_early = False
     while step < steps:
@@ -161,12 +161,9 @@ def train_vae(out_dir, steps: int = 3000, batch_size: int = 64, seed: int = 0, l
                       lr=f"{cur_lr:.3g}", train_seconds=f"{train_seconds:.1f}", s_per_it=f"{spi:.4f}")
         if progress is not None:
             progress(step, steps, mean_loss, spi * (steps - step))
-        if (time_limit_s is not None and step == start_step + FIT_AFTER and step < steps
-                and fitted_from is None):
-            spi_fit = sum(r[2] for r in recent[-FIT_WINDOW:]) / FIT_WINDOW
-            new_total = C.fit_steps_to_time(step, steps, spi_fit, time_limit_s - (time.time() - t_start))
-            if new_total < steps:
-                fitted_from, steps = steps, new_total
+        if fit is not None:
+            steps = fit.update(step, time.time())
+            fitted_from = fit.requested if steps < fit.requested else None
         if checkpoint_every and step % checkpoint_every == 0 and step < steps:
             save(step)
     log.close()
