@@ -4,6 +4,7 @@ section "How the digit was made to work".
     python docs/text_digit_diagnostics.py swap RUN/checkpoints/step_001000 [--raw]
     python docs/text_digit_diagnostics.py encoder RUN/checkpoints/step_001000 [--raw]
     python docs/text_digit_diagnostics.py bound RUN
+    python docs/text_digit_diagnostics.py readback VAE_FOLDER
 
 * ``swap``: ε-MSE of the checkpoint's UNet on 256 training latents noised at t = 200…800, with
   the true caption ``a {fg} {d} on a {bg} background``, the same caption with another digit, and
@@ -15,6 +16,10 @@ section "How the digit was made to work".
   colour pair and digit), the least possible ε-MSE per dimension at t:
   (ᾱ/(1−ᾱ)) · mean eigenvalue of (Σ⁻¹ + ᾱ/(1−ᾱ) I)⁻¹; the difference is what knowing the digit
   is worth.
+* ``readback``: for each digit, how often the clean reader reads it from 3,000 fresh rendered
+  images (seed 4343, the training distribution) and from an autoencoder's reconstructions of
+  them (posterior mean), and what the misread reconstructions were read as: the ceiling the
+  autoencoder puts on each digit of any sample of its latent space.
 
 ``--raw``: the trained weights instead of their EMA. Reads the run's cached training set
 (``--cache-dir``, default training-runs/cache-v2) and ``latents.safetensors``.
@@ -119,10 +124,32 @@ def bound(run: Path, cache_dir: str) -> None:
               f"{mse['colours+digit']:.4f}; the digit is worth {mse['colours'] - mse['colours+digit']:.4f}")
 
 
+@torch.no_grad()
+def readback(vae_dir: Path, n: int = 3000) -> None:
+    from diffusers import AutoencoderKL
+
+    from studio.training.captions import make_captioned_dataset
+    from studio.training.dataset import to_float, to_uint8
+    from studio.training.text_eval import PSNR_SEED, load_digit_reader, read_digits
+
+    vae = AutoencoderKL.from_pretrained(str(vae_dir)).eval()
+    images, attrs = make_captioned_dataset(n, PSNR_SEED, "train")
+    rec = np.concatenate([to_uint8(vae.decode(vae.encode(to_float(images[i:i + 250])).latent_dist.mean).sample)
+                          for i in range(0, n, 250)])
+    reader = load_digit_reader()
+    real, back = read_digits(reader, images), read_digits(reader, rec)
+    print("digit  n    real   reconstructed  misread reconstructions read as (0..9)")
+    for d in range(10):
+        m = attrs[:, 0] == d
+        print(f"{d:5d} {m.sum():4d} {(real[m] == d).mean():6.3f} {(back[m] == d).mean():9.3f}      "
+              f"{np.bincount(back[m][back[m] != d], minlength=10).tolist()}")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("what", choices=("swap", "encoder", "bound"))
-    p.add_argument("path", type=Path, help="a checkpoint folder (swap, encoder) or a run folder (bound)")
+    p.add_argument("what", choices=("swap", "encoder", "bound", "readback"))
+    p.add_argument("path", type=Path, help="a checkpoint folder (swap, encoder), a run folder (bound) "
+                                           "or an autoencoder folder (readback)")
     p.add_argument("--raw", action="store_true", help="the trained weights, not their EMA")
     p.add_argument("--cache-dir", default="training-runs/cache-v2")
     a = p.parse_args()
@@ -131,6 +158,8 @@ def main() -> int:
         swap(a.path, a.raw, a.cache_dir)
     elif a.what == "encoder":
         encoder(a.path, a.raw)
+    elif a.what == "readback":
+        readback(a.path)
     else:
         bound(a.path, a.cache_dir)
     return 0
