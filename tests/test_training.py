@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -332,6 +333,22 @@ def test_diffusion_cosine_schedule_is_logged_and_validated(tmp_path, cache):
     with pytest.raises(ValueError, match="lr_schedule"):
         train_diffusion(tmp_path / "bad", steps=2, lr_schedule="linear", dataset_cache=cache,
                         dataset_n=64, unet_config=TINY_UNET_CONFIG)
+
+
+def test_time_limited_run_ends_its_schedule_in_time(tmp_path, cache):
+    """A real (tiny) time-limited run: the schedule is shortened to the limit, run to its end
+    (the learning rate reaches its floor), and the checkpoint records from what it was fitted."""
+    out = tmp_path / "timed"
+    s = train_diffusion(out, steps=100_000, batch_size=4, lr=1e-3, dataset_cache=cache, dataset_n=64,
+                        unet_config=TINY_UNET_CONFIG, checkpoint_every=0, warmup_steps=5, log_every=1,
+                        grid_per_class=1, grid_steps=2, export=False, lr_schedule="cosine",
+                        time_limit_s=12.0)
+    assert s["step"] > 60, "the machine ran fewer steps than the test needs (the first fit is at 60)"
+    assert not s["stopped_early"] and s["step"] == s["target_steps"] < 100_000
+    assert s["steps_reduced_to_fit_time_limit_from"] == 100_000
+    assert float(list(csv.DictReader(open(out / "loss.csv")))[-1]["lr"]) < 0.1 * 1e-3  # at the floor
+    state = json.loads((Path(s["checkpoint"]) / "state.json").read_text())
+    assert (state["fitted_from"], state["fitted_total"]) == (100_000, s["step"])
 
 
 def test_resumed_steps_keep_a_fitted_schedule():

@@ -193,13 +193,14 @@ def train_diffusion(
 
     start_step = 0
     train_seconds = 0.0
+    asked = steps  # a time limit may shorten the schedule; checkpoints record from what
     ck = C.latest_checkpoint(out_dir) if resume else None
     if ck is not None:
         st = C.restore_checkpoint(ck, {"model": model, "ema": ema}, opt, rng, gen)
         start_step = int(st["step"])
         train_seconds = float(st.get("train_seconds", 0.0))
         steps = C.resumed_steps(st, steps)  # keep the schedule the first invocation fitted
-    fitted_from = None
+    fitted_from = asked if steps < asked else None
     log = C.LossLog(out_dir / "loss.csv", ["step", "loss", "lr", "train_seconds", "s_per_it"],
                     start_step if ck is not None else None)
 
@@ -278,7 +279,7 @@ def train_diffusion(
                      spi * (steps - step))
         if fit is not None:
             steps = fit.update(step, time.time())
-            fitted_from = fit.requested if steps < fit.requested else None
+            fitted_from = asked if steps < asked else None
         if checkpoint_every and step % checkpoint_every == 0 and step < steps:
             save(step)
     log.close()

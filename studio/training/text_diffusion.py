@@ -166,13 +166,14 @@ def train_text_diffusion(out_dir, vae_dir, steps: int = 20000, batch_size: int =
     T = ac.shape[0]
 
     start_step, train_seconds = 0, 0.0
+    asked = steps  # a time limit may shorten the schedule; checkpoints record from what
     ck = C.latest_checkpoint(out_dir) if resume else None
     if ck is not None:
         st = C.restore_checkpoint(ck, {"unet": unet, "text_encoder": text_encoder, "ema_unet": ema_u,
                                        "ema_text_encoder": ema_t}, opt, rng, gen)
         start_step, train_seconds = int(st["step"]), float(st.get("train_seconds", 0.0))
         steps = C.resumed_steps(st, steps)
-    fitted_from = None
+    fitted_from = asked if steps < asked else None
     log = C.LossLog(out_dir / "loss.csv", ["step", "loss", "lr", "train_seconds", "s_per_it"],
                     start_step if ck is not None else None)
 
@@ -250,7 +251,7 @@ def train_text_diffusion(out_dir, vae_dir, steps: int = 20000, batch_size: int =
             progress(step, steps, mean_loss, spi * (steps - step))
         if fit is not None:
             steps = fit.update(step, time.time())
-            fitted_from = fit.requested if steps < fit.requested else None
+            fitted_from = asked if steps < asked else None
         if checkpoint_every and step % checkpoint_every == 0 and step < steps:
             save(step)
     log.close()

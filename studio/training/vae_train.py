@@ -104,12 +104,13 @@ def train_vae(out_dir, steps: int = 3000, batch_size: int = 64, seed: int = 0, l
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed + 1)
     start_step, train_seconds = 0, 0.0
+    asked = steps  # a time limit may shorten the schedule; checkpoints record from what
     ck = C.latest_checkpoint(out_dir) if resume else None
     if ck is not None:
         st = C.restore_checkpoint(ck, {"vae": vae}, opt, rng, gen)
         start_step, train_seconds = int(st["step"]), float(st.get("train_seconds", 0.0))
         steps = C.resumed_steps(st, steps)
-    fitted_from = None
+    fitted_from = asked if steps < asked else None
     log = C.LossLog(out_dir / "loss.csv", ["step", "loss", "mse", "lr", "train_seconds", "s_per_it"],
                     start_step if ck is not None else None)
 
@@ -163,7 +164,7 @@ def train_vae(out_dir, steps: int = 3000, batch_size: int = 64, seed: int = 0, l
             progress(step, steps, mean_loss, spi * (steps - step))
         if fit is not None:
             steps = fit.update(step, time.time())
-            fitted_from = fit.requested if steps < fit.requested else None
+            fitted_from = asked if steps < asked else None
         if checkpoint_every and step % checkpoint_every == 0 and step < steps:
             save(step)
     log.close()
