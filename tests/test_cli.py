@@ -179,6 +179,7 @@ def test_bad_recipe_file_is_refused(tmp_path):
     (["sample", "--model", "gmm", "--dtype", "float64"], "--dtype"),
     (["train", "diffusion", "--steps", "-3"], "--steps"),
     (["train", "diffusion", "--ema-decay", "1.5"], "--ema-decay"),
+    (["train", "text-diffusion", "--p-uncond", "1"], "--p-uncond"),
     (["train", "diffusion", "--unet", "huge"], "--unet"),
     (["train", "diffusion", "--snr-gamma", "0"], "--snr-gamma"),
     (["dataset", "--n", "0"], "--n"),

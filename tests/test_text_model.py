@@ -234,7 +234,8 @@ def test_cli_parses_text_model_commands():
     sub = p.add_subparsers(dest="command")
     cli_train.add_train_parser(sub)
     a = p.parse_args(["train", "text-diffusion", "--out", "x", "--vae", "v", "--time-limit-min", "3"])
-    assert a.what == "text-diffusion" and a.vae == "v"
+    assert a.what == "text-diffusion" and a.vae == "v" and a.p_uncond is None  # the trainer's 0.1
+    assert p.parse_args(["train", "text-diffusion", "--out", "x", "--p-uncond", "0.2"]).p_uncond == 0.2
     with pytest.raises(ValueError, match="--vae"):
         cli_train.cmd_train_text_diffusion(p.parse_args(["train", "text-diffusion", "--out", "x"]))
     with pytest.raises(ValueError, match="--decoder-only needs --init-from"):

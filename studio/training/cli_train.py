@@ -203,7 +203,7 @@ def cmd_train_text_diffusion(args: argparse.Namespace) -> int:
     _threads(args)
     kw = _common(args, "text-diffusion")
     kw["vae_dir"] = args.vae
-    for name in ("checkpoint_every", "ema_decay", "grid_every"):
+    for name in ("checkpoint_every", "ema_decay", "grid_every", "p_uncond"):
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)
     kw["snr_gamma"] = None if args.no_min_snr else args.snr_gamma
@@ -281,6 +281,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--text-encoder", default=None,
                    help="text-diffusion only: start the text encoder from this pretrained one "
                         "(the final/ folder of `train text-encoder`)")
+    p.add_argument("--p-uncond", type=_fraction, default=None,
+                   help="text-diffusion only: probability that a caption is replaced by the empty "
+                        "prompt, training the unconditional branch of CFG (default 0.1)")
     p.add_argument("--init-from", default=None,
                    help="vae only: start from this trained autoencoder folder")
     p.add_argument("--decoder-only", action="store_true",

@@ -1,11 +1,11 @@
-"""Joint training of the ``digits-text`` text encoder and UNet in the autoencoder's latent space.
+"""Training of the ``digits-text`` UNet in the autoencoder's latent space, conditioned on text.
 
 Latent diffusion (Rombach et al. 2022, eq. 2): the ε-prediction loss of Ho et al. (2020,
 eq. 14) on ``z_t = sqrt(ᾱ_t) z_0 + sqrt(1 - ᾱ_t) ε`` with ``z_0 = scaling_factor · z`` and
 ``z ~ q(z | x)`` (a fresh posterior sample each time), conditioned through cross-attention
-on the last hidden states of a ``CLIPTextModel`` trained together with the UNet (the text
-encoder is trained from scratch here, unlike SD's frozen CLIP; Imagen, Saharia et al. 2022,
-and GLIDE, Nichol et al. 2022, train or fine-tune theirs).
+on the last hidden states of a ``CLIPTextModel``: either one pretrained on the captions
+(:mod:`text_pretrain`) and frozen, as SD freezes CLIP and Imagen (Saharia et al. 2022) T5,
+or one trained from scratch together with the UNet.
 
 * ``scaling_factor`` = 1 / std of the training latents (SD's "rescale the latent to unit
   variance", Rombach et al. Sec. G), written into the exported VAE config;
