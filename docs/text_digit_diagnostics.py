@@ -5,6 +5,7 @@ section "How the digit was made to work".
     python docs/text_digit_diagnostics.py encoder RUN/checkpoints/step_001000 [--raw]
     python docs/text_digit_diagnostics.py bound RUN
     python docs/text_digit_diagnostics.py readback VAE_FOLDER
+    python docs/text_digit_diagnostics.py uncond PIPELINE_FOLDER
 
 * ``swap``: ε-MSE of the checkpoint's UNet on 256 training latents noised at t = 200…800, with
   the true caption ``a {fg} {d} on a {bg} background``, the same caption with another digit, and
@@ -20,6 +21,10 @@ section "How the digit was made to work".
   images (seed 4343, the training distribution) and from an autoencoder's reconstructions of
   them (posterior mean), and what the misread reconstructions were read as: the ceiling the
   autoencoder puts on each digit of any sample of its latent space.
+* ``uncond``: 500 empty-prompt samples (DDIM 50 steps, w = 1, the seeds of ``studio eval``) with
+  η = 0 and with η = 1, and 500 rendered images for reference: which digit the clean reader reads,
+  and how sure it is (the share read with softmax probability ≥ 0.9). A sample the reader is
+  unsure of is an ambiguous shape, counted as whichever digit it resembles most.
 
 ``--raw``: the trained weights instead of their EMA. Reads the run's cached training set
 (``--cache-dir``, default training-runs/cache-v2) and ``latents.safetensors``.
@@ -145,11 +150,40 @@ def readback(vae_dir: Path, n: int = 3000) -> None:
               f"{np.bincount(back[m][back[m] != d], minlength=10).tolist()}")
 
 
+@torch.no_grad()
+def uncond(folder: Path, n: int = 500, batch: int = 100) -> None:
+    from studio.training.captions import make_captioned_dataset
+    from studio.training.text_eval import REAL_SEED, load_digit_reader, load_pipeline, read_colours
+
+    pipe, reader = load_pipeline(folder), load_digit_reader()
+
+    def read(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        mask = read_colours(x)[2]
+        p = reader.logits(torch.from_numpy(mask * 2 - 1).float()[:, None].repeat(1, 3, 1, 1)).softmax(1)
+        return p.argmax(1).numpy(), p.max(1).values.numpy()
+
+    def row(name: str, x: np.ndarray) -> None:
+        d, conf = read(x)
+        sure = conf >= 0.9
+        print(f"{name:22s} read as 0..9 {np.bincount(d, minlength=10).tolist()}  sure {sure.mean():.3f}  "
+              f"sure ones {np.bincount(d[sure], minlength=10).tolist()}")
+
+    row("rendered images", make_captioned_dataset(n, REAL_SEED, "train")[0])
+    for eta in (0.0, 1.0):
+        xs = []
+        for k, i in enumerate(range(0, n, batch)):
+            g = torch.Generator().manual_seed(k)
+            img = pipe([""] * min(batch, n - i), num_inference_steps=50, guidance_scale=1.0, eta=eta,
+                       generator=g, output_type="np").images
+            xs.append(np.clip(np.rint(img * 255), 0, 255).astype(np.uint8))
+        row(f"empty prompt, eta={eta:g}", np.concatenate(xs))
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("what", choices=("swap", "encoder", "bound", "readback"))
+    p.add_argument("what", choices=("swap", "encoder", "bound", "readback", "uncond"))
     p.add_argument("path", type=Path, help="a checkpoint folder (swap, encoder), a run folder (bound) "
-                                           "or an autoencoder folder (readback)")
+                                           "an autoencoder folder (readback) or a pipeline folder (uncond)")
     p.add_argument("--raw", action="store_true", help="the trained weights, not their EMA")
     p.add_argument("--cache-dir", default="training-runs/cache-v2")
     a = p.parse_args()
@@ -160,6 +194,8 @@ def main() -> int:
         encoder(a.path, a.raw)
     elif a.what == "readback":
         readback(a.path)
+    elif a.what == "uncond":
+        uncond(a.path)
     else:
         bound(a.path, a.cache_dir)
     return 0

@@ -195,7 +195,6 @@ def test_closing_the_window_while_a_model_loads_returns_promptly(qtbot, tmp_path
 
 
 def test_opening_a_recipe_made_with_other_weights_warns(qtbot, win, tmp_path):
-    import torch
     from safetensors.torch import load_file, save_file
 
     from conftest import make_unet, save_model_folder
