@@ -5,7 +5,7 @@ section "How the digit was made to work".
     python docs/text_digit_diagnostics.py encoder RUN/checkpoints/step_001000 [--raw]
     python docs/text_digit_diagnostics.py bound RUN
     python docs/text_digit_diagnostics.py readback VAE_FOLDER
-    python docs/text_digit_diagnostics.py uncond PIPELINE_FOLDER
+    python docs/text_digit_diagnostics.py uncond PIPELINE_FOLDER|RUN/checkpoints/step_003000
 
 * ``swap``: ε-MSE of the checkpoint's UNet on 256 training latents noised at t = 200…800, with
   the true caption ``a {fg} {d} on a {bg} background``, the same caption with another digit, and
@@ -151,11 +151,17 @@ def readback(vae_dir: Path, n: int = 3000) -> None:
 
 
 @torch.no_grad()
-def uncond(folder: Path, n: int = 500, batch: int = 100) -> None:
+def uncond(folder: Path, etas=(0.0, 1.0), n: int = 500, batch: int = 100) -> None:
     from studio.training.captions import make_captioned_dataset
     from studio.training.text_eval import REAL_SEED, load_digit_reader, load_pipeline, read_colours
 
-    pipe, reader = load_pipeline(folder), load_digit_reader()
+    if (folder / "state.json").exists():  # a checkpoint: its EMA networks, the run's exported VAE
+        _, _, unet, te = load_checkpoint(folder, raw=False)
+        pipe = load_pipeline(folder.parents[1] / "final")
+        pipe.unet, pipe.text_encoder = unet, te
+    else:
+        pipe = load_pipeline(folder)
+    reader = load_digit_reader()
 
     def read(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         mask = read_colours(x)[2]
@@ -169,7 +175,7 @@ def uncond(folder: Path, n: int = 500, batch: int = 100) -> None:
               f"sure ones {np.bincount(d[sure], minlength=10).tolist()}")
 
     row("rendered images", make_captioned_dataset(n, REAL_SEED, "train")[0])
-    for eta in (0.0, 1.0):
+    for eta in etas:
         xs = []
         for k, i in enumerate(range(0, n, batch)):
             g = torch.Generator().manual_seed(k)
@@ -183,8 +189,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("what", choices=("swap", "encoder", "bound", "readback", "uncond"))
     p.add_argument("path", type=Path, help="a checkpoint folder (swap, encoder), a run folder (bound) "
-                                           "an autoencoder folder (readback) or a pipeline folder (uncond)")
+                                           "an autoencoder folder (readback), a pipeline or checkpoint folder (uncond)")
     p.add_argument("--raw", action="store_true", help="the trained weights, not their EMA")
+    p.add_argument("--etas", type=float, nargs="+", default=[0.0, 1.0], help="uncond: the DDIM η values")
     p.add_argument("--cache-dir", default="training-runs/cache-v2")
     a = p.parse_args()
     torch.set_num_threads(1)
@@ -195,7 +202,7 @@ def main() -> int:
     elif a.what == "readback":
         readback(a.path)
     elif a.what == "uncond":
-        uncond(a.path)
+        uncond(a.path, a.etas)
     else:
         bound(a.path, a.cache_dir)
     return 0
