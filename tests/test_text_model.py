@@ -385,3 +385,89 @@ def test_pretrained_text_encoder_stays_frozen_in_the_unet_run(tiny_export, tmp_p
     init = make_unet(TINY_UNET_CONFIG).state_dict()
     trained = load_file(str(tmp_path / "u" / "checkpoints" / "step_000003" / "unet.safetensors"))
     assert any(not torch.equal(init[k], trained[k]) for k in init)
+
+
+# ----------------------------------------------------------------------------- v-prediction, zero terminal SNR
+def test_zero_terminal_snr_schedule_and_v_target_match_lin_et_al_and_diffusers():
+    from diffusers import DDIMScheduler
+
+    from studio.training.text_model import alphas_cumprod, prediction_target, scheduler_config
+
+    cfg = scheduler_config("v_prediction", zero_terminal_snr=True)
+    assert cfg["rescale_betas_zero_snr"] is True and cfg["timestep_spacing"] == "trailing"
+    # Lin et al. 2024, Alg. 1: sqrt(ᾱ) shifted so the last is 0 and scaled so the first is kept
+    r0, r = alphas_cumprod().double().sqrt(), alphas_cumprod(cfg).double().sqrt()
+    torch.testing.assert_close(r, (r0 - r0[-1]) * r0[0] / (r0[0] - r0[-1]), atol=1e-5, rtol=0)
+    assert r[-1].item() == 0
+    # v = sqrt(ᾱ) ε − sqrt(1 − ᾱ) z₀: diffusers' get_velocity is the oracle
+    g = torch.Generator().manual_seed(0)
+    z0, noise = torch.randn(4, 4, 8, 8, generator=g), torch.randn(4, 4, 8, 8, generator=g)
+    t = torch.tensor([0, 300, 700, 999])
+    ac = alphas_cumprod(cfg)
+    v = prediction_target(z0, noise, ac[t].view(-1, 1, 1, 1), "v_prediction")
+    torch.testing.assert_close(v, DDIMScheduler(**cfg).get_velocity(z0, noise, t))
+    torch.testing.assert_close(v[3], -z0[3])  # at SNR 0 the target is the clean latent, not the input
+    with pytest.raises(ValueError, match="needs v-prediction"):
+        scheduler_config("epsilon", zero_terminal_snr=True)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_min_snr_weights_give_min_snr_gamma_times_the_x0_error(prediction_type):
+    """Hang et al. 2023: the loss weighted by Min-SNR-γ is min(SNR, γ)·‖x̂₀ − x₀‖², whichever target the
+    network predicts: a prediction off by Δ in x₀ is off by sqrt(SNR)·Δ in ε and by Δ/sqrt(1 − ᾱ) in v."""
+    from studio.training.diffusion import min_snr_weights
+    from studio.training.text_model import alphas_cumprod, prediction_target, scheduler_config
+
+    cfg = scheduler_config(prediction_type, zero_terminal_snr=prediction_type == "v_prediction")
+    t = torch.tensor([10, 200, 500, 900] + ([999] if prediction_type == "v_prediction" else []))
+    a = alphas_cumprod(cfg).double()[t].view(-1, 1, 1, 1)
+    g = torch.Generator().manual_seed(1)
+    z0, noise, delta = (torch.randn(len(t), 4, 8, 8, generator=g, dtype=torch.float64) for _ in range(3))
+    zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
+    x0_hat = z0 + delta
+    eps_hat = (zt - a.sqrt() * x0_hat) / (1 - a).sqrt()  # the same prediction, as ε
+    err = (prediction_target(x0_hat, eps_hat, a, prediction_type)
+           - prediction_target(z0, noise, a, prediction_type)).pow(2).mean(dim=(1, 2, 3))
+    snr = (a / (1 - a)).flatten()
+    weighted = min_snr_weights(a.flatten(), 5.0, prediction_type) * err
+    torch.testing.assert_close(weighted, snr.clamp(max=5.0) * delta.pow(2).mean(dim=(1, 2, 3)))
+
+
+def test_v_prediction_zero_snr_run_exports_a_folder_both_samplers_read(tiny_export, tmp_path):
+    from studio.core.pipeline import load_pipeline_folder
+    from studio.training.text_diffusion import train_text_diffusion
+    from studio.training.text_model import TINY_TEXT_CONFIG, TINY_UNET_CONFIG
+
+    root, _, _ = tiny_export
+    kw = dict(batch_size=4, dataset_n=40, dataset_cache=root / "cache", unet_config=TINY_UNET_CONFIG,
+              text_config=TINY_TEXT_CONFIG, checkpoint_every=1, grid_per_prompt=0, warmup_steps=1)
+    s = train_text_diffusion(tmp_path / "v", root / "vae" / "final", steps=2, prediction_type="v_prediction",
+                             zero_terminal_snr=True, **kw)
+    assert np.isfinite(s["recent_loss_mean"])
+    sc = json.loads((tmp_path / "v" / "final" / "scheduler" / "scheduler_config.json").read_text())
+    assert (sc["prediction_type"], sc["rescale_betas_zero_snr"], sc["timestep_spacing"]) == (
+        "v_prediction", True, "trailing")
+    pipe = _check_pipeline_folder(tmp_path / "v" / "final")
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    model = load_pipeline_folder(tmp_path / "v" / "final", torch.device("cpu"), torch.float32)
+    assert model.info.prediction_type == "v_prediction"
+    # a checkpoint of one parameterisation is not resumed as the other
+    with pytest.raises(ValueError, match="another noise schedule or prediction type"):
+        train_text_diffusion(tmp_path / "v", root / "vae" / "final", steps=3, **kw)
+
+
+def test_cli_zero_terminal_snr_options(tiny_export, tmp_path):
+    import argparse
+
+    from studio.training import cli_train
+
+    root, _, _ = tiny_export
+    p = argparse.ArgumentParser()
+    cli_train.add_train_parser(p.add_subparsers(dest="command"))
+    base = ["train", "text-diffusion", "--out", str(tmp_path / "run"), "--vae", str(root / "vae" / "final")]
+    a = p.parse_args(base + ["--zero-terminal-snr"])
+    assert a.zero_terminal_snr and a.prediction_type is None  # the command then picks v_prediction
+    with pytest.raises(ValueError, match="needs v-prediction"):  # refused before anything is written
+        cli_train.cmd_train_text_diffusion(p.parse_args(base + ["--zero-terminal-snr", "--prediction-type",
+                                                                "epsilon"]))
+    assert not (tmp_path / "run").exists()

@@ -208,6 +208,8 @@ def cmd_train_text_diffusion(args: argparse.Namespace) -> int:
             kw[name] = getattr(args, name)
     kw["snr_gamma"] = None if args.no_min_snr else args.snr_gamma
     kw["text_encoder_init"] = args.text_encoder
+    kw["zero_terminal_snr"] = args.zero_terminal_snr
+    kw["prediction_type"] = args.prediction_type or ("v_prediction" if args.zero_terminal_snr else "epsilon")
     summary = train_text_diffusion(**kw)
     print(json.dumps(summary, indent=1), file=sys.stderr)
     return 0
@@ -284,6 +286,12 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--p-uncond", type=_fraction, default=None,
                    help="text-diffusion only: probability that a caption is replaced by the empty "
                         "prompt, training the unconditional branch of CFG (default 0.1)")
+    p.add_argument("--prediction-type", choices=("epsilon", "v_prediction"), default=None,
+                   help="text-diffusion only: what the UNet predicts (default epsilon; v_prediction "
+                        "with --zero-terminal-snr)")
+    p.add_argument("--zero-terminal-snr", action="store_true",
+                   help="text-diffusion only: rescale the noise schedule so its last step is pure noise "
+                        "(Lin et al. 2024), with trailing timesteps and v-prediction")
     p.add_argument("--init-from", default=None,
                    help="vae only: start from this trained autoencoder folder")
     p.add_argument("--decoder-only", action="store_true",

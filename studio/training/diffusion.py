@@ -77,10 +77,14 @@ def sample_grid(model, per_class: int = 8, steps: int = 25, guidance: float = 3.
 
 
 # ----------------------------------------------------------------------------- loss
-def min_snr_weights(abar: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Per-sample weights of the ε-MSE for Min-SNR-γ (Hang et al. 2023, eq. 9 with ε-prediction):
-    ``min(SNR, γ) / SNR`` with ``SNR = ᾱ / (1 - ᾱ)``; 1 at high noise, < 1 where SNR > γ."""
+def min_snr_weights(abar: torch.Tensor, gamma: float, prediction_type: str = "epsilon") -> torch.Tensor:
+    """Per-sample weights for Min-SNR-γ (Hang et al. 2023, eq. 9): the x₀-MSE weight min(SNR, γ)
+    expressed for the loss actually computed, with ``SNR = ᾱ / (1 - ᾱ)``: ``min(SNR, γ) / SNR``
+    for the ε-MSE (1 at high noise, < 1 where SNR > γ), ``min(SNR, γ) / (SNR + 1)`` for the v-MSE
+    (finite at SNR 0, where a zero-terminal-SNR schedule ends)."""
     snr = abar / (1 - abar)
+    if prediction_type == "v_prediction":
+        return torch.clamp(snr, max=gamma) / (snr + 1)
     return torch.clamp(snr, max=gamma) / snr
 
 

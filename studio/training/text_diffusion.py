@@ -34,7 +34,7 @@ from .captions import caption, full_caption, load_cached_captioned, vocabulary
 from .dataset import grid, to_float
 from .diffusion import min_snr_weights
 from .text_model import (TEXT_CONFIG, UNET_CONFIG, alphas_cumprod, export_pipeline, make_pipeline,
-                         make_text_encoder, make_unet)
+                         make_text_encoder, make_unet, prediction_target, scheduler_config)
 from .tokenizer import load_tokenizer, write_tokenizer
 
 ProgressFn = Callable[[int, int, float, float], None]
@@ -80,15 +80,17 @@ def latent_scaling_factor(mean: torch.Tensor, std: torch.Tensor, seed: int = 0) 
 
 
 def text_diffusion_loss(unet, text_encoder, ids: torch.Tensor, z0: torch.Tensor, t: torch.Tensor,
-                        noise: torch.Tensor, ac: torch.Tensor, snr_gamma: float | None) -> torch.Tensor:
-    """ε-MSE of the UNet conditioned on the text encoder's hidden states (Min-SNR-γ weighted)."""
+                        noise: torch.Tensor, ac: torch.Tensor, snr_gamma: float | None,
+                        prediction_type: str = "epsilon") -> torch.Tensor:
+    """ε-MSE (or v-MSE) of the UNet conditioned on the text encoder's hidden states (Min-SNR-γ
+    weighted)."""
     a = ac[t].view(-1, 1, 1, 1)
     zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
     ctx = text_encoder(ids)[0]
     pred = unet(zt, t, encoder_hidden_states=ctx).sample
-    per_sample = (pred - noise).pow(2).mean(dim=(1, 2, 3))
+    per_sample = (pred - prediction_target(z0, noise, a, prediction_type)).pow(2).mean(dim=(1, 2, 3))
     if snr_gamma is not None:
-        per_sample = min_snr_weights(ac[t], snr_gamma) * per_sample
+        per_sample = min_snr_weights(ac[t], snr_gamma, prediction_type) * per_sample
     return per_sample.mean()
 
 
@@ -112,14 +114,18 @@ def train_text_diffusion(out_dir, vae_dir, steps: int = 20000, batch_size: int =
                          grad_clip: float = 1.0, time_limit_s: float | None = None,
                          snr_gamma: float | None = 5.0, grid_every: int | None = 1000,
                          grid_per_prompt: int = 8, grid_steps: int = 25, log_every: int = 10,
-                         export: bool = True, text_encoder_init=None) -> dict:
+                         export: bool = True, text_encoder_init=None, prediction_type: str = "epsilon",
+                         zero_terminal_snr: bool = False) -> dict:
     """Train (or resume) and export ``out_dir/final``; returns (and writes) a summary.
     ``text_encoder_init``: the ``final/`` folder of :func:`text_pretrain.pretrain_text_encoder`;
     that encoder is then frozen, as SD freezes CLIP and Imagen T5 (trained jointly from its
     pretrained state, it lost the digit within 1,500 steps: the UNet did not use the digit yet,
-    so varying with it only cost loss). None: a text encoder trained from scratch with the UNet."""
+    so varying with it only cost loss). None: a text encoder trained from scratch with the UNet.
+    ``prediction_type`` / ``zero_terminal_snr``: see :func:`text_model.scheduler_config`; the
+    exported scheduler says which, so any sampler reads the UNet's output right."""
     from diffusers import AutoencoderKL
 
+    sched_cfg = scheduler_config(prediction_type, zero_terminal_snr)  # bad values fail before any work
     t_begin = time.time()
     out_dir = Path(out_dir)
     (out_dir / "samples").mkdir(parents=True, exist_ok=True)
@@ -162,7 +168,7 @@ def train_text_diffusion(out_dir, vae_dir, steps: int = 20000, batch_size: int =
     opt = torch.optim.AdamW(trained, lr=lr, weight_decay=0.0)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed + 1)
-    ac = alphas_cumprod()
+    ac = alphas_cumprod(sched_cfg)
     T = ac.shape[0]
 
     start_step, train_seconds = 0, 0.0
@@ -171,6 +177,10 @@ def train_text_diffusion(out_dir, vae_dir, steps: int = 20000, batch_size: int =
     if ck is not None:
         st = C.restore_checkpoint(ck, {"unet": unet, "text_encoder": text_encoder, "ema_unet": ema_u,
                                        "ema_text_encoder": ema_t}, opt, rng, gen)
+        if st.get("scheduler", scheduler_config()) != sched_cfg:
+            raise ValueError(f"{ck} was trained with another noise schedule or prediction type "
+                             f"({st.get('scheduler', scheduler_config())['prediction_type']}); "
+                             "resume with the same options or start a new --out folder")
         start_step, train_seconds = int(st["step"]), float(st.get("train_seconds", 0.0))
         steps = C.resumed_steps(st, steps)
     fitted_from = asked if steps < asked else None
@@ -188,7 +198,7 @@ def train_text_diffusion(out_dir, vae_dir, steps: int = 20000, batch_size: int =
         if grid_per_prompt and (final or (grid_every and step % grid_every == 0)):
             t0 = time.time()
             u, te = ema_models()
-            prompt_grid(make_pipeline(vae, te, tokenizer, u), GRID_PROMPTS, grid_per_prompt,
+            prompt_grid(make_pipeline(vae, te, tokenizer, u, sched_cfg), GRID_PROMPTS, grid_per_prompt,
                         grid_steps).save(out_dir / "samples" / f"step_{step:06d}.png")
             grid_s = time.time() - t0
         path = C.write_checkpoint(
@@ -201,7 +211,7 @@ def train_text_diffusion(out_dir, vae_dir, steps: int = 20000, batch_size: int =
              "p_uncond": p_uncond, "dataset_n": dataset_n, "dataset_seed": dataset_seed,
              "snr_gamma": snr_gamma, "scaling_factor": scaling, "vae": str(vae_dir),
              "text_encoder_init": None if text_encoder_init is None else str(text_encoder_init),
-             "grid_seconds": grid_s, "fitted_from": fitted_from,
+             "grid_seconds": grid_s, "fitted_from": fitted_from, "scheduler": sched_cfg,
              "fitted_total": steps if fitted_from else None})
         save_file({"torch_generator": gen.get_state()}, str(path / "rng.safetensors"))
         return path
@@ -229,7 +239,7 @@ def train_text_diffusion(out_dir, vae_dir, steps: int = 20000, batch_size: int =
         z0 = scaling * (lat_mean[idx_t] + lat_std[idx_t] * torch.randn(lat_mean[idx_t].shape, generator=gen))
         t = torch.randint(0, T, (batch_size,), generator=gen)
         noise = torch.randn(z0.shape, generator=gen)
-        loss = text_diffusion_loss(unet, text_encoder, ids, z0, t, noise, ac, snr_gamma)
+        loss = text_diffusion_loss(unet, text_encoder, ids, z0, t, noise, ac, snr_gamma, prediction_type)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip:
@@ -262,12 +272,12 @@ def train_text_diffusion(out_dir, vae_dir, steps: int = 20000, batch_size: int =
                "recent_loss_mean": (sum(r[0] for r in recent) / len(recent)) if recent else None,
                "setup_seconds": round(setup_s, 1), "scaling_factor": scaling, "unet_config": ucfg,
                "text_config": tcfg, "batch_size": batch_size, "lr": lr, "ema_decay": ema_decay,
-               "p_uncond": p_uncond, "snr_gamma": snr_gamma,
+               "p_uncond": p_uncond, "snr_gamma": snr_gamma, "scheduler": sched_cfg,
                "text_encoder_init": None if text_encoder_init is None else str(text_encoder_init),
                "steps_reduced_to_fit_time_limit_from": fitted_from, "checkpoint": str(final_ckpt)}
     if export:
         u, te = ema_models()
-        export_pipeline(out_dir / "final", vae, te, tok_dir, u)
+        export_pipeline(out_dir / "final", vae, te, tok_dir, u, sched_cfg)
         summary["export"] = str(out_dir / "final")
     summary["wall_seconds"] = round(time.time() - t_begin, 1)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))

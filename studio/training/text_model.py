@@ -109,15 +109,45 @@ def make_unet(config: dict | None = None):
     return UNet2DConditionModel(**(config or UNET_CONFIG))
 
 
-def make_scheduler():
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+def scheduler_config(prediction_type: str = "epsilon", zero_terminal_snr: bool = False) -> dict:
+    """SD's DDIM configuration for a UNet that predicts ``prediction_type``. ``zero_terminal_snr``:
+    Lin et al. 2024 ("Common Diffusion Noise Schedules and Sample Steps are Flawed"): the β
+    schedule rescaled so that ᾱ_T = 0 (Alg. 1; SD's ends at ᾱ_T ≈ 0.0047, so training never sees
+    pure noise while sampling starts from it) and timesteps spaced from T ("trailing", Sec. 3.3).
+    It needs v-prediction (Salimans & Ho 2022): at SNR 0 the noise is the input and ε-prediction
+    carries no information (Sec. 3.2)."""
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"prediction type must be one of {', '.join(PREDICTION_TYPES)}, got {prediction_type!r}")
+    if zero_terminal_snr and prediction_type != "v_prediction":
+        raise ValueError("a zero-terminal-SNR schedule needs v-prediction (at SNR 0 the ε target is the input)")
+    cfg = {**SCHEDULER_CONFIG, "prediction_type": prediction_type}
+    if zero_terminal_snr:
+        cfg.update(rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    return cfg
+
+
+def make_scheduler(config: dict | None = None):
     from diffusers import DDIMScheduler
 
-    return DDIMScheduler(**SCHEDULER_CONFIG)
+    return DDIMScheduler(**(config or SCHEDULER_CONFIG))
 
 
-def alphas_cumprod() -> torch.Tensor:
+def alphas_cumprod(config: dict | None = None) -> torch.Tensor:
     """ᾱ_t of the training schedule (the scheduler's own, float32)."""
-    return make_scheduler().alphas_cumprod.float()
+    return make_scheduler(config).alphas_cumprod.float()
+
+
+def prediction_target(z0: torch.Tensor, noise: torch.Tensor, abar: torch.Tensor, prediction_type: str) -> torch.Tensor:
+    """What the UNet is trained to output: ε, or v = sqrt(ᾱ) ε − sqrt(1 − ᾱ) z₀ (Salimans & Ho 2022,
+    §4); ``abar`` broadcasts against ``z0``."""
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "v_prediction":
+        return abar.sqrt() * noise - (1 - abar).sqrt() * z0
+    raise ValueError(f"prediction type must be one of {', '.join(PREDICTION_TYPES)}, got {prediction_type!r}")
 
 
 def encode_prompts(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
@@ -128,24 +158,24 @@ def encode_prompts(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
     return text_encoder(ids)[0]
 
 
-def make_pipeline(vae, text_encoder, tokenizer, unet):
-    """An in-memory ``StableDiffusionPipeline`` (DDIM) of the given components."""
+def make_pipeline(vae, text_encoder, tokenizer, unet, scheduler: dict | None = None):
+    """An in-memory ``StableDiffusionPipeline`` (DDIM, ``scheduler`` config) of the given components."""
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=make_scheduler(), safety_checker=None,
+                                   scheduler=make_scheduler(scheduler), safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def export_pipeline(out, vae, text_encoder, tokenizer_dir, unet) -> Path:
+def export_pipeline(out, vae, text_encoder, tokenizer_dir, unet, scheduler: dict | None = None) -> Path:
     """Write a diffusers ``StableDiffusionPipeline`` folder (safetensors weights)."""
     from .tokenizer import load_tokenizer
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    pipe = make_pipeline(vae, text_encoder, load_tokenizer(tokenizer_dir), unet)
+    pipe = make_pipeline(vae, text_encoder, load_tokenizer(tokenizer_dir), unet, scheduler)
     pipe.save_pretrained(str(out), safe_serialization=True)
     # the tokenizer as written (vocab.json + merges.txt + configs), not transformers' re-serialisation
     tok_out = out / "tokenizer"
