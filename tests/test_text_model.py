@@ -388,10 +388,30 @@ def test_pretrained_text_encoder_stays_frozen_in_the_unet_run(tiny_export, tmp_p
 
 
 # ----------------------------------------------------------------------------- v-prediction, zero terminal SNR
+def prediction_target(z0, noise, abar, prediction_type):
+    """The training target for x_t = sqrt(ᾱ) z₀ + sqrt(1 − ᾱ) ε, as the trainer computes it."""
+    from studio.core.prediction import from_x0_eps
+
+    return from_x0_eps(z0, noise, abar.sqrt(), (1 - abar).sqrt(), prediction_type)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_training_target_is_what_the_samplers_convert_back(prediction_type):
+    from studio.core.prediction import from_x0_eps, to_epsilon, to_x0
+
+    g = torch.Generator().manual_seed(2)
+    x0, eps = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g)
+    a, b = 0.6, 0.8  # a² + b² = 1
+    out = from_x0_eps(x0, eps, a, b, prediction_type)
+    xt = a * x0 + b * eps
+    torch.testing.assert_close(to_x0(out, xt, a, b, prediction_type), x0)
+    torch.testing.assert_close(to_epsilon(out, xt, a, b, prediction_type), eps)
+
+
 def test_zero_terminal_snr_schedule_and_v_target_match_lin_et_al_and_diffusers():
     from diffusers import DDIMScheduler
 
-    from studio.training.text_model import alphas_cumprod, prediction_target, scheduler_config
+    from studio.training.text_model import alphas_cumprod, scheduler_config
 
     cfg = scheduler_config("v_prediction", zero_terminal_snr=True)
     assert cfg["rescale_betas_zero_snr"] is True and cfg["timestep_spacing"] == "trailing"
@@ -416,7 +436,7 @@ def test_min_snr_weights_give_min_snr_gamma_times_the_x0_error(prediction_type):
     """Hang et al. 2023: the loss weighted by Min-SNR-γ is min(SNR, γ)·‖x̂₀ − x₀‖², whichever target the
     network predicts: a prediction off by Δ in x₀ is off by sqrt(SNR)·Δ in ε and by Δ/sqrt(1 − ᾱ) in v."""
     from studio.training.diffusion import min_snr_weights
-    from studio.training.text_model import alphas_cumprod, prediction_target, scheduler_config
+    from studio.training.text_model import alphas_cumprod, scheduler_config
 
     cfg = scheduler_config(prediction_type, zero_terminal_snr=prediction_type == "v_prediction")
     t = torch.tensor([10, 200, 500, 900] + ([999] if prediction_type == "v_prediction" else []))

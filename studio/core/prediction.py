@@ -36,6 +36,19 @@ def to_x0(output: torch.Tensor, x: torch.Tensor, a: float, b: float, prediction_
     raise ValueError(f"unknown prediction type {prediction_type!r}; choose one of {', '.join(PREDICTION_TYPES)}")
 
 
+def from_x0_eps(x0: torch.Tensor, eps: torch.Tensor, a, b, prediction_type: str) -> torch.Tensor:
+    """What a model of ``prediction_type`` outputs for x_t = a x₀ + b ε: the inverse of :func:`to_x0`
+    and :func:`to_epsilon`, i.e. the training target (v = a ε − b x₀); ``a``, ``b`` may be tensors
+    that broadcast against ``x0``."""
+    if prediction_type == "epsilon":
+        return eps
+    if prediction_type == "v_prediction":
+        return a * eps - b * x0
+    if prediction_type == "sample":
+        return x0
+    raise ValueError(f"unknown prediction type {prediction_type!r}; choose one of {', '.join(PREDICTION_TYPES)}")
+
+
 def eps_to_x0(eps: torch.Tensor, x: torch.Tensor, a: float, b: float) -> torch.Tensor:
     return (x - b * eps) / a
 

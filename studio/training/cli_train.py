@@ -209,7 +209,7 @@ def cmd_train_text_diffusion(args: argparse.Namespace) -> int:
     kw["snr_gamma"] = None if args.no_min_snr else args.snr_gamma
     kw["text_encoder_init"] = args.text_encoder
     kw["zero_terminal_snr"] = args.zero_terminal_snr
-    kw["prediction_type"] = args.prediction_type or ("v_prediction" if args.zero_terminal_snr else "epsilon")
+    kw["prediction_type"] = args.prediction_type
     summary = train_text_diffusion(**kw)
     print(json.dumps(summary, indent=1), file=sys.stderr)
     return 0

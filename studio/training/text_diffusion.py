@@ -33,8 +33,9 @@ from . import ckpt as C
 from .captions import caption, full_caption, load_cached_captioned, vocabulary
 from .dataset import grid, to_float
 from .diffusion import min_snr_weights
+from ..core.prediction import from_x0_eps
 from .text_model import (TEXT_CONFIG, UNET_CONFIG, alphas_cumprod, export_pipeline, make_pipeline,
-                         make_text_encoder, make_unet, prediction_target, scheduler_config)
+                         make_text_encoder, make_unet, scheduler_config)
 from .tokenizer import load_tokenizer, write_tokenizer
 
 ProgressFn = Callable[[int, int, float, float], None]
@@ -88,7 +89,8 @@ def text_diffusion_loss(unet, text_encoder, ids: torch.Tensor, z0: torch.Tensor,
     zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
     ctx = text_encoder(ids)[0]
     pred = unet(zt, t, encoder_hidden_states=ctx).sample
-    per_sample = (pred - prediction_target(z0, noise, a, prediction_type)).pow(2).mean(dim=(1, 2, 3))
+    target = from_x0_eps(z0, noise, a.sqrt(), (1 - a).sqrt(), prediction_type)
+    per_sample = (pred - target).pow(2).mean(dim=(1, 2, 3))
     if snr_gamma is not None:
         per_sample = min_snr_weights(ac[t], snr_gamma, prediction_type) * per_sample
     return per_sample.mean()
@@ -114,7 +116,7 @@ def train_text_diffusion(out_dir, vae_dir, steps: int = 20000, batch_size: int =
                          grad_clip: float = 1.0, time_limit_s: float | None = None,
                          snr_gamma: float | None = 5.0, grid_every: int | None = 1000,
                          grid_per_prompt: int = 8, grid_steps: int = 25, log_every: int = 10,
-                         export: bool = True, text_encoder_init=None, prediction_type: str = "epsilon",
+                         export: bool = True, text_encoder_init=None, prediction_type: str | None = None,
                          zero_terminal_snr: bool = False) -> dict:
     """Train (or resume) and export ``out_dir/final``; returns (and writes) a summary.
     ``text_encoder_init``: the ``final/`` folder of :func:`text_pretrain.pretrain_text_encoder`;
@@ -126,6 +128,7 @@ def train_text_diffusion(out_dir, vae_dir, steps: int = 20000, batch_size: int =
     from diffusers import AutoencoderKL
 
     sched_cfg = scheduler_config(prediction_type, zero_terminal_snr)  # bad values fail before any work
+    prediction_type = sched_cfg["prediction_type"]
     t_begin = time.time()
     out_dir = Path(out_dir)
     (out_dir / "samples").mkdir(parents=True, exist_ok=True)
@@ -177,9 +180,10 @@ def train_text_diffusion(out_dir, vae_dir, steps: int = 20000, batch_size: int =
     if ck is not None:
         st = C.restore_checkpoint(ck, {"unet": unet, "text_encoder": text_encoder, "ema_unet": ema_u,
                                        "ema_text_encoder": ema_t}, opt, rng, gen)
-        if st.get("scheduler", scheduler_config()) != sched_cfg:
+        trained_with = st.get("scheduler", scheduler_config())  # checkpoints before the option: ε, SD's
+        if trained_with != sched_cfg:
             raise ValueError(f"{ck} was trained with another noise schedule or prediction type "
-                             f"({st.get('scheduler', scheduler_config())['prediction_type']}); "
+                             f"({trained_with['prediction_type']}); "
                              "resume with the same options or start a new --out folder")
         start_step, train_seconds = int(st["step"]), float(st.get("train_seconds", 0.0))
         steps = C.resumed_steps(st, steps)

@@ -109,18 +109,22 @@ def make_unet(config: dict | None = None):
     return UNet2DConditionModel(**(config or UNET_CONFIG))
 
 
-PREDICTION_TYPES = ("epsilon", "v_prediction")
+TRAINED_PREDICTION_TYPES = ("epsilon", "v_prediction")  # those with a Min-SNR weighting here
 
 
-def scheduler_config(prediction_type: str = "epsilon", zero_terminal_snr: bool = False) -> dict:
+def scheduler_config(prediction_type: str | None = None, zero_terminal_snr: bool = False) -> dict:
     """SD's DDIM configuration for a UNet that predicts ``prediction_type``. ``zero_terminal_snr``:
     Lin et al. 2024 ("Common Diffusion Noise Schedules and Sample Steps are Flawed"): the β
     schedule rescaled so that ᾱ_T = 0 (Alg. 1; SD's ends at ᾱ_T ≈ 0.0047, so training never sees
     pure noise while sampling starts from it) and timesteps spaced from T ("trailing", Sec. 3.3).
     It needs v-prediction (Salimans & Ho 2022): at SNR 0 the noise is the input and ε-prediction
-    carries no information (Sec. 3.2)."""
-    if prediction_type not in PREDICTION_TYPES:
-        raise ValueError(f"prediction type must be one of {', '.join(PREDICTION_TYPES)}, got {prediction_type!r}")
+    carries no information (Sec. 3.2). ``prediction_type`` None: v-prediction with a zero-terminal-SNR
+    schedule, ε otherwise."""
+    if prediction_type is None:
+        prediction_type = "v_prediction" if zero_terminal_snr else "epsilon"
+    if prediction_type not in TRAINED_PREDICTION_TYPES:
+        raise ValueError(f"prediction type must be one of {', '.join(TRAINED_PREDICTION_TYPES)}, "
+                         f"got {prediction_type!r}")
     if zero_terminal_snr and prediction_type != "v_prediction":
         raise ValueError("a zero-terminal-SNR schedule needs v-prediction (at SNR 0 the ε target is the input)")
     cfg = {**SCHEDULER_CONFIG, "prediction_type": prediction_type}
@@ -139,15 +143,6 @@ def alphas_cumprod(config: dict | None = None) -> torch.Tensor:
     """ᾱ_t of the training schedule (the scheduler's own, float32)."""
     return make_scheduler(config).alphas_cumprod.float()
 
-
-def prediction_target(z0: torch.Tensor, noise: torch.Tensor, abar: torch.Tensor, prediction_type: str) -> torch.Tensor:
-    """What the UNet is trained to output: ε, or v = sqrt(ᾱ) ε − sqrt(1 − ᾱ) z₀ (Salimans & Ho 2022,
-    §4); ``abar`` broadcasts against ``z0``."""
-    if prediction_type == "epsilon":
-        return noise
-    if prediction_type == "v_prediction":
-        return abar.sqrt() * noise - (1 - abar).sqrt() * z0
-    raise ValueError(f"prediction type must be one of {', '.join(PREDICTION_TYPES)}, got {prediction_type!r}")
 
 
 def encode_prompts(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
