@@ -299,6 +299,24 @@ def test_decoder_fine_tune_keeps_latent_space_and_ships(tiny_export, tmp_path):
         assemble(src, tmp_path / "bad", Path(other["export"]))
 
 
+def test_ship_text_command_refuses_bad_folders_in_one_line(tiny_export, tmp_path, capsys):
+    from studio.training.ship_text import main
+    from studio.training.text_model import TINY_VAE_CONFIG
+    from studio.training.vae_train import train_vae
+
+    root, _, _ = tiny_export
+    src = str(root / "a" / "final")
+    other = train_vae(tmp_path / "other", steps=1, batch_size=4, dataset_n=40, dataset_cache=root / "cache",
+                      checkpoint_every=0, warmup_steps=1, seed=5, vae_config=TINY_VAE_CONFIG)
+    cases = [(["--pipeline", str(tmp_path)], "no model_index.json"),
+             (["--pipeline", src, "--vae", str(tmp_path / "missing")], "no config.json"),
+             (["--pipeline", src, "--vae", other["export"]], "encoder differs")]
+    for args, needle in cases:
+        assert main([*args, "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error:") and needle in err[0], err
+
+
 def test_studio_eval_runs_text_model_settings(tiny_export, capsys):
     """`studio eval` on a pipeline folder measures prompt adherence (text_eval), as JSON."""
     from studio.cli import main
@@ -316,6 +334,22 @@ def test_studio_eval_runs_text_model_settings(tiny_export, capsys):
     assert "text model has the groups" in capsys.readouterr().err
     assert main(["eval", "--only", "held_out"]) == 2
     assert "digits model has the groups" in capsys.readouterr().err
+
+
+def test_studio_eval_stderr_has_no_library_advice(tiny_export):
+    """A fresh `studio eval` process prints its own progress, not diffusers' or transformers'
+    advice about their loaders (accelerate, torchvision image processors)."""
+    import subprocess
+    import sys
+
+    root, _, _ = tiny_export
+    r = subprocess.run([sys.executable, "-m", "studio", "eval", "--model", str(root / "a" / "final"), "--n", "10",
+                        "--only", "cfg", "--cfg-scales", "3", "--json", "--threads", "1"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["results"][0]["n"] == 10
+    for word in ("accelerate", "torchvision", "[transformers]", "Loading", "Traceback"):
+        assert word not in r.stderr, r.stderr
 
 
 # ----------------------------------------------------------------------------- text-encoder pretraining

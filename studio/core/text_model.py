@@ -32,18 +32,22 @@ PREVIEW_MODES = ("linear", "tiny", "full")
 @contextlib.contextmanager
 def quiet_libraries():
     """Silence diffusers' and transformers' advice meant for their own loaders (dtype casts, image
-    processors never used, the tokenizer's length warning the studio reports itself)."""
+    processors never used, the tokenizer's length warning the studio reports itself) and their
+    loading progress bars (the studio reports its own progress)."""
     from diffusers.utils import logging as dlog
     from transformers.utils import logging as tlog
 
-    levels = dlog.get_verbosity(), tlog.get_verbosity()
-    dlog.set_verbosity_error()
-    tlog.set_verbosity_error()
+    saved = [(lib, lib.get_verbosity(), lib.is_progress_bar_enabled()) for lib in (dlog, tlog)]
+    for lib, _, _ in saved:
+        lib.set_verbosity_error()
+        lib.disable_progress_bar()
     try:
         yield
     finally:
-        dlog.set_verbosity(levels[0])
-        tlog.set_verbosity(levels[1])
+        for lib, level, bars in saved:
+            lib.set_verbosity(level)
+            if bars:
+                lib.enable_progress_bar()
 
 
 @dataclass(frozen=True)

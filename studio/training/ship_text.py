@@ -32,8 +32,11 @@ def swap_vae(folder: Path, vae_dir: Path) -> None:
     from diffusers import AutoencoderKL
     from safetensors.torch import load_file
 
-    old = AutoencoderKL.from_pretrained(str(folder / "vae"))
-    new = AutoencoderKL.from_pretrained(str(vae_dir))
+    from ..core.text_model import quiet_libraries
+
+    with quiet_libraries():  # diffusers' advice to install accelerate
+        old = AutoencoderKL.from_pretrained(str(folder / "vae"))
+        new = AutoencoderKL.from_pretrained(str(vae_dir))
     so, sn = old.state_dict(), new.state_dict()
     frozen = [k for k in so if k.startswith(("encoder.", "quant_conv."))]
     if not all(torch.equal(so[k], sn[k]) for k in frozen):
@@ -82,11 +85,19 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=Path("assets/models/digits-text"))
     a = p.parse_args(argv)
     if not (a.pipeline / "model_index.json").is_file():
-        print(f"error: {a.pipeline}: no model_index.json; give the final/ folder of a text-diffusion run",
-              file=sys.stderr)
-        return 2
-    print(json.dumps(assemble(a.pipeline, a.out, a.vae), indent=1))
+        return _fail(f"{a.pipeline}: no model_index.json; give the final/ folder of a text-diffusion run")
+    if a.vae is not None and not (a.vae / "config.json").is_file():
+        return _fail(f"{a.vae}: no config.json; give the final/ folder of a `studio train vae --decoder-only` run")
+    try:
+        print(json.dumps(assemble(a.pipeline, a.out, a.vae), indent=1))
+    except (ValueError, OSError) as e:  # an autoencoder with another encoder, an unwritable --out
+        return _fail(str(e))
     return 0
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

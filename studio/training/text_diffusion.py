@@ -34,6 +34,7 @@ from .captions import caption, full_caption, load_cached_captioned, vocabulary
 from .dataset import grid, to_float
 from .diffusion import min_snr_weights
 from ..core.prediction import from_x0_eps
+from ..core.text_model import quiet_libraries
 from .text_model import (TEXT_CONFIG, UNET_CONFIG, alphas_cumprod, export_pipeline, make_pipeline,
                          make_text_encoder, make_unet, scheduler_config)
 from .tokenizer import load_tokenizer, write_tokenizer
@@ -140,7 +141,8 @@ def train_text_diffusion(out_dir, vae_dir, steps: int = 20000, batch_size: int =
     tokenize = CachedTokenizer(tokenizer)
 
     images, attrs = load_cached_captioned(dataset_cache, dataset_n, dataset_seed, "train")
-    vae = AutoencoderKL.from_pretrained(str(vae_dir)).eval()
+    with quiet_libraries():  # diffusers' advice to install accelerate
+        vae = AutoencoderKL.from_pretrained(str(vae_dir)).eval()
     for p in vae.parameters():
         p.requires_grad_(False)
     lat_path = out_dir / "latents.safetensors"

@@ -143,9 +143,12 @@ def no_fg_prompts(n: int, colour: str, seed: int = 0) -> tuple[list[str], np.nda
 # ----------------------------------------------------------------------------- generator
 def load_pipeline(folder):
     """The exported folder as a diffusers ``StableDiffusionPipeline`` with DDIM (float32, CPU)."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from ..core.text_model import quiet_libraries
 
-    pipe = StableDiffusionPipeline.from_pretrained(str(folder))
+    with quiet_libraries():  # loader advice (accelerate, image processors) that is not the user's concern
+        from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+        pipe = StableDiffusionPipeline.from_pretrained(str(folder))
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -155,11 +155,14 @@ def encode_prompts(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
 
 def make_pipeline(vae, text_encoder, tokenizer, unet, scheduler: dict | None = None):
     """An in-memory ``StableDiffusionPipeline`` (DDIM, ``scheduler`` config) of the given components."""
-    from diffusers import StableDiffusionPipeline
+    from ..core.text_model import quiet_libraries
 
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=make_scheduler(scheduler), safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
+    with quiet_libraries():  # transformers advises on image processors this pipeline leaves out
+        from diffusers import StableDiffusionPipeline
+
+        pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                       scheduler=make_scheduler(scheduler), safety_checker=None,
+                                       feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -87,7 +87,10 @@ def train_vae(out_dir, steps: int = 3000, batch_size: int = 64, seed: int = 0, l
     if init_from is not None:
         from diffusers import AutoencoderKL
 
-        vae = AutoencoderKL.from_pretrained(str(init_from))
+        from ..core.text_model import quiet_libraries
+
+        with quiet_libraries():  # diffusers' advice to install accelerate
+            vae = AutoencoderKL.from_pretrained(str(init_from))
         cfg = json.loads(json.dumps({k: v for k, v in vae.config.items() if not k.startswith("_")}))
     elif decoder_only:
         raise ValueError("decoder_only needs init_from: a trained autoencoder folder")
