@@ -7,8 +7,10 @@ Latent Diffusion Models"), built from the same diffusers / transformers classes:
   ``config.scaling_factor`` = 1 / std of the training latents, as in SD (Sec. 4.3.2 / App. G);
 * ``CLIPTextModel`` (Radford et al. 2021): a small causal transformer over the caption
   vocabulary; its last hidden states are the cross-attention context;
-* ``UNet2DConditionModel`` with cross-attention at 8x8 and 4x4, ε-prediction;
-* ``DDIMScheduler`` with SD's scaled-linear β schedule (0.00085..0.012, 1000 steps).
+* ``UNet2DConditionModel`` with cross-attention at 8x8 and 4x4, predicting ε, or v
+  (Salimans & Ho 2022) on a zero-terminal-SNR schedule;
+* ``DDIMScheduler`` with SD's scaled-linear β schedule (0.00085..0.012, 1000 steps), optionally
+  rescaled so that ᾱ_T = 0 (Lin et al. 2024, :func:`scheduler_config`).
 
 :func:`export_pipeline` writes a folder that plain ``diffusers.StableDiffusionPipeline
 .from_pretrained(folder)`` loads (``model_index.json``, ``vae/``, ``text_encoder/``,
