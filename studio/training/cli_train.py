@@ -184,6 +184,7 @@ def cmd_train_vae(args: argparse.Namespace) -> int:
         kw["checkpoint_every"] = args.checkpoint_every
     kw["init_from"] = args.init_from
     kw["decoder_only"] = args.decoder_only
+    kw["stroke_weight"] = args.stroke_weight or 0.0
     summary = train_vae(**kw)
     print(json.dumps(summary, indent=1), file=sys.stderr)
     return 0
@@ -296,6 +297,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                    help="vae only: start from this trained autoencoder folder")
     p.add_argument("--decoder-only", action="store_true",
                    help="vae only: fine-tune only the decoder of --init-from (the latent space stays the same)")
+    p.add_argument("--stroke-weight", type=_positive(float), default=None,
+                   help="vae only: weigh the reconstruction error of the digit's pixels by 1 + this "
+                        "(default: no weighting)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="resume from the newest checkpoint in --out (default: yes)")
     p.set_defaults(func=cmd_train)

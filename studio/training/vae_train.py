@@ -37,16 +37,39 @@ from .text_model import VAE_CONFIG, make_vae
 ProgressFn = Callable[[int, int, float, float], None]
 
 
+STROKE_THRESHOLD = 0.25  # RGB distance from the background (in [-1, 1] units) that marks a stroke pixel
+
+
+def stroke_mask(x: torch.Tensor, threshold: float = STROKE_THRESHOLD) -> torch.Tensor:
+    """1 where a pixel of ``x`` (N, 3, H, W) in [-1, 1] is drawn, 0 on the background, (N, 1, H, W).
+
+    The background is each image's per-channel median of its border pixels (the colour reader
+    of ``text_eval`` uses the same); a pixel is drawn if its RGB distance from it exceeds
+    ``threshold``."""
+    border = torch.cat([x[:, :, 0], x[:, :, -1], x[:, :, 1:-1, 0], x[:, :, 1:-1, -1]], dim=2)
+    bg = border.median(dim=2).values[:, :, None, None]
+    return ((x - bg).norm(dim=1, keepdim=True) > threshold).to(x.dtype)
+
+
 def vae_loss(vae, x: torch.Tensor, gen: torch.Generator, kl_weight: float,
-             decoder_only: bool = False) -> tuple[torch.Tensor, float]:
+             decoder_only: bool = False, stroke_weight: float = 0.0) -> tuple[torch.Tensor, float]:
     """(loss, reconstruction MSE) for a batch ``x`` in [-1, 1] (no KL term when only the
-    decoder trains: the posterior is fixed)."""
+    decoder trains: the posterior is fixed).
+
+    ``stroke_weight`` > 0 weighs the L1 + MSE of the drawn pixels (:func:`stroke_mask`) by
+    ``1 + stroke_weight``: a digit covers a small part of the image, so a plain pixel loss
+    spends most of its weight on the flat background and little on thin strokes."""
     with torch.set_grad_enabled(not decoder_only):
         post = vae.encode(x).latent_dist
     z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
     rec = vae.decode(z).sample
     mse = F.mse_loss(rec, x)
-    loss = F.l1_loss(rec, x) + mse
+    if stroke_weight:
+        w = 1.0 + stroke_weight * stroke_mask(x)
+        err = rec - x
+        loss = (w * err.abs()).mean() + (w * err.square()).mean()
+    else:
+        loss = F.l1_loss(rec, x) + mse
     if not decoder_only:
         loss = loss + kl_weight * post.kl().mean()
     return loss, mse.item()
@@ -73,7 +96,8 @@ def train_vae(out_dir, steps: int = 3000, batch_size: int = 64, seed: int = 0, l
               progress: ProgressFn | None = None, dataset_cache=None, dataset_n: int = 50000,
               dataset_seed: int = 0, vae_config: dict | None = None, warmup_steps: int = 100,
               time_limit_s: float | None = None, log_every: int = 10, export: bool = True,
-              grad_clip: float = 1.0, init_from=None, decoder_only: bool = False) -> dict:
+              grad_clip: float = 1.0, init_from=None, decoder_only: bool = False,
+              stroke_weight: float = 0.0) -> dict:
     """Train (or resume) and export to ``out_dir/final``; returns (and writes) a summary."""
     out_dir = Path(out_dir)
     (out_dir / "samples").mkdir(parents=True, exist_ok=True)
@@ -131,7 +155,7 @@ def train_vae(out_dir, steps: int = 3000, batch_size: int = 64, seed: int = 0, l
                                    "kl_weight": kl_weight, "dataset_n": dataset_n, "dataset_seed": dataset_seed,
                                    "fitted_from": fitted_from, "fitted_total": steps if fitted_from else None,
                                    "init_from": str(init_from) if init_from else None,
-                                   "decoder_only": decoder_only})
+                                   "decoder_only": decoder_only, "stroke_weight": stroke_weight})
         save_file({"torch_generator": gen.get_state()}, str(path / "rng.safetensors"))
         return path
 
@@ -147,7 +171,7 @@ def train_vae(out_dir, steps: int = 3000, batch_size: int = 64, seed: int = 0, l
         cur_lr = C.cosine_lr(step, steps, lr, warmup_steps)
         C.set_lr(opt, cur_lr)
         x = to_float(images[rng.integers(0, len(images), size=batch_size)])
-        loss, mse = vae_loss(vae, x, gen, kl_weight, decoder_only)
+        loss, mse = vae_loss(vae, x, gen, kl_weight, decoder_only, stroke_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip:
@@ -179,7 +203,8 @@ def train_vae(out_dir, steps: int = 3000, batch_size: int = 64, seed: int = 0, l
                "recent_mse_mean": (sum(r[1] for r in recent) / len(recent)) if recent else None,
                "dataset_seconds": round(data_s, 1), "vae_config": cfg, "batch_size": batch_size,
                "lr": lr, "kl_weight": kl_weight, "init_from": str(init_from) if init_from else None,
-               "decoder_only": decoder_only, "steps_reduced_to_fit_time_limit_from": fitted_from,
+               "decoder_only": decoder_only, "stroke_weight": stroke_weight,
+               "steps_reduced_to_fit_time_limit_from": fitted_from,
                "checkpoint": str(final_ckpt)}
     if export:
         vae.eval()
