@@ -352,6 +352,31 @@ def test_studio_eval_stderr_has_no_library_advice(tiny_export):
         assert word not in r.stderr, r.stderr
 
 
+def test_text_trainers_save_without_library_progress_bars(tiny_export, tmp_path, capfd):
+    """Saving a text encoder makes transformers draw a "Writing model shards" bar; the trainers
+    print their own progress, so neither `studio train text-encoder` nor a pipeline export shows it."""
+    import subprocess
+    import sys
+
+    from diffusers import StableDiffusionPipeline
+
+    from studio.training.text_model import export_pipeline
+
+    r = subprocess.run([sys.executable, "-m", "studio", "train", "text-encoder", "--out", str(tmp_path / "te"),
+                        "--steps", "2", "--batch-size", "8", "--threads", "1"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "te" / "final" / "text_encoder" / "model.safetensors").exists()
+    assert "text-encoder [" in r.stderr and "Writing" not in r.stderr, r.stderr
+    root, _, _ = tiny_export
+    src = root / "a" / "final"
+    pipe = StableDiffusionPipeline.from_pretrained(str(src), safety_checker=None, requires_safety_checker=False)
+    capfd.readouterr()
+    export_pipeline(tmp_path / "pipe", pipe.vae, pipe.text_encoder, src / "tokenizer", pipe.unet)
+    assert (tmp_path / "pipe" / "text_encoder" / "model.safetensors").exists()
+    assert "Writing" not in capfd.readouterr().err
+
+
 # ----------------------------------------------------------------------------- text-encoder pretraining
 def test_caption_targets_state_exactly_what_the_caption_says():
     """The pretraining targets, read from a caption's words, agree with the image parameters the

@@ -175,8 +175,11 @@ def export_pipeline(out, vae, text_encoder, tokenizer_dir, unet, scheduler: dict
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    from ..core.text_model import quiet_libraries
+
     pipe = make_pipeline(vae, text_encoder, load_tokenizer(tokenizer_dir), unet, scheduler)
-    pipe.save_pretrained(str(out), safe_serialization=True)
+    with quiet_libraries():  # transformers' "Writing model shards" bar for the text encoder
+        pipe.save_pretrained(str(out), safe_serialization=True)
     # the tokenizer as written (vocab.json + merges.txt + configs), not transformers' re-serialisation
     tok_out = out / "tokenizer"
     if tok_out.exists():

@@ -137,7 +137,10 @@ def pretrain_text_encoder(out_dir, steps: int = 600, batch_size: int = 256, seed
         ids, after_eos, targets = encode(_batch(np.random.default_rng(seed + 10_000), 2000, p_empty))
         _, held_back = probe.loss_and_accuracy(encoder(ids)[0], after_eos, targets)
     final = out_dir / "final"
-    encoder.save_pretrained(str(final / "text_encoder"), safe_serialization=True)
+    from ..core.text_model import quiet_libraries
+
+    with quiet_libraries():  # transformers' "Writing model shards" bar: the trainer prints its own progress
+        encoder.save_pretrained(str(final / "text_encoder"), safe_serialization=True)
     if (final / "tokenizer").exists():
         shutil.rmtree(final / "tokenizer")
     shutil.copytree(tok_dir, final / "tokenizer")
