@@ -1,6 +1,6 @@
 """Sampling speed of the two built-in models, in the window and in the CLI.
 
-Steps per second of one 50-step DDIM run with classifier-free guidance (w = 3, batch 1):
+Steps per second of one 50-step DDIM run with classifier-free guidance (w = 3, batch 1 or --batch):
 ``default`` (the class-conditional 32×32 pixel UNet, label 7) and ``digits-text`` (the latent text
 model, its sample prompt). The class model is the baseline; the figure reported is the median of
 per-pair ratios text/class, pairs interleaved.
@@ -10,7 +10,12 @@ per-pair ratios text/class, pairs interleaved.
 * CLI: ``studio sample`` in a subprocess, timed from start to exit: start-up, model load, the
   run and writing its outputs (the steps/s figure is therefore a lower bound on the loop's).
 
-    QT_QPA_PLATFORM=offscreen python -m benchmarks.bench_model_speed [--repeats 3]
+    QT_QPA_PLATFORM=offscreen python -m benchmarks.bench_model_speed [--repeats 3] [--threads N] [--batch B]
+
+``--threads N``: torch's intra-op threads in the window's process and ``OMP_NUM_THREADS`` of the
+CLI processes (default: torch's own choice, one per core); the results then go to
+``model_speed_threadsN.json``. ``--batch B``: B samples per run instead of 1 (``_batchB`` in the
+file name).
 """
 from __future__ import annotations
 
@@ -24,22 +29,24 @@ import time
 from pathlib import Path
 
 STEPS, SCALE = 50, 3.0
+BATCH = 1  # set by --batch
 MODELS = ("default", "digits-text")
 TEXT_PROMPT = "a red 7 on a blue background"
 
 
 def recipe_args(model: str) -> list[str]:
     extra = ["--prompt", TEXT_PROMPT] if model == "digits-text" else ["--label", "7"]
-    return ["--model", model, "--sampler", "ddim", "--steps", str(STEPS), "--batch", "1",
+    return ["--model", model, "--sampler", "ddim", "--steps", str(STEPS), "--batch", str(BATCH),
             "--guidance", "cfg", "--scale", str(SCALE), "--seed", "0", *extra]
 
 
-def cli_once(model: str) -> float:
+def cli_once(model: str, threads: int | None = None) -> float:
     """Wall seconds of one ``studio sample`` process (start-up and load included)."""
+    env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-m", "studio", "sample", *recipe_args(model), "--out",
-                        str(Path(tmp) / "run")], check=True, capture_output=True)
+                        str(Path(tmp) / "run")], check=True, capture_output=True, env=env)
         return time.perf_counter() - t0
 
 
@@ -53,7 +60,7 @@ def window_runs(repeats: int) -> dict:
     windows = {}
     for m in MODELS:
         w = open_window(m)
-        r = dict(model=w.model_spec, sampler="ddim", steps=STEPS, batch=1, seed=0, guidance="cfg", scale=SCALE)
+        r = dict(model=w.model_spec, sampler="ddim", steps=STEPS, batch=BATCH, seed=0, guidance="cfg", scale=SCALE)
         if m == "digits-text":
             r["prompt"] = TEXT_PROMPT
         else:
@@ -80,18 +87,27 @@ def summarise(times: dict) -> dict:
 
 def main() -> int:
     repeats = int(sys.argv[sys.argv.index("--repeats") + 1]) if "--repeats" in sys.argv else 3
+    threads = int(sys.argv[sys.argv.index("--threads") + 1]) if "--threads" in sys.argv else None
+    global BATCH
+    BATCH = int(sys.argv[sys.argv.index("--batch") + 1]) if "--batch" in sys.argv else 1
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    res = {"steps": STEPS, "cfg_scale": SCALE, "batch": 1, "repeats": repeats, "threads": os.cpu_count()}
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    res = {"steps": STEPS, "cfg_scale": SCALE, "batch": BATCH, "repeats": repeats, "cores": os.cpu_count(),
+           "torch_threads": threads or "default"}
     res["window"] = summarise(window_runs(repeats))
     for m in MODELS:
-        cli_once(m)  # warm the file cache
+        cli_once(m, threads)  # warm the file cache
     cli = {m: [] for m in MODELS}
     for _ in range(repeats):
         for m in MODELS:
-            cli[m].append(cli_once(m))
+            cli[m].append(cli_once(m, threads))
     res["cli_process"] = summarise(cli)
     print(json.dumps(res, indent=1))
-    out = Path(__file__).with_name("model_speed.json")
+    name = "model_speed" + (f"_threads{threads}" if threads else "") + (f"_batch{BATCH}" if BATCH != 1 else "")
+    out = Path(__file__).with_name(name + ".json")
     out.write_text(json.dumps(res, indent=1) + "\n")
     return 0
 
