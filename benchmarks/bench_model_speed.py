@@ -14,7 +14,8 @@ per-pair ratios text/class, pairs interleaved.
 
 ``--threads N``: torch's intra-op threads in the window's process and ``OMP_NUM_THREADS`` of the
 CLI processes (default: torch's own choice, one per core); the results then go to
-``model_speed_threadsN.json``. ``--batch B``: B samples per run instead of 1 (``_batchB`` in the
+``model_speed_threadsN.json``. ``--compare-threads A B``: the window only, A against B torch
+threads, interleaved repeat by repeat (``model_speed_threads_A_vs_B_batchB.json``). ``--batch B``: B samples per run instead of 1 (``_batchB`` in the
 file name).
 """
 from __future__ import annotations
@@ -50,7 +51,10 @@ def cli_once(model: str, threads: int | None = None) -> float:
         return time.perf_counter() - t0
 
 
-def window_runs(repeats: int) -> dict:
+def window_runs(repeats: int, thread_counts: tuple | None = None) -> dict:
+    """Seconds per window run of each model: ``{model: [s, …]}``; with ``thread_counts``, each
+    repeat runs every model at each of those torch thread counts in turn (interleaved), keyed
+    ``{(model, threads): [s, …]}``."""
     from PySide6.QtWidgets import QApplication
 
     from benchmarks.bench_gui import open_window, run_once
@@ -68,13 +72,35 @@ def window_runs(repeats: int) -> dict:
         w.panel.set_recipe(Recipe(**r))
         run_once(w)  # warm-up
         windows[m] = w
-    times = {m: [] for m in MODELS}
-    for _ in range(repeats):
-        for m in MODELS:
-            times[m].append(run_once(windows[m])[1])
+    if thread_counts:
+        import torch
+
+        times = {(m, t): [] for m in MODELS for t in thread_counts}
+        for _ in range(repeats):
+            for t in thread_counts:
+                torch.set_num_threads(t)
+                for m in MODELS:
+                    times[m, t].append(run_once(windows[m])[1])
+    else:
+        times = {m: [] for m in MODELS}
+        for _ in range(repeats):
+            for m in MODELS:
+                times[m].append(run_once(windows[m])[1])
     for w in windows.values():
         w.close()
     return times
+
+
+def compare_threads(repeats: int, a: int, b: int) -> dict:
+    """The window at ``a`` against ``b`` torch threads, interleaved: per model, the median of the
+    per-repeat time ratios a / b (below 1: ``a`` threads is faster)."""
+    times = window_runs(repeats, (a, b))
+    out = {}
+    for m in MODELS:
+        ta, tb = times[m, a], times[m, b]
+        out[m] = {f"seconds_{a}_threads": [round(x, 3) for x in ta], f"seconds_{b}_threads": [round(x, 3) for x in tb],
+                  f"time_ratio_{a}_over_{b}": round(statistics.median(x / y for x, y in zip(ta, tb)), 3)}
+    return out
 
 
 def summarise(times: dict) -> dict:
@@ -91,6 +117,14 @@ def main() -> int:
     global BATCH
     BATCH = int(sys.argv[sys.argv.index("--batch") + 1]) if "--batch" in sys.argv else 1
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    if "--compare-threads" in sys.argv:
+        i = sys.argv.index("--compare-threads")
+        a, b = int(sys.argv[i + 1]), int(sys.argv[i + 2])
+        res = {"steps": STEPS, "cfg_scale": SCALE, "batch": BATCH, "repeats": repeats, "cores": os.cpu_count(),
+               "window": compare_threads(repeats, a, b)}
+        print(json.dumps(res, indent=1))
+        Path(__file__).with_name(f"model_speed_threads_{a}_vs_{b}_batch{BATCH}.json").write_text(json.dumps(res, indent=1) + "\n")
+        return 0
     if threads:
         import torch
 
