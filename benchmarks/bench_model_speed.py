@@ -12,14 +12,15 @@ per-pair ratios text/class, pairs interleaved.
 
     QT_QPA_PLATFORM=offscreen python -m benchmarks.bench_model_speed [--repeats 3] [--threads N] [--batch B]
 
-``--threads N``: torch's intra-op threads in the window's process and ``OMP_NUM_THREADS`` of the
-CLI processes (default: torch's own choice, one per core); the results then go to
-``model_speed_threadsN.json``. ``--compare-threads A B``: the window only, A against B torch
-threads, interleaved repeat by repeat (``model_speed_threads_A_vs_B_batchB.json``). ``--batch B``: B samples per run instead of 1 (``_batchB`` in the
-file name).
+* ``--threads N``: torch's intra-op threads in the window's process and ``OMP_NUM_THREADS`` of the
+  CLI processes (default: torch's own choice, one per core); results in ``model_speed_threadsN.json``.
+* ``--batch B``: B samples per run instead of 1 (``_batchB`` in the file name).
+* ``--compare-threads A B``: the window only, A against B torch threads, interleaved repeat by
+  repeat (``model_speed_threads_A_vs_B_batchB.json``).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -112,37 +113,41 @@ def summarise(times: dict) -> dict:
 
 
 def main() -> int:
-    repeats = int(sys.argv[sys.argv.index("--repeats") + 1]) if "--repeats" in sys.argv else 3
-    threads = int(sys.argv[sys.argv.index("--threads") + 1]) if "--threads" in sys.argv else None
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_model_speed", description=__doc__.split("\n")[0])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--compare-threads", type=int, nargs=2, metavar=("A", "B"), default=None,
+                   help="the window only: A against B torch threads, interleaved")
+    args = p.parse_args()
+    if args.compare_threads and args.compare_threads[0] == args.compare_threads[1]:
+        p.error("--compare-threads needs two different thread counts, e.g. --compare-threads 1 2")
+    repeats, threads = args.repeats, args.threads
     global BATCH
-    BATCH = int(sys.argv[sys.argv.index("--batch") + 1]) if "--batch" in sys.argv else 1
+    BATCH = args.batch
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    if "--compare-threads" in sys.argv:
-        i = sys.argv.index("--compare-threads")
-        a, b = int(sys.argv[i + 1]), int(sys.argv[i + 2])
-        res = {"steps": STEPS, "cfg_scale": SCALE, "batch": BATCH, "repeats": repeats, "cores": os.cpu_count(),
-               "window": compare_threads(repeats, a, b)}
-        print(json.dumps(res, indent=1))
-        Path(__file__).with_name(f"model_speed_threads_{a}_vs_{b}_batch{BATCH}.json").write_text(json.dumps(res, indent=1) + "\n")
-        return 0
-    if threads:
-        import torch
+    res = {"steps": STEPS, "cfg_scale": SCALE, "batch": BATCH, "repeats": repeats, "cores": os.cpu_count()}
+    if args.compare_threads:
+        a, b = args.compare_threads
+        res["window"] = compare_threads(repeats, a, b)
+        name = f"model_speed_threads_{a}_vs_{b}_batch{BATCH}"
+    else:
+        if threads:
+            import torch
 
-        torch.set_num_threads(threads)
-    res = {"steps": STEPS, "cfg_scale": SCALE, "batch": BATCH, "repeats": repeats, "cores": os.cpu_count(),
-           "torch_threads": threads or "default"}
-    res["window"] = summarise(window_runs(repeats))
-    for m in MODELS:
-        cli_once(m, threads)  # warm the file cache
-    cli = {m: [] for m in MODELS}
-    for _ in range(repeats):
+            torch.set_num_threads(threads)
+        res["torch_threads"] = threads or "default"
+        res["window"] = summarise(window_runs(repeats))
         for m in MODELS:
-            cli[m].append(cli_once(m, threads))
-    res["cli_process"] = summarise(cli)
+            cli_once(m, threads)  # warm the file cache
+        cli = {m: [] for m in MODELS}
+        for _ in range(repeats):
+            for m in MODELS:
+                cli[m].append(cli_once(m, threads))
+        res["cli_process"] = summarise(cli)
+        name = "model_speed" + (f"_threads{threads}" if threads else "") + (f"_batch{BATCH}" if BATCH != 1 else "")
     print(json.dumps(res, indent=1))
-    name = "model_speed" + (f"_threads{threads}" if threads else "") + (f"_batch{BATCH}" if BATCH != 1 else "")
-    out = Path(__file__).with_name(name + ".json")
-    out.write_text(json.dumps(res, indent=1) + "\n")
+    Path(__file__).with_name(name + ".json").write_text(json.dumps(res, indent=1) + "\n")
     return 0
 
 

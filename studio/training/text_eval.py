@@ -44,8 +44,17 @@ REAL_SEED, PSNR_SEED = 4242, 4343  # dataset seeds used by no trainer
 
 
 # ----------------------------------------------------------------------------- readers
+def border_mask(height: int, width: int) -> np.ndarray:
+    """(height, width) booleans, True on the image's outermost pixels: where the readers (and the
+    autoencoder's stroke weighting) take the background colour from."""
+    m = np.ones((height, width), dtype=bool)
+    m[1:-1, 1:-1] = False
+    return m
+
+
 def _border(x: np.ndarray) -> np.ndarray:
-    return np.concatenate([x[:, 0], x[:, -1], x[:, 1:-1, 0], x[:, 1:-1, -1]], axis=1)
+    """The border pixels of images (N, H, W, C) as (N, P, C)."""
+    return x[:, border_mask(*x.shape[1:3])]
 
 
 def nearest_colour(rgb: np.ndarray) -> np.ndarray:

@@ -32,6 +32,7 @@ from safetensors.torch import save_file
 from . import ckpt as C
 from .captions import load_cached_captioned
 from .dataset import grid, to_float, to_uint8
+from .text_eval import border_mask
 from .text_model import VAE_CONFIG, make_vae
 
 ProgressFn = Callable[[int, int, float, float], None]
@@ -43,10 +44,10 @@ STROKE_THRESHOLD = 0.25  # RGB distance from the background (in [-1, 1] units) t
 def stroke_mask(x: torch.Tensor, threshold: float = STROKE_THRESHOLD) -> torch.Tensor:
     """1 where a pixel of ``x`` (N, 3, H, W) in [-1, 1] is drawn, 0 on the background, (N, 1, H, W).
 
-    The background is each image's per-channel median of its border pixels (the colour reader
-    of ``text_eval`` uses the same); a pixel is drawn if its RGB distance from it exceeds
+    The background is each image's per-channel median of its border pixels
+    (``text_eval.border_mask``, where the colour reader takes it from); a pixel is drawn if its RGB distance from it exceeds
     ``threshold``."""
-    border = torch.cat([x[:, :, 0], x[:, :, -1], x[:, :, 1:-1, 0], x[:, :, 1:-1, -1]], dim=2)
+    border = x[:, :, torch.from_numpy(border_mask(*x.shape[2:]))]  # (N, 3, border pixels)
     bg = border.median(dim=2).values[:, :, None, None]
     return ((x - bg).norm(dim=1, keepdim=True) > threshold).to(x.dtype)
 
