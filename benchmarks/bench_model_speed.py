@@ -31,28 +31,27 @@ import time
 from pathlib import Path
 
 STEPS, SCALE = 50, 3.0
-BATCH = 1  # set by --batch
 MODELS = ("default", "digits-text")
 TEXT_PROMPT = "a red 7 on a blue background"
 
 
-def recipe_args(model: str) -> list[str]:
+def recipe_args(model: str, batch: int) -> list[str]:
     extra = ["--prompt", TEXT_PROMPT] if model == "digits-text" else ["--label", "7"]
-    return ["--model", model, "--sampler", "ddim", "--steps", str(STEPS), "--batch", str(BATCH),
+    return ["--model", model, "--sampler", "ddim", "--steps", str(STEPS), "--batch", str(batch),
             "--guidance", "cfg", "--scale", str(SCALE), "--seed", "0", *extra]
 
 
-def cli_once(model: str, threads: int | None = None) -> float:
+def cli_once(model: str, batch: int, threads: int | None = None) -> float:
     """Wall seconds of one ``studio sample`` process (start-up and load included)."""
     env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "studio", "sample", *recipe_args(model), "--out",
+        subprocess.run([sys.executable, "-m", "studio", "sample", *recipe_args(model, batch), "--out",
                         str(Path(tmp) / "run")], check=True, capture_output=True, env=env)
         return time.perf_counter() - t0
 
 
-def window_runs(repeats: int, thread_counts: tuple | None = None) -> dict:
+def window_runs(repeats: int, batch: int, thread_counts: tuple | None = None) -> dict:
     """Seconds per window run of each model: ``{model: [s, …]}``; with ``thread_counts``, each
     repeat runs every model at each of those torch thread counts in turn (interleaved), keyed
     ``{(model, threads): [s, …]}``."""
@@ -65,7 +64,7 @@ def window_runs(repeats: int, thread_counts: tuple | None = None) -> dict:
     windows = {}
     for m in MODELS:
         w = open_window(m)
-        r = dict(model=w.model_spec, sampler="ddim", steps=STEPS, batch=BATCH, seed=0, guidance="cfg", scale=SCALE)
+        r = dict(model=w.model_spec, sampler="ddim", steps=STEPS, batch=batch, seed=0, guidance="cfg", scale=SCALE)
         if m == "digits-text":
             r["prompt"] = TEXT_PROMPT
         else:
@@ -73,29 +72,25 @@ def window_runs(repeats: int, thread_counts: tuple | None = None) -> dict:
         w.panel.set_recipe(Recipe(**r))
         run_once(w)  # warm-up
         windows[m] = w
-    if thread_counts:
-        import torch
+    import torch
 
-        times = {(m, t): [] for m in MODELS for t in thread_counts}
-        for _ in range(repeats):
-            for t in thread_counts:
+    counts = thread_counts or (None,)  # None: leave torch's thread count as it is
+    times = {(m, t): [] for m in MODELS for t in counts}
+    for _ in range(repeats):
+        for t in counts:
+            if t is not None:
                 torch.set_num_threads(t)
-                for m in MODELS:
-                    times[m, t].append(run_once(windows[m])[1])
-    else:
-        times = {m: [] for m in MODELS}
-        for _ in range(repeats):
             for m in MODELS:
-                times[m].append(run_once(windows[m])[1])
+                times[m, t].append(run_once(windows[m])[1])
     for w in windows.values():
         w.close()
-    return times
+    return times if thread_counts else {m: times[m, None] for m in MODELS}
 
 
-def compare_threads(repeats: int, a: int, b: int) -> dict:
+def compare_threads(repeats: int, batch: int, a: int, b: int) -> dict:
     """The window at ``a`` against ``b`` torch threads, interleaved: per model, the median of the
     per-repeat time ratios a / b (below 1: ``a`` threads is faster)."""
-    times = window_runs(repeats, (a, b))
+    times = window_runs(repeats, batch, (a, b))
     out = {}
     for m in MODELS:
         ta, tb = times[m, a], times[m, b]
@@ -122,30 +117,28 @@ def main() -> int:
     args = p.parse_args()
     if args.compare_threads and args.compare_threads[0] == args.compare_threads[1]:
         p.error("--compare-threads needs two different thread counts, e.g. --compare-threads 1 2")
-    repeats, threads = args.repeats, args.threads
-    global BATCH
-    BATCH = args.batch
+    repeats, threads, batch = args.repeats, args.threads, args.batch
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    res = {"steps": STEPS, "cfg_scale": SCALE, "batch": BATCH, "repeats": repeats, "cores": os.cpu_count()}
+    res = {"steps": STEPS, "cfg_scale": SCALE, "batch": batch, "repeats": repeats, "cores": os.cpu_count()}
     if args.compare_threads:
         a, b = args.compare_threads
-        res["window"] = compare_threads(repeats, a, b)
-        name = f"model_speed_threads_{a}_vs_{b}_batch{BATCH}"
+        res["window"] = compare_threads(repeats, batch, a, b)
+        name = f"model_speed_threads_{a}_vs_{b}_batch{batch}"
     else:
         if threads:
             import torch
 
             torch.set_num_threads(threads)
         res["torch_threads"] = threads or "default"
-        res["window"] = summarise(window_runs(repeats))
+        res["window"] = summarise(window_runs(repeats, batch))
         for m in MODELS:
-            cli_once(m, threads)  # warm the file cache
+            cli_once(m, batch, threads)  # warm the file cache
         cli = {m: [] for m in MODELS}
         for _ in range(repeats):
             for m in MODELS:
-                cli[m].append(cli_once(m, threads))
+                cli[m].append(cli_once(m, batch, threads))
         res["cli_process"] = summarise(cli)
-        name = "model_speed" + (f"_threads{threads}" if threads else "") + (f"_batch{BATCH}" if BATCH != 1 else "")
+        name = "model_speed" + (f"_threads{threads}" if threads else "") + (f"_batch{batch}" if batch != 1 else "")
     print(json.dumps(res, indent=1))
     Path(__file__).with_name(name + ".json").write_text(json.dumps(res, indent=1) + "\n")
     return 0

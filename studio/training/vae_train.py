@@ -45,8 +45,8 @@ def stroke_mask(x: torch.Tensor, threshold: float = STROKE_THRESHOLD) -> torch.T
     """1 where a pixel of ``x`` (N, 3, H, W) in [-1, 1] is drawn, 0 on the background, (N, 1, H, W).
 
     The background is each image's per-channel median of its border pixels
-    (``text_eval.border_mask``, where the colour reader takes it from); a pixel is drawn if its RGB distance from it exceeds
-    ``threshold``."""
+    (``text_eval.border_mask``, where the colour reader takes it from); a pixel is drawn if its
+    RGB distance from it exceeds ``threshold``."""
     border = x[:, :, torch.from_numpy(border_mask(*x.shape[2:]))]  # (N, 3, border pixels)
     bg = border.median(dim=2).values[:, :, None, None]
     return ((x - bg).norm(dim=1, keepdim=True) > threshold).to(x.dtype)
