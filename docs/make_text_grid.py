@@ -16,8 +16,8 @@ from PIL import Image, ImageDraw, ImageFont
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from studio.training.dataset import _font_dir  # noqa: E402
-from studio.training.text_eval import generate, load_pipeline  # noqa: E402
+from studio.data.digits import _font_dir  # noqa: E402
+from studio.evaluation.text_eval import generate, load_pipeline  # noqa: E402
 
 PROMPTS = [
     ("a red 7 on a blue background", None),

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 
 from studio.core.loading import DEFAULT_MODEL_DIR
-from studio.training.dataset import make_dataset, to_float
-from studio.training.evaluate import HELD_OUT_SEED, evaluator_outputs, frechet, within_class_diversity
-from studio.training.evaluator import load_evaluator
+from studio.data.digits import make_dataset, to_float
+from studio.evaluation.evaluator import load_evaluator
+from studio.evaluation.features import HELD_OUT_SEED, evaluator_outputs, frechet, within_class_diversity
 
 
 def main() -> int:

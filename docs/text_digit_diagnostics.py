@@ -43,7 +43,7 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from studio.training.captions import COLOUR_NAMES  # noqa: E402
+from studio.data.captions import COLOUR_NAMES  # noqa: E402
 from studio.training.text_model import alphas_cumprod, make_text_encoder, make_unet  # noqa: E402
 from studio.training.tokenizer import load_tokenizer  # noqa: E402
 
@@ -133,9 +133,9 @@ def bound(run: Path, cache_dir: str) -> None:
 def readback(vae_dir: Path, n: int = 3000) -> None:
     from diffusers import AutoencoderKL
 
-    from studio.training.captions import make_captioned_dataset
-    from studio.training.dataset import to_float, to_uint8
-    from studio.training.text_eval import PSNR_SEED, load_digit_reader, read_digits
+    from studio.data.captions import make_captioned_dataset
+    from studio.data.digits import to_float, to_uint8
+    from studio.evaluation.text_eval import PSNR_SEED, load_digit_reader, read_digits
 
     vae = AutoencoderKL.from_pretrained(str(vae_dir)).eval()
     images, attrs = make_captioned_dataset(n, PSNR_SEED, "train")
@@ -152,8 +152,8 @@ def readback(vae_dir: Path, n: int = 3000) -> None:
 
 @torch.no_grad()
 def uncond(folder: Path, etas=(0.0, 1.0), n: int = 500, batch: int = 100) -> None:
-    from studio.training.captions import make_captioned_dataset
-    from studio.training.text_eval import REAL_SEED, load_digit_reader, load_pipeline, read_colours
+    from studio.data.captions import make_captioned_dataset
+    from studio.evaluation.text_eval import REAL_SEED, load_digit_reader, load_pipeline, read_colours
 
     if (folder / "state.json").exists():  # a checkpoint: its EMA networks, the run's exported VAE
         _, _, unet, te = load_checkpoint(folder, raw=False)

@@ -280,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
 
         cli_train.add_dataset_parser(sub)
         cli_train.add_train_parser(sub)
-        from .training.evaluate import add_eval_parser
+        from .sweep.evaluate import add_eval_parser
 
         add_eval_parser(sub)
     except (ImportError, AttributeError):

@@ -5,7 +5,7 @@ marked slow."""
 import numpy as np
 import pytest
 
-from studio.training.evaluate import frechet, within_class_diversity
+from studio.evaluation.features import frechet, within_class_diversity
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -33,7 +33,7 @@ def test_within_class_diversity_is_the_mean_pairwise_distance():
 def test_guided_samples_of_the_shipped_model_are_recognised_well_above_chance():
     """A small, fast `studio eval`: 20 CFG-guided samples (w = 3, DDIM 20 steps) of the shipped digits model,
     read by the separate clean-image evaluator. Chance is 10 %."""
-    from studio.training.evaluate import Setting, evaluate
+    from studio.sweep.evaluate import Setting, evaluate
 
     res = evaluate([Setting("cfg w=3", steps=20, scale=3.0)], n=20, fd_reference=200, progress_stream=None)
     row = res["results"][0]
@@ -45,7 +45,7 @@ def test_guided_samples_of_the_shipped_model_are_recognised_well_above_chance():
 def test_eval_report_checks_the_targets_and_the_tradeoff(tmp_path):
     import json
 
-    from studio.training.eval_report import load, report
+    from studio.sweep.eval_report import load, report
 
     rows = [dict(setting=f"cfg w={w}", guidance="cfg", scale=float(w), steps=50, eta=0.0, n=500, accuracy=a,
                  diversity=d, frechet=1.0) for w, a, d in ((1, 0.85, 3.0), (3, 0.94, 2.0), (5, 0.99, 2.5))]

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from studio.training import captions as C
-from studio.training import text_eval as E
+from studio.data import captions as C
+from studio.evaluation import text_eval as E
 from studio.training.tokenizer import BOS, EOS, learn_merges, load_tokenizer, write_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from studio.training import dataset as D
+from studio.data import digits as D
 from studio.training.classifier import (NoiseAwareClassifier, load_classifier, save_classifier,
                                         train_classifier)
 from studio.training.diffusion import export_checkpoint, fixed_batch_loss, train_diffusion
-from studio.training.evaluator import DigitEvaluator, load_evaluator, save_evaluator, train_evaluator
+from studio.evaluation.evaluator import DigitEvaluator, load_evaluator
+from studio.training.evaluator import save_evaluator, train_evaluator
 from studio.training.unet_config import TINY_UNET_CONFIG, make_unet
 
 TINY_CLF = dict(base_channels=8, channel_mult=(1, 2), time_embed_dim=32, norm_groups=4)

@@ -9,28 +9,9 @@ written so far are kept; the same command continues).
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return v
-
-
-def _non_negative(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number ≥ 0, got {text!r}") from None
-    if not v >= 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number ≥ 0, got {text!r}")
-    return v
+from ..core.arg_types import non_negative, positive
 
 
 def add_sweep_parser(sub) -> None:
@@ -40,15 +21,15 @@ def add_sweep_parser(sub) -> None:
                                    "results.csv/json, settings.csv, plots/ and contact_sheet.png.")
     p.add_argument("spec", nargs="?", metavar="SPEC.toml", help="the sweep's spec (see the README, 'Sweeps')")
     p.add_argument("--out", metavar="DIR", help="the sweep's folder (new, empty, or a sweep's to continue)")
-    p.add_argument("--workers", type=_positive_int, metavar="N",
+    p.add_argument("--workers", type=positive(int), metavar="N",
                    help="worker processes (default: the cores, fewer if the model's copies would not fit in memory; "
                         "with --ray: the cluster's CPUs or GPUs over the per-worker share)")
     p.add_argument("--ray", metavar="auto|ADDRESS",
                    help="run on a Ray cluster: auto (the cluster this machine joined with `ray start`) or "
                         "its address host:port")
-    p.add_argument("--gpus-per-worker", type=_non_negative, default=0.0, metavar="G",
+    p.add_argument("--gpus-per-worker", type=non_negative, default=0.0, metavar="G",
                    help="with --ray: GPUs each worker holds (0.5: two workers share one)")
-    p.add_argument("--cpus-per-worker", type=_non_negative, default=1.0, metavar="C",
+    p.add_argument("--cpus-per-worker", type=non_negative, default=1.0, metavar="C",
                    help="with --ray: CPUs each worker holds, and its torch threads (default 1)")
     p.add_argument("--report", metavar="DIR", help="only redraw the tables and plots of the sweep in DIR")
     p.add_argument("--no-report", action="store_true", help="skip the tables and plots at the end")

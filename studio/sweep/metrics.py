@@ -4,7 +4,7 @@ Every model: ``seconds_per_image`` (the sampling wall time of the cell over its 
 (denoiser evaluations, counted by the denoiser itself).
 
 Models with the clean-image evaluator beside their weights (the built-in digits model:
-``evaluator/``), as ``studio eval`` computes them, with its functions (training/evaluate.py):
+``evaluator/``), as ``studio eval`` computes them, with its functions (studio/evaluation):
 ``accuracy`` (the fraction of samples the evaluator reads as the requested label), ``diversity``
 (mean pairwise distance in the evaluator's penultimate features within each class; Ho & Salimans
 2022's trade-off), ``class_fractions`` (of unlabelled samples) and ``frechet`` (Heusel et al. 2017's
@@ -21,11 +21,11 @@ fine solve of the probability-flow ODE (DPM-Solver++(2M), ``reference_steps`` st
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
+from ..evaluation.reference import evaluator_folder
 from ..session.provenance import model_folder
 
 COMMON = ("seconds_per_image", "nfe")
@@ -36,14 +36,6 @@ LOWER_IS_BETTER = {"seconds_per_image", "nfe", "frechet", "weight_error", "ref_d
 LABELS = {"seconds_per_image": "seconds per image", "nfe": "NFE (denoiser evaluations)", "accuracy": "accuracy",
           "diversity": "within-class diversity", "frechet": "Fréchet distance (evaluator features)",
           "weight_error": "mixture-weight error (TV)", "ref_distance": "RMS distance to the reference solve"}
-
-
-def evaluator_folder(model: str) -> Optional[Path]:
-    """The clean-image evaluator beside a model's weights, or None."""
-    folder = model_folder(model)
-    if folder is not None and (folder / "evaluator" / "config.json").is_file():
-        return folder / "evaluator"
-    return None
 
 
 def is_exact(model: str) -> bool:
@@ -67,7 +59,7 @@ class CellMetrics:
         self.reference_steps = reference_steps
         self.evaluator = None
         if any(m in EVALUATOR for m in self.metrics):
-            from ..training.evaluator import load_evaluator
+            from ..evaluation.evaluator import load_evaluator
 
             self.evaluator = load_evaluator(evaluator_folder(model_spec)).eval()
         self._references: dict[str, np.ndarray] = {}
@@ -84,7 +76,7 @@ class CellMetrics:
 
     # -- the clean-image evaluator ----------------------------------------------------------------
     def _evaluator_metrics(self, recipe, x, arrays: dict) -> dict:
-        from ..training.evaluate import evaluator_outputs, within_class_diversity
+        from ..evaluation.features import evaluator_outputs, within_class_diversity
 
         feats, pred = evaluator_outputs(self.evaluator, x.clamp(-1, 1).numpy())
         arrays["features"] = feats.astype(np.float32)  # the evaluator's own float32 features, exactly

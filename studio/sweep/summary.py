@@ -3,7 +3,7 @@
 A *setting* is a cell's values on the axes that are not pooled: the seeds (and any axis listed in
 the spec's ``pool``, e.g. the label) are replicates of one setting. Metrics that need many samples
 are computed here over every image of a setting, from the arrays the cells keep: Fréchet distance
-and within-class diversity from the evaluator features (with training/evaluate.py's functions,
+and within-class diversity from the evaluator features (with sweep/evaluate.py's functions,
 against features of held-out data, as ``studio eval``), accuracy and class fractions from the
 evaluator's predictions, the mixture weights from the exact posteriors.
 """
@@ -46,44 +46,10 @@ def _key(values: dict, axes: list[str]) -> tuple:
     return tuple(json.dumps(values.get(a)) for a in axes)
 
 
-def reference_features(out: Path, model: str, n: int) -> np.ndarray:
-    """Evaluator features of ``n`` held-out dataset images (``studio eval``'s reference), kept in
-    ``reference.npz`` beside the cells, recomputed when the evaluator's weights change."""
-    from ..core.file_hashes import folder_fingerprint
-    from ..session.atomic import write_files
-    from ..training.dataset import make_dataset, to_float
-    from ..training.evaluate import HELD_OUT_SEED, evaluator_outputs
-    from ..training.evaluator import load_evaluator
-    from .metrics import evaluator_folder
-
-    folder = evaluator_folder(model)
-    stamp = json.dumps({"n": n, "seed": HELD_OUT_SEED, "weights": folder_fingerprint(folder)}, sort_keys=True)
-    path = Path(out) / "reference.npz"
-    if path.is_file():
-        try:
-            with np.load(path, allow_pickle=False) as f:
-                if str(f["stamp"]) == stamp:
-                    return f["features"].astype(np.float64)
-        except (OSError, ValueError, KeyError):
-            pass
-    import torch
-
-    evaluator = load_evaluator(folder).eval()
-    images, _ = make_dataset(n, seed=HELD_OUT_SEED)
-    with torch.no_grad():
-        feats, _ = evaluator_outputs(evaluator, to_float(images).numpy())
-
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            np.savez(f, features=feats.astype(np.float32), stamp=np.array(stamp))
-
-    write_files({path: write}, overwrite=True)
-    return feats.astype(np.float32).astype(np.float64)
-
-
 def summarise(out: Path, doc: dict, results: list[dict]) -> list[dict]:
     """One row per setting: its values, how many cells and images, and the pooled metrics."""
-    from ..training.evaluate import frechet, within_class_diversity
+    from ..evaluation.features import frechet, within_class_diversity
+    from ..evaluation.reference import reference_features
 
     spec = doc["spec"]
     axes = doc.get("setting_axes", [])

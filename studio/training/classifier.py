@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 # the network and its loader (re-exported: the evaluator and older callers import them from here)
 from ..core.classifier_net import NoiseAwareClassifier, load_classifier, load_module, timestep_embedding  # noqa: F401
 from . import ckpt as C
-from .dataset import load_cached, to_float
+from ..data.digits import load_cached, to_float
 from .unet_config import BETA_END, BETA_START, NUM_TRAIN_TIMESTEPS, alphas_cumprod
 
 ProgressFn = Callable[[int, int, float, float], None]

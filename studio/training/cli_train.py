@@ -16,6 +16,7 @@ import json
 import sys
 import time
 
+from ..core.arg_types import fraction, positive
 from .ckpt import format_eta
 from .unet_config import UNET_PRESETS
 
@@ -63,27 +64,6 @@ class ProgressBar:
         self.stream.flush()
 
 
-def _positive(cast):
-    """An argparse type: a number > 0 (a bad value is a one-line usage error, nothing runs)."""
-    def parse(text: str):
-        try:
-            v = cast(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not v > 0 or v != v or v == float("inf"):
-            raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-        return v
-    parse.__name__ = cast.__name__
-    return parse
-
-
-def _fraction(text: str) -> float:
-    v = _positive(float)(text)
-    if not v < 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return v
-
-
 def _threads(args) -> None:
     import torch
 
@@ -93,7 +73,7 @@ def _threads(args) -> None:
 
 
 def cmd_dataset(args: argparse.Namespace) -> int:
-    from .dataset import write_dataset
+    from ..data.digits import write_dataset
 
     bar = ProgressBar("dataset")
     t0 = time.time()
@@ -247,7 +227,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def add_dataset_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("dataset", help="render the synthetic digits dataset to PNGs")
     p.add_argument("--out", required=True, help="output folder (images/ + labels.csv)")
-    p.add_argument("--n", type=_positive(int), required=True, help="number of images")
+    p.add_argument("--n", type=positive(int), required=True, help="number of images")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_dataset)
     return p
@@ -257,34 +237,34 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("train", help="train the digits diffusion model / classifiers")
     p.add_argument("what", choices=sorted(_TRAIN_CMDS), help="which model to train")
     p.add_argument("--out", required=True, help="run folder (checkpoints, logs, export)")
-    p.add_argument("--steps", type=_positive(int), default=None)
-    p.add_argument("--batch-size", type=_positive(int), default=None)
+    p.add_argument("--steps", type=positive(int), default=None)
+    p.add_argument("--batch-size", type=positive(int), default=None)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--lr", type=_positive(float), default=None)
-    p.add_argument("--ema-decay", type=_fraction, default=None, help="diffusion only")
+    p.add_argument("--lr", type=positive(float), default=None)
+    p.add_argument("--ema-decay", type=fraction, default=None, help="diffusion only")
     p.add_argument("--unet", choices=list(UNET_PRESETS), default=None,
                    help="diffusion only: UNet size preset (default: the shipped configuration)")
-    p.add_argument("--snr-gamma", type=_positive(float), default=5.0,
+    p.add_argument("--snr-gamma", type=positive(float), default=5.0,
                    help="diffusion only: γ of the Min-SNR-γ loss weighting (Hang et al. 2023; default 5)")
     p.add_argument("--no-min-snr", action="store_true",
                    help="diffusion only: the plain ε-MSE of Ho et al. 2020 (no Min-SNR weighting)")
     p.add_argument("--lr-schedule", choices=("constant", "cosine"), default="cosine",
                    help="diffusion only: cosine decay to 5 %% after the warm-up (default; with "
                         "--time-limit-min, fitted to the steps the limit allows) or constant")
-    p.add_argument("--checkpoint-every", type=_positive(int), default=None, help="steps between checkpoints")
-    p.add_argument("--grid-every", type=_positive(int), default=None,
+    p.add_argument("--checkpoint-every", type=positive(int), default=None, help="steps between checkpoints")
+    p.add_argument("--grid-every", type=positive(int), default=None,
                    help="diffusion only: steps between sample grids (default: every checkpoint)")
-    p.add_argument("--time-limit-min", type=_positive(float), default=None,
+    p.add_argument("--time-limit-min", type=positive(float), default=None,
                    help="stop (checkpoint + export) after this many minutes")
     p.add_argument("--cache-dir", default="training-runs/cache",
                    help="where the in-memory training set is cached as .npz")
-    p.add_argument("--threads", type=_positive(int), default=2, help="torch CPU threads")
+    p.add_argument("--threads", type=positive(int), default=2, help="torch CPU threads")
     p.add_argument("--vae", default=None,
                    help="text-diffusion only: the trained autoencoder (the final/ folder of `train vae`)")
     p.add_argument("--text-encoder", default=None,
                    help="text-diffusion only: start the text encoder from this pretrained one "
                         "(the final/ folder of `train text-encoder`)")
-    p.add_argument("--p-uncond", type=_fraction, default=None,
+    p.add_argument("--p-uncond", type=fraction, default=None,
                    help="text-diffusion only: probability that a caption is replaced by the empty "
                         "prompt, training the unconditional branch of CFG (default 0.1)")
     p.add_argument("--prediction-type", choices=("epsilon", "v_prediction"), default=None,
@@ -297,7 +277,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                    help="vae only: start from this trained autoencoder folder")
     p.add_argument("--decoder-only", action="store_true",
                    help="vae only: fine-tune only the decoder of --init-from (the latent space stays the same)")
-    p.add_argument("--stroke-weight", type=_positive(float), default=None,
+    p.add_argument("--stroke-weight", type=positive(float), default=None,
                    help="vae only: weigh the reconstruction error of the digit's pixels by 1 + this "
                         "(default: no weighting)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,

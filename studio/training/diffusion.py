@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from . import ckpt as C
-from .dataset import grid, load_cached, to_float, to_uint8
+from ..data.digits import grid, load_cached, to_float, to_uint8
 from .unet_config import NULL_CLASS, UNET_CONFIG, alphas_cumprod, make_scheduler, make_unet
 
 ProgressFn = Callable[[int, int, float, float], None]  # (step, total, loss, eta_seconds)

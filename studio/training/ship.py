@@ -68,7 +68,7 @@ def assemble(diffusion: Path, classifier: Path | None, evaluator: Path | None, o
     from diffusers import UNet2DModel
 
     from .diffusion import sample_grid
-    from .evaluator import load_evaluator
+    from ..evaluation.evaluator import load_evaluator
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -30,8 +30,8 @@ import torch
 from safetensors.torch import save_file
 
 from . import ckpt as C
-from .captions import caption, full_caption, load_cached_captioned, vocabulary
-from .dataset import grid, to_float
+from ..data.captions import caption, full_caption, load_cached_captioned, vocabulary
+from ..data.digits import grid, to_float
 from .diffusion import min_snr_weights
 from ..core.prediction import from_x0_eps
 from ..core.text_model import quiet_libraries

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from . import ckpt as C
-from .captions import COLOUR_NAMES, DIGIT_WORDS, STYLE_WORDS, caption, sample_attributes, vocabulary
+from ..data.captions import COLOUR_NAMES, DIGIT_WORDS, STYLE_WORDS, caption, sample_attributes, vocabulary
 from .text_diffusion import CachedTokenizer
 from .text_model import TEXT_CONFIG, make_text_encoder
 from .tokenizer import load_tokenizer, write_tokenizer

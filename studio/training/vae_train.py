@@ -30,9 +30,9 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from . import ckpt as C
-from .captions import load_cached_captioned
-from .dataset import grid, to_float, to_uint8
-from .text_eval import border_mask
+from ..data.captions import load_cached_captioned
+from ..data.digits import grid, to_float, to_uint8
+from ..evaluation.text_eval import border_mask
 from .text_model import VAE_CONFIG, make_vae
 
 ProgressFn = Callable[[int, int, float, float], None]
@@ -74,22 +74,6 @@ def vae_loss(vae, x: torch.Tensor, gen: torch.Generator, kl_weight: float,
     if not decoder_only:
         loss = loss + kl_weight * post.kl().mean()
     return loss, mse.item()
-
-
-@torch.no_grad()
-def psnr(vae, images: np.ndarray, batch: int = 250) -> float:
-    """Mean PSNR (dB, peak 255) of ``decode(posterior mean)`` on uint8 images, after rounding
-    the reconstruction to uint8 as a saved image would be."""
-    vals = []
-    was = vae.training
-    vae.eval()
-    for i in range(0, len(images), batch):
-        x = to_float(images[i:i + batch])
-        rec = to_uint8(vae.decode(vae.encode(x).latent_dist.mean).sample).astype(np.float64)
-        mse = ((rec - images[i:i + batch].astype(np.float64)) ** 2).mean(axis=(1, 2, 3))
-        vals.append(10 * np.log10(255.0 ** 2 / np.maximum(mse, 1e-10)))
-    vae.train(was)
-    return float(np.concatenate(vals).mean())
 
 
 def train_vae(out_dir, steps: int = 3000, batch_size: int = 64, seed: int = 0, lr: float = 1e-3,

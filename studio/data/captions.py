@@ -1,6 +1,6 @@
 """Captioned coloured digits for the text-to-image model ``digits-text``.
 
-Each image is drawn by the digits generator (:mod:`studio.training.dataset`: same faces,
+Each image is drawn by the digits generator (:mod:`studio.data.digits`: same faces,
 strokes, rotation, shear, size and position) but with colours chosen from a fixed palette
 of named colours, so that a caption built from the image's own parameters is always true:
 the digit (numeral or word), the foreground and background colour names, and a style word
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import FONT_NAMES, IMAGE_SIZE, NUM_CLASSES, composite, glyph_mask
+from .digits import FONT_NAMES, IMAGE_SIZE, NUM_CLASSES, composite, glyph_mask
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 

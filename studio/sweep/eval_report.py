@@ -1,6 +1,6 @@
 """Markdown tables of ``studio eval --json`` results, checked against the built-in model's targets.
 
-``python -m studio.training.eval_report a.json [b.json …]`` merges result files (e.g. groups run in
+``python -m studio.sweep.eval_report a.json [b.json …]`` merges result files (e.g. groups run in
 parallel processes) and prints the model card's evaluation section.
 """
 from __future__ import annotations
@@ -102,7 +102,7 @@ def report(rows: list[dict]) -> str:
 def main(argv=None) -> int:
     paths = [Path(a) for a in (argv if argv is not None else sys.argv[1:])]
     if not paths:
-        print("usage: python -m studio.training.eval_report RESULTS.json [MORE.json …]", file=sys.stderr)
+        print("usage: python -m studio.sweep.eval_report RESULTS.json [MORE.json …]", file=sys.stderr)
         return 2
     try:
         rows = load(paths)

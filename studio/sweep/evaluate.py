@@ -23,11 +23,10 @@ import numpy as np
 import torch
 
 from ..core.loading import DEFAULT_MODEL_DIR, TEXT_MODEL_DIR, TEXT_MODEL_NAME, read_recommended_scales
-from . import text_eval
-from .cli_train import _positive
+from ..core.arg_types import positive
+from ..evaluation import text_eval
 
 DIGITS_GROUPS = ("cfg", "classifier", "uncond", "ddim_table")  # the keys of standard_settings
-HELD_OUT_SEED = 777  # a dataset seed used by neither trainer
 
 
 @dataclass(frozen=True)
@@ -39,41 +38,6 @@ class Setting:
     guidance: str = "cfg"
     scale: float = 3.0
     conditional: bool = True  # False: null label, no guidance
-
-
-@torch.no_grad()
-def evaluator_outputs(evaluator, x: np.ndarray, batch: int = 500) -> tuple[np.ndarray, np.ndarray]:
-    feats, preds = [], []
-    for i in range(0, len(x), batch):
-        xb = torch.from_numpy(x[i:i + batch]).float()
-        f = evaluator.features(xb)
-        feats.append(f.numpy())
-        preds.append(evaluator.head(f).argmax(1).numpy())
-    return np.concatenate(feats).astype(np.float64), np.concatenate(preds)
-
-
-def _sqrtm_psd(a: np.ndarray) -> np.ndarray:
-    w, v = np.linalg.eigh((a + a.T) / 2)
-    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-
-
-def frechet(f1: np.ndarray, f2: np.ndarray) -> float:
-    """FD between Gaussians fitted to two feature sets; tr((Σ₁Σ₂)^{1/2}) via Σ₁^{1/2} Σ₂ Σ₁^{1/2}."""
-    m1, m2 = f1.mean(0), f2.mean(0)
-    c1, c2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
-    r = _sqrtm_psd(c1)
-    covmean_tr = np.trace(_sqrtm_psd(r @ c2 @ r))
-    return float(((m1 - m2) ** 2).sum() + np.trace(c1) + np.trace(c2) - 2 * covmean_tr)
-
-
-def within_class_diversity(feats: np.ndarray, labels: np.ndarray) -> float:
-    vals = []
-    for c in np.unique(labels):
-        f = feats[labels == c]
-        if len(f) > 1:
-            d = np.sqrt(((f[:, None, :] - f[None, :, :]) ** 2).sum(-1))
-            vals.append(d.sum() / (len(f) * (len(f) - 1)))
-    return float(np.mean(vals))
 
 
 def setting_spec(s: Setting, n: int, seed: int, model_dir: Path, fd_reference: int, batch: int = 50) -> str:
@@ -171,16 +135,16 @@ def add_eval_parser(sub) -> None:
                         "digits-text: cfg held_out negative uncond vae floor)")
     p.add_argument("--classifier-scale", type=float, default=None,
                    help="classifier guidance scale (default: the model card's recommendation)")
-    p.add_argument("--cfg-scales", type=_positive(float), nargs="+", default=None, metavar="W",
+    p.add_argument("--cfg-scales", type=positive(float), nargs="+", default=None, metavar="W",
                    help="guidance scales of the cfg group (default 1 2 3 5 8; digits-text: 1 3 5)")
-    p.add_argument("--ddim-steps", type=_positive(int), nargs="+", default=list(DDIM_STEPS), metavar="S",
+    p.add_argument("--ddim-steps", type=positive(int), nargs="+", default=list(DDIM_STEPS), metavar="S",
                    help="step counts of the ddim_table group (default 10 20 50 100)")
     p.add_argument("--ddim-etas", type=float, nargs="+", default=list(DDIM_ETAS), metavar="ETA",
                    help="η values of the ddim_table group (default 0 1)")
     p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
-    p.add_argument("--threads", type=_positive(int), default=None,
+    p.add_argument("--threads", type=positive(int), default=None,
                    help="torch CPU threads of each worker (default: the cores shared out)")
-    p.add_argument("--workers", type=_positive(int), default=None,
+    p.add_argument("--workers", type=positive(int), default=None,
                    help="worker processes (default: one per core; each setting is a sweep, studio sweep)")
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="keep each setting's sweep in DIR/<setting> (a re-run continues it); default: a temporary folder")
@@ -216,7 +180,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_eval_text(args) -> int:
-    """``studio eval --model digits-text``: :func:`studio.training.text_eval.evaluate` (prompt
+    """``studio eval --model digits-text``: :func:`studio.evaluation.text_eval.evaluate` (prompt
     adherence read back from pixels), with the same --n, --seed, --cfg-scales, --json, --threads."""
     folder = TEXT_MODEL_DIR if args.model == TEXT_MODEL_NAME else Path(args.model).expanduser()
     if args.n < 10:

@@ -18,7 +18,7 @@ they score there bounds what any model can be credited with.
 Samples come from :func:`generate` (diffusers ``StableDiffusionPipeline`` with DDIM,
 fixed seeds, batched); it is one small function so another generator can replace it.
 
-    studio eval --model digits-text --n 500 --json      (or python -m studio.training.text_eval)
+    studio eval --model digits-text --n 500 --json      (or python -m studio.evaluation.text_eval)
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .captions import (ALLOWED_PAIRS, COLOUR_NAMES, HELD_OUT, HELD_OUT_SET, PALETTE_RGB, full_caption,
+from ..data.digits import to_float, to_uint8
+from ..data.captions import (ALLOWED_PAIRS, COLOUR_NAMES, HELD_OUT, HELD_OUT_SET, PALETTE_RGB, full_caption,
                        make_captioned_dataset)
 
 FG_FRACTION = 0.6
@@ -191,13 +192,26 @@ def real_data_floor(evaluator, n: int = 2000) -> dict:
 
 
 @torch.no_grad()
+def psnr(vae, images: np.ndarray, batch: int = 250) -> float:
+    """Mean PSNR (dB, peak 255) of ``decode(posterior mean)`` on uint8 images, after rounding
+    the reconstruction to uint8 as a saved image would be."""
+    vals = []
+    was = vae.training
+    vae.eval()
+    for i in range(0, len(images), batch):
+        x = to_float(images[i:i + batch])
+        rec = to_uint8(vae.decode(vae.encode(x).latent_dist.mean).sample).astype(np.float64)
+        mse = ((rec - images[i:i + batch].astype(np.float64)) ** 2).mean(axis=(1, 2, 3))
+        vals.append(10 * np.log10(255.0 ** 2 / np.maximum(mse, 1e-10)))
+    vae.train(was)
+    return float(np.concatenate(vals).mean())
+
+
+@torch.no_grad()
 def vae_psnr(pipe, n: int = 1000, evaluator=None) -> dict:
     """PSNR of the autoencoder's reconstructions (posterior mean) of fresh images and, with an
     ``evaluator``, the readers' scores on those reconstructions: the ceiling the autoencoder
     puts on any sample of this latent space."""
-    from .dataset import to_float, to_uint8
-    from .vae_train import psnr
-
     out = {}
     for split in ("train", "held_out"):  # "train": fresh images of the training distribution
         images, attrs = make_captioned_dataset(n, PSNR_SEED, split)
@@ -302,7 +316,7 @@ def report_data(results: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m studio.training.text_eval",
+    p = argparse.ArgumentParser(prog="python -m studio.evaluation.text_eval",
                                 description="evaluate a digits-text pipeline folder")
     p.add_argument("--model", default="assets/models/digits-text")
     p.add_argument("--n", type=int, default=500)
