@@ -166,10 +166,11 @@ def _sample(args, recipe, execute):
         extra["init_noise.npy"] = Path(recipe.init_noise)
     cache = ModelCache(allow_pickle=args.allow_pickle)
     if args.scale is None and not args.recipe and recipe.guidance != "none":
-        # no scale given: the one the model recommends for this guidance (its recommended.json), if any
-        rec = cache.get(recipe).info.recommended_scales.get(recipe.guidance)
-        if rec is not None:
-            recipe = recipe.replace(scale=rec).validate()
+        # no scale given: the model's recommendation for this guidance, else the studio's (as the window, sweeps)
+        from .core.guidance import default_scale
+
+        scale = default_scale(recipe.guidance, cache.get(recipe).info.recommended_scales)
+        recipe = recipe.replace(scale=scale).validate()
     model = cache.get(recipe)  # open (and verify) the model before hashing its weights
     if model.info.text_conditioned:
         from .session.runner import prompt_notes

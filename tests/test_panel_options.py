@@ -79,3 +79,45 @@ def test_a_recipe_round_trips_through_the_panel(panel):
     assert panel.optionWidgets["corrector_steps"].value() == 3
     assert panel.recipe(model="gmm").sampler_options() == {"corrector_steps": 3, "snr": 0.05}
     assert panel.recipe(model="gmm") == r.resolved().replace(karras=False)
+
+
+# recipes that between them set every field the panel shows to a value other than its default (Karras is
+# set: the panel's check box has two states, unset reads as off)
+TEXT_INFO = dict(name="t", sample_size=8, in_channels=4, pipeline="StableDiffusionPipeline", vae_scale_factor=8)
+ROUND_TRIPS = [
+    ("class", Recipe(model="gmm", sampler="euler_a", steps=17, eta=0.35, guidance="classifier", scale=2.5,
+                     guidance_interval=(0.1, 0.8), classifier_form="mean", classifier="/models/clf", label=2,
+                     seed=2**40, batch=3, spacing="trailing", karras=True, x0_mode="threshold", eps_from_x0=False,
+                     schedule={"beta_schedule": "linear"}, device="cpu", dtype="bfloat16", init_noise="/tmp/x_T.npy")),
+    ("class", Recipe(model="gmm", sampler="langevin", corrector_steps=3, snr=0.05, guidance="cfg", scale=4.0,
+                     label=1, karras=False)),
+    ("text", Recipe(model="/models/sd", sampler="ddpm", variance="fixed_large", guidance="cfg", scale=5.5,
+                    prompt="a red 7", negative_prompt="blue", width=72, height=56, guidance_rescale=0.7,
+                    karras=False)),
+]
+
+
+def test_the_panel_shows_or_keeps_every_recipe_field(panel):
+    from studio.gui.panel import NOT_SHOWN
+
+    p = panel
+    assert set(p.bindings) | set(NOT_SHOWN) == set(Recipe.schema()) and not set(p.bindings) & set(NOT_SHOWN)
+    schema = Recipe.schema()
+    changed = {name for _, r in ROUND_TRIPS for name, opt in schema.items() if getattr(r, name) != opt.default}
+    assert changed == set(schema) - {"branch"}  # the round trips below cover every field
+
+
+@pytest.mark.parametrize("kind,recipe", ROUND_TRIPS, ids=[r.sampler for _, r in ROUND_TRIPS])
+def test_every_recipe_field_survives_set_recipe_then_recipe(panel, kind, recipe):
+    from studio.core.gmm import GaussianMixtureModel
+    from studio.core.model import ModelInfo
+
+    panel.set_model_info(GaussianMixtureModel().info if kind == "class" else ModelInfo(**TEXT_INFO))
+    r = recipe.validate()
+    panel.set_recipe(r)
+    assert panel.recipe(model=r.model) == r
+    # the shown fields are read back from the widgets (the others, NOT_SHOWN, from the recipe set)
+    assert {name: read() for name, (read, _) in panel.bindings.items()} == {name: getattr(r, name) for name in panel.bindings}
+    branched = r.replace(branch={"parent": Recipe(model="gmm").to_dict(), "from_step": 2})
+    panel.set_recipe(branched)
+    assert panel.recipe(model=r.model) == r  # the panel describes a new run: the branch is dropped

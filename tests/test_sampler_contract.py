@@ -10,15 +10,20 @@ options the sampler does not declare, are refused before a step runs.
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
+import re
 
+import numpy as np
 import pytest
 import torch
 
 from studio.core import engine
 from studio.core.options import Option, OptionError
-from studio.core.samplers import SAMPLERS, OPTION_SCHEMA
+from studio.core.guidance import Guidance
+from studio.core.samplers import SAMPLERS, OPTION_SCHEMA, samplers_with
+from studio.session.recipe import Recipe
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
@@ -180,3 +185,55 @@ def test_euler_a_eta_zero_means_no_noise_and_is_plain_euler(gmm):
     *_, a1 = engine.sample(gmm, "euler_a", STEPS, options={"eta": 1.0}, **kw)
     assert torch.equal(a0.x, euler.x)
     assert torch.equal(a_default.x, a1.x) and (a1.x - euler.x).abs().max() > 1e-2
+
+
+def listed(message: str) -> list[str]:
+    """The sampler names a refusal lists: "… (a, b), not c …" or "… only for a, b, not c …" → [a, b]."""
+    m = re.search(r"\(([^)]*)\), not |only for (.*?), not ", message)
+    return [n.strip() for n in (m.group(1) or m.group(2)).split(",")]
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_karras_sigmas_are_taken_exactly_by_the_samplers_declaring_it(gmm, name):
+    """A sampler on a σ plan takes Karras spacing (its noise levels change); one on integer timesteps refuses it
+    with a line listing the samplers that take it, as the recipe's help does: both read the flag."""
+    spec = SAMPLERS[name]
+    takers = samplers_with("takes_karras")
+    assert takers == tuple(n for n, s in SAMPLERS.items() if s.plan_kind != "discrete")
+    assert f"for {', '.join(takers)} " in Recipe.schema()["karras"].help
+    sched = engine.schedule_for(gmm)
+    if spec.takes_karras:
+        plain, karras = engine.make_plan(spec, sched, STEPS), engine.make_plan(spec, sched, STEPS, karras=True)
+        assert karras.karras and not np.allclose(plain.sigmas, karras.sigmas)
+    else:
+        with pytest.raises(ValueError) as e:
+            engine.make_plan(spec, sched, STEPS, karras=True)
+        assert listed(str(e.value)) == list(takers) and name in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_the_mean_form_of_classifier_guidance_is_run_exactly_by_the_samplers_declaring_it(gmm, name):
+    """Dhariwal & Nichol's mean shift needs the step's posterior variance: the samplers flagged
+    ``classifier_mean_shift`` run it (it changes the samples); the others refuse it in one line that lists
+    the flagged ones, as the recipe's help for classifier_form does."""
+    takers = samplers_with("classifier_mean_shift")
+    assert f"mean ({', '.join(takers)})" in Recipe.schema()["classifier_form"].help
+    mean = Guidance("classifier", 4.0, classifier_form="mean")
+    kw = dict(batch=BATCH, seed=SEED, label=1)
+    if SAMPLERS[name].classifier_mean_shift:
+        *_, guided = engine.sample(gmm, name, STEPS, guidance=mean, **kw)
+        *_, free = engine.sample(gmm, name, STEPS, **kw)
+        assert guided.guided and not torch.equal(guided.x, free.x)
+    else:
+        with pytest.raises(ValueError) as e:
+            engine.sample(gmm, name, STEPS, guidance=mean, **kw)
+        assert listed(str(e.value)) == list(takers) and "\n" not in str(e.value)
+
+
+def test_refusals_follow_the_flags_of_a_newly_registered_sampler(gmm, monkeypatch):
+    """The names come from the registry's flags, not from a list: a new sampler declaring the mean shift is
+    named by the refusal at once."""
+    monkeypatch.setitem(SAMPLERS, "ddpm_twin", dataclasses.replace(SAMPLERS["ddpm"], name="ddpm_twin"))
+    with pytest.raises(ValueError) as e:
+        engine.sample(gmm, "ddim", STEPS, guidance=Guidance("classifier", 1.0, classifier_form="mean"), label=1)
+    assert listed(str(e.value)) == ["ddpm", "ddpm_twin"]

@@ -74,3 +74,26 @@ def test_check_finite_finds_one_nan_or_inf_and_accepts_a_huge_finite_state():
         y[2, 1, 5, 6] = bad
         with pytest.raises(SamplingError, match="step 4"):
             check_finite(y, 3)
+
+
+def test_step_meta_is_the_records_numbers_and_gives_the_record_back():
+    import dataclasses
+
+    from studio.core.records import StepRecord
+    from studio.session.trajectory import StepMeta
+
+    recorded = {f.name for f in dataclasses.fields(StepRecord)}
+    meta = [f.name for f in dataclasses.fields(StepMeta)]
+    # every per-step number of a record, without its tensors or what the whole run shares, and the scale
+    assert set(meta) == recorded - {"x", "x0", "carry", "sampler", "steps"} | {"guidance_scale"}
+    run = Run(Recipe(model="gmm", sampler="dpmpp_2m", steps=4, batch=1, seed=2, guidance="cfg", label=1, scale=2.5,
+                     guidance_interval=(0.0, 0.5)))
+    recs = list(run)
+    traj = run.trajectory
+    for rec, m in zip(recs, traj.meta, strict=True):
+        assert all(getattr(m, name) == getattr(rec, name) for name in meta if name != "guidance_scale")
+    assert [m.guidance_scale for m in traj.meta] == [2.5, 2.5, 1.0, 1.0]  # CFG w inside the interval, else 1
+    back = traj.record(2)
+    for name in recorded - {"x", "x0", "carry"}:
+        assert getattr(back, name) == getattr(recs[2], name), name
+    assert torch.equal(back.x, recs[2].x) and torch.equal(back.carry["prev_x0"], recs[2].carry["prev_x0"])

@@ -10,7 +10,7 @@ from .denoiser import Denoiser
 from .guidance import Guidance
 from .noise import NoiseSource
 from .records import StepRecord
-from .samplers import SamplerSpec, get_sampler
+from .samplers import SamplerSpec, get_sampler, samplers_with
 from .schedule import NoiseSchedule, Plan, discrete_plan, dpm_plan, sigma_plan
 
 
@@ -29,12 +29,12 @@ def default_x0_mode(model) -> str:
 def make_plan(spec: SamplerSpec, sched: NoiseSchedule, steps: int, spacing: Optional[str] = None,
               karras: bool = False) -> Plan:
     spacing = spacing or spec.default_spacing
-    if spec.plan_kind != "discrete":
-        sched = sched.finite_terminal()
+    if karras and not spec.takes_karras:
+        raise ValueError(f"Karras sigmas apply to the samplers on σ plans ({', '.join(samplers_with('takes_karras'))}), "
+                         f"not {spec.name}; leave Karras off or choose one of those")
     if spec.plan_kind == "discrete":
-        if karras:
-            raise ValueError(f"Karras sigmas apply to the σ-space samplers (euler, euler_a, heun, dpmpp_2m), not {spec.name}")
         return discrete_plan(sched, steps, spacing)
+    sched = sched.finite_terminal()
     if spec.plan_kind == "sigma":
         return sigma_plan(sched, steps, spacing, karras)
     return dpm_plan(sched, steps, spacing, karras)
@@ -46,7 +46,7 @@ def model_plan(model, spec: SamplerSpec, steps: int, spacing: Optional[str] = No
     sc = model.info.scheduler_config
     spacing = spacing or sc.get("timestep_spacing") or spec.default_spacing
     if karras is None:
-        karras = bool(sc.get("use_karras_sigmas", False)) and spec.plan_kind != "discrete"
+        karras = bool(sc.get("use_karras_sigmas", False)) and spec.takes_karras
     return make_plan(spec, schedule_for(model, schedule_overrides), steps, spacing, karras)
 
 
@@ -179,8 +179,9 @@ def sample(
                    threshold_ratio=float(sc.get("dynamic_thresholding_ratio", 0.995)),
                    threshold_max=float(sc.get("sample_max_value", 1.0)),
                    eps_from_x0=eps_from_x0, uncond=uncond, guidance_rescale=guidance_rescale)
-    if guidance.mode == "classifier" and guidance.classifier_form == "mean" and spec.name != "ddpm":
-        raise ValueError("the mean-shift form of classifier guidance exists only for ddpm; use the eps form")
+    if guidance.mode == "classifier" and guidance.classifier_form == "mean" and not spec.classifier_mean_shift:
+        raise ValueError(f"the mean-shift form of classifier guidance exists only for "
+                         f"{', '.join(samplers_with('classifier_mean_shift'))}, not {spec.name}; use the eps form")
     if spec.schedule_inputs is not None:
         opts.update(spec.schedule_inputs(sched))
     if start is not None:

@@ -11,16 +11,36 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Mapping, Optional
 
 import torch
 
 GUIDANCE_MODES = ("none", "cfg", "classifier")
 CLASSIFIER_FORMS = ("eps", "mean")
 MAX_SCALE = 1000.0
+# the scale a guided run takes when none is given and the model recommends none (its recommended.json):
+# CFG w = 3, the usual diffusers / web-UI starting point (w = 1 is plain conditional sampling), and
+# classifier s = 1, Dhariwal & Nichol's unscaled ∇ log p_φ(y|x_t): the exact conditional score when the
+# classifier is exact (the gmm model's is)
+FALLBACK_SCALES = {"cfg": 3.0, "classifier": 1.0}
 
 
 class GuidanceError(ValueError):
     """A guidance setting that cannot be used."""
+
+
+def default_scale(mode: str, recommended: Optional[Mapping[str, float]] = None) -> float:
+    """The scale of guidance ``mode`` when none is given: the model's recommendation for it
+    (``ModelInfo.recommended_scales``, read from its recommended.json), else ``FALLBACK_SCALES``.
+    The window, ``studio sample`` and sweeps all start here, so one recipe gives one run everywhere."""
+    if mode not in FALLBACK_SCALES:
+        raise GuidanceError(f"guidance mode {mode!r} takes no scale; choose one of {', '.join(FALLBACK_SCALES)}")
+    return float((recommended or {}).get(mode, FALLBACK_SCALES[mode]))
+
+
+def fallback_text() -> str:
+    """The fallback scales as words, for help texts: "cfg 3, classifier 1"."""
+    return ", ".join(f"{mode} {scale:g}" for mode, scale in FALLBACK_SCALES.items())
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,9 @@ SCRUB_TICKS = 1000
 
 def label_for(r: Recipe) -> str:
     s = f"{r.sampler} · {r.steps} steps"
-    if "eta" in SAMPLERS[r.sampler].options:
-        s += f" · η={r.sampler_options()['eta']:g}"
+    for name, value in r.sampler_options().items():  # every option of the sampler, as its declaration names it
+        opt = OPTION_SCHEMA[name]
+        s += f" · {opt.label or name}={value:g}" if opt.kind in ("float", "int") else f" · {opt.labelled(value)}"
     if r.guidance != "none":
         s += f" · w={r.scale:g}"
     if r.guidance_rescale:
@@ -35,24 +36,29 @@ def label_for(r: Recipe) -> str:
 
 
 class ConfigRow(QWidget):
+    """One configuration: sampler, steps, the sampler's own options, scale (and, for a text-to-image model,
+    rescale φ and prompt). The option widgets are made from the registry's declarations, as the panel's
+    are, one per option of any sampler; a row shows those of its sampler."""
+
     def __init__(self, recipe: Recipe, guided: bool, text: bool = False, parent=None):
         super().__init__(parent)
         self.text = text  # a text-to-image model: each configuration has its own prompt and rescale φ
+        schema = Recipe.schema()  # ranges and steps from the one declaration of each setting
         self.prompt = QLineEdit(recipe.prompt or "")
         self.prompt.setPlaceholderText("prompt")
         self.prompt.setMinimumWidth(180)
-        self.rescale = ow.make_widget(Recipe.schema()["guidance_rescale"])
+        self.rescale = ow.make_widget(schema["guidance_rescale"])
         self.rescale.setValue(recipe.guidance_rescale)
         self.rescale.setToolTip("Guidance rescale φ (0 = off)")
         self.sampler = QComboBox()
         for name in SAMPLERS:
             self.sampler.addItem(name, name)
         self.sampler.setCurrentIndex(self.sampler.findData(recipe.sampler))
-        schema = Recipe.schema()  # ranges and steps from the one declaration of each setting
         self.steps = ow.make_widget(schema["steps"])
         self.steps.setValue(recipe.steps)
-        self.eta = ow.make_widget(OPTION_SCHEMA["eta"])
-        self.eta.setValue(recipe.sampler_options().get("eta", 0.0))
+        self.options: dict[str, QWidget] = {name: ow.make_widget(opt) for name, opt in OPTION_SCHEMA.items()}
+        for name, v in recipe.sampler_options().items():
+            ow.set_value(self.options[name], v)
         self.scale = ow.make_widget(schema["scale"])
         self.scale.setValue(recipe.scale)
         self.scale.setEnabled(guided)
@@ -60,30 +66,48 @@ class ConfigRow(QWidget):
         self.remove.setToolTip("Remove this configuration")
         lay = QHBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
-        fields = [("", self.sampler), ("steps", self.steps), ("η", self.eta), ("scale", self.scale)]
-        if text:
-            fields += [("φ", self.rescale), ("", self.prompt)]
-        for name, w in fields:
-            if name:
-                lay.addWidget(QLabel(name))
+
+        def add(name: str, w: QWidget) -> QLabel:
+            label = QLabel(name)
+            lay.addWidget(label)
             lay.addWidget(w)
+            return label
+
+        lay.addWidget(self.sampler)
+        add("steps", self.steps)
+        self._option_labels = {name: add(OPTION_SCHEMA[name].label or name, w) for name, w in self.options.items()}
+        add("scale", self.scale)
+        if text:
+            add("φ", self.rescale)
+            lay.addWidget(self.prompt)
         lay.addStretch(1)
         lay.addWidget(self.remove)
+        self._show_options()
         self.sampler.currentIndexChanged.connect(self._sampler_changed)
-        self.eta.setEnabled("eta" in SAMPLERS[recipe.sampler].options)
+
+    def own_options(self) -> dict:
+        """The chosen sampler's declared options, {name: Option}."""
+        return SAMPLERS[self.sampler.currentData()].options
+
+    def _show_options(self) -> None:
+        own = self.own_options()
+        for name, w in self.options.items():
+            w.setVisible(name in own)
+            self._option_labels[name].setVisible(name in own)
 
     def _sampler_changed(self, *_) -> None:
-        opt = SAMPLERS[self.sampler.currentData()].options.get("eta")
-        self.eta.setEnabled(opt is not None)
-        if opt is not None:
-            self.eta.setValue(opt.default)  # the sampler's own default η (DDIM 0, Euler a 1)
+        for name, opt in self.own_options().items():
+            ow.set_value(self.options[name], opt.default)  # the sampler's own defaults (DDIM η 0, Euler a η 1)
+        self._show_options()
 
     def apply(self, base: Recipe) -> Recipe:
-        takes_eta = "eta" in SAMPLERS[self.sampler.currentData()].options
+        own = self.own_options()
         extra = dict(prompt=self.prompt.text().strip(), guidance_rescale=round(self.rescale.value(), 4)) if self.text else {}
         return base.replace(sampler=self.sampler.currentData(), steps=self.steps.value(),
-                            eta=round(self.eta.value(), 4) if takes_eta else None, scale=round(self.scale.value(), 4),
-                            spacing=None if self.sampler.currentData() != base.sampler else base.spacing, **extra)
+                            **{name: ow.value(w) if name in own else None for name, w in self.options.items()},
+                            scale=round(self.scale.value(), 4),
+                            spacing=None if self.sampler.currentData() != base.sampler else base.spacing,
+                            karras=base.karras if SAMPLERS[self.sampler.currentData()].takes_karras else None, **extra)
 
 
 class CompareDialog(QDialog):

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import random
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
                                QSlider, QToolButton, QVBoxLayout, QWidget)
 
+from ..core.guidance import default_scale
 from ..core.samplers import OPTION_SCHEMA, SAMPLERS
 from ..session.recipe import Recipe
 from . import option_widgets as ow
@@ -16,7 +17,6 @@ from .prompt_box import PromptEdit
 BUILTIN_MODELS = [("gmm", "gmm — exact Gaussian mixture"), ("default", "default — shipped digits model"),
                   ("digits-text", "digits-text — shipped text-to-image model")]
 OPEN_FOLDER = "__open__"
-FALLBACK_SCALES = {"cfg": 3.0, "classifier": 1.0}  # when the model recommends none
 SLIDER_STEPS = 10  # slider ticks per unit of guidance scale
 SEED_MAX = 2**31 - 1
 
@@ -36,6 +36,27 @@ def _select(combo: QComboBox, data) -> bool:
     if i >= 0:
         combo.setCurrentIndex(i)
     return i >= 0
+
+
+def _enable_item(combo: QComboBox, data, on: bool) -> None:
+    """Enable or disable the item of ``combo`` whose data is ``data`` (whatever its position)."""
+    combo.model().item(combo.findData(data)).setEnabled(on)
+
+
+# a recipe field as the panel shows it: read it from the widgets, show a value on them
+Binding = tuple[Callable[[], Any], Callable[[Any], None]]
+
+# the recipe fields the panel has no widget for, and where their values come from instead
+NOT_SHOWN = {
+    "model": "the window's open model (recipe(model=…), show_model)",
+    "classifier_form": "the last recipe set", "classifier": "the last recipe set",
+    "schedule": "the last recipe set", "init_noise": "the last recipe set",
+    "branch": "none: the panel describes a new run (a branch is made from the window's run)",
+}
+
+
+def _plain(w: QWidget) -> Binding:
+    return (lambda: ow.value(w), lambda v: ow.set_value(w, v))
 
 
 class SamplerPanel(QWidget):
@@ -192,7 +213,7 @@ class SamplerPanel(QWidget):
         lay.addStretch(1)
 
         self._guard = False
-        self._set_scale(FALLBACK_SCALES["cfg"])
+        self._set_scale(self.guidanceSpin.value())  # the recipe's default, on the slider too
         self._mode_scales: dict[str, float] = {}
         self._scale_mode = self.guidanceModeCombo.currentData()  # the mode whose scale the widgets show
         self.set_recent([])
@@ -217,6 +238,7 @@ class SamplerPanel(QWidget):
         for w in (self.widthSpin, self.heightSpin, self.rescaleSpin):
             ow.changed_signal(w).connect(self.changed)
         self.previewCombo.activated.connect(self._preview_chosen)
+        self.bindings = self._make_bindings()  # recipe field → (read, show): what recipe() and set_recipe() use
         self._sampler_changed()
         self._mode_changed()
         self._show_text_rows(False)
@@ -288,10 +310,9 @@ class SamplerPanel(QWidget):
             self.labelCombo.setCurrentIndex(0)
         self.labelCombo.blockSignals(False)
         self.labelCombo.setEnabled(info.conditional)
-        model = self.guidanceModeCombo.model()
         cfg_ok = info.null_label is not None or text  # a text model's unconditional branch is a prompt
-        model.item(1).setEnabled(cfg_ok)
-        model.item(2).setEnabled(bool(info.has_classifier))
+        _enable_item(self.guidanceModeCombo, "cfg", cfg_ok)
+        _enable_item(self.guidanceModeCombo, "classifier", bool(info.has_classifier))
         mode = self.guidanceModeCombo.currentData()
         if (mode == "cfg" and not cfg_ok) or (mode == "classifier" and not info.has_classifier):
             _select(self.guidanceModeCombo, "none")
@@ -300,69 +321,83 @@ class SamplerPanel(QWidget):
         self.changed.emit()
 
     # -- recipe <-> widgets ----------------------------------------------------------------------
+    def _make_bindings(self) -> dict[str, Binding]:
+        """How each recipe field the panel shows is read from its widgets and shown on them, by field name
+        (``Recipe.schema()``; the others are ``NOT_SHOWN``). A class label, or a prompt, size and rescale φ,
+        belong to the open model's kind: the other kind's fields read as unset."""
+        b: dict[str, Binding] = {name: _plain(w) for name, w in (
+            ("sampler", self.samplerCombo), ("steps", self.stepsSpin), ("guidance", self.guidanceModeCombo),
+            ("spacing", self.spacingCombo), ("x0_mode", self.x0Combo), ("eps_from_x0", self.epsCheck),
+            ("device", self.deviceCombo), ("dtype", self.dtypeCombo))}
+        for name in self.optionWidgets:
+            b[name] = (lambda name=name: self._read_option(name), lambda v, name=name: self._show_option(name, v))
+        b["scale"] = (lambda: ow.value(self.guidanceSpin), self._show_scale)
+        b["guidance_interval"] = (lambda: (ow.value(self.intervalStart), ow.value(self.intervalEnd)),
+                                  self._show_interval)
+        b["label"] = (lambda: None if self.is_text else self.labelCombo.currentData(), self._show_label)
+        b["prompt"] = (lambda: self.promptEdit.text() if self.is_text else None, self._show_prompt)
+        b["negative_prompt"] = (lambda: (self.negativeEdit.text() or None) if self.is_text else None,
+                                lambda v: self.negativeEdit.setText(v or ""))
+        for name, spin in (("width", self.widthSpin), ("height", self.heightSpin)):
+            b[name] = (lambda spin=spin: spin.value() if self.is_text else None,
+                       lambda v, spin=spin: self._show_size(spin, v))
+        b["guidance_rescale"] = (lambda: ow.value(self.rescaleSpin) if self.is_text else 0.0, self.rescaleSpin.setValue)
+        b["seed"] = (self._read_seed, lambda v: self.seedSpin.setValue(min(v, SEED_MAX)))
+        b["batch"] = (self.batchSpin.value, lambda v: self.batchSpin.setValue(min(v, self.batchSpin.maximum())))
+        b["karras"] = (lambda: self.karrasCheck.isChecked() and self.karrasCheck.isEnabled(),
+                       lambda v: self.karrasCheck.setChecked(bool(v)))
+        return b
+
     def recipe(self, model: Optional[str] = None) -> Recipe:
         """The recipe the widgets describe (settings the panel doesn't show come from the last recipe set)."""
-        sampler = self.samplerCombo.currentData()
-        own = SAMPLERS[sampler].options
-        return self._base.replace(
-            model=model or self._model_spec,
-            sampler=sampler,
-            steps=self.stepsSpin.value(),
-            **{name: ow.value(w) if name in own else None for name, w in self.optionWidgets.items()},
-            spacing=self.spacingCombo.currentData(),
-            karras=self.karrasCheck.isChecked() and self.karrasCheck.isEnabled(),
-            x0_mode=self.x0Combo.currentData(),
-            eps_from_x0=self.epsCheck.isChecked(),
-            seed=self._base.seed if (self._base.seed > SEED_MAX and self.seedSpin.value() == SEED_MAX)
-            else self.seedSpin.value(),
-            batch=self.batchSpin.value(),
-            label=None if self.is_text else self.labelCombo.currentData(),
-            prompt=self.promptEdit.text() if self.is_text else None,
-            negative_prompt=(self.negativeEdit.text() or None) if self.is_text else None,
-            width=self.widthSpin.value() if self.is_text else None,
-            height=self.heightSpin.value() if self.is_text else None,
-            guidance_rescale=round(self.rescaleSpin.value(), 4) if self.is_text else 0.0,
-            guidance=self.guidanceModeCombo.currentData(),
-            scale=round(self.guidanceSpin.value(), 4),
-            guidance_interval=(round(self.intervalStart.value(), 4), round(self.intervalEnd.value(), 4)),
-            device=self.deviceCombo.currentData(),
-            dtype=self.dtypeCombo.currentData(),
-            branch=None,
-        )
+        shown = {name: read() for name, (read, _) in self.bindings.items()}
+        return self._base.replace(model=model or self._model_spec, branch=None, **shown)
 
     def set_recipe(self, r: Recipe) -> None:
         self._base = r.replace(branch=None)
-        _select(self.samplerCombo, r.sampler)
-        self._sampler_changed()
-        self.stepsSpin.setValue(r.steps)
-        for name, v in r.sampler_options().items():
-            ow.set_value(self.optionWidgets[name], v)
-        _select(self.spacingCombo, r.spacing)
-        self.karrasCheck.setChecked(bool(r.karras))
-        _select(self.x0Combo, r.x0_mode)
-        self.epsCheck.setChecked(r.eps_from_x0)
-        self.seedSpin.setValue(min(r.seed, SEED_MAX))
-        self.batchSpin.setValue(min(r.batch, self.batchSpin.maximum()))
-        if r.label is not None and self.labelCombo.findData(r.label) < 0:
-            self.labelCombo.addItem(f"{r.label}", r.label)
-        _select(self.labelCombo, r.label)
-        if r.prompt is not None:
-            self.promptEdit.setText(r.prompt)
-        self.negativeEdit.setText(r.negative_prompt or "")
-        for spin, v in ((self.widthSpin, r.width), (self.heightSpin, r.height)):
-            if v is not None:
-                spin.setValue(v)
-                self._size_set = True
-        self.rescaleSpin.setValue(r.guidance_rescale)
-        _select(self.guidanceModeCombo, r.guidance)
-        self._set_scale(float(r.scale))
-        self._scale_mode = r.guidance  # the recipe's scale is the one of its mode
-        self.intervalStart.setValue(r.guidance_interval[0])
-        self.intervalEnd.setValue(r.guidance_interval[1])
-        _select(self.deviceCombo, r.device)
-        _select(self.dtypeCombo, r.dtype)
+        for name in Recipe.schema():  # in field order: the sampler before its options, the mode before its scale
+            if name in self.bindings:
+                self.bindings[name][1](getattr(r, name))
         self._sampler_changed()
         self._mode_changed()
+
+    def _read_option(self, name: str):
+        """A sampler option: the widget's value for the chosen sampler's own options, else unset."""
+        own = SAMPLERS[self.samplerCombo.currentData()].options
+        return ow.value(self.optionWidgets[name]) if name in own else None
+
+    def _show_option(self, name: str, v) -> None:
+        opt = SAMPLERS[self.samplerCombo.currentData()].options.get(name)
+        if opt is not None:  # unset: the sampler's declared default
+            ow.set_value(self.optionWidgets[name], opt.default if v is None else v)
+
+    def _show_scale(self, v: float) -> None:
+        self._set_scale(float(v))
+        self._scale_mode = self.guidanceModeCombo.currentData()  # the recipe's scale is the one of its mode
+
+    def _show_interval(self, v: tuple[float, float]) -> None:
+        self.intervalStart.setValue(v[0])
+        self.intervalEnd.setValue(v[1])
+
+    def _show_prompt(self, v: Optional[str]) -> None:
+        if v is not None:  # a class recipe keeps the prompt typed for a text model
+            self.promptEdit.setText(v)
+
+    def _show_label(self, label: Optional[int]) -> None:
+        if label is not None and self.labelCombo.findData(label) < 0:
+            self.labelCombo.addItem(f"{label}", label)
+        _select(self.labelCombo, label)
+
+    def _show_size(self, spin, v: Optional[int]) -> None:
+        if v is not None:
+            spin.setValue(v)
+            self._size_set = True
+
+    def _read_seed(self) -> int:
+        """The seed shown, or the last recipe's when it is beyond what the spin box holds and unchanged."""
+        if self._base.seed > SEED_MAX and self.seedSpin.value() == SEED_MAX:
+            return self._base.seed
+        return self.seedSpin.value()
 
     # -- behaviour -------------------------------------------------------------------------------
     @property
@@ -409,12 +444,12 @@ class SamplerPanel(QWidget):
             self._options_sampler = name
         for opt_name, w in self.optionWidgets.items():
             w.setEnabled(opt_name in spec.options)
-        self.karrasCheck.setEnabled(spec.plan_kind != "discrete")
+        self.karrasCheck.setEnabled(spec.takes_karras)
 
     def recommended_scale(self, mode: str) -> float:
-        """The model's recommended scale for ``mode`` (its recommended.json), else CFG 3 / classifier 1."""
-        rec = self._info.recommended_scales if self._info is not None else {}
-        return float(rec.get(mode, FALLBACK_SCALES.get(mode, 1.0)))
+        """The scale ``mode`` starts at: the model's recommendation, else the studio's (``default_scale``,
+        as ``studio sample`` and sweeps)."""
+        return default_scale(mode, self._info.recommended_scales if self._info is not None else None)
 
     def _mode_changed(self, *_) -> None:
         mode = self.guidanceModeCombo.currentData()

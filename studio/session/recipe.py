@@ -16,11 +16,12 @@ import platform
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Optional
 
-from ..core.guidance import CLASSIFIER_FORMS, GUIDANCE_MODES, MAX_SCALE, Guidance, GuidanceError
+from ..core.guidance import (CLASSIFIER_FORMS, FALLBACK_SCALES, GUIDANCE_MODES, MAX_SCALE, Guidance, GuidanceError,
+                             fallback_text)
 from ..core.loading import DTYPES
 from ..core.options import Option, OptionError, declared, schema
 from ..core.prediction import X0_MODES
-from ..core.samplers import OPTION_SCHEMA, SAMPLERS, get_sampler
+from ..core.samplers import OPTION_SCHEMA, SAMPLERS, get_sampler, samplers_with
 from ..core.schedule import BETA_SCHEDULES, SPACINGS
 
 RECIPE_FORMAT = "sampling-studio/recipe@2"
@@ -72,14 +73,17 @@ class Recipe:
     guidance: str = declared(Option(default="none", kind="choice", choices=GUIDANCE_MODES,
                                     choice_labels=("none", "classifier-free", "classifier"),
                                     help="guidance towards the class: none, classifier-free (cfg) or classifier"))
-    scale: float = declared(Option(default=3.0, kind="float", low=0.0, high=MAX_SCALE, step=0.5,
+    # a guided run given no scale (studio sample, a sweep, the window) takes core.guidance.default_scale(mode,
+    # the model's recommendation); the field's own default is the CFG fallback
+    scale: float = declared(Option(default=FALLBACK_SCALES["cfg"], kind="float", low=0.0, high=MAX_SCALE, step=0.5,
                                    help="guidance scale (CFG w, 1 = conditional; classifier s); default: the "
-                                        "model's recommended scale for the guidance, else 3"))
+                                        f"model's recommended scale for the guidance, else {fallback_text()}"))
     guidance_interval: tuple[float, float] = declared(Option(
         default=(0.0, 1.0), kind="pair", low=0.0, high=1.0, step=0.05,
         help="apply guidance only between these fractions of the run (0 1 = always)"))
-    classifier_form: str = declared(Option(default="eps", kind="choice", choices=CLASSIFIER_FORMS,
-                                           help="classifier guidance: eps (any sampler) or mean (ddpm)"))
+    classifier_form: str = declared(Option(
+        default="eps", kind="choice", choices=CLASSIFIER_FORMS,
+        help=f"classifier guidance: eps (any sampler) or mean ({', '.join(samplers_with('classifier_mean_shift'))})"))
     classifier: Optional[str] = declared(Option(
         kind="str", optional=True, help="noise-aware classifier folder (config.json + model.safetensors)"))
     label: Optional[int] = declared(Option(kind="int", low=0, optional=True, help="class label"))
@@ -106,7 +110,7 @@ class Recipe:
         help="default: the model's scheduler config, else the sampler's own (ddim/ddpm leading, others linspace)"))
     karras: Optional[bool] = declared(Option(
         kind="bool", optional=True,
-        help="Karras σ spacing for euler, euler_a, heun, dpmpp_2m (default: the model's config)"))
+        help=f"Karras σ spacing for {', '.join(samplers_with('takes_karras'))} (default: the model's config)"))
     x0_mode: Optional[str] = declared(Option(kind="choice", choices=X0_MODES, optional=True, flag="--x0",
                                              choice_labels=("none", "clip to [−1, 1]", "dynamic threshold"),
                                              help="x̂₀ processing (default: the model's config)"))

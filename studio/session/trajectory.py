@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import field, fields, make_dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -39,18 +39,25 @@ def sweep_stale_spills() -> list[Path]:
     return sweep_stale(Path(tempfile.gettempdir()), SPILL_NAME)
 
 
-@dataclass
-class StepMeta:
-    index: int
-    t: float
-    sigma: float
-    alpha_bar: float
-    t_next: float
-    sigma_next: float
-    alpha_bar_next: float
-    nfe: int
-    guided: bool
-    guidance_scale: float = 0.0
+# a step's own numbers in a StepRecord: its fields less the tensors (x, x0, carry: the store keeps them apart,
+# at full precision) and what every step of a run shares (sampler, steps: the trajectory's recipe and plan)
+RUN_FIELDS = ("sampler", "steps")
+TENSOR_FIELDS = ("x", "x0", "carry")
+META_FIELDS = tuple(f.name for f in fields(StepRecord) if f.name not in RUN_FIELDS + TENSOR_FIELDS)
+
+StepMeta = make_dataclass(
+    "StepMeta",
+    [(f.name, f.type, field(default=f.default, default_factory=f.default_factory))
+     for f in fields(StepRecord) if f.name in META_FIELDS]
+    + [("guidance_scale", float, field(default=0.0))],  # the scale applied at the step (the guidance plot)
+    frozen=True,
+    namespace={"__module__": __name__, "__doc__": "A step of a Trajectory: StepRecord's numbers (META_FIELDS), "
+               "without its tensors, and the guidance scale applied at it."},
+)
+
+
+def step_meta(rec: StepRecord, guidance_scale: float = 0.0) -> StepMeta:
+    return StepMeta(**{name: getattr(rec, name) for name in META_FIELDS}, guidance_scale=guidance_scale)
 
 
 class Trajectory:
@@ -108,8 +115,7 @@ class Trajectory:
         self._full.append(entry)
         self.xt.append(self._frame(rec.x))
         self.x0.append(self._frame(rec.x0))
-        self.meta.append(StepMeta(rec.index, rec.t, rec.sigma, rec.alpha_bar, rec.t_next, rec.sigma_next,
-                                  rec.alpha_bar_next, rec.nfe, rec.guided, guidance_scale))
+        self.meta.append(step_meta(rec, guidance_scale))
         release_periodically(len(self.meta))  # only where an entry point owns the process
 
     def _spill(self, pos: int, entry: dict) -> Path:
@@ -133,8 +139,8 @@ class Trajectory:
         e = self.full_state(step)
         m = self.meta[step]
         carry = {k: (e["x0"] if v == "x0" else v) for k, v in e["carry"].items()}
-        return StepRecord(self.recipe.sampler, m.index, self.steps, m.t, m.sigma, m.alpha_bar, m.t_next, m.sigma_next,
-                          m.alpha_bar_next, e["x"], e["x0"], m.nfe, m.guided, carry)
+        return StepRecord(sampler=self.recipe.sampler, steps=self.steps, x=e["x"], x0=e["x0"], carry=carry,
+                          **{name: getattr(m, name) for name in META_FIELDS})
 
     def frame_xt(self, pos: int) -> np.ndarray:
         """x_t at position ``pos`` (0 = the initial noise, k = after step k−1) as (B, H, W, 3) uint8."""

@@ -17,7 +17,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
     s.name: s
     for s in [
         SamplerSpec("ddpm", sample_ddpm, "ancestral DDPM (Ho et al. 2020, Alg. 2); variance fixed_small or fixed_large",
-                    "discrete", False, (VARIANCE,), "leading"),
+                    "discrete", False, (VARIANCE,), "leading", classifier_mean_shift=True),
         SamplerSpec("ddim", sample_ddim, "DDIM (Song et al. 2021); eta=0 deterministic, eta=1 DDPM-like",
                     "discrete", True, (DDIM_ETA,), "leading", noise_option="eta"),
         SamplerSpec("euler", sample_euler, "Euler on the probability-flow ODE (Karras et al. 2022)",
@@ -58,6 +58,12 @@ def option_schema(samplers: dict[str, SamplerSpec] = SAMPLERS) -> dict[str, Opti
             for name, opt in merged.items()}
 
 
+def samplers_with(capability: str, samplers: dict[str, SamplerSpec] = SAMPLERS) -> tuple[str, ...]:
+    """The names of the samplers that have ``capability`` (a flag or property of ``SamplerSpec``, e.g.
+    ``takes_karras``), in registry order: what help texts and refusals list."""
+    return tuple(name for name, spec in samplers.items() if getattr(spec, capability))
+
+
 def get_sampler(name: str) -> SamplerSpec:
     try:
         return SAMPLERS[name]
@@ -67,4 +73,4 @@ def get_sampler(name: str) -> SamplerSpec:
 
 OPTION_SCHEMA = option_schema()
 
-__all__ = ["SAMPLERS", "OPTION_SCHEMA", "Option", "SamplerSpec", "get_sampler", "option_schema"]
+__all__ = ["SAMPLERS", "OPTION_SCHEMA", "Option", "SamplerSpec", "get_sampler", "option_schema", "samplers_with"]

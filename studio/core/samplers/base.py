@@ -31,7 +31,12 @@ class SamplerSpec:
     the default options; ``noise_option`` names the option that scales the fresh noise of each step
     (0 makes the sampler deterministic). ``step_evals(i, steps, options)`` is the number of
     denoiser evaluations in step ``i`` of ``steps``. ``schedule_inputs`` derives inputs from the
-    model's training schedule that are not user options (the Langevin corrector's α_t)."""
+    model's training schedule that are not user options (the Langevin corrector's α_t).
+
+    Capabilities (the help texts and refusals that name samplers are derived from them, never listed):
+    ``takes_karras`` follows from ``plan_kind``; ``classifier_mean_shift`` says the sampler applies
+    classifier guidance's mean form μ + s Σ ∇ log p_φ(y|x_t) (Dhariwal & Nichol 2021, Alg. 1), which
+    needs an ancestral step with a Gaussian posterior of known variance Σ."""
 
     name: str
     fn: SamplerFn
@@ -43,6 +48,7 @@ class SamplerSpec:
     step_evals: Callable[[int, int, Mapping[str, Any]], int] = one_evaluation
     noise_option: Optional[str] = None
     schedule_inputs: Optional[Callable[[NoiseSchedule], dict]] = None
+    classifier_mean_shift: bool = False
 
     def __post_init__(self) -> None:
         opts = self.options
@@ -51,6 +57,12 @@ class SamplerSpec:
         object.__setattr__(self, "options", dict(opts))
         if self.noise_option is not None and self.noise_option not in self.options:
             raise ValueError(f"sampler {self.name}: noise_option {self.noise_option!r} is not one of its options")
+
+    @property
+    def takes_karras(self) -> bool:
+        """Runs on a σ plan (σ-space or DPM-Solver), where Karras et al. 2022 σ spacing applies; a
+        discrete-timestep sampler (ddpm, ddim, …) runs on integer timesteps instead."""
+        return self.plan_kind != "discrete"
 
     def resolve(self, options: Optional[Mapping[str, Any]] = None) -> dict:
         """Every option of this sampler: the given value (checked) or the declared default.
