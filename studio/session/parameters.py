@@ -15,6 +15,8 @@ from __future__ import annotations
 import re
 from typing import Optional
 
+from ..core.samplers import get_sampler
+
 # the studio's sampler names ↔ the web UIs' names (samplers the web UIs lack keep the studio's name)
 WEBUI_SAMPLERS = {"ddim": "DDIM", "euler": "Euler", "euler_a": "Euler a", "heun": "Heun", "dpmpp_2m": "DPM++ 2M",
                   "ddpm": "DDPM", "langevin": "Langevin"}
@@ -39,7 +41,7 @@ def format_parameters(recipe, width: Optional[int] = None, height: Optional[int]
     if w and h:
         fields.append(("Size", f"{w}x{h}"))
     fields.append(("Model", _clean(str(recipe.model))))
-    if recipe.sampler in ("ddim", "euler_a") and recipe.eta:
+    if "eta" in get_sampler(recipe.sampler).options and recipe.eta:  # the web UIs' "Eta" (DDIM, ancestral)
         fields.append(("Eta", f"{recipe.eta:g}"))
     rescale = getattr(recipe, "guidance_rescale", 0.0)
     if rescale:
