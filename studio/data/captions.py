@@ -22,13 +22,12 @@ one attribute — and negative prompts such as "red" — mean something to the m
 
 from __future__ import annotations
 
-import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .cache import cached_arrays, source_hash
 from .digits import FONT_NAMES, IMAGE_SIZE, NUM_CLASSES, composite, glyph_mask
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -194,31 +193,12 @@ def make_captioned_dataset(n: int, seed: int = 0, split: str = "train") -> tuple
     return images, attrs
 
 
-def _recipe_hash() -> str:
-    h = hashlib.sha256(Path(__file__).read_bytes())
-    h.update((Path(__file__).parent / "dataset.py").read_bytes())
-    return h.hexdigest()[:12]
-
-
 def load_cached_captioned(cache_dir, n: int, seed: int, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
-    """:func:`make_captioned_dataset`, cached as ``.npz`` under ``cache_dir`` (keyed by n, seed,
-    split and a hash of the recipe's source); ``cache_dir=None`` renders without caching."""
-    if cache_dir is None:
-        return make_captioned_dataset(n, seed, split)
-    cache = Path(cache_dir)
-    cache.mkdir(parents=True, exist_ok=True)
-    path = cache / f"captioned_{split}_n{n}_s{seed}_{_recipe_hash()}.npz"
-    if path.exists():
-        try:
-            with np.load(path) as z:
-                return z["images"], z["attrs"]
-        except Exception:
-            path.unlink(missing_ok=True)
-    images, attrs = make_captioned_dataset(n, seed, split)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, images=images, attrs=attrs)
-    os.replace(tmp, path)
-    return images, attrs
+    """:func:`make_captioned_dataset`, cached as ``.npz`` under ``cache_dir`` (:func:`cache.cached_arrays`),
+    keyed by n, seed, split and a hash of the recipe's source; ``cache_dir=None`` renders without caching."""
+    here = Path(__file__).parent
+    stem = f"captioned_{split}_n{n}_s{seed}_{source_hash(here / 'captions.py', here / 'digits.py')}"
+    return cached_arrays(cache_dir, stem, ("images", "attrs"), lambda: make_captioned_dataset(n, seed, split))
 
 
 def vocabulary() -> list[str]:

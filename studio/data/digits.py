@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import csv
 import functools
-import hashlib
 import math
 import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from .cache import cached_arrays, source_hash
 
 IMAGE_SIZE = 32
 NUM_CLASSES = 10
@@ -203,34 +204,11 @@ def read_dataset(out_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     return images, np.asarray(labels, dtype=np.int64)
 
 
-def _recipe_hash() -> str:
-    src = Path(__file__).read_bytes()
-    return hashlib.sha256(src).hexdigest()[:12]
-
-
 def load_cached(cache_dir: str | os.PathLike | None, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """In-memory dataset, generated once and cached as ``.npz`` in ``cache_dir``.
-
-    The cache file name includes ``n``, ``seed`` and a hash of this source file so a
-    change to the recipe never silently reuses stale data. ``cache_dir=None``
-    disables caching.
-    """
-    if cache_dir is None:
-        return make_dataset(n, seed)
-    cache = Path(cache_dir)
-    cache.mkdir(parents=True, exist_ok=True)
-    path = cache / f"digits_n{n}_s{seed}_{_recipe_hash()}.npz"
-    if path.exists():
-        try:
-            with np.load(path) as z:
-                return z["images"], z["labels"]
-        except Exception:
-            path.unlink(missing_ok=True)
-    images, labels = make_dataset(n, seed)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, images=images, labels=labels)
-    os.replace(tmp, path)
-    return images, labels
+    """:func:`make_dataset`, cached as ``.npz`` in ``cache_dir`` (:func:`cache.cached_arrays`), keyed by
+    ``n``, ``seed`` and a hash of this source file; ``cache_dir=None`` renders without caching."""
+    return cached_arrays(cache_dir, f"digits_n{n}_s{seed}_{source_hash(Path(__file__))}", ("images", "labels"),
+                         lambda: make_dataset(n, seed))
 
 
 def to_float(images: np.ndarray):

@@ -41,24 +41,10 @@ def ancestral_step(sigma: float, sigma_next: float, eta: float) -> tuple[float, 
     return math.sqrt(sigma_next**2 - up**2), up
 
 
-def sample_euler(
-    denoiser: Denoiser, x: torch.Tensor, plan: Plan, noise: NoiseSource, *, start: int = 0, carry: Optional[dict] = None,
-) -> Iterator[StepRecord]:
-    """Euler's method on the probability-flow ODE (Karras et al. 2022, Alg. 1 without the 2nd-order correction)."""
-    xs = _start_state(x, plan, start, carry)
-    for i in range(start, plan.steps):
-        s, s_next = float(plan.sigmas[i]), float(plan.sigmas[i + 1])
-        pred = predict(denoiser, _vp(xs, s), plan, i)
-        d = (xs - pred.x0) / s
-        xs = xs + d * (s_next - s)
-        yield make_record("euler", plan, i, _vp(xs, s_next), pred, denoiser.nfe, {"state": xs})
-
-
-def sample_euler_ancestral(
-    denoiser: Denoiser, x: torch.Tensor, plan: Plan, noise: NoiseSource, *, start: int = 0,
-    carry: Optional[dict] = None, eta: float,
-) -> Iterator[StepRecord]:
-    """Ancestral Euler (k-diffusion ``sample_euler_ancestral``): an Euler step to σ_down, then noise of std σ_up."""
+def _euler_steps(name: str, denoiser: Denoiser, x: torch.Tensor, plan: Plan, noise: NoiseSource, start: int,
+                 carry: Optional[dict], eta: float) -> Iterator[StepRecord]:
+    """Euler steps on the probability-flow ODE, dx/dσ = (x − x̂₀)/σ, each to σ_down and then fresh noise of std
+    σ_up (:func:`ancestral_step`); with η = 0, σ_down = σ_next and no noise is drawn: plain Euler."""
     xs = _start_state(x, plan, start, carry)
     for i in range(start, plan.steps):
         s, s_next = float(plan.sigmas[i]), float(plan.sigmas[i + 1])
@@ -67,7 +53,22 @@ def sample_euler_ancestral(
         xs = xs + (xs - pred.x0) / s * (down - s)
         if up > 0:
             xs = xs + noise.step(i, tuple(xs.shape)) * up
-        yield make_record("euler_a", plan, i, _vp(xs, s_next), pred, denoiser.nfe, {"state": xs})
+        yield make_record(name, plan, i, _vp(xs, s_next), pred, denoiser.nfe, {"state": xs})
+
+
+def sample_euler(
+    denoiser: Denoiser, x: torch.Tensor, plan: Plan, noise: NoiseSource, *, start: int = 0, carry: Optional[dict] = None,
+) -> Iterator[StepRecord]:
+    """Euler's method on the probability-flow ODE (Karras et al. 2022, Alg. 1 without the 2nd-order correction)."""
+    return _euler_steps("euler", denoiser, x, plan, noise, start, carry, eta=0.0)
+
+
+def sample_euler_ancestral(
+    denoiser: Denoiser, x: torch.Tensor, plan: Plan, noise: NoiseSource, *, start: int = 0,
+    carry: Optional[dict] = None, eta: float,
+) -> Iterator[StepRecord]:
+    """Ancestral Euler (k-diffusion ``sample_euler_ancestral``): an Euler step to σ_down, then noise of std σ_up."""
+    return _euler_steps("euler_a", denoiser, x, plan, noise, start, carry, eta)
 
 
 def sample_heun(
