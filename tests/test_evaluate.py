@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from studio.evaluation.features import frechet, within_class_diversity
+from studio.evaluation.metrics import COST, EVALUATOR, EXACT, METRICS, Samples, available_metrics, measure
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -27,6 +28,61 @@ def test_within_class_diversity_is_the_mean_pairwise_distance():
     labels = np.array([0, 0, 1, 1, 1])
     # class 0: one pair at distance 5; class 1: distances 1, 3, 2 → mean 2
     assert abs(within_class_diversity(feats, labels) - (5.0 + 2.0) / 2) < 1e-12
+
+
+def _cell(label: int, pred, seconds: float, nfe: int = 10, **arrays) -> Samples:
+    n = len(pred)
+    return Samples(label=np.full(n, label), nfe=np.full(n, nfe), seconds=seconds, classes=10,
+                   arrays={"pred": np.array(pred), "features": np.arange(2.0 * n).reshape(n, 2) ** 1.5, **arrays},
+                   mixture_weights=np.array([0.4, 0.3, 0.2, 0.1]))
+
+
+def test_a_settings_metrics_are_each_formula_over_all_its_images():
+    """Pooling cells is computing over all their images: accuracy counts every labelled image, class
+    fractions every unlabelled one, the cost is per image, frechet only against a reference."""
+    a, b = _cell(3, [3, 3, 1, 3], seconds=2.0), _cell(5, [5, 2, 5, 5, 5, 5], seconds=6.0, nfe=20)
+    u = _cell(-1, [0, 0, 1, 9], seconds=1.0)
+    pooled = Samples.pooled([a, b, u])
+    m = measure(list(METRICS.values()), pooled)
+    assert m["accuracy"] == pytest.approx((3 + 5) / 10)
+    assert m["class_fractions"] == [0.5, 0.25, 0, 0, 0, 0, 0, 0, 0, 0.25]
+    assert m["seconds_per_image"] == pytest.approx(9.0 / 14) and m["nfe"] == pytest.approx((10 * 8 + 20 * 6) / 14)
+    assert "frechet" not in m and "weight_error" not in m  # no reference; no posteriors kept
+    feats = pooled.arrays["features"]
+    groups = np.concatenate([[3] * 4, [5] * 6, [0, 0, 1, 9]])  # requested labels, else the evaluator's reading
+    per_class = [np.mean([np.linalg.norm(feats[i] - feats[j]) for i in np.flatnonzero(groups == g)
+                          for j in np.flatnonzero(groups == g) if i != j]) for g in (0, 3, 5)]
+    assert m["diversity"] == pytest.approx(np.mean(per_class))
+    ref = np.random.default_rng(1).standard_normal((50, 2))
+    with_ref = measure([METRICS["frechet"]], Samples.pooled([a, b, u], reference=lambda: ref))
+    assert with_ref["frechet"] == pytest.approx(frechet(feats, ref))
+    one = measure(list(METRICS.values()), a)  # a cell alone: the same formulas over its own images
+    assert one["accuracy"] == 0.75 and one["nfe"] == 10 and "class_fractions" not in one
+
+
+def test_the_mixture_weight_error_is_the_total_variation_to_the_weights_asked_for():
+    post_u = np.array([[1.0, 0, 0, 0], [0, 1.0, 0, 0]])  # carries (0.5, 0.5, 0, 0); asked for π
+    post_l = np.array([[0, 0, 1.0, 0], [0, 0, 0.5, 0.5]])  # label 2: asked for (0, 0, 1, 0)
+    u = _cell(-1, [0, 0], 1.0, posterior=post_u)
+    lab = _cell(2, [0, 0], 1.0, posterior=post_l)
+    assert measure([METRICS["weight_error"]], u)["weight_error"] == pytest.approx(0.5 * (0.1 + 0.2 + 0.2 + 0.1))
+    assert measure([METRICS["weight_error"]], lab)["weight_error"] == pytest.approx(0.5 * (0.25 + 0.25))
+    # pooled: the weights carried by all four images against the mean of what each was asked for
+    both = measure([METRICS["weight_error"], METRICS["component_weights"]], Samples.pooled([u, lab]))
+    carried, asked = np.array([0.25, 0.25, 0.375, 0.125]), np.array([0.2, 0.15, 0.6, 0.05])
+    assert both["weight_error"] == pytest.approx(0.5 * np.abs(carried - asked).sum())
+    assert both["component_weights"] == carried.tolist()
+
+
+def test_what_a_model_can_measure_follows_from_what_each_metric_needs(tmp_path):
+    cost = tuple(name for name, m in METRICS.items() if m.needs is None)
+    assert cost == COST == ("seconds_per_image", "nfe")
+    assert available_metrics("gmm") == ("weight_error", "ref_distance", "component_weights") + cost
+    assert available_metrics(str(tmp_path)) == cost  # a model folder without an evaluator
+    (tmp_path / "evaluator").mkdir()
+    (tmp_path / "evaluator" / "config.json").write_text('{"num_classes": 10}')
+    assert available_metrics(str(tmp_path)) == ("accuracy", "diversity", "frechet", "class_fractions") + cost
+    assert all(m.label and (m.needs in (None, EVALUATOR, EXACT)) for m in METRICS.values())
 
 
 @pytest.mark.slow
@@ -60,6 +116,11 @@ def test_eval_report_checks_the_targets_and_the_tradeoff(tmp_path):
     assert "accuracy non-decreasing in w: yes; diversity non-increasing in w: **no**" in text
     assert "[5%, 20%]: **no** (min 0.040" in text
     assert "DDIM Table 1" not in text  # no such rows, no empty table
+    rows.append(dict(setting="ddim eta=0 S=10", guidance="none", scale=None, steps=10, eta=0.0, n=40, frechet=3.5,
+                     diversity=3.0, class_fractions=[0.1] * 10, fd_reference=300))
+    path.write_text(json.dumps({"results": rows}))
+    text = report(load([path]))
+    assert "| 0 | 3.50 |" in text and "to 300 held-out images; 40 unconditional samples" in text
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ import pytest
 from studio.cli import main
 from studio.session.recipe import Recipe
 from studio.sweep.cells import canonical_json, cell_key
-from studio.sweep.spec import SpecError, load_spec, parse_spec
+from studio.sweep.spec import SPEC_KEYS, SpecError, load_spec, parse_spec
 
 GOOD = """\
 title = "a small grid"
@@ -50,7 +50,9 @@ def test_cells_are_the_cross_product_of_validated_recipes():
     assert len({c.key for c in spec.cells}) == len(spec.cells)
     assert json.loads(canonical_json(expected)) == {k: v for k, v in expected.to_dict().items() if k != "versions"}
     assert spec.pool == ("seed",) and spec.setting_axes == ["sampler", "steps", "scale"]
-    assert spec.metrics == ("seconds_per_image", "nfe", "weight_error", "ref_distance")
+    assert spec.metrics == ("weight_error", "ref_distance", "component_weights", "seconds_per_image", "nfe")
+    assert (spec.reference_steps, spec.fd_reference) == (SPEC_KEYS["reference_steps"].default,
+                                                        SPEC_KEYS["fd_reference"].default)
 
 
 def test_settings_a_sampler_does_not_take_merge_into_one_cell():
@@ -86,7 +88,16 @@ def test_the_model_folder_recommended_scale_is_used_when_the_spec_names_none():
     ('model = "gmm"\n[axes]\nsteps = 4\n', 3, "axes.steps: must be a list of values"),
     ('model = "gmm"\n[axes]\nmodel = ["gmm", "default"]\n', 3, "axes.model: cannot be an axis"),
     ('model = "gmm"\n[axes]\nsteps = [4, 4]\n', 3, "axes.steps: lists 4 twice"),
-    ('model = "gmm"\nmetrics = ["accuracy"]\n', 2, "metrics: unknown metric 'accuracy' for model 'gmm'"),
+    ('model = "gmm"\nmetrics = ["accuracy"]\n', 2, "metrics: unknown metric 'accuracy' for model 'gmm'; "
+     "choose from weight_error, ref_distance, component_weights, seconds_per_image, nfe"),
+    ('model = "gmm"\nmetrics = "nfe"\n', 2, "metrics: metrics must be a list of strings, got 'nfe'"),
+    ('model = "gmm"\n\nreference_steps = 0\n', 3, "reference_steps: reference_steps must be an integer from 1 to "
+     "100000, got 0"),
+    ('model = "gmm"\nfd_reference = 2.5\n', 2, "fd_reference: fd_reference must be an integer from 1 to 1000000"),
+    ('title = 3\nmodel = "gmm"\n', 1, "title: title must be a string, got 3"),
+    ('model = ""\n', 1, "model: is empty; name a model"),
+    ('model = "gmm"\nreference_step = 40\n', 2, "unknown key (did you mean 'reference_steps'?); the spec takes "
+     "title, model, metrics, pool, reference_steps, fd_reference, fixed, axes"),
     ('model = "gmm"\npool = ["label"]\n[axes]\nsteps = [4]\n', 2, "pool: 'label' is not an axis"),
     ('model = "no/such/folder"\n', 1, "model: 'no/such/folder' is not a built-in model"),
     ('model = "gmm"\n[fixed]\nsteps = 4\n[axes]\nsteps = [4, 8]\n', 5, "axes.steps: steps is both fixed and an axis"),
@@ -148,3 +159,24 @@ def test_a_ray_cluster_that_cannot_be_reached_is_one_line_and_leaves_no_folder(t
     assert "give auto or the cluster's address as HOST:PORT" in capsys.readouterr().err
     assert main(["sweep", str(spec), "--out", str(out), "--gpus-per-worker", "1"]) == 2
     assert "--gpus-per-worker applies to --ray" in capsys.readouterr().err
+
+
+def test_a_spec_key_given_is_checked_and_kept():
+    spec = parse_spec('model = "gmm"\nreference_steps = 40\nfd_reference = 300\ntitle = "t"\n'
+                      'metrics = ["nfe", "weight_error", "nfe"]\n', "s.toml")
+    assert (spec.reference_steps, spec.fd_reference, spec.title) == (40, 300, "t")
+    assert spec.metrics == ("nfe", "weight_error")
+    assert spec.to_dict()["reference_steps"] == 40 and spec.to_dict()["fd_reference"] == 300
+
+
+def test_the_help_lists_every_spec_key_and_metric_from_their_declarations(capsys):
+    from studio.evaluation.metrics import METRICS
+
+    with pytest.raises(SystemExit):
+        main(["sweep", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # unwrapped
+    for o in SPEC_KEYS.values():
+        assert f"{o.name} {o.help}" in text, o.name
+    assert "an integer from 1 to 100000; default 500" in text
+    for name, m in METRICS.items():
+        assert f" {name} " in text and m.label in text

@@ -15,7 +15,7 @@ import numbers
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
-KINDS = ("float", "int", "bool", "str", "choice", "pair", "floats", "mapping", "object")
+KINDS = ("float", "int", "bool", "str", "choice", "pair", "floats", "strs", "mapping", "object")
 
 
 class OptionError(ValueError):
@@ -39,7 +39,7 @@ class Option:
       ``float`` / ``int``: a number (an int or a float / an int; never a bool) within ``low`` .. ``high``
       (``low_open`` / ``high_open`` make a bound exclusive); ``bool``: true or false; ``str``: a string,
       non-empty unless ``allow_empty``, of at most ``high`` characters if given; ``choice``: one of ``choices``; ``pair``: two numbers within the range, as a tuple;
-      ``floats``: a list of finite numbers; ``mapping``: an object whose keys are the ``fields`` options;
+      ``floats``: a list of finite numbers; ``strs``: a list of strings; ``mapping``: an object whose keys are the ``fields`` options;
       ``object``: any JSON object (checked further by its owner).
     ``optional``: null (None) is allowed too; what it means is said in ``help`` (usually "the model's
     or the sampler's own default"). ``label`` and ``choice_labels`` are the names the window shows;
@@ -108,6 +108,7 @@ class Option:
             "choice": "one of " + ", ".join(map(str, self.choices)),
             "pair": f"a pair [start, end] of numbers{rng}",
             "floats": "a list of numbers",
+            "strs": "a list of strings",
             "mapping": "an object with keys " + ", ".join(f.name for f in self.fields),
             "object": "an object",
         }[self.kind]
@@ -176,6 +177,10 @@ class Option:
         if k == "floats":
             if isinstance(value, (list, tuple)) and all(self._number(v, bounded=False) for v in value):
                 return [float(v) for v in value]
+            raise self.refuse(value)
+        if k == "strs":
+            if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+                return list(value)
             raise self.refuse(value)
         if k == "object":
             if isinstance(value, Mapping):

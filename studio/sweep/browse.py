@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from ..evaluation.metrics import METRICS
 from .cells import cell_folder, is_done, read_result
 from .summary import load_sweep
 
@@ -56,7 +57,7 @@ class SweepFolder:
                     self.settings[_k([row.get(a) for a in self.setting_axes])] = row
             except (OSError, ValueError):
                 self.settings = {}
-        self.metrics = [m for m in spec.get("metrics", []) if m not in ("class_fractions",)]
+        self.metrics = [m for m in spec.get("metrics", []) if m in METRICS and METRICS[m].scalar]
 
     @property
     def done(self) -> int:

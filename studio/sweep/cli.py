@@ -9,16 +9,39 @@ written so far are kept; the same command continues).
 """
 from __future__ import annotations
 
+import argparse
+import json
 import sys
+import textwrap
 
 from ..core.arg_types import non_negative, positive
+
+
+def _item(name: str, text: str) -> str:
+    return textwrap.fill(text, 100, initial_indent=f"  {name:<19}", subsequent_indent=" " * 21)
+
+
+def spec_help() -> str:
+    """The spec's keys and the metrics, from their declarations (SPEC_KEYS, evaluation.metrics)."""
+    from ..evaluation.metrics import COST, METRICS, describe_metric
+    from .spec import SPEC_KEYS
+
+    lines = ["the spec's top-level keys:"]
+    for o in SPEC_KEYS.values():
+        allowed = "a table" if o.kind == "object" else o.allowed()
+        default = "" if o.default in (None, {}) else f"; default {json.dumps(o.default, ensure_ascii=False)}"
+        lines.append(_item(o.name, f"{o.help} ({allowed}{default})"))
+    lines += ["", f"metrics ({' and '.join(COST)} are always recorded):"]
+    lines += [_item(name, describe_metric(m)) for name, m in METRICS.items()]
+    return "\n".join(lines)
 
 
 def add_sweep_parser(sub) -> None:
     p = sub.add_parser("sweep", help="run a grid of recipes (sampler × steps × guidance × seeds …) into a folder, "
                                      "on this machine or a Ray cluster, with tables and plots",
                        description="Run every cell of SPEC.toml that DIR does not hold yet, then write "
-                                   "results.csv/json, settings.csv, plots/ and contact_sheet.png.")
+                                   "results.csv/json, settings.csv, plots/ and contact_sheet.png.",
+                       epilog=spec_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("spec", nargs="?", metavar="SPEC.toml", help="the sweep's spec (see the README, 'Sweeps')")
     p.add_argument("--out", metavar="DIR", help="the sweep's folder (new, empty, or a sweep's to continue)")
     p.add_argument("--workers", type=positive(int), metavar="N",

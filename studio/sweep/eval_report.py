@@ -80,9 +80,10 @@ def ddim_table(rows: list[dict]) -> list[str]:
     for eta in sorted({e for e, _ in table}):
         cells = [f"{table[(eta, s)]['frechet']:.2f}" if (eta, s) in table else "–" for s in steps]
         out.append(f"| {eta:g} | " + " | ".join(cells) + " |")
-    n = next(iter(table.values()))["n"]
+    first = next(iter(table.values()))
+    held_out = f"{first['fd_reference']:,} held-out images" if "fd_reference" in first else "held-out images"
     out.append("")
-    out.append(f"Fréchet distance in the evaluator's features to 2,000 held-out images; {n} unconditional samples "
+    out.append(f"Fréchet distance in the evaluator's features to {held_out}; {first['n']} unconditional samples "
                "per cell, same seeds in every cell.")
     return out
 

@@ -1,14 +1,12 @@
 """``studio eval``: measure the built-in model with a separate clean-image evaluator.
 
 Each setting of the grid below is a sweep with a fixed spec (``setting_spec``, run by studio/sweep on
-the local worker pool); the metric functions here are the ones the sweep's workers and summary use.
-
-Metrics (all in the evaluator's penultimate features or its predictions):
-- accuracy: fraction of samples classified as the requested digit;
-- diversity: mean pairwise feature distance within each class (Ho & Salimans' trade-off);
-- class histogram of unconditional (null-label) samples;
-- Fréchet distance between sample and held-out-data feature Gaussians (Heusel et al. 2017,
-  "FID", here in the evaluator's features: FD = ‖μ₁−μ₂‖² + tr(Σ₁ + Σ₂ − 2(Σ₁Σ₂)^{1/2})).
+the local worker pool), and its result is the sweep's summary row: the metrics of
+studio/evaluation/metrics.py in the evaluator's penultimate features or its predictions —
+accuracy (the fraction of samples read as the requested digit), within-class diversity (Ho &
+Salimans' trade-off), the class fractions of unconditional (null-label) samples, and the Fréchet
+distance between sample and held-out-data feature Gaussians (Heusel et al. 2017, "FID", here in
+the evaluator's features: FD = ‖μ₁−μ₂‖² + tr(Σ₁ + Σ₂ − 2(Σ₁Σ₂)^{1/2})).
 """
 from __future__ import annotations
 
@@ -17,11 +15,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
+from typing import Optional
 
 import numpy as np
 import torch
 
+from ..core.guidance import default_scale
 from ..core.loading import DEFAULT_MODEL_DIR, TEXT_MODEL_DIR, TEXT_MODEL_NAME, read_recommended_scales
 from ..core.arg_types import positive
 from ..evaluation import text_eval
@@ -40,18 +39,19 @@ class Setting:
     conditional: bool = True  # False: null label, no guidance
 
 
-def setting_spec(s: Setting, n: int, seed: int, model_dir: Path, fd_reference: int, batch: int = 50) -> str:
+def setting_spec(s: Setting, n: int, seed: int, model_dir: Path, fd_reference: Optional[int] = None,
+                 batch: int = 50) -> str:
     """The sweep spec (TOML) of one setting: labels 0..K−1 (n/K samples each, or n unlabelled), in
-    batches of at most ``batch`` whose seeds are ``seed``, ``seed + 1``, …; Fréchet distance,
-    diversity and accuracy (or class fractions) pooled over the labels and seeds."""
+    batches of at most ``batch`` whose seeds are ``seed``, ``seed + 1``, …; every metric the model's
+    evaluator gives (Fréchet distance, diversity, accuracy or class fractions) pooled over the labels
+    and seeds. ``fd_reference``: held-out images of the Fréchet distance (None: the sweep's default)."""
     k = 10  # the evaluator reads digits
     per_class = int(np.ceil(n / k)) if s.conditional else n
     chunks = int(np.ceil(per_class / batch))
     b = int(np.ceil(per_class / chunks))
-    metrics = ["seconds_per_image", "nfe", "diversity", "frechet", "accuracy" if s.conditional else "class_fractions"]
     guided = s.conditional and s.guidance != "none"
     lines = [f"title = {json.dumps(s.name)}", f"model = {json.dumps(str(model_dir))}",
-             f"metrics = {json.dumps(metrics)}", f"fd_reference = {int(fd_reference)}",
+             *([f"fd_reference = {int(fd_reference)}"] if fd_reference is not None else []),
              f"pool = {json.dumps(['label'] if s.conditional else [])}", "", "[fixed]",
              f"sampler = {json.dumps(s.sampler)}", f"steps = {int(s.steps)}", f"batch = {b}",
              f"guidance = {json.dumps(s.guidance if guided else 'none')}"]
@@ -68,11 +68,11 @@ def setting_spec(s: Setting, n: int, seed: int, model_dir: Path, fd_reference: i
 
 
 def evaluate(settings: list[Setting], n: int, seed: int = 0, model_dir: Path = DEFAULT_MODEL_DIR,
-             fd_reference: int = 2000, progress_stream=sys.stderr, workers: int | None = None,
+             fd_reference: Optional[int] = None, progress_stream=None, workers: int | None = None,
              out: Path | None = None, threads: int | None = None) -> dict:
     """Each setting is a sweep with a fixed spec (``setting_spec``; studio/sweep) run into
     ``out/<setting>`` (kept, so an interrupted evaluation continues) or a temporary folder; its
-    summary row is the result."""
+    summary row is the result. ``progress_stream``: where the sweeps' progress lines go (None: nowhere)."""
     import os
     import tempfile
 
@@ -95,7 +95,7 @@ def evaluate(settings: list[Setting], n: int, seed: int = 0, model_dir: Path = D
             out_row = {"setting": s.name, "sampler": s.sampler, "steps": s.steps, "eta": s.eta,
                        "guidance": s.guidance if s.conditional else "none", "scale": s.scale if s.conditional else None,
                        "n": int(row["images"]), "seconds": round(time.perf_counter() - t0, 1),
-                       "frechet": row["frechet"]}
+                       "frechet": row["frechet"], "fd_reference": spec.fd_reference}
             if s.conditional:
                 out_row["accuracy"] = row["accuracy"]
             else:
@@ -128,7 +128,7 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--model", default="default",
                    help="default (the shipped digits model), digits-text, a folder with evaluator/ "
                         "or a digits-text pipeline folder (model_index.json)")
-    p.add_argument("--n", type=int, default=500, help="samples per setting (default 500)")
+    p.add_argument("--n", type=int, default=500, help="samples per setting (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", nargs="+", choices=sorted(set(DIGITS_GROUPS) | set(text_eval.GROUPS)),
                    help="run only these groups of settings (digits models: cfg classifier uncond ddim_table; "
@@ -163,13 +163,14 @@ def cmd_eval(args) -> int:
         raise ValueError("--n must be at least 10")
     scale = args.classifier_scale
     if scale is None:
-        scale = read_recommended_scales(model_dir).get("classifier", 1.0)
+        scale = default_scale("classifier", read_recommended_scales(model_dir))
     if any(not 0 <= e <= 1 for e in args.ddim_etas):
         raise ValueError("--ddim-etas must be between 0 and 1")
     groups = standard_settings(scale, args.cfg_scales or CFG_SCALES, args.ddim_etas, args.ddim_steps)
     chosen = args.only or list(groups)
     settings = [s for g in chosen for s in groups[g]]
-    res = evaluate(settings, args.n, args.seed, model_dir, workers=args.workers, out=args.out, threads=args.threads)
+    res = evaluate(settings, args.n, args.seed, model_dir, progress_stream=sys.stderr, workers=args.workers,
+                   out=args.out, threads=args.threads)
     if args.json:
         print(json.dumps(res, indent=2))
     else:

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..evaluation.metrics import COST, METRICS
 from ..session.atomic import write_files
 from .cells import cell_folder
-from .metrics import LABELS, LOWER_IS_BETTER
 from .summary import cell_results, load_sweep, summarise
 
-VECTOR = ("component_weights", "class_fractions")
+VECTOR = tuple(name for name, m in METRICS.items() if not m.scalar)  # in tables, not plotted
 THUMB = 160  # px: the longer side of a contact sheet image
 MAX_SHEET_ROWS = 60  # a contact sheet stays an image one can open
 
@@ -73,10 +73,9 @@ def _image_writer(img: np.ndarray):
 
 
 def metric_names(rows: list[dict], exclude=("nfe",)) -> list[str]:
-    """Scalar metrics present in the setting rows, in a fixed order."""
-    order = ["accuracy", "diversity", "frechet", "weight_error", "ref_distance", "seconds_per_image", "nfe"]
-    present = [m for m in order if m not in exclude and any(isinstance(r.get(m), (int, float)) for r in rows)]
-    return present
+    """Scalar metrics present in the setting rows, in the registry's order (quality, then cost)."""
+    return [name for name, m in METRICS.items() if m.scalar and name not in exclude
+            and any(isinstance(r.get(name), (int, float)) for r in rows)]
 
 
 def _label(values: dict, keys: list[str]) -> str:
@@ -114,9 +113,9 @@ def line_plot(rows: list[dict], axes: list[str], x: str, metric: str, title: str
     for label, pts in lines.items():
         pts.sort()
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3.5, linewidth=1.4, label=label)
-    ax.set_xlabel("NFE (denoiser evaluations)" if x == "nfe" else "guidance scale" if x == "scale" else x)
-    better = " (lower is better)" if metric in LOWER_IS_BETTER else ""
-    ax.set_ylabel(LABELS.get(metric, metric) + better)
+    ax.set_xlabel(METRICS[x].label if x in METRICS else "guidance scale" if x == "scale" else x)
+    m = METRICS.get(metric)
+    ax.set_ylabel((m.label if m else metric) + (" (lower is better)" if m and m.lower_is_better else ""))
     if x == "nfe" and max(p[0] for pts in lines.values() for p in pts) / max(min(p[0] for pts in lines.values() for p in pts), 1) > 8:
         ax.set_xscale("log")
     ax.set_title(title, fontsize=10)
@@ -138,7 +137,7 @@ def contact_sheet(out: Path, doc: dict, results: list[dict], settings: list[dict
     varying = _varying(settings, axes) or axes[:1]
     col_axis = "steps" if "steps" in varying else (varying[-1] if varying else None)
     row_axes = [a for a in varying if a != col_axis]
-    metric = next(iter(metric_names(settings, exclude=("nfe", "seconds_per_image"))), "seconds_per_image")
+    metric = next(iter(metric_names(settings, exclude=COST)), COST[0])  # a quality metric, else the cost
     first: dict[str, dict] = {}
     for r in results:
         first.setdefault(json.dumps([r["values"].get(a) for a in axes]), r)

@@ -6,6 +6,7 @@
     model = "default"            # default, gmm, digits-text or a model folder (relative to this file)
     metrics = ["accuracy", "frechet", "seconds_per_image"]   # optional; default: every one the model has
     pool = ["label"]             # optional: axes summarised together (seeds always are)
+    # reference_steps, fd_reference: see SPEC_KEYS (`studio sweep --help` lists every key)
 
     [fixed]                      # any recipe setting, the same in every cell
     batch = 8
@@ -25,7 +26,8 @@ alone with ``studio sample --recipe``. Ranges: ``{start, count[, step]}`` for in
 
 Every problem is a :class:`SpecError` of one line naming the spec's line and the problem, raised
 before any cell runs. Without ``scale`` in the spec, guided cells take the scale the model folder
-recommends (its ``recommended.json``), like ``studio sample``.
+recommends (its ``recommended.json``), else the studio's fallback (``core.guidance.default_scale``), like
+``studio sample`` and the window.
 """
 from __future__ import annotations
 
@@ -38,15 +40,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from ..core.guidance import FALLBACK_SCALES, default_scale
 from ..core.loading import BUILTINS, ModelLoadError, read_recommended_scales
-from ..core.options import OptionError
+from ..core.options import Option, OptionError
+from ..evaluation.metrics import available_metrics
 from ..session.provenance import model_folder
 from ..session.recipe import Recipe, RecipeError
 from .cells import cell_key
-from .metrics import available_metrics
 from .toml_lines import key_lines, line_of
 
-TOP_LEVEL = ("title", "model", "metrics", "pool", "reference_steps", "fd_reference", "fixed", "axes")
+# the spec's top-level keys, each declared once: default, allowed values, help (`studio sweep --help`)
+SPEC_KEYS: dict[str, Option] = {o.name: o for o in (
+    Option("title", "", "str", "the report's title", allow_empty=True),
+    Option("model", "default", "str", "default, gmm, digits-text or a model folder (relative to the spec)"),
+    Option("metrics", None, "strs", "the metrics to compute; without it, every one the model has"),
+    Option("pool", (), "strs", "axes summarised together, like the seeds (which always are)"),
+    Option("reference_steps", 500, "int", "steps of the fine DPM-Solver++(2M) solve that ref_distance measures "
+           "the distance to", low=1, high=100_000),
+    Option("fd_reference", 2000, "int", "held-out images whose evaluator features the Fréchet distance compares "
+           "the samples' with", low=1, high=1_000_000),
+    Option("fixed", {}, "object", "recipe settings, the same in every cell ([fixed])"),
+    Option("axes", {}, "object", "recipe settings to cross: every combination is one cell ([axes])"),
+)}
 # one model load per worker: these are the sweep's, not a cell's
 NOT_AXES = {"model": "one sweep opens one model; run one sweep per model",
             "device": "set it in [fixed]", "dtype": "set it in [fixed]",
@@ -84,9 +99,9 @@ class SweepSpec:
     axes: list[Axis]
     metrics: tuple[str, ...]
     pool: tuple[str, ...]  # axis names summarised together (always "seed")
-    reference_steps: int = 500
-    fd_reference: int = 2000
-    title: str = ""
+    reference_steps: int
+    fd_reference: int
+    title: str
     cells: list[Cell] = field(default_factory=list)
     merged: int = 0  # axis combinations that are the same recipe as an earlier one (e.g. eta for euler)
 
@@ -164,20 +179,20 @@ def parse_spec(text: str, name: str = "spec.toml", base: Optional[Path] = None) 
         raise SpecError(f"{name} line {line}: not valid TOML ({msg[0].lower() + msg[1:]})") from None
 
     for key in doc:
-        if key not in TOP_LEVEL:
+        if key not in SPEC_KEYS:
             schema = Recipe.schema()
             hint = ("; recipe settings go in [fixed] or [axes]" if key in schema or key in SEED_NAMES
-                    else f"{_suggest(key, TOP_LEVEL)}; the spec takes {', '.join(TOP_LEVEL)}")
+                    else f"{_suggest(key, SPEC_KEYS)}; the spec takes {', '.join(SPEC_KEYS)}")
             raise where.error((key,), f"unknown key{hint}")
 
-    title = _string(doc, "title", "", where)
+    title = _value(doc, "title", where)
     model = _model(doc, base, where)
-    fixed = _fixed(doc.get("fixed", {}), base, where)
-    axes = _axes(doc.get("axes", {}), fixed, where)
+    fixed = _fixed(doc.get("fixed", SPEC_KEYS["fixed"].default), base, where)
+    axes = _axes(doc.get("axes", SPEC_KEYS["axes"].default), fixed, where)
     metrics = _metrics(doc, model, where)
     pool = _pool(doc, axes, where)
-    reference_steps = _positive_int(doc, "reference_steps", 500, 100_000, where)
-    fd_reference = _positive_int(doc, "fd_reference", 2000, 1_000_000, where)
+    reference_steps = _value(doc, "reference_steps", where)
+    fd_reference = _value(doc, "fd_reference", where)
     spec = SweepSpec(name, text, model, fixed, axes, metrics, pool, reference_steps, fd_reference, title)
     spec.cells, spec.merged = _cells(spec, where)
     return spec
@@ -189,24 +204,19 @@ def _suggest(name: str, choices) -> str:
 
 
 # -- top-level values ---------------------------------------------------------------------------
-def _string(doc: dict, key: str, default: str, where: _Where) -> str:
-    v = doc.get(key, default)
-    if not isinstance(v, str):
-        raise where.error((key,), f"must be a string, got {v!r}")
-    return v
-
-
-def _positive_int(doc: dict, key: str, default: int, high: int, where: _Where) -> int:
-    v = doc.get(key, default)
-    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= high:
-        raise where.error((key,), f"must be an integer from 1 to {high}, got {v!r}")
-    return v
+def _value(doc: dict, key: str, where: _Where) -> Any:
+    """The spec's value of a top-level key checked by its declaration, or the declared default."""
+    opt = SPEC_KEYS[key]
+    try:
+        return opt.check(doc.get(key, opt.default))
+    except OptionError as e:
+        raise where.error((key,), str(e)) from None
 
 
 def _model(doc: dict, base: Path, where: _Where) -> str:
-    model = _string(doc, "model", "default", where)
-    if not model:
+    if doc.get("model") == "":
         raise where.error(("model",), "is empty; name a model (default, gmm, digits-text or a folder)")
+    model = _value(doc, "model", where)
     if model in BUILTINS:
         return model
     folder = (base / Path(model).expanduser()).resolve()
@@ -308,11 +318,9 @@ def _axes(table: Any, fixed: dict, where: _Where) -> list[Axis]:
 
 def _metrics(doc: dict, model: str, where: _Where) -> tuple[str, ...]:
     available = available_metrics(model)
-    raw = doc.get("metrics")
-    if raw is None:
+    if "metrics" not in doc:
         return available
-    if not isinstance(raw, list) or not all(isinstance(m, str) for m in raw):
-        raise where.error(("metrics",), "must be a list of metric names")
+    raw = _value(doc, "metrics", where)
     for m in raw:
         if m not in available:
             raise where.error(("metrics",), f"unknown metric {m!r} for model {Path(model).name!r}; "
@@ -321,9 +329,7 @@ def _metrics(doc: dict, model: str, where: _Where) -> tuple[str, ...]:
 
 
 def _pool(doc: dict, axes: list[Axis], where: _Where) -> tuple[str, ...]:
-    raw = doc.get("pool", [])
-    if not isinstance(raw, list) or not all(isinstance(m, str) for m in raw):
-        raise where.error(("pool",), "must be a list of axis names")
+    raw = _value(doc, "pool", where)
     names = {a.name for a in axes}
     out = ["seed"]
     for p in raw:
@@ -368,8 +374,9 @@ def _cells(spec: SweepSpec, where: _Where) -> tuple[list[Cell], int]:
     total = math.prod(len(a.values) for a in spec.axes)
     if total > MAX_CELLS:
         raise where.error(("axes",), f"{total} cells is more than {MAX_CELLS}; split the sweep")
-    recommended: dict[str, float] = {}
+    recommended: Optional[dict[str, float]] = None  # None: the spec sets the scale
     if "scale" not in spec.fixed and all(a.name != "scale" for a in spec.axes):
+        recommended = {}
         folder = model_folder(spec.model)
         if folder is not None:
             try:
@@ -384,8 +391,8 @@ def _cells(spec: SweepSpec, where: _Where) -> tuple[list[Cell], int]:
     for combo in itertools.product(*(a.values for a in spec.axes)):
         changes = dict(zip(names, combo))
         recipe = base.replace(**changes)
-        if recommended and recipe.guidance in recommended:
-            recipe = recipe.replace(scale=recommended[recipe.guidance])
+        if recommended is not None and recipe.guidance in FALLBACK_SCALES:  # as `studio sample` and the window
+            recipe = recipe.replace(scale=default_scale(recipe.guidance, recommended))
         try:
             recipe = recipe.validate().resolved()
         except (RecipeError, OptionError) as e:

@@ -48,8 +48,7 @@ class CellWorker:
         try:
             self.model = load_model(c["model"], c.get("device", "auto"), c.get("dtype", "float32"),
                                     allow_pickle=c.get("allow_pickle", False), classifier=c.get("classifier"))
-            self.metrics = CellMetrics(c["model"], self.model, tuple(c.get("metrics", ())),
-                                       int(c.get("reference_steps", 500)))
+            self.metrics = CellMetrics(c["model"], self.model, tuple(c["metrics"]), int(c["reference_steps"]))
         except Exception as e:  # reported with the first cell (a process pool's initializer cannot)
             self.load_error = f"cannot open the model {c['model']!r}: {one_line(e)}"
 
