@@ -234,14 +234,18 @@ def test_cli_parses_text_model_commands():
     sub = p.add_subparsers(dest="command")
     cli_train.add_train_parser(sub)
     a = p.parse_args(["train", "text-diffusion", "--out", "x", "--vae", "v", "--time-limit-min", "3"])
-    assert a.what == "text-diffusion" and a.vae == "v" and a.p_uncond is None  # the trainer's 0.1
-    assert p.parse_args(["train", "text-diffusion", "--out", "x", "--p-uncond", "0.2"]).p_uncond == 0.2
+    cfg = cli_train.config_from_args(a)
+    assert a.trainer == "text-diffusion" and cfg.vae_dir == "v" and cfg.time_limit_s == 180.0
+    assert cfg.p_uncond == 0.1  # the trainer's declared default
+    a = p.parse_args(["train", "text-diffusion", "--out", "x", "--p-uncond", "0.2"])
+    assert cli_train.config_from_args(a).p_uncond == 0.2
     with pytest.raises(ValueError, match="--vae"):
-        cli_train.cmd_train_text_diffusion(p.parse_args(["train", "text-diffusion", "--out", "x"]))
+        cli_train.cmd_train(p.parse_args(["train", "text-diffusion", "--out", "x"]))
     with pytest.raises(ValueError, match="--decoder-only needs --init-from"):
-        cli_train.cmd_train_vae(p.parse_args(["train", "vae", "--out", "x", "--decoder-only"]))
+        cli_train.cmd_train(p.parse_args(["train", "vae", "--out", "x", "--decoder-only"]))
     with pytest.raises(ValueError, match="no config.json"):
-        cli_train.cmd_train_vae(p.parse_args(["train", "vae", "--out", "x", "--init-from", "/nonexistent"]))
+        cli_train.cmd_train(p.parse_args(["train", "vae", "--out", "x", "--init-from", "/nonexistent"]))
+    assert not Path("x").exists()  # refused before anything is written
 
 
 @pytest.mark.skipif(not (SHIPPED / "model_index.json").exists(), reason="digits-text not shipped yet")
@@ -544,11 +548,10 @@ def test_cli_zero_terminal_snr_options(tiny_export, tmp_path):
     p = argparse.ArgumentParser()
     cli_train.add_train_parser(p.add_subparsers(dest="command"))
     base = ["train", "text-diffusion", "--out", str(tmp_path / "run"), "--vae", str(root / "vae" / "final")]
-    a = p.parse_args(base + ["--zero-terminal-snr"])
-    assert a.zero_terminal_snr and a.prediction_type is None  # the command then picks v_prediction
+    cfg = cli_train.config_from_args(p.parse_args(base + ["--zero-terminal-snr"]))
+    assert cfg.zero_terminal_snr and cfg.prediction_type is None  # the trainer then picks v_prediction
     with pytest.raises(ValueError, match="needs v-prediction"):  # refused before anything is written
-        cli_train.cmd_train_text_diffusion(p.parse_args(base + ["--zero-terminal-snr", "--prediction-type",
-                                                                "epsilon"]))
+        cli_train.cmd_train(p.parse_args(base + ["--zero-terminal-snr", "--prediction-type", "epsilon"]))
     assert not (tmp_path / "run").exists()
 
 

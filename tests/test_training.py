@@ -25,7 +25,7 @@ TINY_EVAL = dict(widths=(8, 16), feature_dim=16)
 @pytest.fixture(autouse=True)
 def _threads():
     old = torch.get_num_threads()
-    torch.set_num_threads(min(2, old))
+    torch.set_num_threads(1)  # tiny networks: more threads only contend for a shared CPU
     yield
     torch.set_num_threads(old)
 
@@ -87,11 +87,26 @@ def test_dataset_cache_roundtrip(tmp_path):
 
 
 # ----------------------------------------------------------------------------- diffusion
+class StepClock:
+    """A clock that the progress callback, called once per training step, moves on by ``per_step``
+    seconds: every step takes exactly that long, whatever the machine's speed. ``jumps``: further
+    seconds added after the step of that number (a stall)."""
+
+    def __init__(self, per_step: float, jumps: dict | None = None):
+        self.now, self.per_step, self.jumps = 0.0, per_step, jumps or {}
+
+    def __call__(self) -> float:
+        return self.now
+
+    def step(self, step, total, loss, eta_s) -> None:
+        self.now += self.per_step + self.jumps.get(step, 0.0)
+
+
 def test_diffusion_tiny_trains_checkpoints_and_resumes(tmp_path, cache):
     out = tmp_path / "diff"
     kw = dict(batch_size=8, seed=0, lr=3e-3, checkpoint_every=15, dataset_cache=cache,
               dataset_n=64, unet_config=TINY_UNET_CONFIG, warmup_steps=1, grid_per_class=1,
-              grid_steps=2)
+              grid_steps=2, grid_every=None)
     images, labels = D.load_cached(cache, 64, 0)
     x0, y = D.to_float(images[:16]), torch.from_numpy(labels[:16])
     torch.manual_seed(0)
@@ -132,12 +147,15 @@ def test_diffusion_tiny_trains_checkpoints_and_resumes(tmp_path, cache):
 
 
 def test_diffusion_resume_is_exact(tmp_path, cache):
-    """30 straight steps == 15 steps + resume to 30 (same weights)."""
+    """20 straight steps == a run of 20 stopped after step 10 (its time limit run out by a stall)
+    and resumed to 20 (same weights)."""
     kw = dict(batch_size=4, seed=1, lr=1e-3, checkpoint_every=0, dataset_cache=cache,
               dataset_n=64, unet_config=TINY_UNET_CONFIG, warmup_steps=1, grid_per_class=1,
               grid_steps=1, export=False)
     train_diffusion(tmp_path / "a", steps=20, **kw)
-    train_diffusion(tmp_path / "b", steps=10, **kw)
+    clock = StepClock(0.0, jumps={10: 1.0})
+    assert train_diffusion(tmp_path / "b", steps=20, time_limit_s=0.5, clock=clock, progress=clock.step,
+                           **kw)["step"] == 10
     train_diffusion(tmp_path / "b", steps=20, **kw)
     from safetensors.torch import load_file
 
@@ -260,7 +278,7 @@ def test_evaluator_tiny_and_roundtrip(tmp_path, cache):
 
 # ----------------------------------------------------------------------------- LR schedule
 def test_cosine_lr_closed_form():
-    from studio.training.ckpt import cosine_lr
+    from studio.training.lr_schedule import cosine_lr
 
     base, warm, total = 1e-3, 10, 110
     assert cosine_lr(0, total, base, warm) == pytest.approx(base / warm)
@@ -274,7 +292,7 @@ def test_cosine_lr_closed_form():
 
 
 def test_fit_steps_to_time():
-    from studio.training.ckpt import fit_steps_to_time
+    from studio.training.lr_schedule import fit_steps_to_time
 
     # 20 steps done at 2 s/it with 100 s left: 47 more steps (5 % margin), never above the request
     assert fit_steps_to_time(20, 1000, 2.0, 100.0) == 20 + 47
@@ -284,7 +302,7 @@ def test_fit_steps_to_time():
 def simulate_fitted_run(limit_s: float, s_per_it, requested: int = 100_000):
     """Runs ``TimeFittedTotal`` on a simulated clock where step ``i`` takes ``s_per_it(i)``
     seconds; returns (steps done, seconds used, the totals it fitted)."""
-    from studio.training.ckpt import TimeFittedTotal
+    from studio.training.lr_schedule import TimeFittedTotal
 
     fit = TimeFittedTotal(requested, limit_s, 0.0, 0)
     now, step, total, totals = 0.0, 0, requested, []
@@ -319,7 +337,7 @@ def test_time_fitted_total_never_exceeds_the_request():
 
 
 def test_diffusion_cosine_schedule_is_logged_and_validated(tmp_path, cache):
-    from studio.training.ckpt import cosine_lr
+    from studio.training.lr_schedule import cosine_lr
 
     out = tmp_path / "cos"
     train_diffusion(out, steps=30, batch_size=4, lr=1e-3, dataset_cache=cache, dataset_n=64,
@@ -336,20 +354,47 @@ def test_diffusion_cosine_schedule_is_logged_and_validated(tmp_path, cache):
                         dataset_n=64, unet_config=TINY_UNET_CONFIG)
 
 
+TIMED = dict(batch_size=4, lr=1e-3, unet_config=TINY_UNET_CONFIG, dataset_n=64, checkpoint_every=0,
+             warmup_steps=5, log_every=1, grid_per_class=1, grid_steps=2, export=False, lr_schedule="cosine")
+
+
 def test_time_limited_run_ends_its_schedule_in_time(tmp_path, cache):
-    """A real (tiny) time-limited run: the schedule is shortened to the limit, run to its end
-    (the learning rate reaches its floor), and the checkpoint records from what it was fitted."""
+    """A time-limited run on a clock where each step takes 0.125 s: the schedule is shortened to
+    the limit, run to its end (the learning rate reaches its floor), and the checkpoint records from
+    what it was fitted."""
     out = tmp_path / "timed"
-    s = train_diffusion(out, steps=100_000, batch_size=4, lr=1e-3, dataset_cache=cache, dataset_n=64,
-                        unet_config=TINY_UNET_CONFIG, checkpoint_every=0, warmup_steps=5, log_every=1,
-                        grid_per_class=1, grid_steps=2, export=False, lr_schedule="cosine",
-                        time_limit_s=12.0)
-    assert s["step"] > 60, "the machine ran fewer steps than the test needs (the first fit is at 60)"
-    assert not s["stopped_early"] and s["step"] == s["target_steps"] < 100_000
+    clock = StepClock(0.125)
+    s = train_diffusion(out, steps=100_000, dataset_cache=cache, time_limit_s=12.5, clock=clock,
+                        progress=clock.step, **TIMED)
+    # fitted at step 60 to end 3 % (TimeFittedTotal's slack) before the limit: 0.97 * 12.5 s / 0.125 s
+    assert s["step"] == s["target_steps"] == 97 and not s["stopped_early"]
+    assert clock.now == 97 * 0.125 <= 12.5
     assert s["steps_reduced_to_fit_time_limit_from"] == 100_000
-    assert float(list(csv.DictReader(open(out / "loss.csv")))[-1]["lr"]) < 0.1 * 1e-3  # at the floor
+    rows = list(csv.DictReader(open(out / "loss.csv")))
+    assert [int(r["step"]) for r in rows] == list(range(1, 98))
+    assert float(rows[-1]["lr"]) < 0.1 * 1e-3  # at the floor
     state = json.loads((Path(s["checkpoint"]) / "state.json").read_text())
-    assert (state["fitted_from"], state["fitted_total"]) == (100_000, s["step"])
+    assert (state["fitted_from"], state["fitted_total"]) == (100_000, 97)
+
+
+def test_a_stopped_time_fitted_run_resumes_on_its_schedule(tmp_path, cache):
+    """A stall after step 70 runs the clock past the limit: the run stops early, checkpointed with
+    the fitted total; the same command again (no limit now) goes on to that total, with the
+    learning rates of the fitted schedule, and the log keeps one row per step."""
+    from studio.training.lr_schedule import cosine_lr
+
+    out = tmp_path / "stalled"
+    clock = StepClock(0.125, jumps={70: 100.0})
+    s1 = train_diffusion(out, steps=100_000, dataset_cache=cache, time_limit_s=12.5, clock=clock,
+                         progress=clock.step, **TIMED)
+    assert s1["stopped_early"] and s1["step"] == 70 and s1["target_steps"] == 97
+    s2 = train_diffusion(out, steps=100_000, dataset_cache=cache, **TIMED)
+    assert s2["step"] == s2["target_steps"] == 97 and not s2["stopped_early"]
+    assert s2["steps_reduced_to_fit_time_limit_from"] == 100_000
+    rows = list(csv.DictReader(open(out / "loss.csv")))
+    assert [int(r["step"]) for r in rows] == list(range(1, 98))
+    after = [float(r["lr"]) for r in rows[70:]]
+    assert after == pytest.approx([cosine_lr(i, 97, 1e-3, 5) for i in range(70, 97)], rel=1e-2)
 
 
 def test_resumed_steps_keep_a_fitted_schedule():

@@ -9,9 +9,8 @@ the last array viewing it is gone.
 
 The maps are private (a private anonymous page faults in for less than a shared one, which is
 shared memory) and, on Linux, marked for transparent huge pages, so kept arrays fault in 2 MiB
-at a time instead of 4 KiB: keeping one step of the digits model at batch 8 (x_t and x̂₀ as
-float32 and as uint8 frames) took 60 → 0.1 page faults and 290 → 158 µs
-(``python -m benchmarks.bench_bookkeeping``, slab_maps).
+at a time instead of 4 KiB, far fewer faults per kept step (``python -m benchmarks.bench_bookkeeping``,
+slab_maps; figures in benchmarks/RESULTS.md, section 13).
 """
 from __future__ import annotations
 

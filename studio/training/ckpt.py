@@ -1,10 +1,9 @@
-"""Small helpers shared by the trainers: safetensors checkpoints, EMA, loss log."""
+"""What a training run keeps on disk: safetensors checkpoints with exact resume, EMA, the loss log."""
 
 from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import shutil
 import time
@@ -149,7 +148,7 @@ class LossLog:
             with open(self.path, newline="") as f:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
         with open(self.path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=fields)
+            w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")  # a column a newer log lacks
             w.writeheader()
             w.writerows(rows)
         self._f = open(self.path, "a", newline="")
@@ -161,73 +160,6 @@ class LossLog:
 
     def close(self) -> None:
         self._f.close()
-
-
-def format_eta(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    h, r = divmod(seconds, 3600)
-    m, s = divmod(r, 60)
-    return f"{h:d}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
-
-
-def out_of_time(t_start: float, limit_s: float | None) -> bool:
-    """Whether a trainer given ``limit_s`` seconds (None: no limit) from ``t_start`` must stop now."""
-    return limit_s is not None and time.time() - t_start > limit_s
-
-
-def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
-    for g in opt.param_groups:
-        g["lr"] = lr
-
-
-def cosine_lr(step: int, total: int, base: float, warmup: int, floor: float = 0.05) -> float:
-    """Linear warm-up over ``warmup`` steps, then half-cosine decay from ``base`` to
-    ``floor * base`` at ``total`` (Loshchilov & Hutter 2017, SGDR without restarts)."""
-    if step < warmup:
-        return base * (step + 1) / warmup
-    p = (step - warmup) / max(1, total - warmup)
-    return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
-
-
-def fit_steps_to_time(step: int, steps: int, s_per_it: float, seconds_left: float,
-                      margin: float = 0.95) -> int:
-    """The total step count that ends a schedule inside ``seconds_left`` at the measured
-    speed (never more than ``steps``)."""
-    return min(steps, step + max(1, int(seconds_left / s_per_it * margin)))
-
-
-class TimeFittedTotal:
-    """Keeps a decaying schedule's total step count fitted to a wall-clock limit, so that the
-    learning rate reaches its floor when the time runs out rather than being cut off mid-decay.
-
-    The first fit comes ``first`` steps into the run; after that the total is refitted every
-    ``every`` steps from the wall time per step over the last ``window`` steps (checkpoints and
-    grids included), because the speed of a shared CPU drifts through a run.  Each refit moves
-    the total by little, so the schedule stays smooth.  The total never exceeds ``requested``.
-    The schedule is aimed to end ``slack`` of the limit early (the speed is noisy) and a further
-    ``reserve_s`` seconds early, for work after the last step (a final grid, the export).
-    """
-
-    def __init__(self, requested: int, limit_s: float, t_start: float, start_step: int,
-                 first: int = 60, every: int = 100, window: int = 500, slack: float = 0.03,
-                 reserve_s: float = 0.0):
-        self.requested, self.total = requested, requested
-        self.end_s, self.t_start = limit_s * (1 - slack) - reserve_s, t_start
-        self.warm = start_step + min(20, first // 3)  # the first steps are slower: measure after them
-        self.first, self.every, self.window = start_step + first, every, window
-        self.marks: list[tuple[int, float]] = []  # (step, wall time it finished)
-
-    def update(self, step: int, now: float) -> int:
-        """Note that ``step`` finished at ``now``; returns the (re)fitted total."""
-        if step == self.warm:
-            self.marks.append((step, now))
-        if not self.marks or step < self.first or (step - self.first) % self.every or step >= self.total:
-            return self.total
-        s0, t0 = next((m for m in reversed(self.marks) if step - m[0] >= self.window), self.marks[0])
-        self.marks.append((step, now))
-        left = self.end_s - (now - self.t_start)
-        self.total = fit_steps_to_time(step, self.requested, (now - t0) / (step - s0), left, margin=1.0)
-        return self.total
 
 
 def resumed_steps(state: dict, steps: int) -> int:

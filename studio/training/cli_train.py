@@ -1,36 +1,66 @@
 """Command-line entry points for dataset generation and training.
 
 The main ``studio`` CLI registers these with :func:`add_dataset_parser` and
-:func:`add_train_parser`; until then they can be run as
-``python -m studio.training.cli_train {dataset,train} ...``.
+:func:`add_train_parser`; they also run as ``python -m studio.training.cli_train {dataset,train} ...``.
 
     studio dataset --out DIR --n N [--seed S]
-    studio train {diffusion,classifier,evaluator,vae,text-encoder,text-diffusion} --out DIR [--steps N]
-                 [--batch-size B] [--seed S] [--resume/--no-resume]
+    studio train TRAINER --out DIR [flags]
+
+``TRAINER`` is one of :data:`TRAINERS`; each has a sub-command whose flags are derived from its
+configuration's declarations (:mod:`studio.training.settings`: type, range, default, help), so a
+flag means the same here as the setting of that name in the Python API, and a flag of another
+trainer is a usage error that names the trainers taking it.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
+from dataclasses import dataclass
+from typing import Callable
 
-from ..core.arg_types import fraction, positive
-from .ckpt import format_eta
-from .unet_config import UNET_PRESETS
+from ..core.arg_types import positive
+from ..core.options import Option, OptionError, schema
+from .classifier import ClassifierConfig, train_classifier
+from .diffusion import DiffusionConfig, train_diffusion
+from .evaluator import EvaluatorConfig, train_evaluator
+from .settings import TrainConfig
+from .text_diffusion import TextDiffusionConfig, train_text_diffusion
+from .text_pretrain import TextEncoderConfig, pretrain_text_encoder
+from .vae_train import VaeConfig, train_vae
 
-DEFAULTS = {
-    # kind: (steps, batch_size, seed, lr); diffusion: the shipped model's recipe (its run was
-    # asked for 20,000 steps under --time-limit-min 56 and fitted them to 4,371)
-    "diffusion": (4371, 64, 0, 1.2e-3),
-    "classifier": (3000, 128, 1, 1e-3),
-    "evaluator": (1500, 128, 2, 2e-3),
-    # the text-to-image model digits-text (assets/models/digits-text/README.md)
-    "vae": (3000, 64, 0, 1e-3),
-    "text-diffusion": (20000, 64, 0, 1e-3),
-    "text-encoder": (600, 256, 0, 1e-3),
+THREADS = Option(default=2, kind="int", low=1, help="torch CPU threads").named("threads")
+
+
+@dataclass(frozen=True)
+class Trainer:
+    """One ``studio train`` sub-command: its configuration class and the function that trains."""
+
+    config: type
+    run: Callable[..., dict]  # run(out_dir, config=..., progress=...) -> summary
+    help: str
+
+
+TRAINERS = {
+    "diffusion": Trainer(DiffusionConfig, train_diffusion, "the class-conditional digits UNet (the model digits)"),
+    "classifier": Trainer(ClassifierConfig, train_classifier, "the noise-aware classifier for classifier guidance"),
+    "evaluator": Trainer(EvaluatorConfig, train_evaluator, "the clean-image digit evaluator of `studio eval`"),
+    "vae": Trainer(VaeConfig, train_vae, "the autoencoder of digits-text"),
+    "text-encoder": Trainer(TextEncoderConfig, pretrain_text_encoder,
+                            "the text encoder of digits-text, pretrained on what the captions say"),
+    "text-diffusion": Trainer(TextDiffusionConfig, train_text_diffusion,
+                              "the text-conditioned latent UNet of digits-text"),
 }
+
+
+def format_eta(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    h, r = divmod(seconds, 3600)
+    m, s = divmod(r, 60)
+    return f"{h:d}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
 
 
 class ProgressBar:
@@ -64,14 +94,6 @@ class ProgressBar:
         self.stream.flush()
 
 
-def _threads(args) -> None:
-    import torch
-
-    n = getattr(args, "threads", None)
-    if n:
-        torch.set_num_threads(int(n))
-
-
 def cmd_dataset(args: argparse.Namespace) -> int:
     from ..data.digits import write_dataset
 
@@ -88,140 +110,26 @@ def cmd_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
-def _common(args, kind: str) -> dict:
-    steps, bs, seed, lr = DEFAULTS[kind]
-    return {
-        "out_dir": args.out,
-        "steps": args.steps if args.steps is not None else steps,
-        "batch_size": args.batch_size if args.batch_size is not None else bs,
-        "seed": args.seed if args.seed is not None else seed,
-        "lr": args.lr if args.lr is not None else lr,
-        "resume": args.resume,
-        "progress": ProgressBar(kind),
-        "dataset_cache": args.cache_dir,
-        "time_limit_s": args.time_limit_min * 60.0 if args.time_limit_min else None,
-    }
-
-
-def cmd_train_diffusion(args: argparse.Namespace) -> int:
-    from .diffusion import train_diffusion
-
-    _threads(args)
-    kw = _common(args, "diffusion")
-    if args.checkpoint_every is not None:
-        kw["checkpoint_every"] = args.checkpoint_every
-    if args.ema_decay is not None:
-        kw["ema_decay"] = args.ema_decay
-    if args.grid_every is not None:
-        kw["grid_every"] = args.grid_every
-    kw["snr_gamma"] = None if args.no_min_snr else args.snr_gamma
-    kw["lr_schedule"] = args.lr_schedule
-    if args.unet is not None:
-        from .unet_config import unet_config
-
-        kw["unet_config"] = unet_config(UNET_PRESETS[args.unet])
-    summary = train_diffusion(**kw)
-    print(json.dumps(summary, indent=1), file=sys.stderr)
-    return 0
-
-
-def cmd_train_classifier(args: argparse.Namespace) -> int:
-    from .classifier import train_classifier
-
-    _threads(args)
-    kw = _common(args, "classifier")
-    if args.checkpoint_every is not None:
-        kw["checkpoint_every"] = args.checkpoint_every
-    summary = train_classifier(**kw)
-    print(json.dumps(summary, indent=1), file=sys.stderr)
-    return 0
-
-
-def cmd_train_evaluator(args: argparse.Namespace) -> int:
-    from .evaluator import train_evaluator
-
-    _threads(args)
-    kw = _common(args, "evaluator")
-    if args.checkpoint_every is not None:
-        kw["checkpoint_every"] = args.checkpoint_every
-    summary = train_evaluator(**kw)
-    print(json.dumps(summary, indent=1), file=sys.stderr)
-    return 0
-
-
-def cmd_train_vae(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from .vae_train import train_vae
-
-    if args.decoder_only and args.init_from is None:
-        raise ValueError("--decoder-only needs --init-from FOLDER: the final/ folder of a `studio train vae` run")
-    if args.init_from is not None and not (Path(args.init_from) / "config.json").is_file():
-        raise ValueError(f"--init-from {args.init_from}: no config.json; give the final/ folder of a `studio train vae` run")
-    _threads(args)
-    kw = _common(args, "vae")
-    if args.checkpoint_every is not None:
-        kw["checkpoint_every"] = args.checkpoint_every
-    kw["init_from"] = args.init_from
-    kw["decoder_only"] = args.decoder_only
-    kw["stroke_weight"] = args.stroke_weight or 0.0
-    summary = train_vae(**kw)
-    print(json.dumps(summary, indent=1), file=sys.stderr)
-    return 0
-
-
-def cmd_train_text_diffusion(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from .text_diffusion import train_text_diffusion
-
-    if args.vae is None or not (Path(args.vae) / "config.json").is_file():
-        raise ValueError("text-diffusion needs --vae FOLDER: the final/ folder of `studio train vae`")
-    if args.text_encoder is not None:
-        from .text_pretrain import check_pretrained_folder
-
-        check_pretrained_folder(args.text_encoder)
-    _threads(args)
-    kw = _common(args, "text-diffusion")
-    kw["vae_dir"] = args.vae
-    for name in ("checkpoint_every", "ema_decay", "grid_every", "p_uncond"):
-        if getattr(args, name) is not None:
-            kw[name] = getattr(args, name)
-    kw["snr_gamma"] = None if args.no_min_snr else args.snr_gamma
-    kw["text_encoder_init"] = args.text_encoder
-    kw["zero_terminal_snr"] = args.zero_terminal_snr
-    kw["prediction_type"] = args.prediction_type
-    summary = train_text_diffusion(**kw)
-    print(json.dumps(summary, indent=1), file=sys.stderr)
-    return 0
-
-
-def cmd_train_text_encoder(args: argparse.Namespace) -> int:
-    from .text_pretrain import pretrain_text_encoder
-
-    _threads(args)
-    steps, bs, seed, lr = DEFAULTS["text-encoder"]
-    summary = pretrain_text_encoder(args.out, steps=args.steps or steps, batch_size=args.batch_size or bs,
-                                    seed=seed if args.seed is None else args.seed, lr=args.lr or lr,
-                                    progress=ProgressBar("text-encoder"))
-    print(json.dumps(summary, indent=1), file=sys.stderr)
-    return 0
-
-
-_TRAIN_CMDS = {
-    "diffusion": cmd_train_diffusion,
-    "classifier": cmd_train_classifier,
-    "evaluator": cmd_train_evaluator,
-    "vae": cmd_train_vae,
-    "text-diffusion": cmd_train_text_diffusion,
-    "text-encoder": cmd_train_text_encoder,
-}
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The trainer's configuration: its declared defaults with the flags given."""
+    cls = TRAINERS[args.trainer].config
+    return cls(**{name: getattr(args, name) for name in schema(cls) if hasattr(args, name)})
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     # the allocator is tuned for training (runtime.TRAIN_MMAP_MB) by the `studio` entry point,
     # studio.cli.console_main, not here: cli.main(argv) leaves the process as it is
-    return _TRAIN_CMDS[args.what](args)
+    import torch
+
+    config = config_from_args(args)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        summary = TRAINERS[args.trainer].run(args.out, config=config, progress=ProgressBar(args.trainer))
+    finally:
+        torch.set_num_threads(threads)
+    print(json.dumps(summary, indent=1), file=sys.stderr)
+    return 0
 
 
 def add_dataset_parser(subparsers) -> argparse.ArgumentParser:
@@ -233,65 +141,105 @@ def add_dataset_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+# ----------------------------------------------------------------------------- flags from declarations
+def _value_type(opt: Option, unit: float):
+    """argparse ``type=``: the text as the option's kind, checked by the declaration (a one-line usage
+    error otherwise), times ``unit``."""
+    cast = int if opt.kind == "int" else float if opt.kind == "float" else str
+    allowed = dataclasses.replace(opt, optional=False).allowed()
+
+    def parse(text: str):
+        try:
+            value = opt.check(cast(text))
+        except (ValueError, OptionError):
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {text!r}") from None
+        return value * unit if unit != 1.0 else value
+    parse.__name__ = opt.kind
+    return parse
+
+
+def _help(opt: Option, unit: float) -> str:
+    default = opt.default
+    if opt.kind == "bool":
+        shown = opt.cli_flag if default else "--no-" + opt.cli_flag[2:]
+    elif default is None:
+        shown = None
+    else:
+        shown = f"{default / unit:g}" if isinstance(default, float) else default
+    text = opt.help + ("" if shown is None else f" (default: {shown})")
+    return text.replace("%", "%%")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, config_class) -> list[str]:
+    """One flag per declared setting of ``config_class`` that has a flag; returns the flags."""
+    meta = {f.name: f.metadata for f in dataclasses.fields(config_class)}
+    flags = []
+    for name, opt in schema(config_class).items():
+        if opt.cli_flag is None:
+            continue
+        m = meta[name]
+        kw: dict = {"dest": name, "default": argparse.SUPPRESS, "help": _help(opt, m["flag_unit"])}
+        if opt.kind == "bool":
+            kw["action"] = argparse.BooleanOptionalAction
+            flags.append("--no-" + opt.cli_flag[2:])
+        elif opt.kind == "choice":
+            kw["choices"] = list(opt.choices)
+        else:
+            kw["type"] = _value_type(opt, m["flag_unit"])
+            kw["metavar"] = "DIR" if opt.kind == "str" else "MINUTES" if m["flag_unit"] == 60.0 else name.upper()
+        group = parser.add_mutually_exclusive_group() if m["off_flag"] else parser
+        group.add_argument(opt.cli_flag, **kw)
+        flags.append(opt.cli_flag)
+        if m["off_flag"]:
+            group.add_argument(m["off_flag"], dest=name, action="store_const", const=None,
+                               default=argparse.SUPPRESS, help=m["off_help"])
+            flags.append(m["off_flag"])
+    return flags
+
+
+class _Elsewhere(argparse.Action):
+    """A flag of other trainers: a one-line usage error naming them."""
+
+    def __init__(self, option_strings, dest, owners: tuple = (), trainer: str = "", **kw):
+        super().__init__(option_strings, dest, nargs="?", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        self.owners, self.trainer = owners, trainer
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string} applies to {', '.join(self.owners)}, not {self.trainer}; leave it out")
+
+
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("train", help="train the digits diffusion model / classifiers")
-    p.add_argument("what", choices=sorted(_TRAIN_CMDS), help="which model to train")
-    p.add_argument("--out", required=True, help="run folder (checkpoints, logs, export)")
-    p.add_argument("--steps", type=positive(int), default=None)
-    p.add_argument("--batch-size", type=positive(int), default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--lr", type=positive(float), default=None)
-    p.add_argument("--ema-decay", type=fraction, default=None, help="diffusion only")
-    p.add_argument("--unet", choices=list(UNET_PRESETS), default=None,
-                   help="diffusion only: UNet size preset (default: the shipped configuration)")
-    p.add_argument("--snr-gamma", type=positive(float), default=5.0,
-                   help="diffusion only: γ of the Min-SNR-γ loss weighting (Hang et al. 2023; default 5)")
-    p.add_argument("--no-min-snr", action="store_true",
-                   help="diffusion only: the plain ε-MSE of Ho et al. 2020 (no Min-SNR weighting)")
-    p.add_argument("--lr-schedule", choices=("constant", "cosine"), default="cosine",
-                   help="diffusion only: cosine decay to 5 %% after the warm-up (default; with "
-                        "--time-limit-min, fitted to the steps the limit allows) or constant")
-    p.add_argument("--checkpoint-every", type=positive(int), default=None, help="steps between checkpoints")
-    p.add_argument("--grid-every", type=positive(int), default=None,
-                   help="diffusion only: steps between sample grids (default: every checkpoint)")
-    p.add_argument("--time-limit-min", type=positive(float), default=None,
-                   help="stop (checkpoint + export) after this many minutes")
-    p.add_argument("--cache-dir", default="training-runs/cache",
-                   help="where the in-memory training set is cached as .npz")
-    p.add_argument("--threads", type=positive(int), default=2, help="torch CPU threads")
-    p.add_argument("--vae", default=None,
-                   help="text-diffusion only: the trained autoencoder (the final/ folder of `train vae`)")
-    p.add_argument("--text-encoder", default=None,
-                   help="text-diffusion only: start the text encoder from this pretrained one "
-                        "(the final/ folder of `train text-encoder`)")
-    p.add_argument("--p-uncond", type=fraction, default=None,
-                   help="text-diffusion only: probability that a caption is replaced by the empty "
-                        "prompt, training the unconditional branch of CFG (default 0.1)")
-    p.add_argument("--prediction-type", choices=("epsilon", "v_prediction"), default=None,
-                   help="text-diffusion only: what the UNet predicts (default epsilon; v_prediction "
-                        "with --zero-terminal-snr)")
-    p.add_argument("--zero-terminal-snr", action="store_true",
-                   help="text-diffusion only: rescale the noise schedule so its last step is pure noise "
-                        "(Lin et al. 2024), with trailing timesteps and v-prediction")
-    p.add_argument("--init-from", default=None,
-                   help="vae only: start from this trained autoencoder folder")
-    p.add_argument("--decoder-only", action="store_true",
-                   help="vae only: fine-tune only the decoder of --init-from (the latent space stays the same)")
-    p.add_argument("--stroke-weight", type=positive(float), default=None,
-                   help="vae only: weigh the reconstruction error of the digit's pixels by 1 + this "
-                        "(default: no weighting)")
-    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                   help="resume from the newest checkpoint in --out (default: yes)")
-    p.set_defaults(func=cmd_train)
+    p = subparsers.add_parser("train", help="train the built-in models: " + ", ".join(TRAINERS),
+                              description="Train one of the built-in models' networks; "
+                                          "`studio train TRAINER --help` lists its settings.")
+    sub = p.add_subparsers(dest="trainer", metavar="TRAINER", required=True)
+    parsers, owned = {}, {}
+    for name, trainer in TRAINERS.items():
+        q = sub.add_parser(name, help=trainer.help, description=f"Train {trainer.help}.")
+        q.add_argument("--out", required=True, help="run folder (checkpoints, logs, export)")
+        owned[name] = add_config_flags(q, trainer.config)
+        q.add_argument("--threads", type=_value_type(THREADS, 1.0), default=THREADS.default,
+                       help=_help(THREADS, 1.0))
+        q.set_defaults(func=cmd_train)
+        parsers[name] = q
+    for name, q in parsers.items():
+        others = sorted({f for flags in owned.values() for f in flags} - set(owned[name]))
+        for f in others:
+            q.add_argument(f, action=_Elsewhere, owners=tuple(n for n in TRAINERS if f in owned[n]), trainer=name)
     return p
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """``python -m studio.training.cli_train``: ``dataset`` and ``train`` as ``studio`` has them."""
     parser = argparse.ArgumentParser(prog="python -m studio.training.cli_train")
     sub = parser.add_subparsers(dest="command", required=True)
     add_dataset_parser(sub)
     add_train_parser(sub)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 
 

@@ -12,9 +12,9 @@ or one trained from scratch together with the UNet.
 * captions are drawn anew from each image's attributes at every use (:func:`captions.caption`),
   replaced by the empty prompt with probability ``p_uncond`` so the same networks give the
   unconditional ε for classifier-free guidance (Ho & Salimans 2022);
-* optional Min-SNR-γ loss weighting (Hang et al. 2023), cosine learning rate kept fitted to the
-  time limit (``ckpt.TimeFittedTotal``), EMA of both networks (the EMA weights are exported), safetensors
-  checkpoints with exact resume, a grid of prompts every ``grid_every`` steps;
+* optional Min-SNR-γ loss weighting (Hang et al. 2023), EMA of both networks (the EMA weights are
+  exported), a grid of prompts every ``grid_every`` steps; the loop, its cosine schedule kept
+  fitted to the time limit, the checkpoints and the exact resume are :func:`studio.training.fit.fit`'s;
 * export: a diffusers ``StableDiffusionPipeline`` folder in ``out_dir/final``.
 """
 
@@ -22,24 +22,27 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Optional
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from . import ckpt as C
+from ..core.options import Option
 from ..data.captions import caption, full_caption, load_cached_captioned, vocabulary
 from ..data.digits import grid, to_float
 from .diffusion import min_snr_weights
 from ..core.prediction import from_x0_eps
 from ..core.text_model import quiet_libraries
-from .text_model import (TEXT_CONFIG, UNET_CONFIG, alphas_cumprod, export_pipeline, make_pipeline,
-                         make_text_encoder, make_unet, scheduler_config)
+from .fit import Clock, ProgressFn, Trainee, fit
+from .settings import (CHECKPOINT_EVERY, DATASET_N, EMA_DECAY, GRID_EVERY, GRID_STEPS, LR, NETWORK, P_UNCOND, STEPS,
+                       WARMUP_STEPS, DataConfig, flag, min_snr_setting, setting)
+from .text_model import (TEXT_CONFIG, TRAINED_PREDICTION_TYPES, UNET_CONFIG, alphas_cumprod, export_pipeline,
+                         make_pipeline, make_text_encoder, make_unet, scheduler_config)
 from .tokenizer import load_tokenizer, write_tokenizer
-
-ProgressFn = Callable[[int, int, float, float], None]
 GRID_PROMPTS = [full_caption(d, f, b) for d, f, b in (
     (7, "red", "blue"), (0, "yellow", "black"), (3, "white", "green"), (5, "blue", "white"),
     (8, "black", "orange"), (2, "purple", "yellow"), (6, "red", "white"), (4, "blue", "pink"))] + ["", "seven"]
@@ -109,17 +112,57 @@ def prompt_grid(pipe, prompts: list[str], per_prompt: int = 8, steps: int = 25, 
     return grid(np.concatenate(rows), nrow=per_prompt)
 
 
-def train_text_diffusion(out_dir, vae_dir, steps: int = 20000, batch_size: int = 64, seed: int = 0,
-                         lr: float = 1e-3, ema_decay: float = 0.999, checkpoint_every: int = 500,
-                         resume: bool = True, progress: ProgressFn | None = None, dataset_cache=None,
-                         dataset_n: int = 50000, dataset_seed: int = 0, unet_config: dict | None = None,
-                         text_config: dict | None = None, warmup_steps: int = 200, p_uncond: float = 0.1,
-                         grad_clip: float = 1.0, time_limit_s: float | None = None,
-                         snr_gamma: float | None = 5.0, grid_every: int | None = 1000,
-                         grid_per_prompt: int = 8, grid_steps: int = 25, log_every: int = 10,
-                         export: bool = True, text_encoder_init=None, prediction_type: str | None = None,
-                         zero_terminal_snr: bool = False) -> dict:
+@dataclass(frozen=True)
+class TextDiffusionConfig(DataConfig):
+    """The UNet stage of ``digits-text`` (assets/models/digits-text/README.md gives the shipped
+    run's flags: a frozen pretrained text encoder, ``--zero-terminal-snr``, a time limit)."""
+
+    steps: int = setting(STEPS, 20000)
+    lr: float = setting(LR, 1e-3)
+    warmup_steps: int = setting(WARMUP_STEPS, 200)
+    checkpoint_every: int = setting(CHECKPOINT_EVERY, 500)
+    dataset_n: int = setting(DATASET_N, 50000)
+    vae_dir: Optional[str] = setting(Option(kind="str", optional=True, flag="--vae",
+                                            help="the trained autoencoder: the final/ folder of `studio train vae`"))
+    text_encoder_init: Optional[str] = setting(Option(
+        kind="str", optional=True, flag="--text-encoder",
+        help="condition on this pretrained text encoder, frozen (the final/ folder of `studio train "
+             "text-encoder`; None: one trained from scratch with the UNet)"))
+    ema_decay: float = setting(EMA_DECAY, 0.999)
+    p_uncond: float = setting(P_UNCOND, 0.1)
+    snr_gamma: Optional[float] = min_snr_setting(5.0)
+    prediction_type: Optional[str] = setting(Option(
+        kind="choice", choices=TRAINED_PREDICTION_TYPES, optional=True,
+        help="what the UNet predicts (None: epsilon, or v_prediction with --zero-terminal-snr)"))
+    zero_terminal_snr: bool = setting(Option(
+        default=False, kind="bool", help="rescale the noise schedule so its last step is pure noise "
+                                         "(Lin et al. 2024), with trailing timesteps and v-prediction"))
+    unet_config: Optional[dict] = setting(NETWORK, None)
+    text_config: Optional[dict] = setting(NETWORK, None)
+    grid_every: Optional[int] = setting(GRID_EVERY, 1000)
+    grid_per_prompt: int = setting(Option(kind="int", low=0, help="samples per prompt (row) of the sample "
+                                                                  "grids (0: no grids)"), 8)
+    grid_steps: int = setting(GRID_STEPS, 25)
+
+
+def check_inputs(cfg: TextDiffusionConfig) -> dict:
+    """The noise schedule ``cfg`` trains on, after checking its input folders: a one-line
+    ``ValueError`` before any work."""
+    if cfg.vae_dir is None or not (Path(cfg.vae_dir) / "config.json").is_file():
+        raise ValueError(f"text-diffusion needs {flag(TextDiffusionConfig, 'vae_dir')} FOLDER with a "
+                         "config.json: the final/ folder of `studio train vae`")
+    if cfg.text_encoder_init is not None:
+        from .text_pretrain import check_pretrained_folder
+
+        check_pretrained_folder(cfg.text_encoder_init)
+    return scheduler_config(cfg.prediction_type, cfg.zero_terminal_snr)
+
+
+def train_text_diffusion(out_dir, vae_dir=None, config: TextDiffusionConfig | None = None, *,
+                         progress: ProgressFn | None = None, clock: Clock = time.monotonic, **settings) -> dict:
     """Train (or resume) and export ``out_dir/final``; returns (and writes) a summary.
+    ``vae_dir``: the autoencoder (the same as the setting of that name); ``settings``: fields of
+    :class:`TextDiffusionConfig` changed from ``config``.
     ``text_encoder_init``: the ``final/`` folder of :func:`text_pretrain.pretrain_text_encoder`;
     that encoder is then frozen, as SD freezes CLIP and Imagen T5 (trained jointly from its
     pretrained state, it lost the digit within 1,500 steps: the UNet did not use the digit yet,
@@ -128,70 +171,60 @@ def train_text_diffusion(out_dir, vae_dir, steps: int = 20000, batch_size: int =
     exported scheduler says which, so any sampler reads the UNet's output right."""
     from diffusers import AutoencoderKL
 
-    sched_cfg = scheduler_config(prediction_type, zero_terminal_snr)  # bad values fail before any work
+    cfg = TextDiffusionConfig.make(config, **settings, **({} if vae_dir is None else {"vae_dir": vae_dir}))
+    sched_cfg = check_inputs(cfg)  # bad values fail before any work
     prediction_type = sched_cfg["prediction_type"]
-    t_begin = time.time()
+    t_begin = clock()
     out_dir = Path(out_dir)
     (out_dir / "samples").mkdir(parents=True, exist_ok=True)
-    ucfg = json.loads(json.dumps(unet_config or UNET_CONFIG))
-    tcfg = json.loads(json.dumps(text_config or TEXT_CONFIG))
+    ucfg = json.loads(json.dumps(cfg.unet_config or UNET_CONFIG))
+    tcfg = json.loads(json.dumps(cfg.text_config or TEXT_CONFIG))
 
     tok_dir = write_tokenizer(out_dir / "tokenizer", vocabulary())
     tokenizer = load_tokenizer(tok_dir)
     tokenize = CachedTokenizer(tokenizer)
 
-    images, attrs = load_cached_captioned(dataset_cache, dataset_n, dataset_seed, "train")
+    images, attrs = load_cached_captioned(cfg.dataset_cache, cfg.dataset_n, cfg.dataset_seed, "train")
     with quiet_libraries():  # diffusers' advice to install accelerate
-        vae = AutoencoderKL.from_pretrained(str(vae_dir)).eval()
+        vae = AutoencoderKL.from_pretrained(cfg.vae_dir).eval()
     for p in vae.parameters():
         p.requires_grad_(False)
     lat_path = out_dir / "latents.safetensors"
     if lat_path.exists():
-        from safetensors.torch import load_file
-
         lat = load_file(str(lat_path))
         lat_mean, lat_std = lat["mean"], lat["std"]
     else:
         lat_mean, lat_std = encode_latents(vae, images)
         save_file({"mean": lat_mean.contiguous(), "std": lat_std.contiguous()}, str(lat_path))
-    scaling = latent_scaling_factor(lat_mean, lat_std, seed)
+    scaling = latent_scaling_factor(lat_mean, lat_std, cfg.seed)
     vae.register_to_config(scaling_factor=scaling)
-    setup_s = time.time() - t_begin
+    setup_s = clock() - t_begin
 
-    torch.manual_seed(seed)
+    torch.manual_seed(cfg.seed)
     unet = make_unet(ucfg)
-    if text_encoder_init is not None:
+    frozen = cfg.text_encoder_init is not None
+    if frozen:
         from .text_pretrain import load_pretrained_text_encoder
 
-        text_encoder = load_pretrained_text_encoder(text_encoder_init, tokenizer, tcfg).eval()
+        text_encoder = load_pretrained_text_encoder(cfg.text_encoder_init, tokenizer, tcfg).eval()
         text_encoder.requires_grad_(False)
     else:
         text_encoder = make_text_encoder(tokenizer, tcfg).train()
     trained = list(unet.parameters()) + [q for q in text_encoder.parameters() if q.requires_grad]
     unet.train()
-    ema_u, ema_t = C.EMA(unet, ema_decay), C.EMA(text_encoder, ema_decay)
-    opt = torch.optim.AdamW(trained, lr=lr, weight_decay=0.0)
-    rng = np.random.default_rng(seed)
-    gen = torch.Generator().manual_seed(seed + 1)
+    ema_u, ema_t = C.EMA(unet, cfg.ema_decay), C.EMA(text_encoder, cfg.ema_decay)
     ac = alphas_cumprod(sched_cfg)
-    T = ac.shape[0]
+    n = cfg.batch_size
 
-    start_step, train_seconds = 0, 0.0
-    asked = steps  # a time limit may shorten the schedule; checkpoints record from what
-    ck = C.latest_checkpoint(out_dir) if resume else None
-    if ck is not None:
-        st = C.restore_checkpoint(ck, {"unet": unet, "text_encoder": text_encoder, "ema_unet": ema_u,
-                                       "ema_text_encoder": ema_t}, opt, rng, gen)
-        trained_with = st.get("scheduler", scheduler_config())  # checkpoints before the option: ε, SD's
-        if trained_with != sched_cfg:
-            raise ValueError(f"{ck} was trained with another noise schedule or prediction type "
-                             f"({trained_with['prediction_type']}); "
-                             "resume with the same options or start a new --out folder")
-        start_step, train_seconds = int(st["step"]), float(st.get("train_seconds", 0.0))
-        steps = C.resumed_steps(st, steps)
-    fitted_from = asked if steps < asked else None
-    log = C.LossLog(out_dir / "loss.csv", ["step", "loss", "lr", "train_seconds", "s_per_it"],
-                    start_step if ck is not None else None)
+    def loss(rng: np.random.Generator, gen: torch.Generator) -> torch.Tensor:
+        idx = rng.integers(0, len(images), size=n)
+        drop = rng.random(n) < cfg.p_uncond
+        ids = tokenize(["" if d else caption(attrs[i], rng) for i, d in zip(idx, drop)])
+        idx_t = torch.from_numpy(idx)
+        z0 = scaling * (lat_mean[idx_t] + lat_std[idx_t] * torch.randn(lat_mean[idx_t].shape, generator=gen))
+        t = torch.randint(0, ac.shape[0], (n,), generator=gen)
+        noise = torch.randn(z0.shape, generator=gen)
+        return text_diffusion_loss(unet, text_encoder, ids, z0, t, noise, ac, cfg.snr_gamma, prediction_type)
 
     def ema_models():
         u, te = make_unet(ucfg), make_text_encoder(tokenizer, tcfg)
@@ -199,92 +232,34 @@ def train_text_diffusion(out_dir, vae_dir, steps: int = 20000, batch_size: int =
         ema_t.copy_to(te)
         return u.eval(), te.eval()
 
-    def save(step: int, final: bool = False) -> Path:
-        grid_s = 0.0
-        if grid_per_prompt and (final or (grid_every and step % grid_every == 0)):
-            t0 = time.time()
-            u, te = ema_models()
-            prompt_grid(make_pipeline(vae, te, tokenizer, u, sched_cfg), GRID_PROMPTS, grid_per_prompt,
-                        grid_steps).save(out_dir / "samples" / f"step_{step:06d}.png")
-            grid_s = time.time() - t0
-        path = C.write_checkpoint(
-            out_dir, step,
-            {"unet.safetensors": unet.state_dict(), "text_encoder.safetensors": text_encoder.state_dict(),
-             "ema_unet.safetensors": ema_u.state_dict(), "ema_text_encoder.safetensors": ema_t.state_dict()},
-            opt,
-            {"numpy_rng": C.numpy_rng_state(rng), "train_seconds": train_seconds, "unet_config": ucfg,
-             "text_config": tcfg, "seed": seed, "batch_size": batch_size, "lr": lr, "ema_decay": ema_decay,
-             "p_uncond": p_uncond, "dataset_n": dataset_n, "dataset_seed": dataset_seed,
-             "snr_gamma": snr_gamma, "scaling_factor": scaling, "vae": str(vae_dir),
-             "text_encoder_init": None if text_encoder_init is None else str(text_encoder_init),
-             "grid_seconds": grid_s, "fitted_from": fitted_from, "scheduler": sched_cfg,
-             "fitted_total": steps if fitted_from else None})
-        save_file({"torch_generator": gen.get_state()}, str(path / "rng.safetensors"))
+    def grid(step: int) -> Path:
+        u, te = ema_models()
+        path = out_dir / "samples" / f"step_{step:06d}.png"
+        prompt_grid(make_pipeline(vae, te, tokenizer, u, sched_cfg), GRID_PROMPTS, cfg.grid_per_prompt,
+                    cfg.grid_steps).save(path)
         return path
 
-    step, t_start = start_step, time.time()
-    if time_limit_s is not None:
-        time_limit_s = time_limit_s - setup_s  # the limit covers rendering and encoding too
-    # the final grid and the export come after the last step: keep ~2 % of the run for them
-    fit = (C.TimeFittedTotal(steps, time_limit_s, t_start, start_step, reserve_s=0.02 * time_limit_s)
-           if time_limit_s is not None else None)
-    recent: list[tuple[float, float]] = []
-    stopped_early = False
-    while step < steps:
-        if C.out_of_time(t_start, time_limit_s):
-            stopped_early = True
-            break
-        t0 = time.time()
-        cur_lr = C.cosine_lr(step, steps, lr, warmup_steps)
-        C.set_lr(opt, cur_lr)
-        idx = rng.integers(0, len(images), size=batch_size)
-        drop = rng.random(batch_size) < p_uncond
-        prompts = ["" if d else caption(attrs[i], rng) for i, d in zip(idx, drop)]
-        ids = tokenize(prompts)
-        idx_t = torch.from_numpy(idx)
-        z0 = scaling * (lat_mean[idx_t] + lat_std[idx_t] * torch.randn(lat_mean[idx_t].shape, generator=gen))
-        t = torch.randint(0, T, (batch_size,), generator=gen)
-        noise = torch.randn(z0.shape, generator=gen)
-        loss = text_diffusion_loss(unet, text_encoder, ids, z0, t, noise, ac, snr_gamma, prediction_type)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip:
-            torch.nn.utils.clip_grad_norm_(trained, grad_clip)
-        opt.step()
-        step += 1
-        ema_u.update(unet, step)
-        if text_encoder_init is None:  # a frozen encoder's average is itself, exactly
-            ema_t.update(text_encoder, step)
-        dt = time.time() - t0
-        train_seconds += dt
-        recent = (recent + [(loss.item(), dt)])[-50:]
-        mean_loss = sum(r[0] for r in recent[-log_every:]) / len(recent[-log_every:])
-        spi = sum(r[1] for r in recent) / len(recent)
-        if step % log_every == 0 or step == steps:
-            log.write(step=step, loss=f"{mean_loss:.6f}", lr=f"{cur_lr:.3g}",
-                      train_seconds=f"{train_seconds:.1f}", s_per_it=f"{spi:.4f}")
-        if progress is not None:
-            progress(step, steps, mean_loss, spi * (steps - step))
-        if fit is not None:
-            steps = fit.update(step, time.time())
-            fitted_from = asked if steps < asked else None
-        if checkpoint_every and step % checkpoint_every == 0 and step < steps:
-            save(step)
-    log.close()
-    final_ckpt = save(step, final=True) if (step > start_step or ck is None) else ck
-    summary = {"step": step, "target_steps": steps, "stopped_early": stopped_early,
-               "train_seconds_total": round(train_seconds, 1),
-               "s_per_it_mean": round(train_seconds / max(1, step), 4),
-               "recent_loss_mean": (sum(r[0] for r in recent) / len(recent)) if recent else None,
-               "setup_seconds": round(setup_s, 1), "scaling_factor": scaling, "unet_config": ucfg,
-               "text_config": tcfg, "batch_size": batch_size, "lr": lr, "ema_decay": ema_decay,
-               "p_uncond": p_uncond, "snr_gamma": snr_gamma, "scheduler": sched_cfg,
-               "text_encoder_init": None if text_encoder_init is None else str(text_encoder_init),
-               "steps_reduced_to_fit_time_limit_from": fitted_from, "checkpoint": str(final_ckpt)}
-    if export:
+    def check_resume(state: dict) -> None:
+        trained_with = state.get("scheduler", scheduler_config())  # checkpoints before the option: ε, SD's
+        if trained_with != sched_cfg:
+            raise ValueError(f"{out_dir} was trained with another noise schedule or prediction type "
+                             f"({trained_with['prediction_type']}); "
+                             "resume with the same options or start a new --out folder")
+
+    trainee = Trainee(
+        params=trained, loss=loss,
+        saved={"unet": unet, "text_encoder": text_encoder, "ema_unet": ema_u, "ema_text_encoder": ema_t},
+        averages=[(ema_u, unet)] + ([] if frozen else [(ema_t, text_encoder)]),  # a frozen encoder's average is itself
+        state={**cfg.recipe(), "unet_config": ucfg, "text_config": tcfg, "scaling_factor": scaling,
+               "scheduler": sched_cfg},
+        grid=grid if cfg.grid_per_prompt else None, grid_every=cfg.grid_every, check_resume=check_resume,
+        limit_from=t_begin,  # the limit covers rendering and encoding too
+        reserve=0.02)  # the final grid and the export come after the last step
+    summary = {**fit(out_dir, trainee, cfg, progress, clock), **trainee.state, "setup_seconds": round(setup_s, 1)}
+    if cfg.export:
         u, te = ema_models()
         export_pipeline(out_dir / "final", vae, te, tok_dir, u, sched_cfg)
         summary["export"] = str(out_dir / "final")
-    summary["wall_seconds"] = round(time.time() - t_begin, 1)
+    summary["wall_seconds"] = round(clock() - t_begin, 1)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary

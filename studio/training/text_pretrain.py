@@ -13,8 +13,9 @@ caption), predict the digit, the foreground colour, the background colour and th
 each with an extra class "not said" (partial captions and the empty prompt). Targets are read
 from the caption's words (:func:`caption_targets`), so they are true by construction, and the
 captions are drawn as in training (:func:`captions.caption`, train split: the held-out
-(digit, colour) combinations are never seen here either). The probe heads are thrown away;
-the encoder is then trained further with the UNet.
+(digit, colour) combinations are never seen here either). The probe heads are kept in the
+checkpoints (a resumed run goes on exactly) and left out of the export; the UNet run then
+conditions on the encoder, frozen (:mod:`text_diffusion`). The loop is :func:`studio.training.fit.fit`'s.
 """
 
 from __future__ import annotations
@@ -22,20 +23,21 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import ckpt as C
+from ..core.options import Option
 from ..data.captions import COLOUR_NAMES, DIGIT_WORDS, STYLE_WORDS, caption, sample_attributes, vocabulary
 from .text_diffusion import CachedTokenizer
 from .text_model import TEXT_CONFIG, make_text_encoder
+from .fit import Clock, ProgressFn, Trainee, fit
+from .settings import BATCH_SIZE, CHECKPOINT_EVERY, LR, NETWORK, STEPS, WARMUP_STEPS, TrainConfig, setting
 from .tokenizer import load_tokenizer, write_tokenizer
-
-ProgressFn = Callable[[int, int, float, float], None]
 HEADS = {"digit": len(DIGIT_WORDS), "fg": len(COLOUR_NAMES), "bg": len(COLOUR_NAMES), "style": len(STYLE_WORDS)}
 
 
@@ -86,23 +88,35 @@ def _batch(rng: np.random.Generator, n: int, p_empty: float) -> list[str]:
     return ["" if rng.random() < p_empty else caption(a, rng) for a in attrs]
 
 
-def pretrain_text_encoder(out_dir, steps: int = 600, batch_size: int = 256, seed: int = 0, lr: float = 1e-3,
-                          warmup_steps: int = 50, p_empty: float = 0.1, text_config: dict | None = None,
-                          progress: ProgressFn | None = None, log_every: int = 10) -> dict:
-    """Train and write ``out_dir/final`` (``text_encoder/`` safetensors + ``tokenizer/``);
-    returns (and writes) a summary with the held-back accuracy."""
-    t_begin = time.time()
+@dataclass(frozen=True)
+class TextEncoderConfig(TrainConfig):
+    """The text-encoder stage of ``digits-text`` (assets/models/digits-text/README.md)."""
+
+    steps: int = setting(STEPS, 600)
+    batch_size: int = setting(BATCH_SIZE, 256)
+    lr: float = setting(LR, 1e-3)
+    warmup_steps: int = setting(WARMUP_STEPS, 50)
+    checkpoint_every: int = setting(CHECKPOINT_EVERY, 100)
+    p_empty: float = setting(Option(kind="float", low=0, high=1, high_open=True,
+                                    help="probability that a caption is the empty prompt"), 0.1)
+    text_config: Optional[dict] = setting(NETWORK, None)
+
+
+def pretrain_text_encoder(out_dir, config: TextEncoderConfig | None = None, *, progress: ProgressFn | None = None,
+                          clock: Clock = time.monotonic, **settings) -> dict:
+    """Train (or resume) by ``config`` with ``settings`` (fields of :class:`TextEncoderConfig`)
+    changed, and write ``out_dir/final`` (``text_encoder/`` safetensors + ``tokenizer/``); returns
+    (and writes) a summary with the held-back accuracy."""
+    cfg = TextEncoderConfig.make(config, **settings)
+    t_begin = clock()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tcfg = json.loads(json.dumps(text_config or TEXT_CONFIG))
+    tcfg = json.loads(json.dumps(cfg.text_config or TEXT_CONFIG))
     tok_dir = write_tokenizer(out_dir / "tokenizer", vocabulary())
     tokenizer = load_tokenizer(tok_dir)
-    torch.manual_seed(seed)
+    torch.manual_seed(cfg.seed)
     encoder = make_text_encoder(tokenizer, tcfg).train()
     probe = CaptionProbe(tcfg["hidden_size"])
-    params = list(encoder.parameters()) + list(probe.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    rng = np.random.default_rng(seed)
     eos = tokenizer.eos_token_id
     tokenize = CachedTokenizer(tokenizer)
 
@@ -113,40 +127,30 @@ def pretrain_text_encoder(out_dir, steps: int = 600, batch_size: int = 256, seed
         targets = torch.tensor([caption_targets(t) for t in texts])
         return ids, after_eos, targets
 
-    log = C.LossLog(out_dir / "loss.csv", ["step", "loss", "accuracy", "lr", "s_per_it"], None)
-    recent: list[float] = []
-    for step in range(1, steps + 1):
-        t0 = time.time()
-        C.set_lr(opt, C.cosine_lr(step - 1, steps, lr, warmup_steps))
-        ids, after_eos, targets = encode(_batch(rng, batch_size, p_empty))
-        loss, acc = probe.loss_and_accuracy(encoder(ids)[0], after_eos, targets)
-        acc = acc["all_four"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        recent = (recent + [time.time() - t0])[-50:]
-        if step % log_every == 0 or step == steps:
-            log.write(step=step, loss=f"{loss.item():.5f}", accuracy=f"{acc:.4f}", lr=f"{opt.param_groups[0]['lr']:.3g}",
-                      s_per_it=f"{sum(recent) / len(recent):.4f}")
-        if progress is not None:
-            progress(step, steps, loss.item(), sum(recent) / len(recent) * (steps - step))
-    log.close()
+    def loss(rng: np.random.Generator, gen: torch.Generator) -> tuple[torch.Tensor, dict]:
+        ids, after_eos, targets = encode(_batch(rng, cfg.batch_size, cfg.p_empty))
+        value, acc = probe.loss_and_accuracy(encoder(ids)[0], after_eos, targets)
+        return value, {"accuracy": acc["all_four"]}
+
+    trainee = Trainee(params=list(encoder.parameters()) + list(probe.parameters()), loss=loss,
+                      saved={"text_encoder": encoder, "probe": probe}, state={**cfg.recipe(), "text_config": tcfg},
+                      log_fields=("accuracy",))
+    summary = {**fit(out_dir, trainee, cfg, progress, clock), **trainee.state}
     encoder.eval()
     with torch.no_grad():  # fresh captions the run never drew (another seed)
-        ids, after_eos, targets = encode(_batch(np.random.default_rng(seed + 10_000), 2000, p_empty))
-        _, held_back = probe.loss_and_accuracy(encoder(ids)[0], after_eos, targets)
-    final = out_dir / "final"
-    from ..core.text_model import quiet_libraries
+        ids, after_eos, targets = encode(_batch(np.random.default_rng(cfg.seed + 10_000), 2000, cfg.p_empty))
+        _, summary["held_back_accuracy"] = probe.loss_and_accuracy(encoder(ids)[0], after_eos, targets)
+    if cfg.export:
+        final = out_dir / "final"
+        from ..core.text_model import quiet_libraries
 
-    with quiet_libraries():  # transformers' "Writing model shards" bar: the trainer prints its own progress
-        encoder.save_pretrained(str(final / "text_encoder"), safe_serialization=True)
-    if (final / "tokenizer").exists():
-        shutil.rmtree(final / "tokenizer")
-    shutil.copytree(tok_dir, final / "tokenizer")
-    summary = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "p_empty": p_empty,
-               "text_config": tcfg, "held_back_accuracy": held_back,
-               "wall_seconds": round(time.time() - t_begin, 1), "export": str(final)}
+        with quiet_libraries():  # transformers' "Writing model shards" bar: the trainer prints its own progress
+            encoder.save_pretrained(str(final / "text_encoder"), safe_serialization=True)
+        if (final / "tokenizer").exists():
+            shutil.rmtree(final / "tokenizer")
+        shutil.copytree(tok_dir, final / "tokenizer")
+        summary["export"] = str(final)
+    summary["wall_seconds"] = round(clock() - t_begin, 1)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
 

@@ -17,8 +17,8 @@ NUM_TRAIN_TIMESTEPS = 1000
 BETA_START = 1e-4
 BETA_END = 0.02
 
-# Shipped model (since 2026-12-02): the smaller UNet that gets ~4,400 steps into the 60-minute
-# training budget on the 2-core CPU build machine (see assets/models/digits/README.md).
+# The shipped model's UNet: small enough to train within the built-in model's time budget on a
+# 2-core CPU (its card, assets/models/digits/README.md, gives the run).
 UNET_CONFIG: dict = {
     "sample_size": 32,
     "in_channels": 3,
@@ -33,7 +33,7 @@ UNET_CONFIG: dict = {
     "dropout": 0.0,
 }
 
-# The 2.5 M-parameter UNet shipped until 2026-12-02 (95 minutes of training): preset c32-64-128.
+# A wider UNet (2.5 M parameters), preset c32-64-128; the card compares it with the shipped one.
 C32_64_128: dict = {"block_out_channels": (32, 64, 128), "norm_num_groups": 16, "attention_head_dim": 32}
 
 # Named presets for ``studio train diffusion --unet NAME`` (overrides of UNET_CONFIG).
