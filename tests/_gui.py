@@ -1,4 +1,4 @@
-"""Shared set-up of the window tests: temporary settings and a window opened on gmm."""
+"""Shared set-up of the window tests: temporary settings, a window opened on gmm, a run to its end."""
 import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -25,3 +25,11 @@ def open_window(qtbot, steps: int, batch: int = 2):
     w.panel.stepsSpin.setValue(steps)
     w.panel.batchSpin.setValue(batch)
     return w
+
+
+def run(qtbot, w, timeout=15000):
+    """Click Run and wait for the run to finish and the window to be idle again; the trajectory."""
+    with qtbot.waitSignal(w.runFinished, timeout=timeout) as blocker:
+        w.runButton.click()
+    qtbot.waitUntil(lambda: not w.busy)
+    return blocker.args[0]

@@ -9,7 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from _models import one_fast_case
 from studio.cli import main
+from studio.core.samplers import SAMPLERS
+
+ETA_TAKERS = ", ".join(name for name, spec in SAMPLERS.items() if "eta" in spec.options)
 
 
 def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -78,7 +82,7 @@ def test_recipe_reproduces_a_run(tmp_path):
 
 
 def test_guidance_scale_defaults_to_the_models_recommendation(tmp_path):
-    from conftest import make_unet, save_model_folder
+    from _models import make_unet, save_model_folder
 
     folder = save_model_folder(make_unet(num_class_embeds=3), tmp_path / "m", dict(clip_sample=False),
                                class_names=["a", "b"])
@@ -109,9 +113,9 @@ def test_init_noise_is_used_as_x_T_and_travels_with_the_recipe(tmp_path):
     assert np.array_equal(np.load(out2 / "trajectory.npz")["xt"], raw["xt"])
 
 
-@pytest.mark.parametrize(
+@pytest.mark.parametrize(  # each case runs the studio as a process: the fast lane tries the first
     "args, needle",
-    [
+    one_fast_case([
         (["--model", "/no/such/model"], "no such folder"),
         (["--model", "gmm", "--guidance", "cfg", "--scale", "nan", "--label", "1"], "scale must be a number from 0 to 1000, got nan"),
         (["--model", "gmm", "--guidance", "cfg", "--scale", "inf", "--label", "1"], "scale must be a number from 0 to 1000, got inf"),
@@ -120,7 +124,7 @@ def test_init_noise_is_used_as_x_T_and_travels_with_the_recipe(tmp_path):
         (["--model", "gmm", "--steps", "0"], "steps"),
         (["--model", "gmm", "--steps", "5000"], "cannot exceed"),
         (["--model", "gmm", "--eta", "1.5"], "eta must be a number from 0 to 1"),
-        (["--model", "gmm", "--sampler", "heun", "--eta", "0.5"], "--eta applies to ddim, euler_a, not heun"),
+        (["--model", "gmm", "--sampler", "heun", "--eta", "0.5"], f"--eta applies to {ETA_TAKERS}, not heun"),
         (["--model", "gmm", "--sampler", "langevin", "--corrector-steps", "101"], "corrector_steps must be an integer from 0 to 100"),
         (["--model", "gmm", "--sampler", "langevin", "--snr", "0"], "snr must be a number > 0 and ≤ 1"),
         (["--model", "gmm", "--beta-start", "1.5"], "schedule.beta_start must be a number > 0 and < 1"),
@@ -128,7 +132,7 @@ def test_init_noise_is_used_as_x_T_and_travels_with_the_recipe(tmp_path):
         (["--model", "gmm", "--guidance", "cfg"], "label"),
         (["--model", "gmm", "--sampler", "ddim", "--karras"], "Karras"),
         (["--model", "gmm", "--guidance-interval", "0.8", "0.2", "--guidance", "cfg", "--label", "0"], "interval"),
-    ],
+    ]),
 )
 def test_bad_input_is_one_line_on_stderr_and_nothing_is_written(tmp_path, args, needle):
     out = tmp_path / "out"
@@ -143,6 +147,7 @@ def test_bad_input_is_one_line_on_stderr_and_nothing_is_written(tmp_path, args, 
     assert not any(p.name.startswith(".out") for p in tmp_path.iterdir())
 
 
+@pytest.mark.slow  # a process; test_outputs_atomic refuses a non-empty --out in the fast lane
 def test_existing_output_folder_is_not_overwritten_without_asking(tmp_path):
     out = tmp_path / "keep"
     out.mkdir()
@@ -164,6 +169,7 @@ def test_unwritable_output_gives_one_line_and_leaves_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
 
 
+@pytest.mark.slow  # two processes; recipe errors are one line in-process in the fast lane (test_gui_faults)
 def test_bad_recipe_file_is_refused(tmp_path):
     p = tmp_path / "r.json"
     p.write_text('{"sampler": "warp_drive"}')
@@ -174,7 +180,7 @@ def test_bad_recipe_file_is_refused(tmp_path):
     assert r.returncode == 2 and "not valid JSON" in r.stderr
 
 
-@pytest.mark.parametrize("args, needle", [
+@pytest.mark.parametrize("args, needle", one_fast_case([  # a process each: the fast lane tries the first
     (["sample", "--model", "gmm", "--dtype", "float64"], "--dtype"),
     (["train", "diffusion", "--steps", "-3"], "--steps"),
     (["train", "diffusion", "--ema-decay", "1.5"], "--ema-decay"),
@@ -182,7 +188,7 @@ def test_bad_recipe_file_is_refused(tmp_path):
     (["train", "diffusion", "--unet", "huge"], "--unet"),
     (["train", "diffusion", "--snr-gamma", "0"], "--snr-gamma"),
     (["dataset", "--n", "0"], "--n"),
-])
+]))
 def test_usage_errors_are_one_line_and_run_nothing(tmp_path, args, needle):
     out = tmp_path / "out"
     r = run_cli(*args, "--out", str(out))

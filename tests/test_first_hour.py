@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw  # noqa: E402
 from PySide6.QtGui import QAction, QKeySequence  # noqa: E402
 from PySide6.QtWidgets import QMessageBox, QToolButton  # noqa: E402
 
-from _gui import open_window, temp_settings  # noqa: E402,F401
+from _gui import open_window, run, temp_settings  # noqa: E402,F401
 from studio.session import compose  # noqa: E402
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -26,13 +26,6 @@ def win(qtbot):
     return open_window(qtbot, steps=6)
 
 
-def run(qtbot, w, timeout=15000):
-    with qtbot.waitSignal(w.runFinished, timeout=timeout) as blocker:
-        w.runButton.click()
-    qtbot.waitUntil(lambda: not w.busy)
-    return blocker.args[0]
-
-
 # -- fitting the screen -----------------------------------------------------------------------------
 def test_the_window_fits_1280x800_and_1366x768_screens(qtbot, win):
     hint = win.minimumSizeHint().expandedTo(win.minimumSize())
@@ -41,15 +34,15 @@ def test_the_window_fits_1280x800_and_1366x768_screens(qtbot, win):
                win.compareButton, win.exportButton]
     for w, h in ((1280, 760), (1366, 728)):  # the screen less a panel or task bar
         win.resize(w, h)
-        qtbot.wait(50)
-        assert (win.width(), win.height()) == (w, h)
+        qtbot.waitUntil(lambda: (win.width(), win.height()) == (w, h))
         assert all(b.isVisible() for b in buttons), [b.objectName() for b in buttons if not b.isVisible()]
         assert win.panel.parentWidget().parentWidget().objectName() == "panelScroll"  # the panel scrolls
 
 
 def test_a_narrower_window_moves_buttons_into_the_toolbars_overflow(qtbot, win):
-    win.resize(max(win.minimumSizeHint().width(), 760), 700)
-    qtbot.wait(50)
+    width = max(win.minimumSizeHint().width(), 760)
+    win.resize(width, 700)
+    qtbot.waitUntil(lambda: (win.width(), win.height()) == (width, 700))
     assert win.width() < 1000
     ext = [b for b in win.runToolBar.findChildren(QToolButton) if b.objectName() == "qt_toolbar_ext_button"]
     assert ext and ext[0].isVisible()  # the » button: Export is one click away, not cut off
@@ -145,8 +138,8 @@ def test_compare_dialog_rows_stay_compact_and_x0_captions_use_the_windows_t(qtbo
     dlg = win.compareDialog
     qtbot.addWidget(dlg)
     dlg.resize(1000, 640)
-    dlg.show()
-    qtbot.wait(50)
+    with qtbot.waitExposed(dlg):
+        dlg.show()
     assert dlg.placeholder.isVisible()
     for row in dlg.rows:  # not stretched over the empty window
         assert row.height() <= row.sizeHint().height() + 8, (row.height(), row.sizeHint())

@@ -16,7 +16,7 @@ from PySide6.QtWidgets import QMessageBox, QWidget  # noqa: E402
 
 from studio.gui import MainWindow  # noqa: E402
 
-from _gui import open_window, temp_settings  # noqa: E402,F401
+from _gui import open_window, run, temp_settings  # noqa: E402,F401
 from studio.session import export as ex  # noqa: E402
 
 NAMES = ["modelPicker", "samplerCombo", "stepsSpin", "etaSpin", "seedSpin", "labelCombo", "guidanceModeCombo",
@@ -27,13 +27,6 @@ NAMES = ["modelPicker", "samplerCombo", "stepsSpin", "etaSpin", "seedSpin", "lab
 @pytest.fixture
 def win(qtbot):
     return open_window(qtbot, steps=8)
-
-
-def run(qtbot, w, timeout=15000):
-    with qtbot.waitSignal(w.runFinished, timeout=timeout) as blocker:
-        w.runButton.click()
-    qtbot.waitUntil(lambda: not w.busy)
-    return blocker.args[0]
 
 
 def shown(canvas):
@@ -79,16 +72,15 @@ def test_pause_step_once_and_stop(qtbot, win):
     win.panel.stepsSpin.setValue(200)
     win.runButton.click()
     win.pauseButton.click()
-    qtbot.waitUntil(lambda: win._live_traj is not None)
+    worker = win.worker
+    qtbot.waitUntil(lambda: win._live_traj is not None and worker.held.is_set())  # paused between two steps
     traj = win._live_traj
-    qtbot.wait(150)
     n = len(traj)
     assert n < 200 and win.pauseButton.isChecked()
     win.stepOnceButton.click()
     win.stepOnceButton.click()
-    qtbot.waitUntil(lambda: len(traj) == n + 2)
-    qtbot.wait(150)
-    assert len(traj) == n + 2  # stays paused
+    qtbot.waitUntil(lambda: len(traj) == n + 2 and worker.held.is_set())  # two steps, then held again
+    assert len(traj) == n + 2 and win.pauseButton.isChecked()  # stays paused
     with qtbot.waitSignal(win.runFinished, timeout=5000):
         win.stopButton.click()
     assert len(traj) == n + 2 and not traj.finished

@@ -12,7 +12,7 @@ from PySide6.QtGui import QDropEvent  # noqa: E402
 
 from studio.gui import MainWindow  # noqa: E402
 
-from _gui import open_window, temp_settings  # noqa: E402,F401
+from _gui import open_window, run, temp_settings  # noqa: E402,F401
 
 
 @pytest.fixture
@@ -74,9 +74,7 @@ def test_open_model_folder_by_drop(qtbot, win, tiny_model):
 
 
 def test_space_plays_the_trajectory(qtbot, win):
-    with qtbot.waitSignal(win.runFinished, timeout=10000):
-        win.runButton.click()
-    qtbot.waitUntil(lambda: not win.busy)
+    run(qtbot, win, timeout=10000)
     win.scrubber.setValue(0)
     win.activateWindow()
     qtbot.keyClick(win, Qt.Key.Key_Space)
@@ -89,18 +87,19 @@ def test_scrubber_follows_until_grabbed(qtbot, win):
     win.panel.stepsSpin.setValue(300)
     win.runButton.click()
     win.pauseButton.click()
-    qtbot.waitUntil(lambda: win._live_traj is not None)
+    worker = win.worker
+    qtbot.waitUntil(lambda: win._live_traj is not None and worker.held.is_set())  # paused between two steps
     traj = win._live_traj
+    n = len(traj)
     win.stepOnceButton.click()
-    qtbot.waitUntil(lambda: len(traj) >= 1)
-    qtbot.wait(100)
+    qtbot.waitUntil(lambda: len(traj) == n + 1 and worker.held.is_set())  # one step, then held again
     qtbot.waitUntil(lambda: win.scrubber.value() == len(traj))  # following the newest step
     win.mainView.scrubberBar.step(-1)  # the user takes over
     held = win.scrubber.value()
     for _ in range(5):
         win.stepOnceButton.click()
-    qtbot.waitUntil(lambda: len(traj) == held + 6)
-    qtbot.wait(100)
+    qtbot.waitUntil(lambda: len(traj) == held + 6 and worker.held.is_set()
+                    and win.mainView.scrubberBar.available == len(traj))  # made, paused, and shown
     # the slider spans the planned 300 steps; the handle can reach only what has been computed
     assert win.scrubber.value() == held and win.scrubber.maximum() == 300
     assert win.mainView.scrubberBar.available == len(traj)

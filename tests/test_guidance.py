@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from conftest import final_x
+from _models import final_x
 from studio.core import engine
 from studio.core.denoiser import Denoiser
 from studio.core.guidance import Guidance, GuidanceError

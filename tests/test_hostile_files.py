@@ -12,13 +12,12 @@ import hashlib
 import json
 import os
 import threading
-import time
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import make_unet, save_model_folder
+from _models import make_unet, save_model_folder
 from studio.core.file_reading import FileReadError, inside_folder, read_json, read_limited
 from studio.core.loading import WEIGHT_NAME, ModelLoadError, load_model
 from studio.core.memory_check import check_fits, human_bytes
@@ -95,9 +94,7 @@ def test_sha256sums_entries_must_be_regular_files_inside_the_folder(folder, tmp_
     }
     for name, why in cases.items():
         (folder / "SHA256SUMS").write_text(f"{good}  {WEIGHT_NAME}\n{'0' * 64}  {name}\n")
-        t0 = time.monotonic()
-        load_error(folder, "SHA256SUMS", why)
-        assert time.monotonic() - t0 < 30
+        load_error(folder, "SHA256SUMS", why)  # refused before reading (``within``: a hang fails the test)
     (folder / "SHA256SUMS").write_text(f"{good} *{WEIGHT_NAME}\n\n")  # binary-mode marker, blank line
     within(60, load_model, str(folder), device="cpu")
     (folder / "SHA256SUMS").write_text("not a checksum line\n")
@@ -176,9 +173,7 @@ def _edit_config(folder, **changes):
 
 def test_a_network_too_large_for_memory_is_refused_from_its_parameter_count(folder):
     _edit_config(folder, block_out_channels=[1 << 20, 1 << 21])
-    t0 = time.monotonic()
-    msg = load_error(folder, "config.json", "parameters", "available")
-    assert time.monotonic() - t0 < 30
+    msg = load_error(folder, "config.json", "parameters", "available")  # counted, not allocated
     assert any(u in msg for u in ("TB", "GB")), msg
 
 

@@ -6,18 +6,19 @@ from pathlib import Path
 
 import pytest
 
+from _models import one_fast_case
 from studio.gui.app import display_problem
 
 
 BIN = Path(sys.executable).parent
 
 
-@pytest.mark.parametrize("command,typed", [
+@pytest.mark.parametrize("command,typed", one_fast_case([  # a process each: the fast lane tries the first
     ([sys.executable, "-m", "studio.gui"], "python -m studio.gui"),
     ([sys.executable, "-m", "studio"], "studio"),
     ([str(BIN / "studio-gui")], "studio-gui"),
     ([str(BIN / "studio")], "studio"),
-])
+]))
 def test_the_window_without_a_display_fails_with_one_line_naming_the_command(command, typed):
     if not Path(command[0]).exists():
         pytest.skip(f"{command[0]} is not installed")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import make_unet, save_model_folder
+from _models import make_unet, save_model_folder
 from studio.core import engine
 from studio.core.gmm import GaussianMixtureModel
 from studio.core.guidance import Guidance, GuidanceError

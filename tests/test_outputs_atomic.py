@@ -124,12 +124,11 @@ def test_sample_refuses_a_non_empty_out_before_sampling(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    t0 = time.monotonic()
     p = studio("sample", "--model", "gmm", "--steps", "1000", "--batch", "64", "--out", str(out))
     _, err = p.communicate(timeout=120)
     assert p.returncode == 2 and "already exists and is not empty" in err and "--overwrite" in err
     assert "steps/s" not in err, "it sampled before checking --out"
-    assert len(err.strip().splitlines()) == 1 and time.monotonic() - t0 < 60
+    assert len(err.strip().splitlines()) == 1
     assert sorted(os.listdir(out)) == ["keep.txt"]
 
 
@@ -142,6 +141,7 @@ def test_a_locked_out_is_refused_at_once(tmp_path):
     assert not out.exists() and os.listdir(tmp_path) == []  # the lock file is gone too
 
 
+@pytest.mark.slow  # two processes sampling 1,000 steps
 def test_two_runs_racing_for_one_out_exactly_one_wins(tmp_path):
     out = tmp_path / "out"
     procs = [studio("sample", "--model", "gmm", "--steps", "400", "--batch", "2", "--seed", str(seed), "--quiet",
@@ -189,6 +189,7 @@ EXPORT_SCRIPT = textwrap.dedent("""
 
 
 @posix_only
+@pytest.mark.slow  # a process; SIGTERM while writing a run folder stays in the fast lane
 def test_sigterm_during_an_export_removes_the_staging(tmp_path):
     out = tmp_path / "frames"
     p = subprocess.Popen([sys.executable, "-c", EXPORT_SCRIPT, str(out)], env=env(), stdout=subprocess.PIPE,
@@ -202,6 +203,7 @@ def test_sigterm_during_an_export_removes_the_staging(tmp_path):
 
 
 @posix_only
+@pytest.mark.slow  # three processes
 def test_debris_of_a_killed_run_is_removed_by_the_next_run(tmp_path):
     out = tmp_path / "a"
     tmpdir = tmp_path / "tmp"
@@ -229,11 +231,12 @@ def test_debris_of_a_killed_run_is_removed_by_the_next_run(tmp_path):
 
 
 # -- weights fingerprint -------------------------------------------------------------------------------
+@pytest.mark.slow  # three processes opening a diffusers UNet
 def test_a_recipe_records_the_weights_and_replaying_changed_weights_warns(tmp_path):
     import torch
     from safetensors.torch import load_file, save_file
 
-    from conftest import make_unet, save_model_folder
+    from _models import make_unet, save_model_folder
     folder = save_model_folder(make_unet(), tmp_path / "m", dict(clip_sample=False))
     weights = folder / "diffusion_pytorch_model.safetensors"
     common = ["sample", "--steps", "2", "--batch", "1", "--quiet"]

@@ -74,6 +74,7 @@ def _entry(*args: str) -> dict:
 
 
 @linux
+@pytest.mark.slow  # two processes churning the allocator
 def test_only_the_console_entry_point_tunes_the_process():
     """Importing the studio, running a Run as a library and calling ``cli.main(argv)`` leave glibc's
     allocator as it was (the churn faults its freed buffers in again, as untuned); the console entry

@@ -21,6 +21,7 @@ from studio.core import engine
 from studio.core.guidance import Guidance
 from studio.core.loading import ModelLoadError
 from studio.core.pipeline import load_pipeline_folder
+from _models import one_fast_case
 from text_pipelines import SD_SCHEDULER, make_sd_pipeline, make_sdxl_pipeline
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
@@ -110,7 +111,7 @@ CASES = [("ddim", 10, "leading"), ("ddim", 10, "trailing"), ("euler", 10, "linsp
 
 
 @pytest.mark.parametrize("key", ["sd", "sdxl"])
-@pytest.mark.parametrize("kind,steps,spacing", CASES)
+@pytest.mark.parametrize("kind,steps,spacing", one_fast_case(CASES))
 def test_final_latents_match_diffusers_pipeline(studio_models, diffusers_pipes, key, kind, steps, spacing):
     lat = x_T(1)
     ours = studio_run(studio_models[key], kind, steps, spacing, lat, 5.0)
@@ -150,7 +151,7 @@ def test_guidance_rescale_matches_diffusers(studio_models, diffusers_pipes):
     assert (plain - ours).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("kind,steps", [("ddim", 8), ("euler", 8), ("dpmpp_2m", 15)])
+@pytest.mark.parametrize("kind,steps", one_fast_case([("ddim", 8), ("euler", 8), ("dpmpp_2m", 15)]))
 def test_v_prediction_matches_diffusers(studio_models, diffusers_pipes, kind, steps):
     assert studio_models["sd_v"].info.prediction_type == "v_prediction"
     lat = x_T(5)
@@ -159,7 +160,7 @@ def test_v_prediction_matches_diffusers(studio_models, diffusers_pipes, kind, st
     assert rel_err(ours, ref) <= TOL
 
 
-@pytest.mark.parametrize("kind,steps", [("ddim", 8), ("euler", 8), ("dpmpp_2m", 15)])
+@pytest.mark.parametrize("kind,steps", one_fast_case([("ddim", 8), ("euler", 8), ("dpmpp_2m", 15)]))
 def test_zero_terminal_snr_matches_diffusers(studio_models, diffusers_pipes, kind, steps):
     """rescale_betas_zero_snr (Lin et al. 2024): ᾱ_T = 0, so the first step sees pure noise and x̂₀ comes
     from v̂ directly; the σ-space samplers use ᾱ_T = 2⁻²⁴ as diffusers does."""

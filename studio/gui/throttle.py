@@ -15,11 +15,13 @@ class Throttle(QObject):
     flush is older than the interval, everything pending runs at once (an isolated
     change shows without delay); otherwise it runs when the interval is over, so a
     burst of requests costs one repaint and the final state is never dropped.
+    ``clock`` (seconds, monotonic) is what "older than the interval" is measured on.
     """
 
-    def __init__(self, interval_ms: int, parent=None):
+    def __init__(self, interval_ms: int, parent=None, clock: Callable[[], float] = time.monotonic):
         super().__init__(parent)
         self.interval_s = interval_ms / 1000.0
+        self.clock = clock
         self._pending: dict[str, Callable[[], None]] = {}
         self._last = -math.inf
         self._timer = QTimer(self)
@@ -30,7 +32,7 @@ class Throttle(QObject):
         self._pending[key] = fn
         if self._timer.isActive():
             return
-        wait = self._last + self.interval_s - time.monotonic()
+        wait = self._last + self.interval_s - self.clock()
         if wait <= 0:
             self.flush()
         else:
@@ -44,7 +46,7 @@ class Throttle(QObject):
         """Run everything pending now."""
         self._timer.stop()
         pending, self._pending = self._pending, {}
-        self._last = time.monotonic()
+        self._last = self.clock()
         for fn in pending.values():
             fn()
 

@@ -12,8 +12,8 @@ and long loops stop at their next ``cancel.check()``.
 
 Backpressure: a handler connected with ``deliver_to`` acknowledges each value, and
 the job waits (without holding the GIL) while ``max_ahead`` values are still
-unhandled. A fast job (the exact ``gmm`` model: ~1,000 steps/s, mostly Python)
-would otherwise keep the GIL busy while the GUI thread paints, and every Python
+unhandled. A fast job (the exact ``gmm`` model, whose steps are mostly Python; its rate is
+in benchmarks/RESULTS.md, section 4) would otherwise keep the GIL busy while the GUI thread paints, and every Python
 call of that paint would wait up to the interpreter's switch interval (5 ms).
 """
 from __future__ import annotations
@@ -71,6 +71,7 @@ class GeneratorWorker(QThread):
         self._abort = False
         self._paused = False
         self._credit = 0  # steps allowed through while paused
+        self.held = threading.Event()  # set while the job waits between two values (paused, or its handler behind)
         self.max_ahead: Optional[int] = None  # set by deliver_to
         self._sent = 0  # values emitted
         self._handled = 0  # values the handler has finished with
@@ -129,7 +130,9 @@ class GeneratorWorker(QThread):
         """Block while paused; False when the job must stop."""
         with self._cond:
             while not self._abort and ((self._paused and self._credit == 0) or self._ahead()):
+                self.held.set()
                 self._cond.wait(0.1)
+            self.held.clear()
             if self._credit:
                 self._credit -= 1
             return not self._abort
