@@ -60,6 +60,7 @@ def wait_for(out: Path, cells: int, proc: subprocess.Popen, timeout: float = 240
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_a_killed_sweep_keeps_whole_cells_and_the_rerun_computes_only_the_missing(tmp_path, capsys):
     spec_path = tmp_path / "slow.toml"
     spec_path.write_text(SLOW_CELLS)
@@ -150,6 +151,7 @@ def test_the_distance_to_the_reference_solve_falls_at_each_sampler_order(small_s
     assert nfe["ddim", 20] == 20 and nfe["dpmpp_2m", 20] == 20 and nfe["heun", 20] == 2 * 20 - 1
 
 
+@pytest.mark.slow
 def test_the_reference_itself_is_at_distance_zero_and_mixture_weights_match_the_truth(tmp_path):
     """A cell run with the reference's own sampler and steps is the reference (distance exactly 0).
     Unlabelled samples carry the mixture weights π (up to sampling error: 256 images, TV < 0.12);

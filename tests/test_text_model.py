@@ -340,6 +340,7 @@ def test_studio_eval_runs_text_model_settings(tiny_export, capsys):
     assert "digits model has the groups" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_studio_eval_stderr_has_no_library_advice(tiny_export):
     """A fresh `studio eval` process prints its own progress, not diffusers' or transformers'
     advice about their loaders (accelerate, torchvision image processors)."""
@@ -356,6 +357,7 @@ def test_studio_eval_stderr_has_no_library_advice(tiny_export):
         assert word not in r.stderr, r.stderr
 
 
+@pytest.mark.slow
 def test_text_trainers_save_without_library_progress_bars(tiny_export, tmp_path, capfd):
     """Saving a text encoder makes transformers draw a "Writing model shards" bar; the trainers
     print their own progress, so neither `studio train text-encoder` nor a pipeline export shows it."""

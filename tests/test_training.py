@@ -377,6 +377,7 @@ def test_time_limited_run_ends_its_schedule_in_time(tmp_path, cache):
     assert (state["fitted_from"], state["fitted_total"]) == (100_000, 97)
 
 
+@pytest.mark.slow
 def test_a_stopped_time_fitted_run_resumes_on_its_schedule(tmp_path, cache):
     """A stall after step 70 runs the clock past the limit: the run stops early, checkpointed with
     the fitted total; the same command again (no limit now) goes on to that total, with the
