@@ -4,7 +4,8 @@
   studio MODEL | RECIPE       open the window on a model folder, or on a recipe (.json, exported .png)
   studio sample …             run a sampler headless and write frames, grid, recipe
   studio samplers             list the samplers
-  studio info MODEL           describe a model
+  studio info MODEL           describe a model (a single-file checkpoint from its header)
+  studio convert FILE --out D write a single-file checkpoint as a diffusers folder
   studio sweep SPEC --out DIR run a grid of recipes (here or on a Ray cluster), tables and plots
   studio dataset / train …    make the built-in model's data and weights
 """
@@ -208,11 +209,37 @@ def cmd_samplers(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from .core.loading import BUILTINS, load_model
+    from .checkpoints.models import is_checkpoint_spec, load_model
+    from .core.loading import BUILTINS
 
+    if is_checkpoint_spec(args.model):  # a single file: described from its header, no weight is read
+        from .checkpoints import inspect_checkpoint
+
+        print(inspect_checkpoint(Path(args.model).expanduser(), allow_pickle=args.allow_pickle,
+                                 prediction_type=args.prediction_type).describe())
+        return 0
     model = load_model(args.model if args.model in BUILTINS else str(Path(args.model).expanduser()),
-                       args.device or "cpu", allow_pickle=args.allow_pickle)
+                       args.device or "cpu", allow_pickle=args.allow_pickle, prediction_type=args.prediction_type)
     print(model.info.describe())
+    return 0
+
+
+def cmd_convert(args) -> int:
+    """``studio convert FILE --out FOLDER``: a single-file checkpoint written as a diffusers folder."""
+    from .checkpoints.convert import load_for_conversion, save_folder
+    from .core.loading import resolve_dtype
+    from .session.atomic import Reservation
+
+    dtype = resolve_dtype(args.dtype) if args.dtype else None
+    # --out is checked (new, empty or --overwrite) and locked before the checkpoint is loaded
+    with Reservation(Path(args.out), args.overwrite, folder=True, overwrite_hint="pass --overwrite") as out:
+        info, configs, pipe = load_for_conversion(Path(args.file).expanduser(), dtype, allow_pickle=args.allow_pickle,
+                                                  prediction_type=args.prediction_type)
+        save_folder(pipe, out.stage_folder(), configs)
+        out.commit()
+    if not args.quiet:
+        print(f"wrote {out.target}: {info.family.title}, {info.prediction.prediction_type}, "
+              f"{str(pipe.unet.dtype).replace('torch.', '')} weights, SHA256SUMS", file=sys.stderr)
     return 0
 
 
@@ -262,11 +289,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("samplers", help="list the samplers").set_defaults(func=cmd_samplers)
 
-    i = sub.add_parser("info", help="describe a model: resolution, channels, classes, prediction type, schedule")
+    from .checkpoints.prediction import PREDICTION_CHOICES
+    from .core.loading import DTYPES
+
+    prediction_help = ("single-file checkpoints: what the UNet predicts, overriding the sidecar .yaml, the file's "
+                       "markers and the family's default")
+    i = sub.add_parser("info", help="describe a model: resolution, channels, classes, prediction type, schedule; "
+                                    "a single-file checkpoint from its header alone")
     i.add_argument("model")
     i.add_argument("--device", default="cpu")
     i.add_argument("--allow-pickle", action="store_true", help="allow .bin/.ckpt weights (torch.load weights_only)")
+    i.add_argument("--prediction-type", choices=PREDICTION_CHOICES, help=prediction_help)
     i.set_defaults(func=cmd_info)
+
+    c = sub.add_parser("convert", help="write a single-file Stable Diffusion checkpoint as a diffusers folder")
+    c.add_argument("file", help="the checkpoint (.safetensors; .ckpt with --allow-pickle)")
+    c.add_argument("--out", required=True, help="output folder (must be new or empty)")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    c.add_argument("--dtype", choices=tuple(DTYPES), help="precision of the written weights (default: the file's)")
+    c.add_argument("--allow-pickle", action="store_true",
+                   help="allow a pickled .ckpt, read with torch.load(weights_only=True)")
+    c.add_argument("--prediction-type", choices=PREDICTION_CHOICES, help=prediction_help)
+    c.add_argument("--quiet", action="store_true")
+    c.set_defaults(func=cmd_convert)
 
     g = sub.add_parser("gui", help="open the window (the same as `studio` with no arguments)")
     g.add_argument("--model")

@@ -8,7 +8,10 @@ Beside ``studio.core`` in the layer graph: it imports ``studio.core`` only (no Q
     print(info.describe())
 
 Modules: ``header`` (the safetensors header, validated), ``pickled`` (opted-in ``.ckpt`` files),
-``families`` (detection from key names and shapes), ``prediction`` (ε or v), ``inspection``.
+``families`` (detection from key names and shapes), ``prediction`` (ε or v), ``inspection``; opening
+one, offline: ``configs`` (the shipped config folders), ``architecture`` (the header against them),
+``loading`` (``open_checkpoint``: diffusers' single-file loader → the studio's model), ``models``
+(``load_model`` for every model spec), ``convert`` (``studio convert``).
 """
 from __future__ import annotations
 

@@ -176,18 +176,29 @@ def load_pipeline_folder(path, device: torch.device, dtype: torch.dtype, allow_p
     prompt = recommended.get("prompt", "")
     if not isinstance(prompt, str):
         raise ModelLoadError(f"{folder / 'recommended.json'}: prompt must be a string, got {prompt!r}")
+    return build_text_model(kind, unet, vae, encoders, tokenizers, sched_cfg, device, dtype, name=name or folder.name,
+                            source=str(folder), recommended_scales=read_recommended_scales(folder),
+                            sample_prompt=prompt,
+                            force_zeros_for_empty_prompt=bool(index.get("force_zeros_for_empty_prompt", True)))
+
+
+def build_text_model(kind: str, unet, vae, encoders: list, tokenizers: list, sched_cfg: dict, device: torch.device,
+                     dtype: torch.dtype, *, name: str, source: str, recommended_scales: Optional[dict] = None,
+                     sample_prompt: str = "", force_zeros_for_empty_prompt: bool = True) -> TextToImageModel:
+    """The studio's model over loaded pipeline components (``kind``: the pipeline class name): what a
+    pipeline folder opens to, and what a single-file checkpoint does once diffusers has loaded it."""
+    ucfg = unet.config
     info = ModelInfo(
-        name=name or folder.name, sample_size=int(ucfg.sample_size), in_channels=int(ucfg.in_channels),
-        prediction_type=sched_cfg.get("prediction_type", "epsilon"), scheduler_config=sched_cfg, source=str(folder),
-        recommended_scales=read_recommended_scales(folder), pipeline=kind,
+        name=name, sample_size=int(ucfg.sample_size), in_channels=int(ucfg.in_channels),
+        prediction_type=sched_cfg.get("prediction_type", "epsilon"), scheduler_config=sched_cfg, source=source,
+        recommended_scales=dict(recommended_scales or {}), pipeline=kind,
         vae_scale_factor=2 ** (len(vae.config.block_out_channels) - 1),
         text_encoders=[f"{e.__class__.__name__}, hidden size {e.config.hidden_size}, "
                        f"{e.config.num_hidden_layers} layers" for e in encoders],
-        max_prompt_tokens=int(tokenizers[0].model_max_length), sample_prompt=prompt,
+        max_prompt_tokens=int(tokenizers[0].model_max_length), sample_prompt=sample_prompt,
     )
-    force_zeros = bool(index.get("force_zeros_for_empty_prompt", True))
     return TextToImageModel(fix_dtype(unet), vae, encoders, tokenizers, info, device, dtype,
-                            force_zeros_for_empty_prompt=force_zeros)
+                            force_zeros_for_empty_prompt=force_zeros_for_empty_prompt)
 
 
 def load_tiny_autoencoder(path, device: torch.device):

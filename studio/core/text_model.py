@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .conditioning import TextCondition
+from .file_hashes import user_cache_dir  # the one cache folder ($STUDIO_CACHE_DIR, else the platform's)
 from .model import ModelInfo
 
 
@@ -56,12 +57,6 @@ class EncodedPrompt:
 
     condition: TextCondition
     truncated: str = ""  # the text past the tokenizer's limit, "" when nothing was cut
-
-
-def user_cache_dir() -> Path:
-    """Where the studio keeps what it computes about a model (never inside the model folder)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "sampling-studio"
 
 
 def fit_linear_preview(decode: Callable[[torch.Tensor], torch.Tensor], channels: int, factor: int,
@@ -216,8 +211,13 @@ class TextToImageModel:
 
     def _preview_cache_path(self) -> Path:
         h = hashlib.sha256(json.dumps(dict(self.vae.config), sort_keys=True, default=str).encode())
-        src = Path(self.info.source) / "vae"
-        for f in sorted(src.glob("*.safetensors")) if src.is_dir() else []:
+        src = Path(self.info.source)
+        vae = src / "vae"
+        if src.is_file():  # a single-file checkpoint holds its VAE
+            files = [src]
+        else:
+            files = sorted(vae.glob("*.safetensors")) if vae.is_dir() else []
+        for f in files:
             st = f.stat()
             h.update(f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
         return user_cache_dir() / "previews" / f"{h.hexdigest()[:24]}.json"

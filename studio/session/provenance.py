@@ -3,7 +3,9 @@
 A recipe names its model by path (or ``default``), but the files there can change: retrained,
 fine-tuned, replaced by a download of another version. Every recipe the studio writes records, in
 its ``versions`` block, the SHA-256 of each weight file of the model folder (and of an explicit
-classifier folder): ``"weights": {"diffusion_pytorch_model.safetensors": "<hex>", …}``. Digests
+classifier folder): ``"weights": {"diffusion_pytorch_model.safetensors": "<hex>", …}``; for a
+single-file checkpoint, of the file and of the sidecar config beside it (``{"model.safetensors":
+"<hex>", "model.yaml": "<hex>"}``). Digests
 are computed once per file version and cached (core/file_hashes.py), so this costs a ``stat`` per
 file after the first time. When a recipe is replayed, ``weights_warning`` compares the recorded
 digests with the current ones and returns one line naming what changed; the studio shows it as a
@@ -34,9 +36,27 @@ def model_folder(spec: Optional[str]) -> Optional[Path]:
     return p if p.is_dir() else None
 
 
+def checkpoint_files(spec: Optional[str]) -> list[Path]:
+    """A single-file checkpoint and the sidecar config beside it that decides its prediction type
+    (studio/checkpoints/prediction.py); [] when ``spec`` is not a file."""
+    from ..checkpoints.models import is_checkpoint_spec
+    from ..checkpoints.prediction import sidecar_of
+
+    if not is_checkpoint_spec(spec):
+        return []
+    path = Path(spec).expanduser()
+    sidecar = sidecar_of(path)
+    return [path] + ([sidecar] if sidecar is not None else [])
+
+
 def weights_fingerprint(model: Optional[str], classifier: Optional[str] = None) -> dict[str, str]:
-    """{file: SHA-256} of the weights a recipe with this model (and classifier) uses; {} when unknown."""
+    """{file: SHA-256} of the weights a recipe with this model (and classifier) uses; {} when unknown.
+    A single-file checkpoint records its file name (and its sidecar config's)."""
     out: dict[str, str] = {}
+    try:
+        out.update({p.name: file_hashes.cached_sha256(p) for p in checkpoint_files(model)})
+    except (FileReadError, OSError):
+        pass  # unreadable weights: the load itself reports that
     for prefix, spec in (("", model), ("classifier:", classifier)):
         folder = model_folder(spec) if prefix == "" else (Path(spec).expanduser() if spec else None)
         if folder is None or not folder.is_dir():

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..core import engine
-from ..core.loading import load_model
+from ..checkpoints.models import load_model  # model folders, built-ins and single-file checkpoints
 from ..core.noise import NoiseSource
 from ..core.samplers import get_sampler
 from .recipe import Recipe, RecipeError

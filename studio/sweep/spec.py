@@ -3,7 +3,7 @@
 ::
 
     title = "DDIM steps x eta on the digits model"    # optional
-    model = "default"            # default, gmm, digits-text or a model folder (relative to this file)
+    model = "default"            # default, gmm, digits-text, a model folder or a checkpoint file (relative to this file)
     metrics = ["accuracy", "frechet", "seconds_per_image"]   # optional; default: every one the model has
     pool = ["label"]             # optional: axes summarised together (seeds always are)
     # reference_steps, fd_reference: see SPEC_KEYS (`studio sweep --help` lists every key)
@@ -52,7 +52,8 @@ from .toml_lines import key_lines, line_of
 # the spec's top-level keys, each declared once: default, allowed values, help (`studio sweep --help`)
 SPEC_KEYS: dict[str, Option] = {o.name: o for o in (
     Option("title", "", "str", "the report's title", allow_empty=True),
-    Option("model", "default", "str", "default, gmm, digits-text or a model folder (relative to the spec)"),
+    Option("model", "default", "str", "default, gmm, digits-text, a model folder or a single-file checkpoint "
+                                      "(relative to the spec)"),
     Option("metrics", None, "strs", "the metrics to compute; without it, every one the model has"),
     Option("pool", (), "strs", "axes summarised together, like the seeds (which always are)"),
     Option("reference_steps", 500, "int", "steps of the fine DPM-Solver++(2M) solve that ref_distance measures "
@@ -220,9 +221,9 @@ def _model(doc: dict, base: Path, where: _Where) -> str:
     if model in BUILTINS:
         return model
     folder = (base / Path(model).expanduser()).resolve()
-    if not folder.is_dir():
+    if not (folder.is_dir() or folder.is_file()):  # a model folder, or a single-file checkpoint
         raise where.error(("model",), f"{model!r} is not a built-in model ({', '.join(BUILTINS)}) and "
-                                      f"{folder} is not a folder")
+                                      f"{folder} is not a folder or a checkpoint file")
     return str(folder)
 
 

@@ -38,7 +38,7 @@ class CellWorker:
     def _load(self) -> None:
         import torch
 
-        from ..core.loading import load_model
+        from ..checkpoints.models import load_model
         from .metrics import CellMetrics
 
         threads = self.config.get("threads")
