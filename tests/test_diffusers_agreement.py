@@ -2,12 +2,12 @@
 
 A random-init UNet is a terrible denoiser: its trajectories reach |x| ~ σ_max·|ε| ≈ 100–500, where float32
 rounding alone exceeds 1e-4. So the session fixture first trains the UNet briefly to denoise a few fixed
-8×8 patterns, on a short linear schedule (β_end = 0.006, see conftest.TINY_SCHEDULE); final images are then
+8×8 patterns, on a short linear schedule (β_end = 0.006, see _models.TINY_SCHEDULE); final images are then
 O(1) (|x| ≲ 3) and a 1e-4 max-abs agreement is a real test. Schedules and plans of the standard
 configurations are checked against diffusers separately (test_schedule.py).
 
-Conventions: the studio's x_T is in variance-preserving scale. diffusers' Euler/Heun work on
-x_σ = x_t·√(σ²+1), so they start from x_T·√(σ_max² + 1) with σ_max the plan's first σ (their
+Conventions: the studio's x_T is in variance-preserving scale. diffusers' Euler, Heun, LMS and KDPM2
+schedulers work on x_σ = x_t·√(σ²+1), so they start from x_T·√(σ_max² + 1) with σ_max the plan's first σ (their
 ``init_noise_sigma`` uses σ_max alone for linspace/trailing, a documented approximation); DDIM and
 DPM-Solver start from x_T itself.
 """
@@ -17,18 +17,22 @@ import math
 
 import pytest
 import torch
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler
+from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler,
+                       KDPM2DiscreteScheduler, LMSDiscreteScheduler)
 
-from conftest import TINY_SCHEDULE, final_x, make_unet, save_model_folder, train_tiny_unet
+from _models import TINY_SCHEDULE, final_x, make_unet, save_model_folder, train_tiny_unet
+from studio.core import engine
 from studio.core.guidance import Guidance
 from studio.core.loading import load_model
 
-pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")]
+# slow: every test needs the trained UNet (test_text_pipelines compares with diffusers in the fast lane)
+pytestmark = [pytest.mark.usefixtures("one_thread"),
+              pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning"), pytest.mark.slow]
 
 BATCH = 4
 STD = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.0001, beta_end=0.02)
 TOL = 1e-4
-BASE = TINY_SCHEDULE  # see conftest: a schedule on which a briefly trained UNet is a usable denoiser
+BASE = TINY_SCHEDULE  # see _models: a schedule on which a briefly trained UNet is a usable denoiser
 
 
 @pytest.fixture(scope="session")
@@ -85,7 +89,7 @@ def _x_T(seed=0):
 @torch.no_grad()
 def _diffusers_run(unet, sched, x_T, kind, labels=None, cfg_scale=None, null=None, step_kw=None):
     """The plain diffusers denoising loop (what a diffusers pipeline does), optionally with CFG."""
-    if kind in ("euler", "heun"):
+    if kind in SIGMA_SPACE:
         lat = x_T * math.sqrt(float(sched.sigmas[0]) ** 2 + 1)
     else:
         lat = x_T.clone()
@@ -103,7 +107,8 @@ def _diffusers_run(unet, sched, x_T, kind, labels=None, cfg_scale=None, null=Non
 
 
 SCHEDULERS = {"ddim": DDIMScheduler, "euler": EulerDiscreteScheduler, "heun": HeunDiscreteScheduler,
-              "dpmpp_2m": DPMSolverMultistepScheduler}
+              "dpmpp_2m": DPMSolverMultistepScheduler, "lms": LMSDiscreteScheduler, "dpm2": KDPM2DiscreteScheduler}
+SIGMA_SPACE = ("euler", "heun", "lms", "dpm2", "dpm2_a")  # diffusers' schedulers on x_σ = x_t √(σ² + 1)
 
 
 def _scheduler(kind, spacing, karras=False, base=None, **cfg):
@@ -286,3 +291,193 @@ def test_stochastic_samplers_match_diffusers_given_the_same_noise(studio_models,
     # and the noise mattered: another seed gives another image
     other = final_x(model, name, steps, batch=BATCH, seed=seed + 1, init_noise=x_T, spacing=spacing, **opts)
     assert (other - ours).abs().max() > 1e-2
+
+
+# -- the samplers added from the web UIs' menu -----------------------------------------------------------
+@pytest.mark.parametrize("spacing,karras", [("leading", False), ("trailing", False), ("linspace", False),
+                                            ("linspace", True)])
+def test_lms_matches_diffusers(studio_models, trained_unet, spacing, karras):
+    """Order 4 (diffusers' and k-diffusion's default). diffusers integrates the Lagrange basis numerically
+    (scipy quad, epsrel 1e-4), the studio exactly."""
+    _compare(studio_models, trained_unet, "eps", "lms", 12, spacing, karras)
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+def test_dpm2_matches_diffusers(studio_models, trained_unet, spacing):
+    """KDPM2DiscreteScheduler evaluates the midpoint at the timestep interpolated in log σ, as the studio."""
+    _compare(studio_models, trained_unet, "eps", "dpm2", 8, spacing)
+
+
+def _kdpm2_plan(model, name, steps, sched):
+    """The studio's Karras plan with diffusers' KDPM2 timesteps, which it rounds to integers (its Euler does not)."""
+    import dataclasses
+
+    from studio.core.samplers import SAMPLERS
+
+    plan = engine.model_plan(model, SAMPLERS[name], steps, "linspace", True)
+    ts = sched.timesteps[0::2].numpy().astype("float64")
+    assert (ts == plan.timesteps.round()).all()
+    return dataclasses.replace(plan, timesteps=ts)
+
+
+def test_dpm2_karras_matches_diffusers(studio_models, trained_unet):
+    model, x_T, steps = studio_models["eps"], _x_T(), 8
+    sched = _scheduler("dpm2", "linspace", True)
+    sched.set_timesteps(steps)
+    ours = final_x(model, "dpm2", steps, batch=BATCH, init_noise=x_T, plan=_kdpm2_plan(model, "dpm2", steps, sched))
+    ref = _diffusers_run(trained_unet, sched, x_T, "dpm2")
+    assert ref.abs().max() < 6
+    err = (ours - ref).abs().max().item()
+    assert err <= TOL * ref.abs().max().item(), f"dpm2 karras: max |studio − diffusers| = {err:.2e}"
+
+
+def _step_noise(seed, shape, steps):
+    from studio.core.noise import NoiseSource
+
+    return [NoiseSource(seed).step(i, shape) for i in range(steps)]
+
+
+@pytest.mark.parametrize("spacing", ["linspace", "trailing"])
+def test_dpm2_ancestral_matches_diffusers_given_the_same_noise(studio_models, trained_unet, monkeypatch, spacing):
+    """KDPM2AncestralDiscreteScheduler (η = 1), its noise replaced by the studio's draw for each step."""
+    import diffusers.schedulers.scheduling_k_dpm_2_ancestral_discrete as mod
+    from diffusers import KDPM2AncestralDiscreteScheduler
+
+    steps, seed, x_T = 8, 5, _x_T(2)
+    ours = final_x(studio_models["eps"], "dpm2_a", steps, batch=BATCH, seed=seed, init_noise=x_T, spacing=spacing)
+    noise, drawn = _step_noise(seed, tuple(x_T.shape), steps), []
+
+    def studio_draw(*a, **k):
+        drawn.append(noise[len(drawn)])
+        return drawn[-1].clone()
+
+    monkeypatch.setattr(mod, "randn_tensor", studio_draw)
+    sched = KDPM2AncestralDiscreteScheduler(**BASE, timestep_spacing=spacing)
+    sched.set_timesteps(steps)
+    ref = _diffusers_run(trained_unet, sched, x_T, "dpm2_a")
+    assert len(drawn) == steps - 1  # one draw per step, none on the last (to σ = 0), as the studio
+    assert ref.abs().max() < 6
+    err = (ours - ref).abs().max().item()
+    assert err <= TOL * ref.abs().max().item(), f"dpm2_a: max |studio − diffusers| = {err:.2e}"
+    other = final_x(studio_models["eps"], "dpm2_a", steps, batch=BATCH, seed=seed + 1, init_noise=x_T, spacing=spacing)
+    assert (other - ours).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("solver_type", ["midpoint", "heun"])
+@pytest.mark.parametrize("spacing,karras", [("linspace", False), ("leading", False), ("trailing", True)])
+def test_dpmpp_2m_sde_matches_diffusers_given_the_same_noise(studio_models, trained_unet, solver_type, spacing, karras):
+    """DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++", solver_order=2) is the η = 1 form; its
+    ``variance_noise`` is the studio's draw for each step."""
+    steps, seed, x_T = 12, 5, _x_T(2)
+    model = studio_models["eps"]
+    ours = final_x(model, "dpmpp_2m_sde", steps, batch=BATCH, seed=seed, init_noise=x_T, spacing=spacing,
+                   karras=karras, options={"solver_type": solver_type})
+    sched = DPMSolverMultistepScheduler(**BASE, timestep_spacing=spacing, use_karras_sigmas=karras, solver_order=2,
+                                        algorithm_type="sde-dpmsolver++", solver_type=solver_type)
+    sched.set_timesteps(steps)
+    noise = _step_noise(seed, tuple(x_T.shape), steps)
+    lat = x_T.clone()
+    with torch.no_grad():
+        for i, t in enumerate(sched.timesteps):
+            out = trained_unet(sched.scale_model_input(lat, t), t).sample
+            lat = sched.step(out, t, lat, variance_noise=noise[i]).prev_sample
+    assert lat.abs().max() < 6
+    err = (ours - lat).abs().max().item()
+    assert err <= TOL * lat.abs().max().item(), f"dpmpp_2m_sde {solver_type}: max |studio − diffusers| = {err:.2e}"
+
+
+# The samplers diffusers has no scheduler for (or not in k-diffusion's form: its third-order sde-dpmsolver++ step
+# differs from k-diffusion's DPM++ 3M SDE), and EDM churn, whose network evaluation at the raised σ̂ diffusers'
+# EulerDiscreteScheduler cannot make (its caller evaluates before the step adds the churn noise): k-diffusion's
+# functions (tests/_kdiffusion.py) on this network, with the studio's noise. What the midpoints and σ̂ are given
+# as the network's timestep is what these check beyond tests/test_new_samplers_oracle.py.
+KD_CASES = [
+    ("dpmpp_2s_a", {}, "sample_dpmpp_2s_ancestral", {}),
+    ("dpmpp_sde", {}, "sample_dpmpp_sde", {}),
+    ("dpmpp_3m_sde", {}, "sample_dpmpp_3m_sde", {}),
+    ("euler", {"s_churn": 10.0}, "sample_euler", {"s_churn": 10.0}),
+    ("heun", {"s_churn": 10.0, "s_tmin": 0.2}, "sample_heun", {"s_churn": 10.0, "s_tmin": 0.2}),
+    ("dpm2", {"s_churn": 10.0}, "sample_dpm_2", {"s_churn": 10.0}),
+]
+
+
+@pytest.mark.parametrize("name,options,fn,kwargs", KD_CASES, ids=[c[0] for c in KD_CASES])
+def test_kdiffusion_samplers_match_on_a_real_network(studio_models, trained_unet, name, options, fn, kwargs):
+    import numpy as np
+    from diffusers import DDPMScheduler
+
+    import _kdiffusion as kd
+    from studio.core.samplers import SAMPLERS
+
+    steps, seed, x_T, model = 10, 5, _x_T(2), studio_models["eps"]
+    plan = engine.model_plan(model, SAMPLERS[name], steps, "linspace")
+    ours = final_x(model, name, steps, batch=BATCH, seed=seed, init_noise=x_T, plan=plan, options=options)
+    denoiser = kd.DiscreteEpsDDPMDenoiser(trained_unet, DDPMScheduler(**BASE).alphas_cumprod,
+                                          {float(s): float(t) for s, t in zip(plan.sigmas, plan.timesteps)})
+    sigmas = kd.kdiffusion_sigmas(plan)
+    x = x_T * math.sqrt(float(sigmas[0]) ** 2 + 1.0)
+    ref = getattr(kd, fn)(denoiser, x, sigmas, kd.StudioNoise(seed, np.asarray(plan.sigmas), tuple(x.shape)),
+                          **kwargs)
+    assert ref.abs().max() < 6
+    err = (ours - ref).abs().max().item()
+    assert err <= TOL * ref.abs().max().item(), f"{name}: max |studio − k-diffusion| = {err:.2e}"
+
+
+@pytest.mark.parametrize("order,variant", [(2, "bh2"), (3, "bh2"), (2, "bh1"), (3, "bh1"), (1, "bh2")])
+@pytest.mark.parametrize("spacing,karras", [("linspace", False), ("leading", False), ("trailing", False),
+                                            ("linspace", True)])
+def test_unipc_matches_diffusers(studio_models, trained_unet, order, variant, spacing, karras):
+    """UniPCMultistepScheduler(solver_order, solver_type) with its defaults otherwise (corrector on every step,
+    lower_order_final). Its bh1 step to σ = 0 computes 0 · ∞ (B(h) = −h with h = ∞) and returns NaN; that step is
+    first order, so its value is the x̂₀ diffusers converts from the last output, taken here as the step's result."""
+    from diffusers import UniPCMultistepScheduler
+
+    steps, x_T, model = 10, _x_T(1), studio_models["eps"]
+    ours = final_x(model, "unipc", steps, batch=BATCH, init_noise=x_T, spacing=spacing, karras=karras,
+                   options={"order": order, "variant": variant})
+    sched = UniPCMultistepScheduler(**BASE, timestep_spacing=spacing, use_karras_sigmas=karras, solver_order=order,
+                                    solver_type=variant)
+    sched.set_timesteps(steps)
+    lat = x_T.clone()
+    with torch.no_grad():
+        for i, t in enumerate(sched.timesteps):
+            out = trained_unet(sched.scale_model_input(lat, t), t).sample
+            if i == steps - 1 and variant == "bh1":
+                lat = sched.convert_model_output(out, sample=lat)
+                break
+            lat = sched.step(out, t, lat).prev_sample
+    assert lat.abs().max() < 6
+    err = (ours - lat).abs().max().item()
+    assert err <= TOL * lat.abs().max().item(), f"unipc {variant} order {order}: max |studio − diffusers| = {err:.2e}"
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+@pytest.mark.parametrize("spacing,steps", [("linspace", 10), ("leading", 10), ("trailing", 16)])
+def test_deis_matches_diffusers_on_its_plan(studio_models, trained_unet, order, spacing, steps):
+    """DEISMultistepScheduler ends at σ(t = 0) > 0, not at σ = 0 as the studio's plans do, so the studio runs on that
+    plan here (its own plan to σ = 0 differs in the last step only, checked against the truth on the gmm). 16
+    steps: past diffusers' lower_order_final (under 15 steps), the last steps are full order too."""
+    import dataclasses
+
+    import numpy as np
+    from diffusers import DEISMultistepScheduler
+
+    from studio.core.samplers import SAMPLERS
+
+    x_T, model = _x_T(1), studio_models["eps"]
+    sched = DEISMultistepScheduler(**BASE, timestep_spacing=spacing, solver_order=order)
+    sched.set_timesteps(steps)
+    plan = engine.model_plan(model, SAMPLERS["deis"], steps, spacing)
+    assert (plan.timesteps == sched.timesteps.numpy()).all() and plan.sigmas[-1] == 0
+    sig = np.concatenate([plan.sigmas[:-1], sched.sigmas[-1:].numpy()]).astype(np.float32)
+    assert sig[-1] > 0 and np.allclose(sig, sched.sigmas.numpy())
+    plan = dataclasses.replace(plan, sigmas=sig, alpha_bars=1.0 / (1.0 + sig.astype(np.float64) ** 2))
+    ours = final_x(model, "deis", steps, batch=BATCH, init_noise=x_T, plan=plan, options={"order": order})
+    # diffusers evaluates its closed-form coefficients in the dtype of its σ; in float32 their terms cancel to
+    # ~1e-5 at the first third-order step. Given float64 σ it computes the same formulas exactly (the studio
+    # computes them in float64 too); the updates themselves stay in float32.
+    sched.sigmas = sched.sigmas.double()
+    ref = _diffusers_run(trained_unet, sched, x_T, "deis")
+    assert ref.abs().max() < 6
+    err = (ours - ref).abs().max().item()
+    assert err <= TOL * ref.abs().max().item(), f"deis order {order}: max |studio − diffusers| = {err:.2e}"

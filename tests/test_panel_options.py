@@ -94,6 +94,11 @@ ROUND_TRIPS = [
     ("text", Recipe(model="/models/sd", sampler="ddpm", variance="fixed_large", guidance="cfg", scale=5.5,
                     prompt="a red 7", negative_prompt="blue", width=72, height=56, guidance_rescale=0.7,
                     karras=False)),
+    ("class", Recipe(model="gmm", sampler="heun", s_churn=40.0, s_tmin=0.05, s_tmax=50.0, s_noise=1.003,
+                     karras=False)),
+    ("class", Recipe(model="gmm", sampler="lms", order=2, karras=False)),
+    ("class", Recipe(model="gmm", sampler="unipc", order=3, variant="bh1", karras=False)),
+    ("class", Recipe(model="gmm", sampler="dpmpp_2m_sde", eta=0.5, solver_type="heun", karras=False)),
 ]
 
 

@@ -14,7 +14,7 @@ from PIL.PngImagePlugin import PngInfo
 from _gui import open_window, temp_settings  # noqa: F401 (temp_settings: the window's settings in tmp_path)
 from studio.cli import build_parser, main
 from studio.core.options import Option
-from studio.core.samplers import OPTION_SCHEMA
+from studio.core.samplers import OPTION_SCHEMA, SAMPLERS
 from studio.session.export import read_recipe
 from studio.session.recipe import OLD_FORMATS, RECIPE_FORMAT, Recipe, RecipeError
 from studio.session.runner import Run
@@ -26,7 +26,7 @@ MALFORMED = [
     ({"model": 5}, "model must be a non-empty string, got 5"),
     ({"model": ""}, "model must be a non-empty string, got ''"),
     ({"sampler": "warp_drive"}, "unknown sampler 'warp_drive'; choose one of ddpm, ddim"),
-    ({"sampler": ["ddim"]}, "sampler must be one of ddpm, ddim, euler, euler_a, heun, dpmpp_2m, langevin, got ['ddim']"),
+    ({"sampler": ["ddim"]}, f"sampler must be one of {', '.join(SAMPLERS)}, got ['ddim']"),
     ({"steps": "50"}, "steps must be an integer from 1 to 10000, got '50'"),
     ({"steps": 2.5}, "steps must be an integer from 1 to 10000, got 2.5"),
     ({"steps": True}, "steps must be an integer from 1 to 10000, got True"),

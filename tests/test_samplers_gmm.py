@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from conftest import final_x
+from _models import final_x
 from studio.core import engine
 from studio.core.samplers import SAMPLERS
 from studio.core.schedule import dpm_plan, sigma_plan
@@ -27,7 +27,9 @@ slow = pytest.mark.slow
 
 # Steps for the n = 2000 accuracy runs: the fewest at which each sampler's discretisation bias in the
 # component weights is well below the tolerance (measured: at half these counts langevin and heun are biased).
-ACCURACY_STEPS = {"ddpm": 30, "ddim": 20, "euler": 20, "euler_a": 30, "heun": 15, "dpmpp_2m": 15, "langevin": 20}
+ACCURACY_STEPS = {"ddpm": 30, "ddim": 20, "euler": 20, "euler_a": 30, "heun": 15, "dpmpp_2m": 15, "langevin": 20,
+                  "lms": 20, "dpm2": 15, "dpm2_a": 15, "dpmpp_2s_a": 15, "dpmpp_sde": 15, "dpmpp_2m_sde": 20,
+                  "dpmpp_3m_sde": 20, "unipc": 15, "deis": 15}
 N = 2000
 # Binomial std of a weight estimate is √(π(1−π)/n) ≤ √(.4·.6/2000) = 0.011, so ±0.04 is ≥ 3.6 σ for every
 # component (a false alarm about once in 3000 per component), while a sampler that loses or invents mass
@@ -37,7 +39,8 @@ WEIGHT_TOL = 0.04
 
 def _nfe_after(name: str, i: int, steps: int, corrector_steps: int = 1) -> int:
     """Model evaluations after step i (0-based), from each algorithm's definition."""
-    if name == "heun":  # 2 per step, 1 on the last (Euler) step to σ = 0
+    if name in ("heun", "dpm2", "dpm2_a", "dpmpp_2s_a", "dpmpp_sde"):
+        # 2 per step (a second evaluation at σ_next or at a midpoint), 1 on the last (Euler) step to σ = 0
         return 2 * (i + 1) - (1 if i == steps - 1 else 0)
     if name == "langevin":  # corrector_steps Langevin evaluations + 1 predictor evaluation
         return (corrector_steps + 1) * (i + 1)
@@ -104,8 +107,12 @@ def test_component_means(accuracy_run, gmm, name):
 # Stochastic samplers, fine enough that the spread is right. DDPM-type ancestral steps with the posterior
 # variance β̃ and x̂₀ = E[x₀|x_t] drop the Var[x₀|x_t] term each step, so narrow components come out slightly
 # too narrow even at T = 1000 (measured 0.957 s_k for s_k = 0.1, 0.985 s_k for 0.2); Langevin's corrector makes
-# up for it (measured 0.97–1.01 at 500 steps). 32 samples × 768 pixels pin the spread to ~1 %.
-SPREAD_RUNS = {"ddpm": (1000, 0.07), "euler_a": (1000, 0.07), "langevin": (500, 0.05)}
+# up for it (measured 0.97–1.01 at 500 steps). dpmpp_sde's ancestral sub-steps lose spread the same way; the
+# other second-order and multistep SDE samplers keep it at 500 steps. 32 samples × 768 pixels pin the spread
+# to ~1 %.
+SPREAD_RUNS = {"ddpm": (1000, 0.07), "euler_a": (1000, 0.07), "langevin": (500, 0.05), "dpmpp_sde": (1000, 0.07),
+               "dpm2_a": (500, 0.05), "dpmpp_2s_a": (500, 0.05), "dpmpp_2m_sde": (500, 0.05),
+               "dpmpp_3m_sde": (500, 0.05)}
 
 
 @slow

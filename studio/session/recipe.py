@@ -62,7 +62,8 @@ BRANCH_FIELDS = (
 @dataclass(frozen=True)
 class Recipe:
     model: str = declared(Option(default="default", kind="str",
-                                 help="default, gmm, digits-text, a diffusers pipeline folder or a UNet2DModel folder"))
+                                 help="default, gmm, digits-text, a diffusers pipeline folder, a UNet2DModel folder or a "
+                                      "single-file SD 1.x/2.x/SDXL checkpoint (.safetensors)"))
     sampler: str = declared(Option(default="ddim", kind="choice", choices=tuple(SAMPLERS),
                                    help="the sampler (`studio samplers` lists them)"))
     steps: int = declared(Option(default=50, kind="int", low=1, high=10000, help="number of sampler steps"))
@@ -70,6 +71,13 @@ class Recipe:
     variance: Optional[str] = sampler_option("variance")
     corrector_steps: Optional[int] = sampler_option("corrector_steps")
     snr: Optional[float] = sampler_option("snr")
+    s_churn: Optional[float] = sampler_option("s_churn")
+    s_tmin: Optional[float] = sampler_option("s_tmin")
+    s_tmax: Optional[float] = sampler_option("s_tmax")
+    s_noise: Optional[float] = sampler_option("s_noise")
+    order: Optional[int] = sampler_option("order")
+    solver_type: Optional[str] = sampler_option("solver_type")
+    variant: Optional[str] = sampler_option("variant")
     guidance: str = declared(Option(default="none", kind="choice", choices=GUIDANCE_MODES,
                                     choice_labels=("none", "classifier-free", "classifier"),
                                     help="guidance towards the class: none, classifier-free (cfg) or classifier"))

@@ -7,11 +7,17 @@ from __future__ import annotations
 import dataclasses
 
 from ..options import Option
-from .base import SamplerSpec
+from .base import SamplerSpec, training_log_sigmas
 from .ddpm import DDIM_ETA, VARIANCE, sample_ddim, sample_ddpm
+from .deis import DEIS_ORDER, sample_deis
+from .dpm2 import DPM2_A_ETA, sample_dpm2, sample_dpm2_ancestral
 from .dpmsolver import sample_dpmpp_2m
-from .kdiffusion import EULER_A_ETA, heun_evaluations, sample_euler, sample_euler_ancestral, sample_heun
+from .dpmsolver_sde import SDE_ETA, SOLVER_TYPE, sample_dpmpp_2m_sde, sample_dpmpp_3m_sde
+from .dpmsolver_single import DPMPP_2S_A_ETA, DPMPP_SDE_ETA, sample_dpmpp_2s_ancestral, sample_dpmpp_sde
+from .kdiffusion import CHURN, EULER_A_ETA, two_but_the_last, sample_euler, sample_euler_ancestral, sample_heun
 from .langevin import CORRECTOR_STEPS, SNR, corrector_alphas, evaluations, sample_langevin
+from .lms import LMS_ORDER, sample_lms
+from .unipc import UNIPC_ORDER, UNIPC_VARIANT, sample_unipc
 
 SAMPLERS: dict[str, SamplerSpec] = {
     s.name: s
@@ -20,14 +26,42 @@ SAMPLERS: dict[str, SamplerSpec] = {
                     "discrete", False, (VARIANCE,), "leading", classifier_mean_shift=True),
         SamplerSpec("ddim", sample_ddim, "DDIM (Song et al. 2021); eta=0 deterministic, eta=1 DDPM-like",
                     "discrete", True, (DDIM_ETA,), "leading", noise_option="eta"),
-        SamplerSpec("euler", sample_euler, "Euler on the probability-flow ODE (Karras et al. 2022)",
-                    "sigma", True, (), "linspace"),
+        SamplerSpec("euler", sample_euler, "Euler on the probability-flow ODE (Karras et al. 2022); s_churn > 0 adds "
+                    "EDM's stochastic churn (Alg. 2)", "sigma", True, CHURN, "linspace", noise_option="s_churn",
+                    schedule_inputs=training_log_sigmas),
         SamplerSpec("euler_a", sample_euler_ancestral, "ancestral Euler: Euler step plus fresh noise (k-diffusion); eta=0 no noise",
                     "sigma", False, (EULER_A_ETA,), "linspace", noise_option="eta"),
-        SamplerSpec("heun", sample_heun, "Heun 2nd order (Karras et al. 2022, Alg. 1); 2 evaluations per step",
-                    "sigma", True, (), "linspace", heun_evaluations),
+        SamplerSpec("heun", sample_heun, "Heun 2nd order (Karras et al. 2022, Alg. 1); 2 evaluations per step; "
+                    "s_churn > 0 adds EDM's stochastic churn (Alg. 2)", "sigma", True, CHURN, "linspace",
+                    two_but_the_last, noise_option="s_churn", schedule_inputs=training_log_sigmas),
         SamplerSpec("dpmpp_2m", sample_dpmpp_2m, "DPM-Solver++(2M) multistep (Lu et al. 2022)",
                     "dpm", True, (), "linspace"),
+        SamplerSpec("lms", sample_lms, "linear multistep in σ (k-diffusion; the web UIs' LMS): a polynomial through "
+                    "the last `order` slopes", "sigma", True, (LMS_ORDER,), "linspace"),
+        SamplerSpec("dpm2", sample_dpm2, "DPM2 (k-diffusion; Karras et al. 2022): midpoint 2nd order in log σ; 2 "
+                    "evaluations per step", "sigma", True, CHURN, "linspace", two_but_the_last,
+                    noise_option="s_churn", schedule_inputs=training_log_sigmas),
+        SamplerSpec("dpm2_a", sample_dpm2_ancestral, "DPM2 ancestral (k-diffusion): a DPM2 step to σ_down plus "
+                    "fresh noise; 2 evaluations per step", "sigma", False, (DPM2_A_ETA,), "linspace",
+                    two_but_the_last, noise_option="eta", schedule_inputs=training_log_sigmas),
+        SamplerSpec("dpmpp_2s_a", sample_dpmpp_2s_ancestral, "DPM-Solver++(2S) ancestral (Lu et al. 2022; "
+                    "k-diffusion): single-step 2nd order plus fresh noise; 2 evaluations per step", "sigma", False,
+                    (DPMPP_2S_A_ETA,), "linspace", two_but_the_last, noise_option="eta",
+                    schedule_inputs=training_log_sigmas),
+        SamplerSpec("dpmpp_sde", sample_dpmpp_sde, "DPM-Solver++ SDE (Lu et al. 2022; k-diffusion): stochastic "
+                    "steps through a midpoint; 2 evaluations per step", "sigma", False, (DPMPP_SDE_ETA,),
+                    "linspace", two_but_the_last, noise_option="eta", schedule_inputs=training_log_sigmas),
+        SamplerSpec("dpmpp_2m_sde", sample_dpmpp_2m_sde, "DPM-Solver++(2M) SDE (Lu et al. 2022; k-diffusion): "
+                    "multistep 2nd order on the reverse SDE", "dpm", False, (SDE_ETA, SOLVER_TYPE), "linspace",
+                    noise_option="eta"),
+        SamplerSpec("dpmpp_3m_sde", sample_dpmpp_3m_sde, "DPM-Solver++(3M) SDE (Lu et al. 2022; k-diffusion): "
+                    "multistep 3rd order on the reverse SDE", "dpm", False, (SDE_ETA,), "linspace",
+                    noise_option="eta"),
+        SamplerSpec("unipc", sample_unipc, "UniPC (Zhao et al. 2023): multistep predictor with a corrector that "
+                    "reuses the next evaluation; bh1/bh2, order 1–4", "dpm", True, (UNIPC_ORDER, UNIPC_VARIANT),
+                    "linspace"),
+        SamplerSpec("deis", sample_deis, "DEIS (Zhang & Chen 2023): exponential-integrator multistep on ε̂, a "
+                    "polynomial in log σ; order 1–4", "dpm", True, (DEIS_ORDER,), "linspace"),
         SamplerSpec("langevin", sample_langevin,
                     "predictor-corrector: annealed Langevin corrector + ancestral predictor (Song et al. 2021)",
                     "discrete", False, (CORRECTOR_STEPS, SNR), "leading", evaluations,

@@ -4,13 +4,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Optional
 
+import numpy as np
 import torch
 
 from ..denoiser import Denoiser, Prediction
 from ..noise import NoiseSource
 from ..options import Option, OptionError
 from ..records import StepRecord, check_finite
-from ..schedule import NoiseSchedule, Plan
+from ..schedule import NoiseSchedule, Plan, sigma_to_t
 
 # fn(denoiser, x, plan, noise, *, start=0, carry=None, **options) -> iterator of StepRecord;
 # every declared option is passed (the engine fills in the declared defaults)
@@ -118,4 +119,21 @@ def predict(denoiser: Denoiser, x: torch.Tensor, plan: Plan, i: int, at_next: bo
     return pred
 
 
-__all__ = ["SamplerSpec", "Option", "make_record", "predict", "Denoiser", "NoiseSource", "Plan", "Optional"]
+def training_log_sigmas(sched: NoiseSchedule) -> dict:
+    """log σ of every training timestep (finite at a zero-SNR ᾱ_T, as on the σ plans): the table that gives
+    the network's timestep at a σ off the plan (:func:`predict_at`)."""
+    return {"log_sigmas": np.log(sched.finite_terminal().sigmas)}
+
+
+def predict_at(denoiser: Denoiser, x: torch.Tensor, plan: Plan, i: int, sigma: float,
+               log_sigmas: np.ndarray) -> Prediction:
+    """Evaluate the denoiser in step i at a σ that is not a plan point (a churned σ̂, a midpoint): ``x`` in VP
+    scale, ᾱ = 1/(1+σ²), the network's timestep t(σ) interpolated in log σ over the training σ (k-diffusion's
+    ``DiscreteSchedule.sigma_to_t``, diffusers' ``_sigma_to_t``)."""
+    pred = denoiser(x, sigma_to_t(sigma, log_sigmas), 1.0 / (1.0 + sigma * sigma), i / plan.steps)
+    check_finite(pred.x0, i, "x̂₀")
+    return pred
+
+
+__all__ = ["SamplerSpec", "Option", "make_record", "predict", "predict_at", "training_log_sigmas", "Denoiser",
+           "NoiseSource", "Plan", "Prediction", "Optional"]
