@@ -41,3 +41,13 @@ def load_model(spec: str, device: str = "auto", dtype: str = "float32", allow_pi
         raise ModelLoadError(f"{spec}: a prediction type is chosen for single-file checkpoints only; a model "
                              "folder's scheduler_config.json states its own")
     return core_loading.load_model(spec, device, dtype, allow_pickle=allow_pickle, classifier=classifier)
+
+
+def apply_model_files(model, loras=(), vae: Optional[str] = None) -> None:
+    """A recipe's LoRAs (``FILE:WEIGHT`` strings) and VAE (a file or folder, None: the model's own) on an open
+    model: what is already loaded stays, a weight change is only ``set_adapters`` (lora.py, vae_file.py)."""
+    from .lora import apply_loras
+    from .vae_file import apply_vae
+
+    apply_vae(model, vae)
+    apply_loras(model, loras)

@@ -140,6 +140,15 @@ class TextToImageModel:
                         scheduler=sched, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
         return self._pipe
 
+    def pipeline(self):
+        """The diffusers pipeline over this model's components (shared, not copied): what LoRAs are
+        loaded and weighted through (``studio.checkpoints.lora``)."""
+        return self._pipeline()
+
+    def forget_prompts(self) -> None:
+        """Drop the kept prompt encodings: the text encoders changed (a LoRA loaded or re-weighted)."""
+        self._prompts.clear()
+
     def truncated_text(self, prompt: str) -> str:
         """What the tokenizer's limit cuts from ``prompt`` (diffusers truncates silently but for a log line)."""
         tok = self.tokenizers[0]
@@ -209,11 +218,21 @@ class TextToImageModel:
             outs.append(self.vae.decode(zz).sample.float().clamp(-1, 1).cpu())
         return torch.cat(outs)
 
+    def replace_vae(self, vae, source: Optional[str]) -> None:
+        """Decode with ``vae`` from now on; ``source``: the file or folder it came from (None: the model's
+        own VAE). The latent→RGB preview is refitted (or read from the cache) for it."""
+        with quiet_libraries():
+            self.vae = vae.to(device=self.device, dtype=torch.float32)
+        self.vae_source = source
+        self._pipe, self._preview = None, None
+
+    vae_source: Optional[str] = None  # a VAE given apart from the model (--vae), or None
+
     def _preview_cache_path(self) -> Path:
         h = hashlib.sha256(json.dumps(dict(self.vae.config), sort_keys=True, default=str).encode())
-        src = Path(self.info.source)
-        vae = src / "vae"
-        if src.is_file():  # a single-file checkpoint holds its VAE
+        src = Path(self.vae_source or self.info.source)
+        vae = src / "vae" if self.vae_source is None else src
+        if src.is_file():  # a single-file checkpoint holds its VAE; a --vae file is one
             files = [src]
         else:
             files = sorted(vae.glob("*.safetensors")) if vae.is_dir() else []

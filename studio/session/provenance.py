@@ -5,7 +5,8 @@ fine-tuned, replaced by a download of another version. Every recipe the studio w
 its ``versions`` block, the SHA-256 of each weight file of the model folder (and of an explicit
 classifier folder): ``"weights": {"diffusion_pytorch_model.safetensors": "<hex>", …}``; for a
 single-file checkpoint, of the file and of the sidecar config beside it (``{"model.safetensors":
-"<hex>", "model.yaml": "<hex>"}``). Digests
+"<hex>", "model.yaml": "<hex>"}``); of each LoRA file and a ``--vae`` file (``"lora:NAME"``,
+``"vae:NAME"``). Digests
 are computed once per file version and cached (core/file_hashes.py), so this costs a ``stat`` per
 file after the first time. When a recipe is replayed, ``weights_warning`` compares the recorded
 digests with the current ones and returns one line naming what changed; the studio shows it as a
@@ -49,10 +50,30 @@ def checkpoint_files(spec: Optional[str]) -> list[Path]:
     return [path] + ([sidecar] if sidecar is not None else [])
 
 
-def weights_fingerprint(model: Optional[str], classifier: Optional[str] = None) -> dict[str, str]:
-    """{file: SHA-256} of the weights a recipe with this model (and classifier) uses; {} when unknown.
-    A single-file checkpoint records its file name (and its sidecar config's)."""
+def added_files(loras=(), vae: Optional[str] = None) -> dict[str, str]:
+    """{"lora:NAME" | "vae:NAME": SHA-256} of a recipe's LoRA files and VAE (a folder's weight files as
+    ``vae:FOLDER/FILE``); files that cannot be read are left out (the run itself reports them)."""
+    from ..checkpoints.lora_files import parse_lora
+
     out: dict[str, str] = {}
+    named = [("lora", Path(parse_lora(e).path).expanduser()) for e in loras]
+    named += [("vae", Path(vae).expanduser())] if vae else []
+    for kind, path in named:
+        try:
+            if path.is_dir():
+                out.update({f"{kind}:{path.name}/{k}": v for k, v in file_hashes.folder_fingerprint(path).items()})
+            else:
+                out[f"{kind}:{path.name}"] = file_hashes.cached_sha256(path)
+        except (FileReadError, OSError, ValueError):
+            continue
+    return out
+
+
+def weights_fingerprint(model: Optional[str], classifier: Optional[str] = None, loras=(),
+                        vae: Optional[str] = None) -> dict[str, str]:
+    """{file: SHA-256} of the weights a recipe with this model (and classifier, LoRAs, VAE) uses; {} when
+    unknown. A single-file checkpoint records its file name (and its sidecar config's)."""
+    out: dict[str, str] = added_files(loras, vae)
     try:
         out.update({p.name: file_hashes.cached_sha256(p) for p in checkpoint_files(model)})
     except (FileReadError, OSError):
@@ -71,7 +92,8 @@ def weights_fingerprint(model: Optional[str], classifier: Optional[str] = None) 
 def recipe_document(recipe, fingerprint: Optional[dict] = None) -> dict:
     """The recipe as written to files: ``recipe.to_dict()`` with the weights' fingerprint in ``versions``."""
     d = recipe.to_dict()
-    fp = weights_fingerprint(recipe.model, recipe.classifier) if fingerprint is None else fingerprint
+    fp = weights_fingerprint(recipe.model, recipe.classifier, recipe.loras, recipe.vae) if fingerprint is None \
+        else fingerprint
     if fp:
         d.setdefault("versions", {})[WEIGHTS_KEY] = fp
     return d
