@@ -13,24 +13,58 @@ import os
 # Ray instance (and every process it starts) must stay on loopback. Set before anything imports ray.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-import pytest
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+# The tests never write into the user's home: a private HOME and XDG folders (Ray's ~/.ray/auth_token, the
+# studio's cache, matplotlib's and Qt's settings), the studio's cache and Ray's session folder (RAY_TMPDIR; short,
+# for Ray's socket paths) point into one temporary folder. Set at import, before a test module imports ray or the
+# studio, and inherited by every subprocess a test starts; ``private_home`` removes the folder at the end.
+REAL_HOME = Path.home()
+
+
+def ray_files_in_real_home() -> dict:
+    """{path: (size, mtime)} of what Ray keeps in the user's real home (its token): the Ray tests check
+    that a session of tests changes none of it."""
+    out = {}
+    for p in sorted((REAL_HOME / ".ray").rglob("*")) if (REAL_HOME / ".ray").is_dir() else []:
+        st = p.stat()
+        out[str(p)] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+RAY_FILES_BEFORE = ray_files_in_real_home()
+PRIVATE_ROOT = Path(tempfile.mkdtemp(prefix="studio-tests-"))
+PRIVATE_ENV = {"HOME": PRIVATE_ROOT / "home", "XDG_CACHE_HOME": PRIVATE_ROOT / "home" / ".cache",
+               "XDG_CONFIG_HOME": PRIVATE_ROOT / "home" / ".config",
+               "XDG_DATA_HOME": PRIVATE_ROOT / "home" / ".local" / "share",
+               "XDG_STATE_HOME": PRIVATE_ROOT / "home" / ".local" / "state",
+               "STUDIO_CACHE_DIR": PRIVATE_ROOT / "studio-cache", "RAY_TMPDIR": PRIVATE_ROOT / "ray",
+               "MPLCONFIGDIR": PRIVATE_ROOT / "home" / ".config" / "matplotlib"}
+_SAVED_ENV = {name: os.environ.get(name) for name in PRIVATE_ENV}
+for _name, _path in PRIVATE_ENV.items():
+    _path.mkdir(parents=True, exist_ok=True)
+    os.environ[_name] = str(_path)
+for _name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE", "RAY_ADDRESS"):  # the user's cluster is not ours
+    os.environ.pop(_name, None)
+
+import pytest  # noqa: E402
 
 from _models import single_thread
 from studio.core.gmm import GaussianMixtureModel
 
 
 @pytest.fixture(autouse=True, scope="session")
-def private_user_cache(tmp_path_factory):
-    """Digests and the window's log go to a temporary cache folder, not the user's (inherited by subprocesses)."""
-    import os
-
-    old = os.environ.get("STUDIO_CACHE_DIR")
-    os.environ["STUDIO_CACHE_DIR"] = str(tmp_path_factory.mktemp("user-cache"))
-    yield
-    if old is None:
-        os.environ.pop("STUDIO_CACHE_DIR", None)
-    else:
-        os.environ["STUDIO_CACHE_DIR"] = old
+def private_home():
+    """The temporary home and caches set above (their paths, by variable); removed when the session ends."""
+    yield {name: Path(os.environ[name]) for name in PRIVATE_ENV}
+    for name, value in _SAVED_ENV.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    shutil.rmtree(PRIVATE_ROOT, ignore_errors=True)
 
 
 @pytest.fixture

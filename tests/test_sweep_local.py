@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 
 from studio.cli import main
+from studio.core.file_hashes import user_cache_dir
 from studio.session.recipe import Recipe
 from studio.session.runner import Run
 from studio.sweep.cells import CELLS, read_arrays, read_result
 from studio.sweep.driver import run_sweep
+from studio.sweep.local import POOLS_FOLDER
 from studio.sweep.spec import load_spec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -78,12 +80,17 @@ def test_a_killed_sweep_keeps_whole_cells_and_the_rerun_computes_only_the_missin
     last = err.strip().splitlines()[-1]
     assert last.startswith("studio: error: interrupted;") and f"{kept} of {total} cells are in" in last, err
 
-    # SIGKILL of the whole process group (driver and workers) at an arbitrary moment
+    # SIGKILL of the whole process group (driver, workers and multiprocessing's resource tracker)
     proc = start_sweep(spec_path, out)
     wait_for(out, kept + 3, proc)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     proc.stderr.close()
+    record = user_cache_dir() / POOLS_FOLDER / f"{proc.pid}.json"
+    semaphores = json.loads(record.read_text())
+    shm = Path("/dev/shm")
+    if shm.is_dir():  # Linux: the killed pool's named semaphores are still there
+        assert semaphores and all((shm / f"sem.{n.lstrip('/')}").exists() for n in semaphores)
     present = [d for d in cell_dirs(out) if not d.name.startswith(".")]
     assert kept + 3 <= len(present) < total
     for d in present:  # no half-written cell is ever visible
@@ -98,6 +105,9 @@ def test_a_killed_sweep_keeps_whole_cells_and_the_rerun_computes_only_the_missin
     assert f"{total - len(present)} cells computed, {len(present)} already there" in err
     assert finished(out) == total
     assert not [d for d in cell_dirs(out) if d.name.startswith(".")]
+    # ... and unlinks the killed pool's semaphores
+    assert not record.exists()
+    assert not any((shm / f"sem.{n.lstrip('/')}").exists() for n in semaphores)
 
     # every cell, whichever run made it, is the recipe's own image
     for cell in spec.cells[::7]:

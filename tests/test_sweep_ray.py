@@ -158,9 +158,91 @@ def test_ray_and_the_local_pool_agree_on_the_digits_model(local_ray, tmp_path):
         pred = np.concatenate([a["pred"] for a in arrays])
         assert row["accuracy"] == pytest.approx(float((pred == labels).mean()))
         assert np.isfinite(row["frechet"]) and row["frechet"] > 0 and row["diversity"] > 0
-    assert (tmp_path / "ray" / "reference.npz").is_file()
+    # the Fréchet distance compares with held-out images of the labels asked for (0 and 7), not all ten
+    assert (tmp_path / "ray" / "reference-labels-0-7.npz").is_file() and not (tmp_path / "ray" / "reference.npz").exists()
 
 
 def test_the_test_instance_stays_on_loopback(local_ray):
     """conftest keeps Ray off the machine's network address (it would otherwise replace 127.0.0.1)."""
     assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
+
+
+def test_a_local_ray_writes_its_token_into_the_private_home_not_the_users(local_ray):
+    """ray.init() on a new local cluster turns token authentication on and writes ~/.ray/auth_token: the tests'
+    HOME is a temporary folder (conftest.py), so the user's own ~/.ray is exactly as it was."""
+    from conftest import RAY_FILES_BEFORE, REAL_HOME, ray_files_in_real_home
+
+    assert Path(os.environ["HOME"]) != REAL_HOME
+    assert (Path(os.environ["HOME"]) / ".ray" / "auth_token").is_file()
+    assert ray_files_in_real_home() == RAY_FILES_BEFORE
+
+
+HEAD = ("import ray, sys; ray.init(num_cpus=1, include_dashboard=False, _node_ip_address='127.0.0.1', "
+        "object_store_memory=80 * 2**20); print(ray.get_runtime_context().gcs_address, flush=True); "
+        "sys.stdin.read(); ray.shutdown()")
+
+
+@pytest.fixture(scope="module")
+def protected_head(tmp_path_factory):
+    """A Ray head on 127.0.0.1 in its own process and home, with token authentication on (a new local
+    ray.init's default): (its address, its token)."""
+    import subprocess
+    import sys
+
+    home = tmp_path_factory.mktemp("head-home")
+    env = dict(os.environ, HOME=str(home), RAY_TMPDIR=os.path.join(os.environ["RAY_TMPDIR"], "head"))
+    os.makedirs(env["RAY_TMPDIR"], exist_ok=True)
+    proc = subprocess.Popen([sys.executable, "-c", HEAD], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    try:
+        address = proc.stdout.readline().strip()
+        assert address.startswith("127.0.0.1:"), "the head did not start"
+        yield address, (home / ".ray" / "auth_token").read_text().strip()
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def client(tmp_path: Path, address: str, **env) -> tuple[int, str]:
+    """``studio sweep`` against ``address`` from a machine with its own (empty) home; (exit status, stderr)."""
+    import subprocess
+    import sys
+
+    home = tmp_path / "client-home"
+    home.mkdir(exist_ok=True)
+    spec = tmp_path / "g.toml"
+    spec.write_text('model = "gmm"\n[axes]\nsteps = [2, 3]\n')
+    repo = Path(__file__).resolve().parents[1]
+    full = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    full.update(HOME=str(home), PYTHONPATH=str(repo), **env)
+    r = subprocess.run([sys.executable, "-m", "studio", "sweep", str(spec), "--out", str(tmp_path / "out"),
+                        "--ray", address], cwd=repo, env=full, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert not (tmp_path / "out").exists()
+    return r.returncode, r.stderr
+
+
+@pytest.mark.parametrize("env, words", [
+    ({}, "requires a token, and this machine sends none; put the head's token"),
+    ({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 32}, "refused this machine's token"),
+    ({"RAY_AUTH_MODE": "token"}, "RAY_AUTH_MODE=token, but this machine has no Ray token"),
+])
+def test_a_token_the_head_does_not_accept_is_said_in_one_line(protected_head, tmp_path, env, words):
+    address, _ = protected_head
+    code, err = client(tmp_path, address, **env)
+    assert code == 1 and len(err.strip().splitlines()) == 1 and words in err, err
+
+
+def test_the_heads_own_token_passes_the_check(protected_head):
+    import subprocess
+    import sys
+
+    address, token = protected_head
+    code = ("from studio.sweep.ray_exec import check_reachable, check_token_here, check_token_accepted; "
+            f"a = '{address}'; check_token_here(a); check_token_accepted(a, check_reachable(a)); print('ok')")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr

@@ -234,10 +234,11 @@ def test_linear_preview_fits_a_linear_decoder():
 
 
 def test_preview_is_cached_outside_the_model_folder(studio_models, folders, tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    """In the studio's one cache folder, $STUDIO_CACHE_DIR (as the README says), not the model folder."""
+    monkeypatch.setenv("STUDIO_CACHE_DIR", str(tmp_path))
     model = load_pipeline_folder(folders["sd"], torch.device("cpu"), torch.float32)
     w = model.preview_weights()
-    cached = list((tmp_path / "sampling-studio" / "previews").glob("*.json"))
+    cached = list((tmp_path / "previews").glob("*.json"))
     assert len(cached) == 1 and not list(folders["sd"].rglob("*preview*"))
     again = load_pipeline_folder(folders["sd"], torch.device("cpu"), torch.float32)
     assert torch.equal(again.preview_weights(), w)

@@ -4,14 +4,15 @@ a model keeps its evaluator."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
 from ..core.file_hashes import folder_fingerprint
-from ..data.digits import make_dataset, to_float
+from ..data.digits import NUM_CLASSES, make_dataset, to_float
 from ..session.atomic import write_files
 from ..session.provenance import model_folder
 from .evaluator import load_evaluator
@@ -26,12 +27,17 @@ def evaluator_folder(model: str) -> Optional[Path]:
     return None
 
 
-def reference_features(out: Path, model: str, n: int) -> np.ndarray:
+def reference_features(out: Path, model: str, n: int, labels: Optional[Sequence[int]] = None) -> np.ndarray:
     """Evaluator features of ``n`` held-out dataset images (``studio eval``'s reference), kept in
-    ``reference.npz`` beside the cells, recomputed when the evaluator's weights change."""
+    ``reference.npz`` beside the cells, recomputed when the evaluator's weights change. ``labels``: only
+    images of these classes (about ``n`` of them; None: every class), so that samples asked for some
+    digits are compared with those digits, not with all ten (a file per set of labels)."""
     folder = evaluator_folder(model)
-    stamp = json.dumps({"n": n, "seed": HELD_OUT_SEED, "weights": folder_fingerprint(folder)}, sort_keys=True)
-    path = Path(out) / "reference.npz"
+    wanted = None if labels is None else sorted({int(k) for k in labels})
+    stamp = json.dumps({"n": n, "seed": HELD_OUT_SEED, "weights": folder_fingerprint(folder),
+                        **({"labels": wanted} if wanted is not None else {})}, sort_keys=True)
+    name = "reference.npz" if wanted is None else f"reference-labels-{'-'.join(map(str, wanted))}.npz"
+    path = Path(out) / name
     if path.is_file():
         try:
             with np.load(path, allow_pickle=False) as f:
@@ -40,7 +46,11 @@ def reference_features(out: Path, model: str, n: int) -> np.ndarray:
         except (OSError, ValueError, KeyError):
             pass
     evaluator = load_evaluator(folder).eval()
-    images, _ = make_dataset(n, seed=HELD_OUT_SEED)
+    if wanted is None:
+        images, _ = make_dataset(n, seed=HELD_OUT_SEED)
+    else:  # the held-out set is balanced over the classes: draw enough of it for n images of these
+        images, drawn = make_dataset(math.ceil(n * NUM_CLASSES / max(len(wanted), 1)), seed=HELD_OUT_SEED)
+        images = images[np.isin(drawn, wanted)]
     with torch.no_grad():
         feats, _ = evaluator_outputs(evaluator, to_float(images).numpy())
 

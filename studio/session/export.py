@@ -20,6 +20,7 @@ from PIL.PngImagePlugin import PngInfo
 from .atomic import TargetExists, precheck, write_files, write_folder  # noqa: F401  (TargetExists: API)
 from .compose import ExportError, captioned, compare_frame, frame_grid, hstack, positions, step_frames, vstack
 from .compose import at_fraction, step_caption  # noqa: F401  (part of this module's API: ex.at_fraction, …)
+from .output import add_png_text
 from .provenance import recipe_json
 from .recipe import Recipe, RecipeError
 
@@ -124,7 +125,7 @@ def _write_files(writers: dict[Path, Callable[[str], None]], overwrite: bool) ->
 def _png_info(recipe, text: Optional[str] = None) -> PngInfo:
     info = PngInfo()
     if recipe is not None:
-        info.add_text("recipe", text if text is not None else recipe_json(recipe))
+        add_png_text(info, "recipe", text if text is not None else recipe_json(recipe))
     return info
 
 

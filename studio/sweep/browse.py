@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..evaluation.metrics import METRICS
-from .cells import cell_folder, is_done, read_result
-from .summary import load_sweep
+from ..core.file_reading import FileReadError, read_json
+from .cells import BrokenCell, cell_folder, is_done, read_result
+from .summary import SWEEP_LIMIT, load_sweep
 
 
 @dataclass(frozen=True)
@@ -47,15 +48,21 @@ class SweepFolder:
         self.axes = [BrowseAxis(n, tuple(json.loads(s) for s in dict.fromkeys(_k(c["values"].get(n)) for c in cells)))
                      for n in names]
         self.cells = cells  # [{key, values}]
-        self.results: dict[str, dict] = {c["key"]: read_result(self.folder, c["key"]) for c in cells
-                                         if is_done(self.folder, c["key"])}
+        self.results: dict[str, dict] = {}
+        self.broken: list[str] = []  # one line per damaged cell (shown as missing; a re-run recomputes them)
+        for c in cells:
+            if is_done(self.folder, c["key"]):
+                try:
+                    self.results[c["key"]] = read_result(self.folder, c["key"])
+                except BrokenCell as e:
+                    self.broken.append(str(e))
         self.settings: dict[str, dict] = {}
         report = self.folder / "results.json"
         if report.is_file():
             try:
-                for row in json.loads(report.read_text(encoding="utf-8")).get("settings", []):
+                for row in read_json(report, SWEEP_LIMIT).get("settings", []):
                     self.settings[_k([row.get(a) for a in self.setting_axes])] = row
-            except (OSError, ValueError):
+            except (FileReadError, AttributeError, TypeError):
                 self.settings = {}
         self.metrics = [m for m in spec.get("metrics", []) if m in METRICS and METRICS[m].scalar]
 

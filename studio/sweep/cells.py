@@ -14,24 +14,34 @@ re-run into its folder finds what is already done, whatever spec or executor mad
 
 Each cell is staged in a hidden folder beside it and renamed into place by the studio's one
 atomic writer (session/atomic.py): a sweep killed at any moment leaves whole cells and, at most,
-staging folders that the next run removes. The two-character shard keeps folders small.
+staging folders that the next run removes. The two-character shard keeps folders small. A cell
+damaged afterwards (a ``result.json`` cut short, an unreadable ``final.npz``) is found when the
+sweep resumes and computed again; a report that meets one names the file.
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import json
+import os
+import secrets
+import shutil
+import zipfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Iterable, Optional
 
 import numpy as np
 
+from ..core.file_reading import RECIPE_LIMIT, parse_json, read_text
+from ..evaluation.metrics import COST
 from ..session.atomic import sweep_stale, write_folder
 from ..session.recipe import RECIPE_FORMAT
 
 CELLS = "cells"
 KEY_CHARS = 16
+RESULT_LIMIT = RECIPE_LIMIT  # bytes of a result.json: the cell's recipe and metrics
+RESULT_STATUSES = ("ok", "failed")  # what a written cell holds ("error" cells are never written)
 
 
 def canonical_dict(recipe) -> dict:
@@ -67,6 +77,10 @@ def cell_folder(out: Path, key: str) -> Path:
     return Path(out) / CELLS / key[:2] / key
 
 
+class BrokenCell(ValueError):
+    """A cell folder whose files cannot be read back (cut short, edited, damaged); one line naming the file."""
+
+
 def is_done(out: Path, key: str) -> bool:
     """Whether the cell is on disk (its folder only ever appears complete)."""
     return (cell_folder(out, key) / "result.json").is_file()
@@ -74,6 +88,43 @@ def is_done(out: Path, key: str) -> bool:
 
 def done_keys(out: Path, keys: Iterable[str]) -> set[str]:
     return {k for k in keys if is_done(out, k)}
+
+
+def check_cell(out: Path, key: str) -> None:
+    """Raise BrokenCell unless the cell's ``result.json`` reads back as this cell's result and, for a
+    computed cell, its ``final.npz`` opens: what a resumed sweep and a report rely on."""
+    result = read_result(out, key)
+    if result["status"] == "ok":
+        path = cell_folder(out, key) / "final.npz"
+        try:
+            with zipfile.ZipFile(path) as z:  # the archive's directory is at its end: a cut file fails here
+                z.namelist()
+        except (OSError, zipfile.BadZipFile) as e:
+            raise _broken(path, getattr(e, "strerror", None) or str(e) or "unreadable") from None
+
+
+def verified_done(out: Path, keys: Iterable[str]) -> tuple[set[str], list[tuple[str, str]]]:
+    """(the keys whose cells are whole, [(key, problem)] of the cells on disk that are not)."""
+    done, broken = set(), []
+    for k in keys:
+        if not is_done(out, k):
+            continue
+        try:
+            check_cell(out, k)
+        except BrokenCell as e:
+            broken.append((k, str(e)))
+        else:
+            done.add(k)
+    return done, broken
+
+
+def remove_cell(out: Path, key: str) -> None:
+    """Take a broken cell out of the way so that it is computed again: renamed to a staging name first
+    (session/atomic.py's pattern, so a removal cut short is finished by the next run), then deleted."""
+    folder = cell_folder(out, key)
+    aside = folder.with_name(f".{key}.old-{os.getpid()}-{secrets.token_hex(4)}")
+    os.replace(folder, aside)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def remove_stale_staging(out: Path) -> int:
@@ -105,8 +156,26 @@ def write_cell(out: Path, key: str, result: dict, recipe_document_json: str, png
     return write_folder(cell_folder(out, key), fill)
 
 
+def _broken(path: Path, problem: str) -> BrokenCell:
+    return BrokenCell(f"{path}: {problem}; run the sweep again (the same command) to compute this cell anew")
+
+
 def read_result(out: Path, key: str) -> dict:
-    return json.loads((cell_folder(out, key) / "result.json").read_text(encoding="utf-8"))
+    """The cell's ``result.json``, checked to be this cell's result (BrokenCell names the file otherwise)."""
+    path = cell_folder(out, key) / "result.json"
+    try:
+        doc = parse_json(read_text(path, RESULT_LIMIT, BrokenCell), str(path), BrokenCell)
+    except BrokenCell as e:
+        raise _broken(path, str(e).removeprefix(f"{path}: ")) from None
+    if not isinstance(doc, dict) or doc.get("key") != key:
+        raise _broken(path, "not this cell's result")
+    if doc.get("status") not in RESULT_STATUSES or not isinstance(doc.get("metrics"), dict) or \
+            not isinstance(doc.get("values"), dict) or not isinstance(doc.get("recipe"), dict):
+        raise _broken(path, "not a finished cell's result (status, values, recipe or metrics missing)")
+    if doc["status"] == "ok" and not (all(isinstance(doc["metrics"].get(m), (int, float)) for m in COST) and
+                                      isinstance(doc["recipe"].get("batch"), int)):
+        raise _broken(path, f"a computed cell's result without its batch or {' and '.join(COST)}")
+    return doc
 
 
 def read_arrays(out: Path, key: str) -> dict[str, np.ndarray]:
@@ -114,5 +183,8 @@ def read_arrays(out: Path, key: str) -> dict[str, np.ndarray]:
     path = cell_folder(out, key) / "final.npz"
     if not path.is_file():
         return {}
-    with np.load(path, allow_pickle=False) as f:
-        return {k: f[k] for k in f.files}
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise _broken(path, f"cannot be read ({str(e).splitlines()[0] if str(e) else e.__class__.__name__})") from None

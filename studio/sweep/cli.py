@@ -62,7 +62,8 @@ def add_sweep_parser(sub) -> None:
 
 
 def _say(msg: str) -> None:
-    print(f"studio sweep: {msg}", file=sys.stderr)
+    """A line on stderr with the studio's one prefix (errors: ``studio: error: …``, cli.py)."""
+    print(f"studio: {msg}", file=sys.stderr)
 
 
 def cmd_sweep(args) -> int:

@@ -6,9 +6,12 @@ a time), records the spec in ``sweep.json``, asks the executor — the local poo
 workers only compute, so a cluster's nodes need no shared file system. A cell is written once: a
 result for a key already written (a replaced Ray worker's cell that finished after all) is dropped.
 
-Before any cell runs, the first worker checks every distinct setting against the opened model (a
-label beyond its classes, a prompt for a class model, …): a refusal is one line naming the spec's
-line, like the spec's own errors.
+Before ``--out`` is created or written, the first worker checks every distinct setting against the
+opened model (a label beyond its classes, a prompt for a class model, weights that do not open): a
+refusal is one line naming the spec's line, like the spec's own errors, and leaves the folder as it
+was. A folder whose sweep measures its cells otherwise (other metrics, another reference solve) is
+refused, since its cells would be taken as this spec's; a resumed sweep checks the cells it finds
+and computes damaged ones again.
 """
 from __future__ import annotations
 
@@ -23,14 +26,14 @@ from typing import Optional
 from ..session.atomic import OutputError, Reservation
 from ..session.provenance import weights_fingerprint
 from ..session.recipe import versions
-from .cells import (canonical_dict, canonical_json, done_keys, recipe_document_json, remove_stale_staging,
-                    write_cell)
+from .cells import (canonical_dict, canonical_json, is_done, recipe_document_json, remove_cell, remove_stale_staging,
+                    verified_done, write_cell)
 from .local import LocalPool, SweepError, default_workers
 from .progress import SweepProgress
 from .spec import SpecError, SweepSpec, describe, refusal_path
+from .summary import SWEEP_FILE, ReportError, load_sweep, measured_by
 from .toml_lines import key_lines, line_of
 
-SWEEP_FILE = "sweep.json"
 SWEEP_FORMAT = "sampling-studio/sweep@1"
 
 
@@ -90,6 +93,27 @@ def make_executor(spec: SweepSpec, workers: Optional[int], ray: Optional[str], g
     return LocalPool(config, n, threads)
 
 
+def check_same_sweep(out: Path, spec: SweepSpec) -> None:
+    """Refuse a folder whose sweep measures its cells otherwise (other metrics, another reference solve):
+    cells are keyed by their recipe, so this spec would take those cells as its own."""
+    if not (out / SWEEP_FILE).is_file():
+        return
+    try:
+        doc = load_sweep(out)
+    except ReportError as e:
+        raise OutputError(f"{str(e).split('; give the')[0]}; choose a new --out, or delete {SWEEP_FILE} to run "
+                          f"this spec into {out} again") from None
+    theirs, ours = measured_by(doc["spec"]), measured_by(spec.to_dict())
+    if theirs["metrics"] != ours["metrics"]:
+        raise OutputError(f"{out} holds a sweep whose cells record {', '.join(theirs['metrics'])}; this spec records "
+                          f"{', '.join(ours['metrics'])}, and would take those cells as its own: choose a new --out, "
+                          "or ask for the same metrics")
+    if theirs["reference_steps"] != ours["reference_steps"]:
+        raise OutputError(f"{out} holds a sweep measured with reference_steps = {theirs['reference_steps']}; this "
+                          f"spec says {ours['reference_steps']}, and would take those cells as its own: choose a new "
+                          "--out, or use the same reference_steps")
+
+
 def run_sweep(spec: SweepSpec, out, workers: Optional[int] = None, ray: Optional[str] = None,
               gpus_per_worker: float = 0.0, stream=None, report: bool = True, allow_pickle: bool = False,
               cpus_per_worker: float = 1.0, progress_every_s: float = 30.0,
@@ -98,6 +122,7 @@ def run_sweep(spec: SweepSpec, out, workers: Optional[int] = None, ray: Optional
     torch threads of each local worker (default: the cores shared out, capped by OMP_NUM_THREADS)."""
     stream = stream if stream is not None else sys.stderr
     out = check_folder(out)
+    check_same_sweep(out, spec)
     created = not out.exists()
     try:
         return _run(spec, out, workers, ray, gpus_per_worker, stream, report, allow_pickle, cpus_per_worker,
@@ -115,38 +140,46 @@ def _run(spec, out: Path, workers, ray, gpus_per_worker, stream, report, allow_p
          progress_every_s, threads) -> SweepStats:
     stats = SweepStats(total=len(spec.cells))
     t0 = time.perf_counter()
-    with Reservation(out / SWEEP_FILE, overwrite=True) as lock:
-        remove_stale_staging(out)
-        done = done_keys(out, (c.key for c in spec.cells))
-        todo = [c for c in spec.cells if c.key not in done]
-        stats.already = len(spec.cells) - len(todo)
-        executor, fingerprint = None, {}
-        if todo:  # connect (a cluster that cannot be reached changes nothing in the folder)
+    done, broken = verified_done(out, (c.key for c in spec.cells)) if out.is_dir() else (set(), [])
+    todo = [c for c in spec.cells if c.key not in done]
+    executor, fingerprint, progress = None, {}, None
+    try:
+        if todo:  # open the model and check every setting against it before --out is created or written
             fingerprint = weights_fingerprint(spec.model, spec.fixed.get("classifier"))
             executor = make_executor(spec, workers, ray, gpus_per_worker, fingerprint, len(todo), allow_pickle,
                                      cpus_per_worker, threads)
-        progress = SweepProgress(stats.total, stats.already, stream, every_s=progress_every_s)
-        try:
+            _preflight(spec, todo, executor)
+        with Reservation(out / SWEEP_FILE, overwrite=True) as lock:
+            remove_stale_staging(out)
+            for key, _ in broken:
+                remove_cell(out, key)
+            todo = [c for c in todo if not is_done(out, c.key)]  # as the folder is now that it is ours
+            stats.already = len(spec.cells) - len(todo)
+            progress = SweepProgress(stats.total, stats.already, stream, every_s=progress_every_s)
+            if broken:
+                progress.note(f"{len(broken)} damaged cell{'s' if len(broken) != 1 else ''} will be computed again "
+                              f"(first: {broken[0][1].split('; run the sweep again')[0]})")
             staged = lock.stage_file()
             Path(staged).write_text(json.dumps(sweep_document(spec), indent=1) + "\n", encoding="utf-8")
             lock.commit()
-            if executor is not None:
+            if executor is not None and todo:
                 stats.executor = executor.describe()
                 merged = f"; {spec.merged} repeated settings merged" if spec.merged else ""
                 progress.note(f"{len(todo)} of {stats.total} cells to compute{merged}, on {stats.executor}")
                 _compute(spec, out, todo, executor, fingerprint, stats, progress)
             else:
                 progress.note(f"all {stats.total} cells are already in {out}")
-        finally:
-            if executor is not None:
-                stats.replaced_workers = executor.replaced
-                executor.close()
+    finally:
+        if executor is not None:
+            stats.replaced_workers = executor.replaced
+            executor.close()
+        if progress is not None:
             progress.end_line()
-        stats.seconds = time.perf_counter() - t0
-        if report:
-            from .report import write_report
+    stats.seconds = time.perf_counter() - t0
+    if report:
+        from .report import write_report
 
-            write_report(out)
+        write_report(out)
     return stats
 
 
@@ -157,8 +190,9 @@ def _preflight_items(todo) -> list:
     return list(unique.values())
 
 
-def _compute(spec: SweepSpec, out: Path, todo, executor, fingerprint: dict, stats: SweepStats,
-             progress: SweepProgress) -> None:
+def _preflight(spec: SweepSpec, todo, executor) -> None:
+    """Every distinct setting checked against the opened model (label range, prompt or label, size, …);
+    a refusal is one line naming the spec's line."""
     refused = executor.preflight(_preflight_items(todo))
     if refused:
         message, values = refused
@@ -168,6 +202,10 @@ def _compute(spec: SweepSpec, out: Path, todo, executor, fingerprint: dict, stat
         line = line_of(key_lines(spec.text), *path)
         raise SpecError(f"{spec.path} line {line}: {'.'.join(path)}: the model refuses the cell "
                         f"{describe(values)}: {message}")
+
+
+def _compute(spec: SweepSpec, out: Path, todo, executor, fingerprint: dict, stats: SweepStats,
+             progress: SweepProgress) -> None:
     by_key = {c.key: c for c in todo}
     written: set[str] = set()
     run_versions = versions()

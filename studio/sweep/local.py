@@ -5,14 +5,18 @@ or CUDA state), each opens the model once (worker.py) and runs cells sent to it.
 per worker are in flight, so a kill loses little and results stream back as they finish. A worker
 that dies (killed, out of memory) breaks the pool: the cells it had are put back in the queue and a
 fresh pool is started; results that arrived are never run again. A worker whose parent is gone (the
-sweep was killed) exits by itself within a second.
+sweep was killed) exits by itself within a second, and the next local sweep unlinks the named
+semaphores a killed sweep's pool leaves in /dev/shm (see "the pool's named semaphores" below).
 """
 from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import json
 import multiprocessing
 import os
+import re
+import secrets
 import signal
 import threading
 import time
@@ -59,6 +63,90 @@ def _ready() -> int:
 
 def _preflight(items: list) -> Optional[tuple]:
     return _WORKER.preflight(items)
+
+
+# -- the pool's named semaphores --------------------------------------------------------------------
+# A spawn pool's queues are locked by POSIX named semaphores (/dev/shm/sem.mp-…), unlinked at exit by
+# multiprocessing's resource tracker. A sweep killed with SIGKILL as a process group takes the tracker
+# with it, and the semaphores stay until the machine restarts. Each pool records their names under
+# the user's cache folder, by the driver's process id; the next local sweep unlinks those of drivers
+# that are gone, as the next run removes a killed run's staging folders.
+POOLS_FOLDER = "sweep-pools"
+_SEM_NAME = re.compile(r"^/mp-[A-Za-z0-9_]+$")  # multiprocessing's names, nothing else is unlinked
+
+
+def _pools_folder() -> Path:
+    from ..core.file_hashes import user_cache_dir
+
+    return user_cache_dir() / POOLS_FOLDER
+
+
+def semaphore_names(pool: cf.ProcessPoolExecutor) -> list[str]:
+    """The names of the named semaphores behind a process pool's call and result queues."""
+    from multiprocessing import synchronize
+
+    names = []
+    for queue in (getattr(pool, "_call_queue", None), getattr(pool, "_result_queue", None)):
+        for v in vars(queue).values() if queue is not None else ():
+            name = getattr(getattr(v, "_semlock", None), "name", None) if isinstance(v, synchronize.SemLock) else None
+            if isinstance(name, str) and _SEM_NAME.match(name):
+                names.append(name)
+    return names
+
+
+def record_semaphores(names: list[str]) -> None:
+    """Add ``names`` to this process's record (a record that cannot be written only risks a leak)."""
+    if not names:
+        return
+    path = _pools_folder() / f"{os.getpid()}.json"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        known = _recorded(path)
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        tmp.write_text(json.dumps(sorted(set(known) | set(names))), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def _recorded(path: Path) -> list[str]:
+    from ..core.file_reading import FileReadError, read_json
+
+    try:
+        names = read_json(path, 1 << 20)
+    except FileReadError:
+        return []
+    return [n for n in names if isinstance(n, str) and _SEM_NAME.match(n)] if isinstance(names, list) else []
+
+
+def remove_stale_semaphores() -> int:
+    """Unlink the semaphores recorded by local sweeps whose process is gone; returns how many were left."""
+    from ..session.atomic import process_alive
+
+    try:
+        from _multiprocessing import sem_unlink
+    except ImportError:  # no named semaphores here (Windows)
+        return 0
+    folder = _pools_folder()
+    try:
+        records = [p for p in folder.iterdir() if p.suffix == ".json" and p.stem.isdigit()]
+    except OSError:
+        return 0
+    removed = 0
+    for record in records:
+        if process_alive(int(record.stem)):
+            continue
+        for name in _recorded(record):
+            try:
+                sem_unlink(name)
+                removed += 1
+            except OSError:  # unlinked at its exit, as it should be
+                pass
+        try:
+            record.unlink()
+        except OSError:
+            pass
+    return removed
 
 
 def cores() -> int:
@@ -128,9 +216,11 @@ class LocalPool:
                f"{self.config['threads']} thread{'s' if self.config['threads'] != 1 else ''} each"
 
     def _start(self) -> None:
+        remove_stale_semaphores()
         ctx = multiprocessing.get_context("spawn")
         self._pool = cf.ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init,
                                             initargs=(self.config, os.getpid()))
+        record_semaphores(semaphore_names(self._pool))
         # a spawn pool starts a process per task submitted while none is idle: start them all now, so
         # every worker opens the model at once instead of the second one starting after the first cells
         for _ in range(self.workers):

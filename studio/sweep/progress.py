@@ -2,6 +2,7 @@
 
 On a terminal one line is rewritten in place; into a file (an overnight run's log) a line is
 written at most every ``every_s`` seconds and at the end, so the log stays readable.
+Every line starts ``studio:``, as the command's errors (``studio: error: …``) and warnings do.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def duration(seconds: float) -> str:
 
 
 class SweepProgress:
-    def __init__(self, total: int, already: int = 0, stream=None, every_s: float = 30.0, label: str = "sweep"):
+    def __init__(self, total: int, already: int = 0, stream=None, every_s: float = 30.0, label: str = "studio"):
         self.total, self.already = total, already
         self.stream = stream if stream is not None else sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
@@ -37,7 +38,7 @@ class SweepProgress:
         rate = self.done / elapsed * 60
         left = self.total - self.already - self.done
         eta = duration(left / rate * 60) if rate > 0 else "?"
-        before = f" (+{self.already} done before)" if self.already else ""
+        before = f" ({self.done} now, {self.already} from an earlier run)" if self.already else ""
         failed = f", {self.failed} failed" if self.failed else ""
         return (f"{self.label}: {self.already + self.done}/{self.total} cells{before}{failed}, "
                 f"{rate:.1f} cells/min, ETA {eta}")

@@ -11,13 +11,22 @@ An actor that dies (its node lost, killed, out of memory) is replaced by a fresh
 it held are queued again; a result that had already arrived is kept, and the driver writes each
 cell once, so nothing is lost or counted twice. ``ray`` is an optional dependency (the ``cluster``
 extra); it is imported only here.
+
+Connecting is bounded and quiet: the address must answer a gRPC handshake within ``HANDSHAKE_S``
+(a port where nothing, or something other than Ray, answers is one line, not minutes of Ray's
+retries), a token the head refuses is reported as such at once, and Ray's own log lines while
+connecting go to a temporary file rather than the terminal.
 """
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import math
+import os
 import secrets
+import sys
+import tempfile
 from typing import Callable, Optional
 
 from .local import SweepError
@@ -36,35 +45,135 @@ def _ray():
     return ray
 
 
-def check_reachable(address: str, timeout_s: float = 5.0) -> None:
-    """A HOST:PORT that nothing answers on is one line at once (Ray itself retries for minutes)."""
-    import socket
+HANDSHAKE_S = 5.0  # the most an address may take to accept a connection and answer as a gRPC server
+# the HTTP/2 client preface and an empty SETTINGS frame (RFC 9113 §3.4): a gRPC server (Ray's GCS, its
+# client server) answers with a SETTINGS frame of its own; anything else is not a Ray cluster
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+_SETTINGS = 4
+TOKEN_WHERE = "put the head's token (`ray get-auth-token` on the head) in ~/.ray/auth_token or RAY_AUTH_TOKEN"
+TOKEN_HELP = f"{TOKEN_WHERE}, and set RAY_AUTH_MODE=token"
 
+
+@contextlib.contextmanager
+def ray_logs_kept_off_the_terminal():
+    """Send what Ray's C++ core and loggers write to stderr (retry warnings, gRPC errors) to a temporary
+    file while connecting: the studio says in one line what went wrong."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+
+
+def _resolve(address: str) -> Optional[str]:
+    """HOST:PORT of ``address`` (``auto``: RAY_ADDRESS, else the last `ray start` on this machine); None
+    when Ray finds it itself (``local``, or a Ray without the lookup)."""
     if address == "local":
-        return
-    if address == "auto":  # what Ray would connect to: RAY_ADDRESS, else the last `ray start` on this machine
+        return None
+    if address == "auto":
         try:
             from ray._private.services import canonicalize_bootstrap_address
         except ImportError:  # a Ray without it: let ray.init find the cluster
-            return
+            return None
         try:
             found = canonicalize_bootstrap_address("auto")
         except (ConnectionError, ValueError) as e:
             raise SweepError(f"--ray auto: no Ray cluster found on this machine ({one_line(e)}); start one with "
                              "`ray start --head` or give its address") from None
         if not found:
-            return
+            return None
         address = found
     hostport = address.split("://", 1)[-1]
     host, _, port = hostport.rpartition(":")
     if not host or not port.isdigit():
         raise ValueError(f"--ray {address!r}: give auto or the cluster's address as HOST:PORT (e.g. 10.0.0.5:6379)")
+    return hostport
+
+
+def check_reachable(address: str, timeout_s: float = HANDSHAKE_S) -> Optional[str]:
+    """One line at once for an address nothing answers on, or where something other than a gRPC server
+    (Ray's) answers (Ray itself would retry for minutes); returns the HOST:PORT checked. Plain socket
+    calls with a deadline, so Ctrl+C and SIGTERM stop the wait."""
+    import socket
+
+    hostport = _resolve(address)
+    if hostport is None:
+        return None
+    host, _, port = hostport.rpartition(":")
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
-            pass
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s) as sock:
+            sock.sendall(_HTTP2_PREFACE)
+            head = b""
+            while len(head) < 9:
+                chunk = sock.recv(9 - len(head))
+                if not chunk:
+                    break
+                head += chunk
+    except (socket.timeout, TimeoutError):
+        raise SweepError(f"{address}: no answer as a Ray cluster within {timeout_s:g}s (something accepts "
+                         "connections there, but not Ray's head); check the address and port "
+                         "(`ray start --head` prints it)") from None
     except OSError as e:
         raise SweepError(f"cannot reach a Ray cluster at {address} ({e.strerror or e}); is `ray start --head` "
                          "running there, and is the port open?") from None
+    if len(head) < 9 or head[3] != _SETTINGS:
+        raise SweepError(f"{address}: something answers there, but it is not a Ray cluster; check the address and "
+                         "port (`ray start --head` prints it)")
+    return hostport
+
+
+def _token_error(address: str) -> SweepError:
+    mode = os.environ.get("RAY_AUTH_MODE", "")
+    if mode.lower() != "token":
+        return SweepError(f"the Ray cluster at {address} requires a token, and this machine sends none; {TOKEN_HELP}")
+    return SweepError(f"the Ray cluster at {address} refused this machine's token (missing or not the head's); "
+                      f"{TOKEN_HELP}")
+
+
+def _auth():
+    try:
+        from ray._private.authentication import authentication_token_setup as auth
+        from ray.exceptions import AuthenticationError
+    except ImportError:  # a Ray without token authentication
+        return None, None
+    return auth, AuthenticationError
+
+
+def check_token_here(address: str) -> None:
+    """RAY_AUTH_MODE=token with no token on this machine: one line before anything is contacted."""
+    auth, AuthenticationError = _auth()
+    if auth is None or address == "local":  # ray.init starts that cluster, and makes the token it needs
+        return
+    if address == "auto":  # as ray.init: a cluster found on this machine uses ~/.ray/auth_token if there is one
+        auth.maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    try:
+        auth.ensure_token_if_auth_enabled(None, create_token_if_missing=False)
+    except AuthenticationError:
+        raise SweepError(f"RAY_AUTH_MODE=token, but this machine has no Ray token; {TOKEN_WHERE}") from None
+
+
+def check_token_accepted(address: str, hostport: Optional[str]) -> None:
+    """A head that refuses this machine's token (or its lack of one), told at once: Ray itself retries
+    for about 20 s, then reports a connection failure."""
+    auth, AuthenticationError = _auth()
+    if auth is None or hostport is None:
+        return
+    from ray._raylet import GcsClient
+
+    with ray_logs_kept_off_the_terminal():
+        try:
+            GcsClient(address=hostport)
+        except AuthenticationError:
+            raise _token_error(address) from None
+        except Exception:  # noqa: BLE001 - anything else is ray.init's to report
+            pass
 
 
 def connect(address: str) -> bool:
@@ -73,9 +182,14 @@ def connect(address: str) -> bool:
     ray = _ray()
     if ray.is_initialized():
         return False
-    check_reachable(address)
+    check_token_here(address)
+    hostport = check_reachable(address)
+    check_token_accepted(address, hostport)
     try:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        with ray_logs_kept_off_the_terminal():
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+    except ray.exceptions.AuthenticationError:
+        raise _token_error(address) from None
     except (ConnectionError, ValueError, RuntimeError) as e:
         raise SweepError(f"cannot reach a Ray cluster at {address!r} ({one_line(e)}); start one with "
                          "`ray start --head` (then `ray start --address HOST:PORT` on the other machines) "

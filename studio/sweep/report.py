@@ -7,7 +7,8 @@
   per sampler (and per value of the other axes) — the quality-per-NFE curves of DPM-Solver
   (Lu et al. 2022) and the DDIM paper's steps tables (Song et al. 2021).
 - ``plots/<metric>_vs_scale.png``: the metric against the guidance scale (Ho & Salimans 2022).
-- ``contact_sheet.png``: each setting's final images (its first cell) laid out along two axes.
+- ``contact_sheet.png``: each setting's final images (its first cell; with pooled labels, the first
+  cell of each label) laid out along two axes.
 
 Figures use matplotlib's object API with the Agg canvas (no global state, no display); every file
 goes through the atomic writer, so a report is replaced whole.
@@ -29,6 +30,9 @@ from .summary import cell_results, load_sweep, summarise
 
 VECTOR = tuple(name for name, m in METRICS.items() if not m.scalar)  # in tables, not plotted
 THUMB = 160  # px: the longer side of a contact sheet image
+MAX_POOLED_TILES = 16  # pooled values (labels) a setting's tile shows
+MARKERS = ("o", "s", "^", "D", "v", "P")  # with DASHES, lines on the same points stay told apart
+DASHES = ("-", "--", ":", "-.")
 MAX_SHEET_ROWS = 60  # a contact sheet stays an image one can open
 
 
@@ -110,9 +114,16 @@ def line_plot(rows: list[dict], axes: list[str], x: str, metric: str, title: str
         return None
     fig = Figure(figsize=(6.4, 4.2))
     ax = fig.add_subplot()
-    for label, pts in lines.items():
+    drawn: list[tuple[str, list]] = []
+    for i, (label, pts) in enumerate(lines.items()):
         pts.sort()
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3.5, linewidth=1.4, label=label)
+        same = next((other for other, p in drawn if _same_points(p, pts)), None)
+        if same is not None:  # it would hide under the earlier line: say so in the legend
+            label += f" (= {same})"
+        drawn.append((label, pts))
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=MARKERS[i % len(MARKERS)],
+                markersize=3.5 + 1.5 * (i // len(MARKERS) % 3), linestyle=DASHES[i % len(DASHES)], linewidth=1.4,
+                label=label, fillstyle="none" if same is not None else "full")
     ax.set_xlabel(METRICS[x].label if x in METRICS else "guidance scale" if x == "scale" else x)
     m = METRICS.get(metric)
     ax.set_ylabel((m.label if m else metric) + (" (lower is better)" if m and m.lower_is_better else ""))
@@ -126,21 +137,70 @@ def line_plot(rows: list[dict], axes: list[str], x: str, metric: str, title: str
     return fig
 
 
-def contact_sheet(out: Path, doc: dict, results: list[dict], settings: list[dict]) -> np.ndarray | None:
-    """The final images of each setting (its first cell), columns along one axis (the steps if they
-    vary, else the last varying axis), rows along the others; each captioned with the first metric."""
+def _same_points(a: list, b: list) -> bool:
+    return len(a) == len(b) and all(math.isclose(p[0], q[0]) and math.isclose(p[1], q[1], rel_tol=1e-9, abs_tol=1e-12)
+                                    for p, q in zip(a, b))
+
+
+def _thumbnail(png: Path, side: int) -> np.ndarray | None:
+    """``png`` fitted into a ``side``-pixel square (nearest neighbour: samples stay crisp); None if unreadable."""
     from PIL import Image
 
+    from ..session.compose import BG
+
+    try:
+        with Image.open(png) as im:
+            im = im.convert("RGB")
+            im.thumbnail((side, side), Image.NEAREST)
+            a = np.asarray(im)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+    thumb = np.full((side, side, 3), BG, np.uint8)
+    thumb[:a.shape[0], :a.shape[1]] = a
+    return thumb
+
+
+def _setting_tile(out: Path, members: list[dict], pooled: list[str]) -> np.ndarray | None:
+    """A setting's tile: its first cell's images; with pooled axes besides the seeds (the labels), the
+    first cell of each pooled value side by side, so the tile shows every label the setting pools."""
+    from ..session.frames import grid_shape
+
+    firsts: dict[str, dict] = {}
+    for r in members:
+        firsts.setdefault(json.dumps([r["values"].get(a) for a in pooled]), r)
+    shown = [r for r in list(firsts.values())[:MAX_POOLED_TILES] if r.get("status") == "ok"]
+    pngs = [cell_folder(out, r["key"]) / "final.png" for r in shown]
+    pngs = [p for p in pngs if p.is_file()]
+    if not pngs:
+        return None
+    if len(pngs) == 1:
+        return _thumbnail(pngs[0], THUMB)
+    rows, cols = grid_shape(len(pngs))
+    side = THUMB // cols
+    tile = np.full((THUMB, THUMB, 3), 60, np.uint8)
+    for i, png in enumerate(pngs):
+        small = _thumbnail(png, side - 2)
+        if small is not None:
+            r, c = divmod(i, cols)
+            tile[r * side + 1:r * side + 1 + small.shape[0], c * side + 1:c * side + 1 + small.shape[1]] = small
+    return tile
+
+
+def contact_sheet(out: Path, doc: dict, results: list[dict], settings: list[dict]) -> np.ndarray | None:
+    """The final images of each setting, columns along one axis (the steps if they vary, else the last
+    varying axis), rows along the others; each captioned with the first metric. A setting shows its
+    first cell, or with pooled axes (the labels) the first cell of each pooled value."""
     from ..session.compose import BG, captioned, hstack, vstack
 
     axes = doc.get("setting_axes", [])
+    pooled = [a for a in doc["spec"].get("pool", []) if a != "seed"]
     varying = _varying(settings, axes) or axes[:1]
     col_axis = "steps" if "steps" in varying else (varying[-1] if varying else None)
     row_axes = [a for a in varying if a != col_axis]
     metric = next(iter(metric_names(settings, exclude=COST)), COST[0])  # a quality metric, else the cost
-    first: dict[str, dict] = {}
+    members: dict[str, list[dict]] = {}
     for r in results:
-        first.setdefault(json.dumps([r["values"].get(a) for a in axes]), r)
+        members.setdefault(json.dumps([r["values"].get(a) for a in axes]), []).append(r)
     by_setting = {json.dumps([s.get(a) for a in axes]): s for s in settings}
     cols = sorted({json.dumps(s.get(col_axis)) for s in settings}, key=lambda v: _sort_key(json.loads(v))) \
         if col_axis else ["null"]
@@ -149,7 +209,7 @@ def contact_sheet(out: Path, doc: dict, results: list[dict], settings: list[dict
         k = json.dumps([s.get(a) for a in row_axes])
         if k not in rows_keys:
             rows_keys.append(k)
-    if not first:
+    if not members:
         return None
     tiles_rows = []
     shown = rows_keys[:MAX_SHEET_ROWS]
@@ -159,21 +219,14 @@ def contact_sheet(out: Path, doc: dict, results: list[dict], settings: list[dict
         for ck in cols:
             values = dict(rvals, **({col_axis: json.loads(ck)} if col_axis else {}))
             key = json.dumps([values.get(a) for a in axes])
-            r, s = first.get(key), by_setting.get(key, {})
+            cells, s = members.get(key, []), by_setting.get(key, {})
             caption = (f"{col_axis}={_show(values.get(col_axis))}" if col_axis else "")
             if isinstance(s.get(metric), (int, float)):
                 caption += f"  {metric[:8]} {s[metric]:.3g}"
-            png = cell_folder(out, r["key"]) / "final.png" if r else None
-            if png is not None and png.is_file():
-                with Image.open(png) as im:
-                    im = im.convert("RGB")
-                    im.thumbnail((THUMB, THUMB), Image.NEAREST)
-                    thumb = np.full((THUMB, THUMB, 3), BG, np.uint8)
-                    a = np.asarray(im)
-                    thumb[:a.shape[0], :a.shape[1]] = a
-            else:
+            thumb = _setting_tile(out, cells, pooled) if cells else None
+            if thumb is None:
                 thumb = np.full((THUMB, THUMB, 3), 60, np.uint8)
-                caption += "  (failed)" if r else "  (missing)"
+                caption += "  (failed)" if cells else "  (missing)"
             tiles.append(captioned(thumb, caption, 11))
         tiles_rows.append(hstack(tiles))
     title = doc["spec"].get("title") or f"sweep of {Path(doc['spec']['model']).name}"

@@ -25,7 +25,8 @@ alone with ``studio sample --recipe``. Ranges: ``{start, count[, step]}`` for in
 ``{start, stop, count}`` (evenly spaced, both ends included) for numbers.
 
 Every problem is a :class:`SpecError` of one line naming the spec's line and the problem, raised
-before any cell runs. Without ``scale`` in the spec, guided cells take the scale the model folder
+before any cell runs. A sweep holds at most ``MAX_CELLS`` cells, counted from the axes' lengths
+before any value is expanded; the spec file is read bounded (file_reading.py). Without ``scale`` in the spec, guided cells take the scale the model folder
 recommends (its ``recommended.json``), else the studio's fallback (``core.guidance.default_scale``), like
 ``studio sample`` and the window.
 """
@@ -40,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from ..core.file_reading import CONFIG_LIMIT, read_text
 from ..core.guidance import FALLBACK_SCALES, default_scale
 from ..core.loading import BUILTINS, ModelLoadError, read_recommended_scales
 from ..core.options import Option, OptionError
@@ -69,7 +71,8 @@ NOT_AXES = {"model": "one sweep opens one model; run one sweep per model",
             "classifier": "set it in [fixed]"}
 NOT_FIELDS = {"branch": "a sweep's cells are fresh runs", "model": "set it at the top of the spec (model = …)"}
 SEED_NAMES = ("seeds", "seed")
-MAX_CELLS = 1_000_000
+MAX_CELLS = 100_000  # cells in one sweep: counted from the axes before any is expanded
+SPEC_LIMIT = CONFIG_LIMIT  # bytes of a spec file
 
 
 class SpecError(ValueError):
@@ -152,16 +155,10 @@ class _Where:
 def load_spec(path: str | Path) -> SweepSpec:
     """Read and check ``path``; every cell is built and validated here."""
     p = Path(path).expanduser()
-    try:
-        raw = p.read_bytes()
-    except OSError as e:
-        raise SpecError(f"{path}: cannot read the spec ({e.strerror or e})") from None
-    if len(raw) > 1 << 20:
-        raise SpecError(f"{path}: the spec is larger than 1 MiB; is this the right file?")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise SpecError(f"{path}: the spec is not UTF-8 text") from None
+    try:  # a regular file, bounded: a FIFO or /dev/zero is one line, not a hang or "out of memory"
+        text = read_text(p, SPEC_LIMIT, SpecError)
+    except SpecError as e:
+        raise SpecError(f"cannot read the spec: {e}") from None
     return parse_spec(text, str(path), p.resolve().parent)
 
 
@@ -278,10 +275,33 @@ def _expand(name: str, raw: Any, kind: str, where: _Where) -> list:
     return raw
 
 
+def _axis_length(raw: Any) -> int:
+    """How many values an axis lists or a range counts, without expanding it (1 when malformed: the
+    expansion then says what is wrong)."""
+    if isinstance(raw, list):
+        return max(len(raw), 1)
+    if isinstance(raw, dict):
+        count = raw.get("count")
+        if isinstance(count, int) and not isinstance(count, bool) and count > 0:
+            return count
+    return 1
+
+
+def _count_cells(table: dict, where: _Where) -> None:
+    """Refuse a grid larger than MAX_CELLS from the axes' lengths alone, before a value is expanded."""
+    lengths = {name: _axis_length(raw) for name, raw in table.items()}
+    total = math.prod(lengths.values())
+    if total > MAX_CELLS:
+        sizes = " × ".join(f"{n} {name}" for name, n in lengths.items() if n > 1)
+        raise where.error(("axes",), f"{sizes} make {total:,} cells, more than a sweep takes ({MAX_CELLS:,}); "
+                                     "split it into smaller sweeps")
+
+
 def _axes(table: Any, fixed: dict, where: _Where) -> list[Axis]:
     if not isinstance(table, dict):
         raise where.error(("axes",), "must be a table of recipe settings to cross ([axes])")
     schema = Recipe.schema()
+    _count_cells(table, where)
     axes: list[Axis] = []
     seen_seed = None
     for spelled, raw in table.items():
@@ -304,14 +324,16 @@ def _axes(table: Any, fixed: dict, where: _Where) -> list[Axis]:
         values = _expand(spelled, raw, opt.kind, where)
         if not values:
             raise where.error(path, "is empty; give at least one value or remove the axis")
-        checked = []
+        checked, seen = [], set()
         for v in values:
             try:
                 c = opt.check(v)
             except OptionError as e:
                 raise where.error(path, str(e)) from None
-            if c in checked:
+            k = repr(_jsonable(c))
+            if k in seen:
                 raise where.error(path, f"lists {v!r} twice")
+            seen.add(k)
             checked.append(c)
         axes.append(Axis(name, tuple(checked), where.line(*path), spelled))
     return axes
@@ -372,9 +394,6 @@ def describe(values: dict) -> str:
 
 
 def _cells(spec: SweepSpec, where: _Where) -> tuple[list[Cell], int]:
-    total = math.prod(len(a.values) for a in spec.axes)
-    if total > MAX_CELLS:
-        raise where.error(("axes",), f"{total} cells is more than {MAX_CELLS}; split the sweep")
     recommended: Optional[dict[str, float]] = None  # None: the spec sets the scale
     if "scale" not in spec.fixed and all(a.name != "scale" for a in spec.axes):
         recommended = {}
@@ -392,8 +411,8 @@ def _cells(spec: SweepSpec, where: _Where) -> tuple[list[Cell], int]:
     for combo in itertools.product(*(a.values for a in spec.axes)):
         changes = dict(zip(names, combo))
         recipe = base.replace(**changes)
-        if recommended is not None and recipe.guidance in FALLBACK_SCALES:  # as `studio sample` and the window
-            recipe = recipe.replace(scale=default_scale(recipe.guidance, recommended))
+        if recommended is not None and recipe.guidance_mode() in FALLBACK_SCALES:  # as `studio sample`, the window
+            recipe = recipe.replace(scale=default_scale(recipe.guidance_mode(), recommended))
         try:
             recipe = recipe.validate().resolved()
         except (RecipeError, OptionError) as e:
