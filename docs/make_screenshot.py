@@ -54,7 +54,7 @@ def main(out: str, text: bool = False) -> int:
     if text:  # the settled position gets its full decode
         pump(seconds=1.0)
         shared_decoder().idle()
-        pump(lambda: "full decode" in w.mainView.x0Canvas.caption, 10)
+        pump(lambda: "full VAE decode" in w.mainView.x0Canvas.caption, 10)
     w.statusBar().clearMessage()  # its run time depends on the machine, not on the studio
     pump()
     w.grab().save(out)

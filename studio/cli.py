@@ -1,7 +1,8 @@
 """The ``studio`` command: the window with no arguments, and headless subcommands.
 
-  studio                      open the window on the default model
-  studio MODEL | RECIPE       open the window on a model folder, or on a recipe (.json, exported .png)
+  studio                      open the window on the last model used (the first time: the default model)
+  studio MODEL | RECIPE       open the window on a model (a built-in name, a folder, a checkpoint file) or on a
+                              recipe (.json, exported .png); `studio gui [MODEL | RECIPE]` is the same
   studio sample …             run a sampler headless and write frames, grid, recipe
   studio samplers             list the samplers
   studio info MODEL           describe a model (a single-file checkpoint from its header)
@@ -68,6 +69,8 @@ def add_recipe_flags(parser: argparse.ArgumentParser) -> None:
             kw["choices"] = list(opt.choices)
         elif opt.kind == "pair":
             kw.update(type=float, nargs=2, metavar=("START", "END"))
+        elif opt.kind == "strs":  # repeated: --lora A --lora B
+            kw.update(action="append", metavar=opt.name.upper().rstrip("S"))
         else:
             kw.update(type={"float": float, "int": int}.get(opt.kind, str), metavar=opt.name.upper())
         parser.add_argument(opt.cli_flag, **kw)
@@ -109,6 +112,12 @@ def _recipe_from_args(args):
         changes["init_noise"] = str(Path(changes["init_noise"]).expanduser().resolve())
     if "model" in changes and changes["model"] not in BUILTINS:
         changes["model"] = str(Path(changes["model"]).expanduser().resolve())
+    if changes.get("vae"):
+        changes["vae"] = str(Path(changes["vae"]).expanduser().resolve())
+    if "loras" in changes:
+        from .checkpoints.lora_files import absolute_loras
+
+        changes["loras"] = absolute_loras(changes["loras"])
     recipe = base.replace(**changes)
     spec = SAMPLERS.get(recipe.sampler)
     for name in OPTION_SCHEMA:
@@ -174,13 +183,16 @@ def _sample(args, recipe, execute):
         recipe = recipe.replace(scale=scale).validate()
     model = cache.get(recipe)  # open (and verify) the model before hashing its weights
     if model.info.text_conditioned:
+        from .session.decodes import default_preview
         from .session.runner import prompt_notes
 
-        if args.preview_vae or args.preview != "linear":
-            model.set_preview(args.preview, args.preview_vae)
+        # no --preview: the full decode where it costs little next to a UNet step (measured now), as the window
+        preview = args.preview or ("tiny" if args.preview_vae else default_preview(model))
+        if preview != "linear":
+            model.set_preview(preview, args.preview_vae)
         for note in prompt_notes(model, recipe):
             _warn(note)
-    fingerprint = weights_fingerprint(recipe.model, recipe.classifier)
+    fingerprint = weights_fingerprint(recipe.model, recipe.classifier, recipe.loras, recipe.vae)
     if args.recipe:
         from .session.export import read_recipe_document
 
@@ -263,8 +275,17 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog="studio", description="Sampling Studio: watch and control diffusion sampling.")
-    sub = p.add_subparsers(dest="command")
+    from .core.loading import BUILTINS
+
+    p = OneLineParser(prog="studio", usage="%(prog)s [MODEL | RECIPE]\n       %(prog)s COMMAND …",
+                      description="Sampling Studio: watch and control diffusion sampling. `studio` alone opens the "
+                                  "window on the last model used; `studio MODEL` or `studio RECIPE` opens it on a "
+                                  f"model ({', '.join(BUILTINS)}, a model folder or a checkpoint file) or a recipe "
+                                  "(.json or an exported .png). The commands below run without the window.")
+    sub = p.add_subparsers(dest="command", prog="studio")  # `studio sample …` in the commands' usage lines
+
+    from .session.decodes import FULL_DECODE_SHARE, SHOWN as PREVIEW_MODES
+    from .session.output import MIN_FINAL_SIDE
 
     s = sub.add_parser("sample", help="run a sampler headless and write frames, a grid and the recipe")
     s.add_argument("--recipe", help="start from a recipe.json (flags given here override it)")
@@ -274,12 +295,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output folder (must be new or empty)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     s.add_argument("--save-raw", action="store_true", help="also write trajectory.npz (float32 xt, x0, t)")
-    s.add_argument("--scale-images", dest="image_scale", type=int, default=1, help="nearest-neighbour upscale of PNGs")
-    s.add_argument("--quiet", action="store_true")
-    s.add_argument("--preview", choices=("linear", "tiny", "full"), default="linear",
-                   help="text-to-image models: how each step's latents become the frames kept and shown — the "
-                        "fitted linear RGB projection (default, at latent resolution), an AutoencoderTiny "
-                        "(--preview-vae) or the full VAE decode of every step (slow)")
+    s.add_argument("--scale-images", dest="image_scale", type=int, default=1,
+                   help="nearest-neighbour upscale of every PNG, by whole pixels (each is enlarged to at least "
+                        f"{MIN_FINAL_SIDE} px a side anyway)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar and no summary line (warnings and errors still print)")
+    s.add_argument("--preview", choices=PREVIEW_MODES,
+                   help="text-to-image models: how each step's latents become the frames kept — the full VAE "
+                        "decode of every step (full), the fitted linear RGB projection (linear, at latent "
+                        "resolution) or an AutoencoderTiny (tiny, --preview-vae); default: full where a decode "
+                        f"costs at most {FULL_DECODE_SHARE:g}x a UNet evaluation (timed when the model opens), "
+                        "else linear")
     s.add_argument("--preview-vae", metavar="PATH",
                    help="an AutoencoderTiny folder (config.json + diffusion_pytorch_model.safetensors) for --preview tiny")
     s.add_argument("--decode-frames", choices=("preview", "full"), default="preview",
@@ -297,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="describe a model: resolution, channels, classes, prediction type, schedule; "
                                     "a single-file checkpoint from its header alone")
     i.add_argument("model")
-    i.add_argument("--device", default="cpu")
+    i.add_argument("--device", default="cpu", help="where to open the model (default cpu)")
     i.add_argument("--allow-pickle", action="store_true", help="allow .bin/.ckpt weights (torch.load weights_only)")
     i.add_argument("--prediction-type", choices=PREDICTION_CHOICES, help=prediction_help)
     i.set_defaults(func=cmd_info)
@@ -310,11 +335,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--allow-pickle", action="store_true",
                    help="allow a pickled .ckpt, read with torch.load(weights_only=True)")
     c.add_argument("--prediction-type", choices=PREDICTION_CHOICES, help=prediction_help)
-    c.add_argument("--quiet", action="store_true")
+    c.add_argument("--quiet", action="store_true", help="no summary line (errors still print)")
     c.set_defaults(func=cmd_convert)
 
-    g = sub.add_parser("gui", help="open the window (the same as `studio` with no arguments)")
-    g.add_argument("--model")
+    g = sub.add_parser("gui", help="open the window: `studio gui [MODEL | RECIPE]` is `studio [MODEL | RECIPE]`")
+    g.add_argument("target", nargs="?", metavar="MODEL|RECIPE",
+                   help="a model or a recipe (.json, exported .png) to open; default: the last model used")
+    g.add_argument("--model", help="the model to open (the same as MODEL)")
     g.set_defaults(func=cmd_gui)
 
     from .sweep.cli import add_sweep_parser

@@ -66,8 +66,10 @@ def test_sample_writes_frames_grid_recipe_and_raw(tmp_path):
     k = -(-256 // min(expect.shape[:2]))
     assert min(img.size) >= 256 and img.size == (expect.shape[1] * k, expect.shape[0] * k)
     assert np.array_equal(np.asarray(img.convert("RGB")), expect.repeat(k, 0).repeat(k, 1))
+    # every frame is enlarged the same way
     with Image.open(out / "x0" / "0006.png") as last_x0:
-        assert np.array_equal(np.asarray(last_x0.convert("RGB")), make_grid(to_uint8(torch.from_numpy(raw["x0"][5]))))
+        frame = make_grid(to_uint8(torch.from_numpy(raw["x0"][5])))
+        assert np.array_equal(np.asarray(last_x0.convert("RGB")), frame.repeat(k, 0).repeat(k, 1))
 
 
 def test_recipe_reproduces_a_run(tmp_path):
@@ -212,3 +214,99 @@ def test_eps_from_x0_switch_is_recorded_and_changes_a_clipped_run(tmp_path):
     assert main(["sample", "--recipe", str(tmp_path / "b" / "recipe.json"), "--quiet", "--save-raw",
                  "--out", str(tmp_path / "c")]) == 0
     assert np.array_equal(np.load(tmp_path / "c" / "trajectory.npz")["xt"][-1], xb)
+
+
+# -- the words a first-time user reads ---------------------------------------------------------------------
+def _all_parsers():
+    import argparse
+
+    from studio.cli import build_parser
+
+    todo, seen = [build_parser()], []
+    while todo:
+        p = todo.pop()
+        seen.append(p)
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                todo.extend(a.choices.values())
+    return seen
+
+
+def test_help_names_studio_file_and_gui_takes_one(capsys):
+    from studio.cli import build_parser, cmd_gui
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert "studio [MODEL | RECIPE]" in text and "last model used" in text and "digits-text" in text
+    args = build_parser().parse_args(["gui", "run.json"])  # `studio gui FILE` is `studio FILE`
+    assert args.func is cmd_gui and args.target == "run.json"
+
+
+def test_every_flag_has_help_and_guidance_speaks_of_prompts():
+    for parser in _all_parsers():
+        for action in parser._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, f"{parser.prog} {action.option_strings[0]} has no help"
+    (sample,) = [p for p in _all_parsers() if p.prog == "studio sample"]
+    guidance = next(a for a in sample._actions if "--guidance" in a.option_strings)
+    assert "prompt" in guidance.help and "cfg" in guidance.help
+
+
+def test_a_missing_model_names_every_builtin(tmp_path, capsys):
+    from studio.core.loading import BUILTINS
+
+    assert main(["sample", "--model", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and all(name in err for name in BUILTINS)
+
+
+def test_cfg_on_a_class_model_without_a_label_asks_for_a_label(tmp_path, capsys):
+    assert main(["sample", "--model", "gmm", "--guidance", "cfg", "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--label" in err and "--prompt" not in err  # gmm refuses prompts: never suggest one
+
+
+def test_a_resumed_sweep_says_how_many_cells_it_computed():
+    import io
+
+    from studio.sweep.progress import SweepProgress
+
+    p = SweepProgress(16, already=13, stream=io.StringIO())
+    p.update(3, force=True)
+    assert "16/16 cells (3 now, 13 from an earlier run)" in p.stream.getvalue()
+
+
+class StepClock:
+    def __init__(self, readings):
+        self.readings = list(readings)
+
+    def __call__(self) -> float:
+        return self.readings.pop(0)
+
+
+def test_eval_estimates_the_time_left_for_all_settings():
+    """The overall estimate weighs the settings by images × steps × evaluations per step, and counts only the
+    work computed in this run (a setting found complete from an earlier run took no time)."""
+    from studio.sweep.evaluate import OverallProgress, Setting, setting_work
+
+    settings = [Setting("cfg w=3", steps=50), Setting("uncond", guidance="none", conditional=False, steps=50),
+                Setting("ddim S=10", guidance="none", conditional=False, steps=10)]
+    works = [setting_work(s, 100) for s in settings]
+    assert works == [100 * 50 * 2, 100 * 50, 100 * 10]
+    p = OverallProgress(works, clock=StepClock([0.0, 0.0, 100.0, 100.0]))
+    assert p.setting_done(0.0).endswith("time left not known yet")  # found complete: no time measured
+    line = p.setting_done(1.0)  # 100 s for 5000 units: 1000 units left take 20 s
+    assert line.startswith("studio eval: 2/3 settings") and line.endswith("about 20s left")
+    assert p.setting_done(1.0).endswith("done")
+
+
+def test_eval_keeps_its_sweeps_in_the_cache_by_default(tmp_path, monkeypatch):
+    from studio.core.loading import DEFAULT_MODEL_DIR
+    from studio.sweep.evaluate import default_out
+
+    monkeypatch.setenv("STUDIO_CACHE_DIR", str(tmp_path / "cache"))
+    a = default_out(DEFAULT_MODEL_DIR, 500, 0, None)
+    assert a == default_out(DEFAULT_MODEL_DIR, 500, 0, None)  # the same command continues the same folder
+    assert a.parent == tmp_path / "cache" / "eval"
+    assert a != default_out(DEFAULT_MODEL_DIR, 100, 0, None) and a != default_out(DEFAULT_MODEL_DIR, 500, 1, None)

@@ -110,6 +110,7 @@ def test_the_export_dialog_says_what_it_exports_creates_folders_and_asks_once(qt
     assert "main run" in dlg.what.text() and "all 6 steps" in dlg.what.text()
     dlg.folder.setText(str(tmp_path / "new" / "folder"))
     dlg.kind.setCurrentIndex(dlg.kind.findData("gif"))
+    assert "GIF has no place for the recipe" in dlg.note.text() and "Every PNG" not in dlg.note.text()
     dlg._save()
     gif = tmp_path / "new" / "folder" / "run.gif"
     assert gif.exists() and gif.with_name("run.gif.recipe.json").exists()
@@ -155,3 +156,91 @@ def test_compare_dialog_rows_stay_compact_and_x0_captions_use_the_windows_t(qtbo
     t = f"t={compose.format_t(m.t)} "
     assert t in dlg.canvases[0].caption + " " and t in x0_caption(traj, pos)  # the t the x̂₀ was predicted at
     dlg.close()
+
+
+# -- the first minutes: errors that stay, Run during a load, the first window on a laptop -------------------
+def test_an_error_at_launch_stays_after_the_model_opens(qtbot, tmp_path):
+    """`studio-gui bad.png`: the model load that finishes later does not hide why the file did not open; the
+    user's next action (Run) does."""
+    from studio.gui import MainWindow
+
+    bad = tmp_path / "photo.png"
+    Image.new("RGB", (4, 4)).save(bad)
+    w = MainWindow(model="gmm")
+    qtbot.addWidget(w)
+    w.show()
+    with qtbot.waitSignal(w.modelLoaded, timeout=15000):
+        w.open_recipe(str(bad))
+        assert w.errorLabel.isVisible()
+    message = w.errorLabel.text()
+    assert w.errorLabel.isVisible() and "photo.png" in message
+    w.panel.stepsSpin.setValue(2)
+    run(qtbot, w)
+    assert not w.errorLabel.isVisible()
+
+
+def test_run_pressed_during_a_load_starts_when_the_last_load_finishes(qtbot):
+    """Run pressed while the model loads is queued; a second load requested meanwhile (a recipe opened at
+    launch, another model picked) replaces the first quietly, and the run starts once it is open."""
+    from studio.gui import MainWindow
+
+    w = MainWindow(model="gmm")
+    qtbot.addWidget(w)
+    w.show()
+    w.panel.stepsSpin.setValue(2)
+    w.panel.batchSpin.setValue(1)
+    w.runButton.click()  # during the load
+    assert w._queued_run and "as soon as the model is open" in w.statusBar().currentMessage()
+    errors = []
+    w.errorShown.connect(errors.append)
+    with qtbot.waitSignal(w.runFinished, timeout=60000) as blocker:
+        w.load_model("default")
+    assert blocker.args[0].finished and blocker.args[0].recipe.model == "default"
+    assert w.summary.spec == "default" and errors == []  # the replaced load is no failure
+
+
+def test_the_first_window_is_sized_from_the_screens_available_area(qtbot):
+    from PySide6.QtCore import QRect
+
+    from studio.gui import MainWindow
+    from studio.gui.main_window import FRAME_ALLOWANCE, PREFERRED_SIZE, TITLE_BAR, first_geometry
+
+    laptop = QRect(0, 0, 1366, 768)
+    g = first_geometry(laptop)
+    assert g.top() >= TITLE_BAR and g.bottom() + FRAME_ALLOWANCE.height() - TITLE_BAR <= laptop.bottom()
+    assert laptop.contains(g) and g.width() <= 1366 - FRAME_ALLOWANCE.width()
+    assert first_geometry(QRect(0, 0, 2560, 1440)).size() == PREFERRED_SIZE  # room enough: the preferred size
+    docked = first_geometry(QRect(0, 32, 1366, 736))  # a top panel
+    assert docked.top() >= 32 + TITLE_BAR and docked.height() == 736 - FRAME_ALLOWANCE.height()
+    w = MainWindow(model="gmm")  # no saved geometry: the screen's available area decides
+    qtbot.addWidget(w)
+    assert w.geometry() == first_geometry(w.screen().availableGeometry())
+    qtbot.waitUntil(lambda: not w.busy, timeout=15000)
+
+
+def test_the_conditioning_panel_of_a_text_model_fits_a_1366x768_laptop(qtbot):
+    """On a 1366×768 screen, with the built-in text model, every conditioning control (prompt to preview)
+    is visible without scrolling the panel."""
+    from PySide6.QtCore import QRect
+    from PySide6.QtWidgets import QScrollArea
+
+    from studio.core.loading import TEXT_MODEL_DIR
+    from studio.gui import MainWindow
+    from studio.gui.main_window import first_geometry
+
+    if not (TEXT_MODEL_DIR / "model_index.json").exists():
+        pytest.skip("the built-in text model is not in this checkout")
+    w = MainWindow(model="digits-text")
+    qtbot.addWidget(w)
+    with qtbot.waitSignal(w.modelLoaded, timeout=60000):
+        w.show()
+    size = first_geometry(QRect(0, 0, 1366, 768)).size()
+    w.resize(size)
+    qtbot.waitUntil(lambda: w.size() == size)
+    scroll = w.findChild(QScrollArea, "panelScroll")
+    qtbot.waitUntil(lambda: scroll.verticalScrollBar().maximum() == 0, timeout=5000)
+    p = w.panel
+    for control in (p.promptEdit, p.negativeEdit, p.guidanceSpin, p.intervalEnd, p.rescaleSpin, p.previewCombo):
+        bottom = control.mapTo(scroll.viewport(), control.rect().bottomLeft()).y()
+        assert control.isVisible() and bottom <= scroll.viewport().height(), control.objectName()
+    qtbot.waitUntil(lambda: not w.busy)

@@ -30,6 +30,8 @@ def win(qtbot, pipeline):
     qtbot.addWidget(w)
     w.show()
     qtbot.waitUntil(lambda: w.summary is not None and not w.busy, timeout=30000)
+    # the linear preview, whatever this machine's timing chose by default (test_the_default_preview_*)
+    w.panel.previewCombo.setCurrentIndex(w.panel.previewCombo.findData("linear"))
     w.panel.stepsSpin.setValue(5)
     w.panel.batchSpin.setValue(2)
     return w
@@ -56,13 +58,14 @@ def test_enter_in_prompt_runs_and_final_is_decoded(qtbot, win):
     # the final position settles and gets its full decode: image size, not latent size
     qtbot.waitUntil(lambda: traj.decodes.peek(5, "xt") is not None, timeout=15000)
     shared_decoder().idle()
-    qtbot.waitUntil(lambda: "full decode" in view.xtCanvas.caption, timeout=5000)
+    qtbot.waitUntil(lambda: "full VAE decode" in view.xtCanvas.caption, timeout=5000)
     assert view.xtCanvas.image().shape[:2] != traj.frame_xt(5).shape[1:3]
     full = traj.decodes.peek(5, "xt")
     assert full.shape == (2, 16, 16, 3)
-    # scrubbing back shows the preview at once, then that step's decode once it settles
+    # scrubbing back shows the preview at once, named as such, then that step's decode once it settles
     view.scrubber.setValue(2)
-    qtbot.waitUntil(lambda: traj.decodes.peek(2, "xt") is not None and "full decode" in view.xtCanvas.caption,
+    assert view.xtCanvas.caption.endswith("· linear preview") or traj.decodes.peek(2, "xt") is not None
+    qtbot.waitUntil(lambda: traj.decodes.peek(2, "xt") is not None and "full VAE decode" in view.xtCanvas.caption,
                     timeout=15000)
     # the latent-channel view of x_t
     view.channelsCheck.setChecked(True)
@@ -106,6 +109,10 @@ def test_compare_prompts_on_the_same_latents(qtbot, win, tmp_path):
     a, b = blocker.args[0]
     assert np.array_equal(a.full_state(-1)["x"].numpy(), b.full_state(-1)["x"].numpy())  # the same initial latents
     assert not np.array_equal(a.final().numpy(), b.final().numpy())
+    # as in the main view, the previews give way to full decodes, and the captions say which is shown
+    assert all(c.caption.endswith(("(linear preview)", "(full VAE decode)")) for c in dlg.canvases)
+    qtbot.waitUntil(lambda: all(c.caption.endswith("(full VAE decode)") for c in dlg.canvases), timeout=20000)
+    assert all(c.frames.shape[1:3] == (16, 16) for c in dlg.canvases)  # image size, not the 8×8 latents
     path = dlg.export_grid(tmp_path / "cmp.png")
     img = Image.open(path)
     assert img.height > 3 * 16  # full decodes (16 px images, enlarged), not 8 px previews
@@ -143,3 +150,26 @@ def test_preview_setting_full_decodes_every_step(qtbot, win):
     with qtbot.waitSignal(win.runFinished, timeout=30000) as blocker:
         win.run()
     assert blocker.args[0].frame_x0(0).shape[1:3] == (8, 8)
+
+
+def test_opening_a_text_model_measures_its_default_preview(qtbot, pipeline):
+    """The window times a full decode against a UNet evaluation as the model opens; the preview it streams
+    by default follows the declared share, and the tooltip says what was measured."""
+    from studio.session.decodes import FULL_DECODE_SHARE
+
+    w = MainWindow(model=str(pipeline))
+    qtbot.addWidget(w)
+    with qtbot.waitSignal(w.modelLoaded, timeout=30000) as blocker:
+        w.show()
+    summary = blocker.args[0]
+    assert summary.decode_share is not None and summary.decode_share > 0
+    assert summary.preview == ("full" if summary.decode_share <= FULL_DECODE_SHARE else "linear")
+    assert w.panel.previewCombo.currentData() == summary.preview
+    assert "UNet evaluation" in w.panel.previewCombo.toolTip()
+    # a preview the user picked outlasts the next model's default
+    other = "linear" if summary.preview == "full" else "full"
+    w.panel.previewCombo.setCurrentIndex(w.panel.previewCombo.findData(other))
+    w.panel._preview_chosen()
+    w.panel.set_default_preview(summary.preview, summary.decode_share)
+    assert w.panel.previewCombo.currentData() == other
+    qtbot.waitUntil(lambda: not w.busy)

@@ -134,7 +134,7 @@ def test_every_field_is_declared_and_its_default_is_allowed():
         assert isinstance(opt, Option) and opt.name == name and opt.help, name
         assert opt.check(getattr(Recipe(), name)) == getattr(Recipe(), name)
     assert set(OPTION_SCHEMA) <= set(schema)  # every sampler option is a recipe field
-    assert Recipe().validate() == Recipe()
+    assert Recipe().validate() == Recipe(guidance="none")  # unset guidance: none without a prompt
 
 
 def test_command_line_flags_come_from_the_schema():

@@ -60,7 +60,7 @@ def test_changed_prompt_branch_continues_exactly(pipeline, cache):
 def test_recipe_rules_for_prompts():
     with pytest.raises(RecipeError, match="not both"):
         Recipe(prompt="x", label=1).validate()
-    with pytest.raises(RecipeError, match="label or a prompt"):
+    with pytest.raises(RecipeError, match="needs a class label"):
         Recipe(guidance="cfg").validate()
     with pytest.raises(RecipeError, match="width"):
         Recipe(prompt="x", width="wide").validate()
@@ -71,7 +71,8 @@ def test_cli_sample_text_model(pipeline, tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["sample", "--model", str(pipeline), "--prompt", "a red 7 on a blue background and more words",
                  "--negative-prompt", "green", "--sampler", "euler", "--steps", "5", "--batch", "2", "--guidance",
-                 "cfg", "--scale", "3", "--width", "16", "--height", "24", "--out", str(out), "--save-raw", "--quiet"])
+                 "cfg", "--scale", "3", "--width", "16", "--height", "24", "--preview", "linear", "--out", str(out),
+                 "--save-raw", "--quiet"])
     err = capsys.readouterr().err
     assert code == 0, err
     assert "the prompt is longer than the model's 16 tokens; this was cut" in err
@@ -83,7 +84,9 @@ def test_cli_sample_text_model(pipeline, tmp_path, capsys):
                                                                                                         16, 24)
     raw = np.load(out / "trajectory.npz")
     assert raw["xt"].shape == (6, 2, 4, 12, 8)  # latents: (steps+1, batch, C, H/f, W/f)
-    assert Image.open(out / "xt" / "0005.png").size == (8 * 2 + 3, 12 + 2)  # preview grid of 2 at latent size
+    grid = (8 * 2 + 3, 12 + 2)  # the preview grid of 2 at latent size, enlarged by whole pixels as final.png
+    k = -(-256 // min(grid))
+    assert Image.open(out / "xt" / "0005.png").size == (grid[0] * k, grid[1] * k)
     # the recipe reproduces the run exactly
     out2 = tmp_path / "again"
     assert main(["sample", "--recipe", str(out / "recipe.json"), "--out", str(out2), "--save-raw", "--quiet"]) == 0
@@ -95,9 +98,11 @@ def test_cli_full_frames_and_final_decode(pipeline, tmp_path, cache):
     assert main(["sample", "--model", str(pipeline), "--prompt", "a cat", "--steps", "3", "--batch", "1",
                  "--decode-frames", "full", "--out", str(out), "--quiet"]) == 0
     frame = Image.open(out / "x0" / "0003.png")
-    assert frame.size == (16 + 2, 16 + 2)  # a full decode: image size, with the grid's border
+    assert frame.size == (18 * 15, 18 * 15)  # a full decode: image size with the grid's border, enlarged to ≥ 256
     model = cache.get(recipe(pipeline))
-    traj = execute(recipe(pipeline, prompt="a cat", steps=3, batch=1, guidance="none", scale=3.0, seed=0,
+    ran = json.loads((out / "recipe.json").read_text())
+    assert ran["guidance"] == "cfg"  # a prompt is guided by default
+    traj = execute(recipe(pipeline, prompt="a cat", steps=3, batch=1, guidance="cfg", scale=ran["scale"], seed=0,
                           negative_prompt=None), cache)
     decoded = ((model.decode(traj.final())[0].permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
     final = np.asarray(Image.open(out / "final.png").convert("RGB"))
@@ -136,7 +141,7 @@ def test_tiny_autoencoder_preview(pipeline, tmp_path, capsys):
     assert main(["sample", "--model", str(pipeline), "--prompt", "x", "--steps", "2", "--batch", "1",
                  "--preview", "tiny", "--preview-vae", str(tmp_path / "taesd"), "--out", str(out), "--quiet"]) == 0, \
         capsys.readouterr().err
-    assert Image.open(out / "x0" / "0002.png").size == (16 + 2, 16 + 2)  # tiny decoder: full resolution
+    assert Image.open(out / "x0" / "0002.png").size == (18 * 15, 18 * 15)  # tiny decoder: full resolution, enlarged
 
 
 def test_builtin_text_model_by_name(tmp_path, capsys):
@@ -152,3 +157,77 @@ def test_builtin_text_model_by_name(tmp_path, capsys):
                  "--batch", "1", "--out", str(out), "--quiet"]) == 0, capsys.readouterr().err
     recipe = json.loads((out / "recipe.json").read_text())
     assert recipe["model"] == "digits-text" and recipe["scale"] == 3.0  # the model's recommended CFG scale
+
+
+# -- guidance by default, and what the frames show -------------------------------------------------------
+def test_a_prompt_is_guided_by_default_so_a_negative_prompt_acts(pipeline, tmp_path, capsys):
+    """As diffusers' pipelines: a prompt without --guidance runs classifier-free guidance at the model's
+    recommended scale (else the fallback), so a negative prompt changes the image; with guidance off a
+    negative prompt is refused in one line that says how to turn it on."""
+    from studio.core.guidance import default_scale
+    from studio.core.loading import read_recommended_scales
+
+    runs = {}
+    for name, extra in (("plain", []), ("negative", ["--negative-prompt", "green"])):
+        out = tmp_path / name
+        assert main(["sample", "--model", str(pipeline), "--prompt", "a red 7", "--steps", "3", "--batch", "1",
+                     "--preview", "linear", "--save-raw", "--quiet", "--out", str(out), *extra]) == 0, \
+            capsys.readouterr().err
+        recipe = json.loads((out / "recipe.json").read_text())
+        assert recipe["guidance"] == "cfg"
+        assert recipe["scale"] == default_scale("cfg", read_recommended_scales(pipeline))
+        runs[name] = np.load(out / "trajectory.npz")["xt"]
+    assert np.abs(runs["plain"] - runs["negative"]).max() > 1e-4
+    capsys.readouterr()
+    code = main(["sample", "--model", str(pipeline), "--prompt", "a red 7", "--negative-prompt", "green",
+                 "--guidance", "none", "--out", str(tmp_path / "off"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "--guidance cfg" in err and "negative prompt" in err
+    assert not (tmp_path / "off").exists()
+    # the same rule for recipes (and so sweeps and the window): validation refuses it
+    with pytest.raises(RecipeError, match="guidance cfg"):
+        Recipe(prompt="a", negative_prompt="b", guidance="none").validate()
+    with pytest.raises(RecipeError, match="needs a prompt"):
+        Recipe(negative_prompt="b").validate()
+    assert Recipe(label=3).validate().guidance == "none"  # class models keep plain conditional sampling
+
+
+class StepClock:
+    """A clock whose readings are given: the timing probe then measures what the test says."""
+
+    def __init__(self, readings):
+        self.readings = list(readings)
+
+    def __call__(self) -> float:
+        return self.readings.pop(0)
+
+
+def test_the_default_preview_is_the_full_decode_where_it_is_cheap(pipeline):
+    """decode_share times one UNet evaluation and one full decode (the clock injected: start and end of
+    each), and default_preview decodes fully when the share is at most FULL_DECODE_SHARE."""
+    from studio.core.loading import load_model
+    from studio.session.decodes import FULL_DECODE_SHARE, decode_share, default_preview
+
+    model = load_model(str(pipeline), "cpu")
+    step, cheap, dear = 1.0, FULL_DECODE_SHARE * 0.5, FULL_DECODE_SHARE * 2
+    assert decode_share(model, StepClock([0.0, step, 5.0, 5.0 + cheap])) == pytest.approx(cheap)
+    assert default_preview(model, StepClock([0.0, step, 5.0, 5.0 + cheap])) == "full"
+    assert default_preview(model, StepClock([0.0, step, 5.0, 5.0 + dear])) == "linear"
+
+
+def test_captions_say_what_a_latent_frame_shows(pipeline):
+    """A caption names the linear preview, the TAESD preview or the full VAE decode; frames that are full
+    decodes (preview full) are the decode cache, nothing is decoded twice."""
+    from studio.session.compose import step_caption
+
+    cache = ModelCache()
+    model = cache.get(recipe(pipeline))
+    model.set_preview("linear")
+    traj = execute(recipe(pipeline, steps=2), cache)
+    assert step_caption(traj, 1, "xt", full=False).endswith("(linear preview)")
+    assert step_caption(traj, 1, "xt").endswith("(full VAE decode)")  # exports show the full decode
+    model.set_preview("full")
+    traj = execute(recipe(pipeline, steps=2), cache)
+    assert traj.preview == "full" and step_caption(traj, 2, "x0", full=False).endswith("(full VAE decode)")
+    assert traj.decodes.peek(2, "xt") is traj.frame_xt(2) and traj.decodes.peek(1, "x0") is traj.frame_x0(1)
+    assert traj.frame_xt(2).shape[1:3] == (16, 16)  # image size, not latent size

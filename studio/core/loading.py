@@ -320,7 +320,8 @@ def load_diffusers_folder(path: str | os.PathLike, device: torch.device, dtype: 
     """Open a diffusers UNet2DModel folder (flat layout, or pipeline layout with unet/ and scheduler/)."""
     folder = Path(path).expanduser()
     if not folder.exists():
-        raise ModelLoadError(f"{folder}: no such folder; give a diffusers model folder, 'default' or 'gmm'")
+        raise ModelLoadError(f"{folder}: no such folder; give a diffusers model folder or a built-in model "
+                             f"({', '.join(BUILTINS)})")
     if not folder.is_dir():
         raise ModelLoadError(f"{folder}: not a folder; a model is a folder with config.json and {WEIGHT_NAME}")
     cfg_path = _find(folder, "unet", "config.json")

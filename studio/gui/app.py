@@ -99,9 +99,11 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None, own_p
         own()
     prog = prog or command_name()
     parser = argparse.ArgumentParser(prog=prog, description="Sampling Studio desktop window")
+    from ..core.loading import BUILTINS
+
     parser.add_argument("target", nargs="?", default=None,
-                        help="model to open (gmm, default or a diffusers model folder; default: the last one used), "
-                             "or a recipe (.json or an exported .png)")
+                        help=f"model to open ({', '.join(BUILTINS)}, a diffusers model folder or a checkpoint file; "
+                             "default: the last one used), or a recipe (.json or an exported .png)")
     parser.add_argument("--model", help="model to open (the same as the positional argument)")
     parser.add_argument("--recipe", help="open a recipe (.json or exported .png) at start")
     args = parser.parse_args(list(argv) if argv is not None else sys.argv[1:])

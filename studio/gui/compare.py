@@ -14,7 +14,9 @@ from ..session.runner import ModelCache
 from . import jobs
 from . import option_widgets as ow
 from .canvas import ImageCanvas
+from .full_decode import shared_decoder
 from .export_dialog import export_with_confirm
+from .view import SETTLE_MS
 from .worker import GeneratorWorker
 
 MAX_CONFIGS = 4
@@ -183,6 +185,11 @@ class CompareDialog(QDialog):
         lay.addLayout(scrub)
         self._timer = QTimer(self, interval=33)
         self._timer.timeout.connect(self.refresh)
+        # a latent run's previews give way to full decodes where the slider settles, as in the main view
+        self._settle = QTimer(self, singleShot=True, interval=SETTLE_MS)
+        self._settle.timeout.connect(self._request_decode)
+        self.decoder = shared_decoder()
+        self.decoder.ready.connect(self._decoded)
 
         self.add_config(base)
         other = "euler" if base.sampler != "euler" else "ddim"
@@ -313,13 +320,44 @@ class CompareDialog(QDialog):
             if traj is None or len(traj.xt) == 0:
                 canvas.set_frames(None, "", "waiting…")
                 continue
-            pos = ex.at_fraction(traj, self.fraction)
-            if which == "x0":
-                pos = max(pos, 1) if len(traj.x0) else 0
-                frames = traj.frame_x0(pos - 1) if pos else None
-            else:
-                frames = traj.frame_xt(pos)
-            canvas.set_frames(frames, ex.step_caption(traj, pos, which), "waiting…")
+            pos = self._position(traj, which)
+            frames, full = self._frames(traj, pos, which)
+            canvas.set_frames(frames, ex.step_caption(traj, pos, which, full), "waiting…")
+        if self.worker is None:
+            self._settle.start()
+
+    def _position(self, traj, which: str) -> int:
+        pos = ex.at_fraction(traj, self.fraction)
+        return (max(pos, 1) if len(traj.x0) else 0) if which == "x0" else pos
+
+    @staticmethod
+    def _frames(traj, pos: int, which: str):
+        """(frames, whether they are the full decode) of ``traj`` at ``pos``: a latent run's full decode
+        once it is made, else its preview (a pixel model's frames are the images)."""
+        decodes = traj.decodes
+        if which == "x0":
+            if not pos:
+                return None, False
+            full = decodes.peek(pos - 1, "x0") if decodes is not None else None
+            return (full, True) if full is not None else (traj.frame_x0(pos - 1), False)
+        full = decodes.peek(pos, "xt") if decodes is not None else None
+        return (full, True) if full is not None else (traj.frame_xt(pos), False)
+
+    def _request_decode(self) -> None:
+        """Ask for the full decode of the first run still showing a preview (the next follows when it is ready)."""
+        if self.worker is not None:
+            return
+        which = self.which.currentData()
+        for traj in self.trajs:
+            if traj is not None and traj.decodes is not None and len(traj.xt):
+                pos = self._position(traj, which)
+                if not self._frames(traj, pos, which)[1] and pos < len(traj.xt):
+                    self.decoder.request(traj, pos)
+                    return
+
+    def _decoded(self, traj, pos: int) -> None:
+        if any(t is traj for t in self.trajs):
+            self.refresh()
 
     # -- export -----------------------------------------------------------------------------------
     def export_grid(self, path, overwrite: bool = False):

@@ -10,6 +10,13 @@ from PySide6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QFileDialog
 
 from ..session import export as ex
 
+# where each export keeps the recipe (session/export.py): in the PNG's text chunk, and/or beside it
+RECIPE_NOTE = {"frames": "Every PNG carries the recipe, and recipe.json is in the folder.",
+               "final": "The PNG carries the recipe; a .recipe.json goes beside it.",
+               "contact": "The PNG carries the recipe; a .recipe.json goes beside it.",
+               "apng": "The APNG carries the recipe; a .recipe.json goes beside it.",
+               "gif": "A GIF has no place for the recipe: it goes beside it, as a .recipe.json.",
+               "mp4": "An MP4 does not carry the recipe: it goes beside it, as a .recipe.json."}
 SUFFIX = {"frames": "", "gif": ".gif", "apng": ".png", "mp4": ".mp4", "contact": ".png", "final": ".png"}
 DEFAULT_NAME = {"frames": "frames", "gif": "run", "apng": "run-anim", "mp4": "run", "contact": "contact-sheet",
                 "final": "final"}
@@ -111,8 +118,7 @@ class ExportDialog(QDialog):
                            "xt/ and x0/ folders).",
                  "contact": "x_t on top, x̂₀ below, every k-th step.",
                  "mp4": "" if ex.mp4_available() else "MP4 needs imageio-ffmpeg: pip install imageio-ffmpeg"}
-        self.note.setText(notes.get(k, "") + "  Every PNG carries the recipe; a .recipe.json goes beside the file. "
-                          "A folder that does not exist yet is created.")
+        self.note.setText(notes.get(k, "") + f"  {RECIPE_NOTE[k]} A folder that does not exist yet is created.")
 
     def _browse(self) -> None:
         d = QFileDialog.getExistingDirectory(self, "Export to folder", self.folder.text())

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Optional
 
 from PySide6.QtCore import QByteArray
+from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QFileDialog
 
 from ..session.recipe import Recipe, RecipeError
@@ -137,8 +138,11 @@ class RecipeFiles:
         except Exception:  # noqa: BLE001 - a saved value this panel cannot show: the defaults instead
             self.panel.set_recipe(Recipe(model="default", steps=50))
         geo = self.settings.value("geometry")
-        if isinstance(geo, QByteArray):
-            self.restoreGeometry(geo)
+        if not (isinstance(geo, QByteArray) and self.restoreGeometry(geo)):
+            from .main_window import first_geometry
+
+            screen = self.screen() or QGuiApplication.primaryScreen()
+            self.setGeometry(first_geometry(screen.availableGeometry()))
 
     def save_settings(self) -> None:
         self.settings.setValue("geometry", self.saveGeometry())

@@ -11,6 +11,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..core import engine
+from ..session.decodes import FULL_DECODE_SHARE, decode_share
 from ..session.provenance import weights_fingerprint
 from ..session.recipe import Recipe
 from ..session.runner import ModelCache, Run
@@ -26,6 +27,10 @@ class ModelSummary:
     log_snr: np.ndarray
     alpha_bar: np.ndarray
     weights: dict = field(default_factory=dict)  # {weight file: SHA-256} (provenance.py); {} for gmm
+    # a text-to-image model: a full VAE decode's cost over a UNet evaluation's, measured as it opened, and
+    # the preview its runs stream by default (session/decodes.py: full where that share is small)
+    decode_share: Optional[float] = None
+    preview: str = "linear"
 
 
 @dataclass
@@ -56,10 +61,14 @@ def summarize(spec: str, recipe: Recipe, model) -> ModelSummary:
 
 
 def load_job(cache: ModelCache, recipe: Recipe) -> ModelSummary:
-    """Open the model and fingerprint its weights (digests cached per file; cancellable)."""
+    """Open the model and fingerprint its weights (digests cached per file; cancellable); time a text
+    model's full decode against a UNet evaluation to choose its default preview."""
     model = cache.get(recipe)
     summary = summarize(recipe.model, recipe, model)
-    summary.weights = weights_fingerprint(recipe.model, recipe.classifier)
+    summary.weights = weights_fingerprint(recipe.model, recipe.classifier, recipe.loras, recipe.vae)
+    if model.info.text_conditioned:
+        summary.decode_share = decode_share(model)
+        summary.preview = "full" if summary.decode_share <= FULL_DECODE_SHARE else "linear"
     return summary
 
 

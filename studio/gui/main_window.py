@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from typing import Callable, Optional
 
-from PySide6.QtCore import QSettings, Qt, Signal
+from PySide6.QtCore import QPoint, QRect, QSettings, QSize, Qt, Signal
 from PySide6.QtGui import QAction, QKeySequence, QShortcut
 from PySide6.QtWidgets import (QHBoxLayout, QLabel, QMainWindow, QMessageBox, QProgressBar, QPushButton,
                                QScrollArea, QSizePolicy, QSplitter, QTabWidget, QToolBar, QVBoxLayout, QWidget)
@@ -33,6 +33,22 @@ ORG, APP = "SamplingStudio", "studio"
 def open_settings() -> QSettings:
     """The studio's settings (an INI file, so tests can redirect it with ``QSettings.setPath``)."""
     return QSettings(QSettings.Format.IniFormat, QSettings.Scope.UserScope, ORG, APP)
+
+
+PREFERRED_SIZE = QSize(1280, 800)  # the first window's size where the screen has room for it
+# what the window manager adds around the size resize() sets: a title bar above, thin borders elsewhere
+TITLE_BAR = 40
+FRAME_ALLOWANCE = QSize(16, TITLE_BAR + 8)
+
+
+def first_geometry(available: QRect) -> QRect:
+    """Where a window opens when no size was saved: ``PREFERRED_SIZE``, shrunk so that it and its frame
+    fit the screen's available area (``QScreen.availableGeometry``: less task bars and docks), centred."""
+    size = PREFERRED_SIZE.boundedTo(available.size() - FRAME_ALLOWANCE)
+    rect = QRect(QPoint(0, 0), size)
+    rect.moveCenter(available.center())
+    rect.moveTop(max(rect.top(), available.top() + TITLE_BAR))  # the title bar on the screen too
+    return rect
 
 
 def describe(r: Recipe) -> str:
@@ -193,7 +209,6 @@ class MainWindow(Branching, ModelHandling, RecipeFiles, QMainWindow):
         self.panel.dtypeCombo.activated.connect(self._device_changed)
         self.mainView.positionChanged.connect(lambda pos: self._view_moved(self.mainView, pos))
         self.mainView.scrubberBar.touched.connect(lambda: self._touch(self.mainView))
-        self.resize(1280, 800)
         self._set_busy(False)
 
     def _button(self, text: str, name: str, tip: str, slot) -> QPushButton:
@@ -329,6 +344,7 @@ class MainWindow(Branching, ModelHandling, RecipeFiles, QMainWindow):
 
     def run(self) -> None:
         if self.worker is not None and self.worker.kind == "load":
+            self.hide_error()
             self._queued_run = True
             self.statusBar().showMessage("The run starts as soon as the model is open…")
             return

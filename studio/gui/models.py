@@ -47,7 +47,10 @@ class ModelHandling:
             self.load_model(folder)
 
     def load_model(self, spec: str) -> None:
-        """Open a model in the worker thread; the window stays usable, a failure keeps the previous model."""
+        """Open a model in the worker thread; the window stays usable, a failure keeps the previous model.
+        A load that a newer one replaces ends quietly: the newer one decides (and starts a queued run)."""
+        self.hide_error()  # opening a model is the user's next action (the load at start-up has none to hide)
+
         def start():
             recipe = self.panel.recipe(model=spec)
             self._loading = (recipe.device, recipe.dtype)
@@ -56,9 +59,16 @@ class ModelHandling:
             if self.trajectory is None:
                 self.mainView.clear("loading model…")
             self._start(jobs.load_job, self.cache, recipe, kind="load",
-                        on_end=lambda w: self._model_ready(w.result) if w.outcome == "done"
-                        else self._model_error(spec, w.message or "cancelled"))
+                        on_end=lambda w: self._load_ended(spec, w))
         self._after_current(start)
+
+    def _load_ended(self, spec: str, w) -> None:
+        if w.outcome == "done":
+            self._model_ready(w.result)
+        elif w.outcome == "aborted" and self._pending is not None:
+            self.loadBar.hide()  # replaced by the load that starts next: not a failure, nothing to report
+        else:
+            self._model_error(spec, w.message or "cancelled")
 
     def _model_ready(self, summary: jobs.ModelSummary) -> None:
         self.loadBar.hide()
@@ -68,12 +78,15 @@ class ModelHandling:
         self._good_device = self._loading
         self.panel.show_model(summary.spec)
         self.panel.set_model_info(summary.info, summary.device)
+        if summary.info.text_conditioned:
+            self.panel.set_default_preview(summary.preview, summary.decode_share)
         self.schedulePlot.set_schedule(summary)
         if summary.spec not in BUILTINS:
             self._remember_model(summary.spec)
         self.settings.setValue("model", summary.spec)
         self.statusBar().showMessage(f"Model {summary.info.name} ready ({summary.info.source})", 5000)
-        self.hide_error()
+        # an error on show stays until it is dismissed or the user acts again (run, open, pick a model):
+        # a load that finishes is not the user's action
         if self.trajectory is None:
             self.mainView.clear()
         self._set_busy(self.busy)

@@ -5,8 +5,9 @@ import random
 from typing import Any, Callable, Optional
 
 from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QPainter
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
-                               QSlider, QToolButton, QVBoxLayout, QWidget)
+                               QSizePolicy, QSlider, QToolButton, QVBoxLayout, QWidget)
 
 from ..core.guidance import default_scale
 from ..core.samplers import OPTION_SCHEMA, SAMPLERS
@@ -17,6 +18,8 @@ from .prompt_box import PromptEdit
 BUILTIN_MODELS = [("gmm", "gmm — exact Gaussian mixture"), ("default", "default — shipped digits model"),
                   ("digits-text", "digits-text — shipped text-to-image model")]
 OPEN_FOLDER = "__open__"
+PREVIEW_TIP = ("How each step's latents are shown while the run streams; the step you stop on and the final "
+               "image always get the full VAE decode")
 SLIDER_STEPS = 10  # slider ticks per unit of guidance scale
 SEED_MAX = 2**31 - 1
 
@@ -51,8 +54,37 @@ NOT_SHOWN = {
     "model": "the window's open model (recipe(model=…), show_model)",
     "classifier_form": "the last recipe set", "classifier": "the last recipe set",
     "schedule": "the last recipe set", "init_noise": "the last recipe set",
+    "loras": "the last recipe set", "vae": "the last recipe set",
     "branch": "none: the panel describes a new run (a branch is made from the window's run)",
 }
+
+
+class ElidedLabel(QLabel):
+    """A one-line grey note that ends in … when the panel is narrower than its text; the whole text is
+    its tooltip. One line whatever the text, so the panel's height does not grow with a description."""
+
+    def __init__(self, text: str = "", parent=None):
+        super().__init__(text, parent)
+        self.setStyleSheet("color: #9a9aa6;")
+        self.setMinimumWidth(1)
+        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+
+    def setText(self, text: str) -> None:  # noqa: N802 - Qt's name
+        super().setText(text)
+        self.setToolTip(text)
+
+    def paintEvent(self, event) -> None:  # noqa: N802
+        p = QPainter(self)
+        p.setPen(self.palette().color(self.foregroundRole()))
+        shown = self.fontMetrics().elidedText(self.text(), Qt.TextElideMode.ElideRight, self.contentsRect().width())
+        p.drawText(self.contentsRect(), int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter), shown)
+
+
+def _compact(form: QFormLayout) -> QFormLayout:
+    """A form with tight rows: with a text model the whole panel fits a 768 px screen without scrolling."""
+    form.setVerticalSpacing(4)
+    form.setContentsMargins(6, 4, 6, 4)
+    return form
 
 
 def _plain(w: QWidget) -> Binding:
@@ -74,15 +106,13 @@ class SamplerPanel(QWidget):
         # model ----------------------------------------------------------------------------
         self.modelPicker = _combo("modelPicker", [], "The model to sample from (Ctrl+O opens a model folder; "
                                   "you can also drop a folder on the window)")
-        self.modelInfo = QLabel("loading…")
-        self.modelInfo.setWordWrap(True)
-        self.modelInfo.setStyleSheet("color: #9a9aa6;")
+        self.modelInfo = ElidedLabel("loading…")
         schema = Recipe.schema()
         self.deviceCombo = _combo("deviceCombo", [(d, d) for d in ("auto", "cpu", "cuda", "mps")],
                                   "Where to run the model (auto: CUDA, then MPS, then CPU)")
         self.dtypeCombo = ow.make_widget(schema["dtype"])
         model_box = QGroupBox("Model")
-        f = QFormLayout(model_box)
+        f = _compact(QFormLayout(model_box))
         f.addRow(self.modelPicker)
         f.addRow(self.modelInfo)
         dev = QHBoxLayout()
@@ -94,9 +124,7 @@ class SamplerPanel(QWidget):
         self.samplerCombo = _combo("samplerCombo", [(n, n) for n in SAMPLERS])
         for i, name in enumerate(SAMPLERS):
             self.samplerCombo.setItemData(i, SAMPLERS[name].description, Qt.ItemDataRole.ToolTipRole)
-        self.samplerInfo = QLabel()
-        self.samplerInfo.setWordWrap(True)
-        self.samplerInfo.setStyleSheet("color: #9a9aa6;")
+        self.samplerInfo = ElidedLabel()
         self.stepsSpin = ow.make_widget(schema["steps"])
         # one widget per sampler option, made from its declaration (etaSpin, varianceCombo, correctorStepsSpin,
         # snrSpin, …); a sampler's own values are kept when another sampler is chosen (_option_values)
@@ -122,7 +150,8 @@ class SamplerPanel(QWidget):
         self.batchSpin.setMaximum(min(self.batchSpin.maximum(), 256))  # a grid of more is unreadable
         self.batchSpin.setToolTip("Images per run, shown as a grid")
         sampler_box = QGroupBox("Sampler")
-        f = QFormLayout(sampler_box)
+        f = _compact(QFormLayout(sampler_box))
+        self._sampler_form = f
         f.addRow(self.samplerCombo)
         f.addRow(self.samplerInfo)
         f.addRow("Steps", self.stepsSpin)
@@ -136,11 +165,12 @@ class SamplerPanel(QWidget):
         x0row.addWidget(self.x0Combo, 1)
         x0row.addWidget(self.epsCheck)
         f.addRow("x₀", x0row)
-        seed = QHBoxLayout()
+        seed = QHBoxLayout()  # seed and batch share a row
         seed.addWidget(self.seedSpin, 1)
         seed.addWidget(self.newSeedButton)
+        seed.addWidget(QLabel("Batch"))
+        seed.addWidget(self.batchSpin)
         f.addRow("Seed", seed)
-        f.addRow("Batch", self.batchSpin)
 
         # conditioning ----------------------------------------------------------------------
         self.labelCombo = _combo("labelCombo", [(None, "unconditional")], "Class to sample")
@@ -172,16 +202,16 @@ class SamplerPanel(QWidget):
         self.heightSpin.setObjectName("heightSpin")
         self.rescaleSpin = ow.make_widget(schema["guidance_rescale"])
         self.rescaleSpin.setObjectName("rescaleSpin")
-        self.previewCombo = _combo("previewCombo", [("linear", "linear RGB projection (fast)"),
-                                                    ("full", "full VAE decode every step (slow)"),
-                                                    ("tiny", "AutoencoderTiny folder…")],
-                                   "How each step's latents are shown while the run streams; the step you stop "
-                                   "on and the final image always get the full VAE decode")
+        self.previewCombo = _combo("previewCombo", [("linear", "linear RGB projection"),
+                                                    ("full", "full VAE decode every step"),
+                                                    ("tiny", "AutoencoderTiny (TAESD) folder…")],
+                                   PREVIEW_TIP)
         self._tiny_vae: Optional[str] = None
+        self._preview_chosen_by_user = False  # a preview picked here outlasts the next model's default
         self.rescaleSpin.setToolTip("Guidance rescale φ (Lin et al. 2024): pulls strongly guided images back to "
                                     "the conditional prediction's contrast; 0 = off")
         cond_box = QGroupBox("Conditioning")
-        f = QFormLayout(cond_box)
+        f = _compact(QFormLayout(cond_box))
         self._cond_form = f
         f.addRow("Prompt", self.promptEdit)
         f.addRow("Negative", self.negativeEdit)
@@ -416,7 +446,19 @@ class SamplerPanel(QWidget):
         mode = self.previewCombo.currentData()
         return (mode, self._tiny_vae if mode == "tiny" else None)
 
+    def set_default_preview(self, mode: str, decode_share: Optional[float] = None) -> None:
+        """The preview a newly opened text model streams by default (measured: jobs.load_job), unless the
+        user has picked one; the tooltip says what the measurement found."""
+        tip = PREVIEW_TIP
+        if decode_share is not None:
+            tip += (f".\nOn this model and device a full decode costs {decode_share:.0%} of a UNet evaluation, "
+                    f"so runs stream the {'full decode' if mode == 'full' else 'linear projection'} by default")
+        self.previewCombo.setToolTip(tip)
+        if not self._preview_chosen_by_user:
+            _select(self.previewCombo, mode)
+
     def _preview_chosen(self, *_) -> None:
+        self._preview_chosen_by_user = True
         if self.previewCombo.currentData() != "tiny":
             return
         folder = QFileDialog.getExistingDirectory(self, "An AutoencoderTiny folder (e.g. TAESD)", self._tiny_vae or "")
@@ -442,8 +484,9 @@ class SamplerPanel(QWidget):
             for opt_name, opt in spec.options.items():
                 ow.set_value(self.optionWidgets[opt_name], self._option_values.get((name, opt_name), opt.default))
             self._options_sampler = name
-        for opt_name, w in self.optionWidgets.items():
+        for opt_name, w in self.optionWidgets.items():  # only the chosen sampler's options take room
             w.setEnabled(opt_name in spec.options)
+            self._sampler_form.setRowVisible(w, opt_name in spec.options)
         self.karrasCheck.setEnabled(spec.takes_karras)
 
     def recommended_scale(self, mode: str) -> float:

@@ -7,6 +7,7 @@ import numpy as np
 from PySide6.QtCore import QTimer, Signal
 from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
+from ..session.decodes import FULL, shown
 from ..session.latent_views import channel_mosaic
 from .canvas import ImageCanvas
 from .full_decode import shared_decoder
@@ -170,11 +171,12 @@ class TrajectoryView(QWidget):
         xt, x0 = self.frames_at(pos)
         xt_note = x0_note = ""
         decodes = self.traj.decodes
-        if decodes is not None:
+        if decodes is not None:  # the caption says what is shown: the full decode, else the run's preview
             full_xt = decodes.peek(pos, "xt")
             full_x0 = decodes.peek(pos - 1, "x0") if pos >= 1 else None
-            xt, xt_note = (full_xt, "  · full decode") if full_xt is not None else (xt, "  · preview")
-            x0, x0_note = (full_x0, "  · full decode") if full_x0 is not None else (x0, "  · preview")
+            xt, xt_note = (full_xt, FULL) if full_xt is not None else (xt, shown(self.traj))
+            x0, x0_note = (full_x0, FULL) if full_x0 is not None else (x0, shown(self.traj))
+            xt_note, x0_note = f"  · {xt_note}", f"  · {x0_note}"
             if self.channelsCheck.isChecked():
                 xt, xt_note = channel_mosaic(self.traj.full_state(pos - 1)["x"]), "  · latent channels"
         self.xtCanvas.set_frames(xt, xt_caption(self.traj, pos) + xt_note)

@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .atomic import OutputError
+from .decodes import shown
 from .frames import make_grid
 
 WHICH = ("xt", "x0", "both")
@@ -121,13 +122,13 @@ def format_t(v: float) -> str:
     return "0" if v < 0 else f"{v:.0f}" if float(v).is_integer() else f"{v:.1f}"
 
 
-def step_caption(traj, pos: int, which: str = "xt") -> str:
+def step_caption(traj, pos: int, which: str = "xt", full: bool = True) -> str:
     """The caption of position ``pos``, with the t its image belongs to, as the window's canvases give it:
-    x_t after step k is at step k's *next* t; the x̂₀ of step k was predicted at step k's own t."""
-    n = traj.steps
-    if getattr(traj, "decodes", None) is not None:
-        return _step_caption(traj, pos, which, n) + "  (VAE decode)"
-    return _step_caption(traj, pos, which, n)
+    x_t after step k is at step k's *next* t; the x̂₀ of step k was predicted at step k's own t. A latent
+    run's caption says what the image is: ``full``, its full VAE decode (what exports show), else its
+    preview ("linear preview", "TAESD preview"; decodes.SHOWN)."""
+    what = shown(traj, full)
+    return _step_caption(traj, pos, which, traj.steps) + (f"  ({what})" if what else "")
 
 
 def _step_caption(traj, pos: int, which: str, n: int) -> str:

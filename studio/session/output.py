@@ -5,13 +5,15 @@ The folder holds::
     final.png        the sample: the last x_t as a grid of the batch (a latent model's: its full VAE
                      decode), the recipe and the web UIs' "parameters" in PNG text chunks,
                      enlarged (nearest neighbour, whole pixels) to at least 256 px a side so it can
-                     be looked at; the native-resolution values are in trajectory.npz
+                     be looked at; the native-resolution values are in trajectory.npz. Every frame
+                     below is enlarged the same way.
     xt/0000.png      x_t at position k of the chain: 0000 is the initial noise x_T, 0001 the state
     xt/000k.png      after step 1, …, the last one the sample
     x0/000k.png      x̂₀ predicted during step k (k = 1 … steps, from x_t at position k − 1;
                      the noise has none) — the window's exports number frames the same way.
-                     A latent model's frames are its previews (the linear RGB projection of the
-                     latents, at latent resolution), or full decodes with --decode-frames full
+                     A latent model's frames are its previews (--preview: the full VAE decode where
+                     it is cheap next to a UNet step, else the linear RGB projection of the latents,
+                     at latent resolution), or full decodes with --decode-frames full
     recipe.json      every setting, and the SHA-256 of the model's weights (provenance.py)
     trajectory.npz   with --save-raw: float32 xt (steps+1, B, C, H, W), x0 (steps, …), t (steps,);
                      a latent model's are its latents (C latent channels, H and W = pixels / the
@@ -47,15 +49,29 @@ def final_size(traj: Trajectory, decodes: Optional[DecodeCache]) -> tuple[int, i
 MIN_FINAL_SIDE = 256  # px: final.png's shorter side is enlarged to at least this
 
 
+def add_png_text(info: PngInfo, key: str, value: str) -> None:
+    """One PNG text chunk: ``tEXt`` when ``value`` is Latin-1 (the only text tEXt may hold), else ``iTXt``
+    (UTF-8), as the PNG specification's "Textual information" section has it. NUL is refused: no PNG
+    text may hold it, and libpng-based readers cut the text there (recipes refuse control characters)."""
+    if "\x00" in value:
+        raise ValueError(f"the PNG text chunk {key!r} would hold a NUL character, which PNG text cannot hold")
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        info.add_itxt(key, value.encode("utf-8", "replace"))  # a lone surrogate (an undecodable path) → '?'
+    else:
+        info.add_text(key, value)
+
+
 def png_bytes_info(recipe_json: str | None, parameters: str | None = None) -> PngInfo | None:
     """PNG text chunks: the exact ``recipe`` and, when given, the web UIs' ``parameters`` (parameters.py)."""
     if recipe_json is None:
         return None
     info = PngInfo()
-    info.add_text("recipe", recipe_json)
+    add_png_text(info, "recipe", recipe_json)
     if parameters:
-        info.add_text("parameters", parameters)
-    info.add_text("Software", "Sampling Studio")
+        add_png_text(info, "parameters", parameters)
+    add_png_text(info, "Software", "Sampling Studio")
     return info
 
 
@@ -102,14 +118,14 @@ def write_run_folder(traj: Trajectory, out: Path, save_raw: bool = False, scale:
         full = decodes is not None and full_frames
         total, done = len(traj.xt) + len(traj.x0), 0
         for pos in range(len(traj.xt)):
-            save_png(tmp / frame_name("xt", pos), make_grid(decodes.get(pos, "xt") if full else traj.frame_xt(pos)),
-                     scale=scale)
+            grid = make_grid(decodes.get(pos, "xt") if full else traj.frame_xt(pos))
+            save_png(tmp / frame_name("xt", pos), grid, scale=final_scale(grid, scale))
             done += 1
             if full and progress:
                 progress(done, total)
         for k in range(len(traj.x0)):
-            save_png(tmp / frame_name("x0", k + 1), make_grid(decodes.get(k, "x0") if full else traj.frame_x0(k)),
-                     scale=scale)
+            grid = make_grid(decodes.get(k, "x0") if full else traj.frame_x0(k))
+            save_png(tmp / frame_name("x0", k + 1), grid, scale=final_scale(grid, scale))
             done += 1
             if full and progress:
                 progress(done, total)

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import json
 import platform
+import unicodedata
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Optional
 
+from ..checkpoints.lora_files import normalise_loras
 from ..core.guidance import (CLASSIFIER_FORMS, FALLBACK_SCALES, GUIDANCE_MODES, MAX_SCALE, Guidance, GuidanceError,
                              fallback_text)
-from ..core.loading import DTYPES
+from ..core.loading import DTYPES, TEXT_MODEL_NAME
 from ..core.options import Option, OptionError, declared, schema
 from ..core.prediction import X0_MODES
 from ..core.samplers import OPTION_SCHEMA, SAMPLERS, get_sampler, samplers_with
@@ -31,6 +33,27 @@ OLD_FORMATS = ("sampling-studio/recipe@1",)
 
 class RecipeError(OptionError):
     """A recipe setting that is invalid; the message is one line naming the setting."""
+
+
+# free text a recipe carries into files and other tools (the PNG text chunks, the web UIs' ``parameters``)
+TEXT_FIELDS = ("prompt", "negative_prompt")
+TEXT_CONTROLS_ALLOWED = "\n\t"  # a multi-line prompt is text; other control characters are not
+
+
+def _check_plain_text(name: str, value: Optional[str]) -> None:
+    """Refuse control characters (Unicode category Cc: NUL, ESC, DEL, C1; newline and tab are text) and lone
+    surrogates in a text field: the PNG format forbids NUL in a text chunk, readers split settings at line
+    breaks, and a lone surrogate cannot be written as UTF-8."""
+    if not value:
+        return
+    for i, ch in enumerate(value):
+        if ch in TEXT_CONTROLS_ALLOWED:
+            continue
+        kind = unicodedata.category(ch)
+        if kind in ("Cc", "Cs"):
+            what = "the control character" if kind == "Cc" else "the lone surrogate"
+            raise RecipeError(f"{name}: holds {what} U+{ord(ch):04X} at character {i + 1}; a prompt is plain "
+                              "text (line breaks and tabs allowed): remove it")
 
 
 def sampler_option(name: str) -> Any:
@@ -78,9 +101,11 @@ class Recipe:
     order: Optional[int] = sampler_option("order")
     solver_type: Optional[str] = sampler_option("solver_type")
     variant: Optional[str] = sampler_option("variant")
-    guidance: str = declared(Option(default="none", kind="choice", choices=GUIDANCE_MODES,
-                                    choice_labels=("none", "classifier-free", "classifier"),
-                                    help="guidance towards the class: none, classifier-free (cfg) or classifier"))
+    # unset (null): the default for the conditioning, decided by ``default_guidance`` when the recipe is validated
+    guidance: Optional[str] = declared(Option(
+        kind="choice", choices=GUIDANCE_MODES, optional=True, choice_labels=("none", "classifier-free", "classifier"),
+        help="guidance towards the class label or the prompt: none, classifier-free (cfg) or classifier; default: "
+             "cfg with a prompt (text-to-image models, as diffusers' pipelines), none with a class label"))
     # a guided run given no scale (studio sample, a sweep, the window) takes core.guidance.default_scale(mode,
     # the model's recommendation); the field's own default is the CFG fallback
     scale: float = declared(Option(default=FALLBACK_SCALES["cfg"], kind="float", low=0.0, high=MAX_SCALE, step=0.5,
@@ -133,6 +158,14 @@ class Recipe:
                                  help="precision of the model's weights and activations"))
     init_noise: Optional[str] = declared(Option(kind="str", optional=True,
                                                 help="float32 .npy of shape (batch, C, H, W) used as x_T"))
+    loras: list = declared(Option(
+        default=[], kind="strs", flag="--lora",
+        help="a LoRA file and its weight, FILE[:WEIGHT] (weight 1 unless given); repeat --lora for several "
+             "(text-to-image models; kohya/web UI or diffusers/PEFT .safetensors)"))
+    vae: Optional[str] = declared(Option(
+        kind="str", optional=True,
+        help="a standalone VAE (.safetensors, or a diffusers VAE folder) that decodes in place of the model's own "
+             "(text-to-image models)"))
     branch: Optional[dict] = declared(Option(kind="mapping", fields=BRANCH_FIELDS, optional=True, flag=None,
                                              help="a continued run: its parent's recipe and the step it left"))
 
@@ -144,7 +177,7 @@ class Recipe:
 
     # -- validation ---------------------------------------------------------
     def guidance_settings(self) -> Guidance:
-        g = Guidance(self.guidance, self.scale, tuple(self.guidance_interval), self.classifier_form)
+        g = Guidance(self.guidance_mode(), self.scale, tuple(self.guidance_interval), self.classifier_form)
         try:
             return g.validate()
         except GuidanceError as e:
@@ -160,7 +193,10 @@ class Recipe:
                 values[name] = opt.check(getattr(self, name))
             except OptionError as e:
                 raise RecipeError(str(e)) from None
+        for name in TEXT_FIELDS:
+            _check_plain_text(name, values[name])
         r = Recipe(**values)
+        r = r.replace(guidance=r.default_guidance()) if r.guidance is None else r
         try:
             get_sampler(r.sampler).resolve(r._option_values())
         except OptionError as e:
@@ -168,15 +204,37 @@ class Recipe:
         if r.label is not None and r.prompt is not None:
             raise RecipeError("a recipe takes a class label or a prompt, not both; leave one out")
         if r.guidance != "none" and r.label is None and r.prompt is None:
-            raise RecipeError("guidance needs a class label or a prompt; set a label (--label K) or a prompt "
-                              "(--prompt TEXT)")
+            raise RecipeError(f"{r.guidance} guidance needs {_condition_hint(r.model)}, or --guidance none")
+        if r.negative_prompt is not None and r.prompt is None:
+            raise RecipeError("a negative prompt needs a prompt (--prompt TEXT): classifier-free guidance steers "
+                              "from the negative towards the prompt")
+        if r.negative_prompt is not None and r.guidance != "cfg":
+            raise RecipeError(f"a negative prompt works only through classifier-free guidance, and guidance is "
+                              f"{r.guidance}; set guidance to cfg (--guidance cfg, the default with a prompt) or "
+                              "leave the negative prompt out")
         r.guidance_settings()
+        try:
+            r = r.replace(loras=normalise_loras(r.loras))  # FILE:WEIGHT, every weight spelled out
+        except OptionError as e:
+            raise RecipeError(str(e)) from None
         if r.branch is not None:
             try:
                 Recipe.from_dict(r.branch["parent"])
             except RecipeError as e:
                 raise RecipeError(f"branch.parent: {e}") from None
         return r
+
+    def default_guidance(self) -> str:
+        """The guidance a recipe that sets none gets: classifier-free with a prompt (a text-to-image run,
+        as diffusers' pipelines guide by default), none with a class label or neither (the class
+        models' plain conditional sampling). The scale is then the model's recommended one
+        (``core.guidance.default_scale``), filled in where the model is known: ``studio sample``,
+        sweeps, the window."""
+        return "cfg" if self.prompt is not None else "none"
+
+    def guidance_mode(self) -> str:
+        """The guidance this recipe runs with: the one set, else ``default_guidance``."""
+        return self.default_guidance() if self.guidance is None else self.guidance
 
     def _option_values(self) -> dict:
         """The values set for the sampler's own options (None ones left out)."""
@@ -191,10 +249,11 @@ class Recipe:
             raise RecipeError(str(e)) from None
 
     def resolved(self) -> "Recipe":
-        """The same run with the sampler's options spelled out (its defaults filled in) and the options
-        of other samplers cleared: what a run records, so its recipe file says exactly what ran."""
+        """The same run with the sampler's options spelled out (its defaults filled in), the options of
+        other samplers cleared and the guidance decided: what a run records, so its recipe file says
+        exactly what ran."""
         opts = self.sampler_options()
-        return self.replace(**{name: opts.get(name) for name in OPTION_SCHEMA})
+        return self.replace(guidance=self.guidance_mode(), **{name: opts.get(name) for name in OPTION_SCHEMA})
 
     # -- JSON ---------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -245,6 +304,15 @@ class Recipe:
 
 
 _SCHEMA = schema(Recipe)
+
+
+def _condition_hint(model: str) -> str:
+    """What guidance needs on ``model``, in flags: a built-in's own kind of condition, else either."""
+    if model in ("default", "gmm"):
+        return "a class label (--label K)"
+    if model == TEXT_MODEL_NAME:
+        return "a prompt (--prompt TEXT)"
+    return "a class label (--label K) on a class-conditional model or a prompt (--prompt TEXT) on a text-to-image one"
 
 
 def versions() -> dict:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..core import engine
-from ..checkpoints.models import load_model  # model folders, built-ins and single-file checkpoints
+from ..checkpoints.models import apply_model_files, load_model  # model folders, built-ins, single files
 from ..core.noise import NoiseSource
 from ..core.samplers import get_sampler
 from .recipe import Recipe, RecipeError
@@ -21,7 +21,8 @@ PLAN_KEYS = ("sampler", "steps", "spacing", "karras", "schedule")
 
 
 class ModelCache:
-    """Keeps the last opened model so repeated runs don't reload it."""
+    """Keeps the last opened model so repeated runs don't reload it. A recipe's LoRAs and VAE are not part
+    of the key: ``Run`` puts them on the open model (loaded once, re-weighted in place)."""
 
     def __init__(self, allow_pickle: bool = False):
         self._key = None
@@ -104,6 +105,7 @@ class Run:
                  parent: Optional[Trajectory] = None, from_step: Optional[int] = None):
         recipe = recipe.validate().resolved()  # what ran, with the sampler's defaults spelled out
         self.model = model if model is not None else (cache or ModelCache()).get(recipe)
+        apply_model_files(self.model, recipe.loras, recipe.vae)  # before any prompt is encoded
         self.spec = get_sampler(recipe.sampler)
         k = -1 if from_step is None else from_step
         if parent is not None:
@@ -144,6 +146,7 @@ class Run:
         latent = self.model.info.text_conditioned
         self.trajectory = Trajectory(recipe, initial, self.plan.steps, render=self.model.preview if latent else None)
         if latent:
+            self.trajectory.preview = self.model.preview_mode  # what its frames are (decodes.SHOWN)
             self.trajectory.decodes = DecodeCache(self.trajectory, self.model)
         self.notes = prompt_notes(self.model, recipe)
         self.guidance = guidance

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..session.atomic import OutputError, Reservation
-from ..session.provenance import weights_fingerprint
+from ..session.provenance import added_files, weights_fingerprint
 from ..session.recipe import versions
 from .cells import (canonical_dict, canonical_json, is_done, recipe_document_json, remove_cell, remove_stale_staging,
                     verified_done, write_cell)
@@ -228,7 +228,8 @@ def _compute(spec: SweepSpec, out: Path, todo, executor, fingerprint: dict, stat
                   "worker": p.get("worker"),
                   "device": p.get("device"), "executor": executor.name,
                   "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        write_cell(out, key, result, recipe_document_json(cell.recipe, run_versions, fingerprint), p.get("png"),
+        cell_weights = {**fingerprint, **added_files(cell.recipe.loras, cell.recipe.vae)}  # the cell's LoRAs and VAE
+        write_cell(out, key, result, recipe_document_json(cell.recipe, run_versions, cell_weights), p.get("png"),
                    p.get("npz"))
         written.add(key)
         stats.written_at.append(time.perf_counter())

@@ -26,6 +26,10 @@ from ..core.arg_types import positive
 from ..evaluation import text_eval
 
 DIGITS_GROUPS = ("cfg", "classifier", "uncond", "ddim_table")  # the keys of standard_settings
+# network evaluations per sampler step, by guidance: CFG runs the UNet twice, classifier guidance adds the
+# classifier's forward and backward pass (about one UNet evaluation). The overall time estimate weighs
+# each setting's work by images × steps × these.
+EVALS_PER_STEP = {"none": 1, "cfg": 2, "classifier": 2}
 
 
 @dataclass(frozen=True)
@@ -67,12 +71,64 @@ def setting_spec(s: Setting, n: int, seed: int, model_dir: Path, fd_reference: O
     return "\n".join(lines) + "\n"
 
 
+def setting_work(s: Setting, n: int) -> float:
+    """A setting's relative cost: images × steps × network evaluations per step (``EVALS_PER_STEP``)."""
+    return n * s.steps * EVALS_PER_STEP[s.guidance if s.conditional else "none"]
+
+
+class OverallProgress:
+    """One line after each setting: settings done and the time left for all of them, from the time the
+    work computed so far took (settings continued from an earlier run count only what was computed now).
+    ``clock`` is injectable, so the estimate can be tested without waiting."""
+
+    def __init__(self, works: list[float], stream=None, clock=time.perf_counter):
+        self.works, self.stream, self.clock = works, stream, clock
+        self.t0 = clock()
+        self.computed = 0.0  # work computed by this run
+        self.done = 0  # settings finished
+
+    def setting_done(self, computed_share: float) -> str:
+        """Setting ``self.done`` finished, ``computed_share`` of its cells computed now (the rest found)."""
+        from .progress import duration
+
+        self.computed += self.works[self.done] * computed_share
+        self.done += 1
+        elapsed = self.clock() - self.t0
+        left_work = sum(self.works[self.done:])
+        if not left_work:
+            eta = "done"
+        elif self.computed > 0 and elapsed > 0:
+            eta = f"about {duration(elapsed / self.computed * left_work)} left"
+        else:
+            eta = "time left not known yet"
+        line = f"studio eval: {self.done}/{len(self.works)} settings, {duration(elapsed)} so far, {eta}"
+        if self.stream is not None:
+            print(line, file=self.stream, flush=True)
+        return line
+
+
+def default_out(model_dir: Path, n: int, seed: int, fd_reference: Optional[int]) -> Path:
+    """Where ``studio eval`` keeps its sweeps without --out: a folder of the user's cache named by what
+    decides the results (the model's weights, n, seed, the Fréchet reference), so running the same
+    command again continues an interrupted evaluation and a retrained model starts afresh."""
+    import hashlib
+
+    from ..core.file_hashes import user_cache_dir
+    from ..session.provenance import weights_fingerprint
+
+    ident = json.dumps({"model": str(Path(model_dir).resolve()), "weights": weights_fingerprint(str(model_dir)),
+                        "n": n, "seed": seed, "fd_reference": fd_reference}, sort_keys=True)
+    digest = hashlib.sha256(ident.encode()).hexdigest()[:12]
+    return user_cache_dir() / "eval" / f"{Path(model_dir).name}-n{n}-seed{seed}-{digest}"
+
+
 def evaluate(settings: list[Setting], n: int, seed: int = 0, model_dir: Path = DEFAULT_MODEL_DIR,
              fd_reference: Optional[int] = None, progress_stream=None, workers: int | None = None,
              out: Path | None = None, threads: int | None = None) -> dict:
     """Each setting is a sweep with a fixed spec (``setting_spec``; studio/sweep) run into
     ``out/<setting>`` (kept, so an interrupted evaluation continues) or a temporary folder; its
-    summary row is the result. ``progress_stream``: where the sweeps' progress lines go (None: nowhere)."""
+    summary row is the result. ``progress_stream``: where the sweeps' progress lines and the overall
+    estimate (``OverallProgress``) go (None: nowhere)."""
     import os
     import tempfile
 
@@ -81,15 +137,18 @@ def evaluate(settings: list[Setting], n: int, seed: int = 0, model_dir: Path = D
     from ..sweep.summary import cell_results, load_sweep, summarise
 
     results = []
+    overall = OverallProgress([setting_work(s, n) for s in settings], progress_stream)
     with tempfile.TemporaryDirectory(prefix="studio-eval-") as tmp:
         root = Path(out) if out is not None else Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
         for s in settings:
             t0 = time.perf_counter()
             spec = parse_spec(setting_spec(s, n, seed, model_dir, fd_reference), f"{s.name} (studio eval)")
             folder = root / "".join(c if c.isalnum() or c in "=._-" else "_" for c in s.name)
             with open(os.devnull, "w") as devnull:
-                run_sweep(spec, folder, workers=workers, threads=threads, stream=progress_stream or devnull,
-                          report=False, progress_every_s=5.0)
+                stats = run_sweep(spec, folder, workers=workers, threads=threads, stream=progress_stream or devnull,
+                                  report=False, progress_every_s=5.0)
+            overall.setting_done((stats.total - stats.already) / max(stats.total, 1))
             doc = load_sweep(folder)
             (row,) = summarise(folder, doc, cell_results(folder, doc))
             out_row = {"setting": s.name, "sampler": s.sampler, "steps": s.steps, "eta": s.eta,
@@ -129,7 +188,7 @@ def add_eval_parser(sub) -> None:
                    help="default (the shipped digits model), digits-text, a folder with evaluator/ "
                         "or a digits-text pipeline folder (model_index.json)")
     p.add_argument("--n", type=int, default=500, help="samples per setting (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the first batch of each setting (default 0)")
     p.add_argument("--only", nargs="+", choices=sorted(set(DIGITS_GROUPS) | set(text_eval.GROUPS)),
                    help="run only these groups of settings (digits models: cfg classifier uncond ddim_table; "
                         "digits-text: cfg held_out negative uncond vae floor)")
@@ -147,7 +206,8 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--workers", type=positive(int), default=None,
                    help="worker processes (default: one per core; each setting is a sweep, studio sweep)")
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
-                   help="keep each setting's sweep in DIR/<setting> (a re-run continues it); default: a temporary folder")
+                   help="keep each setting's sweep in DIR/<setting> (a re-run continues it); default: a folder of "
+                        "the user cache ($STUDIO_CACHE_DIR/eval/…) named by the model's weights, --n and --seed")
     p.set_defaults(func=cmd_eval)
 
 
@@ -169,8 +229,11 @@ def cmd_eval(args) -> int:
     groups = standard_settings(scale, args.cfg_scales or CFG_SCALES, args.ddim_etas, args.ddim_steps)
     chosen = args.only or list(groups)
     settings = [s for g in chosen for s in groups[g]]
+    out = args.out if args.out is not None else default_out(model_dir, args.n, args.seed, None)
+    print(f"studio eval: {len(settings)} settings of {args.n} samples each, kept in {out} (run the same command "
+          "again to continue an interrupted evaluation)", file=sys.stderr)
     res = evaluate(settings, args.n, args.seed, model_dir, progress_stream=sys.stderr, workers=args.workers,
-                   out=args.out, threads=args.threads)
+                   out=out, threads=args.threads)
     if args.json:
         print(json.dumps(res, indent=2))
     else:

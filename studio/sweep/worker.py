@@ -92,6 +92,7 @@ class CellWorker:
 
         from ..session.frames import make_grid, to_uint8
         from ..session.output import final_scale, png_bytes_info
+        from ..session.provenance import added_files
         from ..session.parameters import format_parameters
         from ..session.recipe import Recipe
         from ..session.runner import Run
@@ -123,7 +124,8 @@ class CellWorker:
         buf = io.BytesIO()
         if self._versions is None:
             self._versions = versions()
-        doc = recipe_document_json(run.recipe, self._versions, self.config.get("fingerprint") or {})
+        weights = {**(self.config.get("fingerprint") or {}), **added_files(run.recipe.loras, run.recipe.vae)}
+        doc = recipe_document_json(run.recipe, self._versions, weights)  # the PNG carries the cell's LoRAs, VAE
         h, w = int(images.shape[1]), int(images.shape[2])
         img.save(buf, format="PNG", pnginfo=png_bytes_info(doc, format_parameters(run.recipe, w, h)))
         arrays["x"] = x.numpy().astype("float32", copy=False)

@@ -136,7 +136,7 @@ def add_dataset_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("dataset", help="render the synthetic digits dataset to PNGs")
     p.add_argument("--out", required=True, help="output folder (images/ + labels.csv)")
     p.add_argument("--n", type=positive(int), required=True, help="number of images")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the data generation (default 0)")
     p.set_defaults(func=cmd_dataset)
     return p
 
