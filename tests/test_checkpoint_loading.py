@@ -242,6 +242,7 @@ def test_sample_records_the_file_and_replays(tiny, tiny_configs, tmp_path, capsy
     assert np.array_equal(np.asarray(Image.open(a / "final.png")), np.asarray(Image.open(b / "final.png")))
 
 
+@pytest.mark.slow
 def test_replay_warns_when_the_file_changed(tiny, tiny_configs, tmp_path, capsys):
     pipe, _, _ = tiny["sd1"]
     path = write_checkpoint(tmp_path / "model.safetensors", original_state_dict("sd1", pipe))
@@ -273,6 +274,7 @@ def test_convert_writes_a_folder_that_opens_and_samples_the_same(tiny, tiny_conf
     assert np.allclose(a["xt"], b["xt"], rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_convert_writes_the_refiner_it_does_not_sample(tmp_path, capsys, monkeypatch):
     from diffusers import StableDiffusionXLImg2ImgPipeline
 

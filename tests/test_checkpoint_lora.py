@@ -148,6 +148,7 @@ def tiny_configs(tiny, monkeypatch):
     monkeypatch.setattr(configs_module, "CONFIG_ROOT", tiny[2])
 
 
+@pytest.mark.slow
 def test_recipe_records_each_lora_and_replays(tiny, tiny_configs, tmp_path, capsys):
     from studio.core.file_hashes import sha256_file
 
@@ -281,6 +282,7 @@ def diffusers_image(pipe, latents, scale):
                     output_type="pt").images
 
 
+@pytest.mark.slow
 def test_the_vae_is_recorded_and_refusals_are_one_line(tiny, other_vae, tiny_configs, tmp_path, capsys):
     from diffusers import AutoencoderKL
     from text_pipelines import tiny_vae

@@ -161,6 +161,7 @@ def test_existing_output_folder_is_not_overwritten_without_asking(tmp_path):
     assert (out / "final.png").exists() and not (out / "mine.txt").exists()
 
 
+@pytest.mark.slow
 def test_unwritable_output_gives_one_line_and_leaves_nothing(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")

@@ -343,6 +343,7 @@ CLOSE_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_close_mid_run_exits_cleanly(tmp_path):
     script = tmp_path / "close.py"
     script.write_text(CLOSE_SCRIPT)

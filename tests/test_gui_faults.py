@@ -278,6 +278,7 @@ def test_sigterm_while_the_window_loads_a_model_exits_cleanly(tmp_path):
     assert not digests.exists() or str(big) not in json.loads(digests.read_text())
 
 
+@pytest.mark.slow
 def test_a_damaged_settings_file_starts_the_window_with_defaults(qtbot, tmp_path):
     from studio.gui.main_window import open_settings
 

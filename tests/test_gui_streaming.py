@@ -161,6 +161,7 @@ class _Cycle:
         self.me = self
 
 
+@pytest.mark.slow
 def test_settle_heap_freezes_the_heap_and_later_reclaims_what_died(qtbot):
     w = open_window(qtbot, steps=4)
     assert gc.get_freeze_count() > 1000  # the model load froze the start-up heap

@@ -139,6 +139,7 @@ def test_sample_refuses_a_non_empty_out_before_sampling(tmp_path):
     assert sorted(os.listdir(out)) == ["keep.txt"]
 
 
+@pytest.mark.slow
 def test_a_locked_out_is_refused_at_once(tmp_path):
     out = tmp_path / "out"
     with Reservation(out, overwrite=True, folder=True):
@@ -165,6 +166,7 @@ def test_two_runs_racing_for_one_out_exactly_one_wins(tmp_path):
 
 # -- signals -----------------------------------------------------------------------------------------
 @posix_only
+@pytest.mark.slow
 def test_sigterm_while_writing_a_run_folder_removes_the_staging(tmp_path):
     out = tmp_path / "run"
     p = studio("sample", "--model", "gmm", "--steps", "1000", "--batch", "1", "--quiet", "--out", str(out))

@@ -63,6 +63,7 @@ def tiny(tiny_done, tmp_path):
     return spec, tmp_path / "out"
 
 
+@pytest.mark.slow
 def test_every_line_a_sweep_writes_has_the_one_prefix(tiny_done):
     lines = tiny_done[1].strip().splitlines()
     assert len(lines) >= 3 and all(line.startswith("studio: ") for line in lines), lines
@@ -105,6 +106,7 @@ def test_a_prompt_with_a_control_character_is_refused_at_its_spec_line():
     assert str(e.value).startswith("p.toml line 3: fixed.prompt: ") and "U+0000 at character 8" in str(e.value)
 
 
+@pytest.mark.slow
 def test_a_spec_that_measures_otherwise_is_refused_a_folder_holding_another_sweep(tiny, capsys):
     spec, out = tiny
     before = sorted(p.name for p in (out / CELLS).rglob("result.json"))
@@ -210,6 +212,7 @@ def test_the_existing_folder_is_untouched_when_the_model_refuses(tiny, capsys):
 
 
 # -- the pooled contact sheet and the plots --------------------------------------------------------
+@pytest.mark.slow
 def test_a_pooled_setting_shows_every_label_it_pools(tmp_path):
     import numpy as np
 

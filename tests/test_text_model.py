@@ -168,6 +168,7 @@ def tiny_export(tmp_path_factory):
     return root, s1, s2
 
 
+@pytest.mark.slow
 def test_training_resumes_exactly(tiny_export):
     from safetensors.torch import load_file
 
@@ -263,6 +264,7 @@ def test_shipped_digits_text_model():
 
 
 @pytest.mark.skipif(not (SHIPPED / "model_index.json").exists(), reason="digits-text not shipped yet")
+@pytest.mark.slow
 def test_shipped_digits_text_draws_what_the_prompt_says():
     """The shipped model, sampled by plain diffusers, draws the digit and the colours asked for
     (read back from the pixels by the readers whose floor on real images is 100 %); a small
