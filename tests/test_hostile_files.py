@@ -299,3 +299,45 @@ def test_broken_init_noise_is_one_line(tmp_path, capsys, content):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "noise.npy" in err[0] and "Traceback" not in err[0], err
     assert not (tmp_path / "out").exists()
+
+
+# -- pickled weights (--allow-pickle) ---------------------------------------------------------------------
+def _pickled(folder, content) -> str:
+    import pickle
+
+    (folder / WEIGHT_NAME).unlink()
+    path = folder / "diffusion_pytorch_model.bin"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif isinstance(content, tuple):  # (protocol, object): a plain pickle, not a torch.save archive
+        path.write_bytes(pickle.dumps(content[1], protocol=content[0]))
+    else:
+        torch.save(content, path)
+    return str(path)
+
+
+@pytest.mark.parametrize("protocol", [4, 5])
+def test_a_plain_pickle_is_one_line_without_torchs_protocol_warning(folder, unet, recwarn, capfd, protocol):
+    """torch's weights-only reader warns about pickle protocols 3+ (UserWarning on stderr): kept off, so the
+    refusal is the only line."""
+    path = _pickled(folder, (protocol, dict(unet.state_dict())))
+    load_error(folder, path, "pickle instruction", allow_pickle=True)
+    assert not [w for w in recwarn if issubclass(w.category, UserWarning)], [str(w.message) for w in recwarn]
+    assert "protocol" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("value", [3, [1.0, 2.0], "weights", None])
+def test_a_state_dict_entry_that_is_not_a_tensor_names_the_file_and_key(folder, unet, value):
+    sd = {**unet.state_dict(), "conv_in.bias": value}
+    path = _pickled(folder, sd)
+    load_error(folder, path, "'conv_in.bias'", type(value).__name__, "not a tensor", allow_pickle=True)
+
+
+def test_a_pickle_that_would_run_code_names_the_object(folder):
+    path = _pickled(folder, b"cos\nsystem\n(S'echo owned'\ntR.")
+    load_error(folder, path, "os.system", allow_pickle=True)
+
+
+def test_a_bin_that_is_not_a_dict_says_what_it_holds(folder):
+    path = _pickled(folder, [torch.zeros(2)])
+    load_error(folder, path, "holds a list", allow_pickle=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from studio.core.file_reading import open_regular
+from studio.core.loading import torch_load_weights_only
 
 from .header import CheckpointError, CheckpointHeader, TensorInfo
 
@@ -59,7 +60,7 @@ def read_pickled_header(path: str | Path) -> CheckpointHeader:
     with open_regular(p, CheckpointError) as f:  # refuses FIFOs and devices before torch opens the name
         size = os.fstat(f.fileno()).st_size
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+        obj = torch_load_weights_only(p, mmap=True)  # torch's warnings kept off stderr
     except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError, TypeError,
             AttributeError, KeyError, IndexError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{p}: {_load_problem(e)}") from None

@@ -112,10 +112,12 @@ def _from_file(path: Path, model):
 def _from_folder(folder: Path, model):
     from diffusers import AutoencoderKL
 
+    from studio.core.pipeline import check_vae_folder
     from studio.core.text_model import quiet_libraries
 
     if not (folder / "config.json").is_file():
         raise ModelLoadError(f"{folder}: no config.json; --vae takes a VAE file or a diffusers VAE folder")
+    check_vae_folder(folder, model.device)  # absurd sizes refused from the config, before anything is built
     try:
         with quiet_libraries():
             vae = AutoencoderKL.from_pretrained(str(folder), local_files_only=True, use_safetensors=True)

@@ -8,6 +8,8 @@ and the problem.
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -124,12 +126,43 @@ def load_weights(path: Path, allow_pickle: bool = False) -> dict[str, torch.Tens
             "or pass --allow-pickle to load with weights_only=True"
         )
     try:
-        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+        sd = torch_load_weights_only(path)
     except Exception as e:  # noqa: BLE001 - any unpickling failure becomes one line
-        raise ModelLoadError(f"{path}: could not be read with torch.load(weights_only=True) ({e.__class__.__name__})") from None
+        raise ModelLoadError(f"{path}: {unpickling_problem(e)}") from None
     if not isinstance(sd, dict):
-        raise ModelLoadError(f"{path}: expected a state dict of tensors")
+        raise ModelLoadError(f"{path}: holds a {type(sd).__name__}, not a state dict of tensors")
+    for key, value in sd.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            kind = type(value).__name__
+            raise ModelLoadError(f"{path}: entry {repr(key)[:80]} is {'an' if kind[0] in 'aeiou' else 'a'} {kind}, not a tensor; a weights "
+                                 "file maps parameter names to tensors (convert it to safetensors)")
     return sd
+
+
+def torch_load_weights_only(path, **kw):
+    """``torch.load(path, map_location="cpu", weights_only=True)`` with torch's warnings kept off stderr: its
+    restricted unpickler warns about pickle protocols it was not written for (advice to torch's developers),
+    and a refusal must stay one line."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(str(path), map_location="cpu", weights_only=True, **kw)
+
+
+def unpickling_problem(e: BaseException) -> str:
+    """What ``torch.load(weights_only=True)``'s exception ``e`` means, in one clause: the Python object it
+    refused to build, the pickle instruction it does not read, or the exception's first line."""
+    text = str(e)
+    match = re.search(r"unsupported (?:global: )?GLOBAL (\S+)", text, re.IGNORECASE)
+    if match:
+        return (f"holds a Python object ({match.group(1)}) besides tensors, which torch.load(weights_only=True) "
+                "refuses to build; convert it to safetensors with a tool you trust")
+    match = re.search(r"Unsupported operand (\d+)", text)
+    if match:
+        return (f"uses pickle instruction {match.group(1)}, which torch.load(weights_only=True) does not read: it "
+                "was not written by torch.save, or is damaged; convert it to safetensors with a tool you trust")
+    first = text.strip().splitlines()[0][:160] if text.strip() else ""
+    return (f"could not be read with torch.load(weights_only=True) ({e.__class__.__name__}"
+            f"{': ' + first if first else ''}); the file may be damaged or not a weights file")
 
 
 def check_state_dict(path: Path, module: torch.nn.Module, sd: dict[str, torch.Tensor]) -> None:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
 from .loading import ModelLoadError, _read_json, check_state_dict, fix_dtype, load_weights, read_recommended_scales, verify_checksums
+from .memory_check import MAX_SAMPLE_SIZE, check_fits, count_parameters
 from .model import ModelInfo
 from .text_model import TextToImageModel
 
@@ -26,6 +27,103 @@ PIPELINES = {
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model"
 TRANSFORMERS_WEIGHTS = "model"
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
+
+# The largest value each size field of a component's config.json may take: far above every released model,
+# low enough that counting the network's parameters (built on the meta device) takes moments. Memory itself
+# is then checked from the parameter count (memory_check.py). A list value (per block) may have at most
+# MAX_BLOCKS entries, each within the field's limit.
+MAX_BLOCKS = 16
+UNET_LIMITS = {"sample_size": MAX_SAMPLE_SIZE, "in_channels": 4096, "out_channels": 4096, "layers_per_block": 64,
+               "transformer_layers_per_block": 64, "block_out_channels": 1 << 16, "cross_attention_dim": 1 << 16,
+               "attention_head_dim": 1 << 16, "num_attention_heads": 4096, "addition_time_embed_dim": 1 << 16,
+               "projection_class_embeddings_input_dim": 1 << 20, "down_block_types": None, "up_block_types": None}
+VAE_LIMITS = {"sample_size": MAX_SAMPLE_SIZE, "in_channels": 4096, "out_channels": 4096, "latent_channels": 4096,
+              "layers_per_block": 64, "block_out_channels": 1 << 16, "down_block_types": None, "up_block_types": None}
+TINY_VAE_LIMITS = {"in_channels": 4096, "out_channels": 4096, "latent_channels": 4096, "num_encoder_blocks": 64,
+                   "num_decoder_blocks": 64, "encoder_block_out_channels": 1 << 16,
+                   "decoder_block_out_channels": 1 << 16, "upsampling_scaling_factor": 64}
+TEXT_ENCODER_LIMITS = {"vocab_size": 1 << 20, "hidden_size": 1 << 16, "intermediate_size": 1 << 18,
+                       "num_hidden_layers": 256, "num_attention_heads": 4096, "max_position_embeddings": 1 << 16,
+                       "projection_dim": 1 << 16}
+
+
+def check_config_limits(config: dict, limits: dict, where: Path) -> None:
+    """Refuse a size field beyond its limit (``limits``: field → largest value, None for a per-block list
+    checked for its length only), one line naming the field, its value and the limit."""
+    for key, most in limits.items():
+        value = config.get(key)
+        if isinstance(value, (list, tuple)):
+            if len(value) > MAX_BLOCKS:
+                raise ModelLoadError(f"{where}: {key} lists {len(value):,} blocks, at most {MAX_BLOCKS}; this "
+                                     "config is wrong or the network is beyond what the studio opens")
+            items = [v for entry in value for v in (entry if isinstance(entry, (list, tuple)) else [entry])]
+        else:
+            items = [value]
+        for v in items:
+            if most is not None and isinstance(v, int) and not isinstance(v, bool) and not 0 <= v <= most:
+                raise ModelLoadError(f"{where}: {key} is {v:,}, allowed 0 to {most:,}; this config is wrong or "
+                                     "the network is beyond what the studio opens")
+
+
+def check_vae_folder(folder: Path, device: torch.device) -> None:
+    """A standalone AutoencoderKL folder (``--vae FOLDER``) checked as a pipeline's VAE is, before it is built:
+    its size fields within :data:`VAE_LIMITS`, its parameters (float32, as the studio decodes) within memory."""
+    from diffusers import AutoencoderKL
+
+    cfg_path = folder / "config.json"
+    config = {k: v for k, v in _read_json(cfg_path).items() if not k.startswith("_")}
+    check_config_limits(config, VAE_LIMITS, cfg_path)
+    n = _count(cfg_path, "AutoencoderKL", lambda: AutoencoderKL.from_config(config))
+    check_fits(n, {}, device, torch.float32, str(cfg_path), ModelLoadError)
+
+
+def _model_config(folder: Path, name: str, cls) -> tuple[Path, dict]:
+    """A diffusers component's config.json, checked to name ``cls``; the constructor's arguments."""
+    cfg_path = _component(folder, name) / "config.json"
+    config = _read_json(cfg_path)
+    want = cls.__name__
+    if config.get("_class_name", want) != want:
+        raise ModelLoadError(f"{cfg_path}: {name} is a {config.get('_class_name')!r}; the studio needs a {want}")
+    return cfg_path, {k: v for k, v in config.items() if not k.startswith("_")}
+
+
+def _count(cfg_path: Path, what: str, build) -> int:
+    try:
+        return count_parameters(build)
+    except Exception as e:  # noqa: BLE001 - diffusers and transformers raise many types for bad configs
+        raise ModelLoadError(f"{cfg_path}: not a valid {what} config ({e.__class__.__name__}: "
+                             f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
+
+
+def check_pipeline_size(folder: Path, kind: str, device: torch.device, dtype: torch.dtype,
+                        available: Optional[Callable[[torch.device], Optional[int]]] = None) -> int:
+    """Refuse, from the configs alone and before any network is built, a pipeline whose size fields are
+    absurd (:func:`check_config_limits`), whose parameters (UNet, VAE and text encoders together, counted on
+    the meta device) exceed the memory available, or whose feature maps at full size do not fit: the UNet's
+    first at ``sample_size`` and the VAE decoder's last at ``sample_size`` × the VAE factor. Returns the
+    parameter count; ``available`` is memory_check's ``available_device_memory`` unless given."""
+    import transformers
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    unet_path, unet_cfg = _model_config(folder, "unet", UNet2DConditionModel)
+    vae_path, vae_cfg = _model_config(folder, "vae", AutoencoderKL)
+    check_config_limits(unet_cfg, UNET_LIMITS, unet_path)
+    check_config_limits(vae_cfg, VAE_LIMITS, vae_path)
+    total = _count(unet_path, "UNet2DConditionModel", lambda: UNet2DConditionModel.from_config(unet_cfg))
+    total += _count(vae_path, "AutoencoderKL", lambda: AutoencoderKL.from_config(vae_cfg))
+    for name in [c for c in PIPELINES[kind] if c.startswith("text_encoder")]:
+        cfg_path = _component(folder, name) / "config.json"
+        config = _read_json(cfg_path)
+        check_config_limits(config, TEXT_ENCODER_LIMITS, cfg_path)
+        arch = _text_encoder_class(cfg_path, config)
+        total += _count(cfg_path, "CLIP text encoder", lambda: arch(transformers.CLIPTextConfig.from_dict(config)))
+    check_fits(total, unet_cfg, device, dtype, str(folder), ModelLoadError, available)
+    size, channels = unet_cfg.get("sample_size"), vae_cfg.get("block_out_channels")
+    if isinstance(size, int) and isinstance(channels, (list, tuple)) and channels:
+        image = size * 2 ** (len(channels) - 1)
+        check_fits(0, {"sample_size": image, "block_out_channels": channels}, device, dtype,
+                   f"{vae_path} (decoding the UNet's sample_size {size})", ModelLoadError, available)
+    return total
 
 
 def is_pipeline_folder(path) -> bool:
@@ -74,14 +172,10 @@ def _component(folder: Path, name: str) -> Path:
 
 
 def _diffusers_module(folder: Path, name: str, cls, allow_pickle: bool):
-    sub = _component(folder, name)
-    cfg_path = sub / "config.json"
-    config = _read_json(cfg_path)
-    want = cls.__name__
-    if config.get("_class_name", want) != want:
-        raise ModelLoadError(f"{cfg_path}: {name} is a {config.get('_class_name')!r}; the studio needs a {want}")
+    cfg_path, config = _model_config(folder, name, cls)
+    sub, want = cfg_path.parent, cls.__name__
     try:
-        module = cls.from_config({k: v for k, v in config.items() if not k.startswith("_")})
+        module = cls.from_config(config)
     except Exception as e:  # noqa: BLE001 - diffusers raises many types for bad configs
         raise ModelLoadError(f"{cfg_path}: not a valid {want} config ({e.__class__.__name__}: {str(e).splitlines()[0][:200]})") from None
     files = _weights_file(sub, DIFFUSERS_WEIGHTS, allow_pickle)
@@ -91,19 +185,27 @@ def _diffusers_module(folder: Path, name: str, cls, allow_pickle: bool):
     return module.eval()
 
 
+def _text_encoder_class(cfg_path: Path, config: dict):
+    """The transformers class a text encoder's config names (its ``architectures``): a CLIP text model."""
+    import transformers
+
+    archs = config.get("architectures") or ["CLIPTextModel"]
+    arch = archs[0] if isinstance(archs, list) and archs else "CLIPTextModel"
+    if arch not in ("CLIPTextModel", "CLIPTextModelWithProjection"):
+        raise ModelLoadError(f"{cfg_path}: text encoder {arch!r} is not supported; the studio opens CLIP text encoders")
+    return getattr(transformers, arch)
+
+
 def _text_encoder(folder: Path, name: str, allow_pickle: bool):
     import transformers
 
     sub = _component(folder, name)
     cfg_path = sub / "config.json"
     config = _read_json(cfg_path)
-    archs = config.get("architectures") or ["CLIPTextModel"]
-    arch = archs[0] if isinstance(archs, list) and archs else "CLIPTextModel"
-    if arch not in ("CLIPTextModel", "CLIPTextModelWithProjection"):
-        raise ModelLoadError(f"{cfg_path}: text encoder {arch!r} is not supported; the studio opens CLIP text encoders")
+    arch = _text_encoder_class(cfg_path, config)
     try:
         cfg = transformers.CLIPTextConfig.from_dict(config)
-        module = getattr(transformers, arch)(cfg)
+        module = arch(cfg)
     except Exception as e:  # noqa: BLE001
         raise ModelLoadError(f"{cfg_path}: not a valid CLIP text encoder config ({e.__class__.__name__}: {str(e).splitlines()[0][:200]})") from None
     files = _weights_file(sub, TRANSFORMERS_WEIGHTS, allow_pickle)
@@ -146,6 +248,7 @@ def load_pipeline_folder(path, device: torch.device, dtype: torch.dtype, allow_p
         entry = index.get(comp)
         if not (isinstance(entry, list) and len(entry) == 2 and entry[1]):
             raise ModelLoadError(f"{index_path}: component {comp!r} is missing; a {kind} needs {', '.join(PIPELINES[kind])}")
+    check_pipeline_size(folder, kind, device, dtype)
     unet = _diffusers_module(folder, "unet", UNet2DConditionModel, allow_pickle)
     vae = _diffusers_module(folder, "vae", AutoencoderKL, allow_pickle)
     encoders = [_text_encoder(folder, "text_encoder", allow_pickle)]
@@ -209,6 +312,10 @@ def load_tiny_autoencoder(path, device: torch.device):
     if not folder.is_dir():
         raise ModelLoadError(f"{folder}: no such folder; --preview-vae takes an AutoencoderTiny folder")
     sub = folder.parent
+    cfg_path, config = _model_config(sub, folder.name, AutoencoderTiny)
+    check_config_limits(config, TINY_VAE_LIMITS, cfg_path)
+    check_fits(_count(cfg_path, "AutoencoderTiny", lambda: AutoencoderTiny.from_config(config)), {}, device,
+               torch.float32, str(cfg_path), ModelLoadError)
     module = _diffusers_module(sub, folder.name, AutoencoderTiny, allow_pickle=False)
     return module.to(device=device, dtype=torch.float32)
 
