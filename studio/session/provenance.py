@@ -6,7 +6,8 @@ its ``versions`` block, the SHA-256 of each weight file of the model folder (and
 classifier folder): ``"weights": {"diffusion_pytorch_model.safetensors": "<hex>", …}``; for a
 single-file checkpoint, of the file and of the sidecar config beside it (``{"model.safetensors":
 "<hex>", "model.yaml": "<hex>"}``); of each LoRA file and a ``--vae`` file (``"lora:NAME"``,
-``"vae:NAME"``). Digests
+``"vae:NAME"``). An image-to-image run's recipe records its image's SHA-256 itself
+(``init_image_sha256``, from ``image_sha256``): a replay with another image is refused, not warned. Digests
 are computed once per file version and cached (core/file_hashes.py), so this costs a ``stat`` per
 file after the first time. When a recipe is replayed, ``weights_warning`` compares the recorded
 digests with the current ones and returns one line naming what changed; the studio shows it as a
@@ -87,6 +88,13 @@ def weights_fingerprint(model: Optional[str], classifier: Optional[str] = None, 
         except (FileReadError, OSError):
             continue  # unreadable weights: the load itself reports that
     return out
+
+
+def image_sha256(path) -> str:
+    """The SHA-256 of an image a run starts from (image-to-image), which its recipe records
+    (``init_image_sha256``) so a replay uses the same image; read in full each time (images are small, and
+    the digest cache is kept for weights)."""
+    return file_hashes.sha256_file(Path(path).expanduser())
 
 
 def recipe_document(recipe, fingerprint: Optional[dict] = None) -> dict:
