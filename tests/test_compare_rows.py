@@ -48,6 +48,46 @@ def test_a_row_starts_from_its_recipes_options(qtbot):
     base = Recipe(model="gmm", sampler="langevin", steps=5, corrector_steps=4, snr=0.3)
     dlg = CompareDialog(base, None)
     qtbot.addWidget(dlg)
-    first = dlg.rows[0]
-    assert (first.options["corrector_steps"].value(), first.options["snr"].value()) == (4, 0.3)
-    assert dlg.recipes()[0] == base.validate().resolved()
+    dlg.remove_config(dlg.rows[-1])
+    row = dlg.add_config(base)
+    assert (row.options["corrector_steps"].value(), row.options["snr"].value()) == (4, 0.3)
+    assert dlg.recipes()[-1] == base.validate().resolved()
+
+
+# the preset as a web-UI user reads it: (sampler, Karras σ, its options), from the menu names' meaning in
+# A1111 (UniPC: its defaults bh1 and order 3; DPM++ 2M SDE: midpoint; the ancestral and SDE η 1)
+PRESET_SETTINGS = [("euler_a", False, {"eta": 1.0}), ("dpmpp_2m", True, {}),
+                   ("dpmpp_2m_sde", True, {"eta": 1.0, "solver_type": "midpoint"}),
+                   ("unipc", False, {"order": 3, "variant": "bh1"})]
+
+
+def test_a_fresh_dialog_compares_the_web_uis_four_popular_samplers(qtbot):
+    """Opened fresh, the dialog shows the four rows of DEFAULT_PRESET with their settings on the widgets, all
+    on the window's seed, steps and scale (the same noise), whatever sampler the window had."""
+    from studio.gui.compare import DEFAULT_PRESET
+
+    assert DEFAULT_PRESET == ("Euler a", "DPM++ 2M Karras", "DPM++ 2M SDE Karras", "UniPC")
+    base = Recipe(model="gmm", sampler="langevin", steps=7, corrector_steps=4, guidance="cfg", scale=2.5, label=1,
+                  seed=11)
+    dlg = CompareDialog(base, None)
+    qtbot.addWidget(dlg)
+    dlg.show()
+    assert len(dlg.rows) == 4 and not dlg.addButton.isEnabled()
+    for row, (sampler, karras, options) in zip(dlg.rows, PRESET_SETTINGS):
+        assert row.sampler.currentData() == sampler and row.isVisible()
+        assert row.karras.isChecked() == karras and row.karras.isEnabled()
+        assert {name: ow.value(row.options[name]) for name in SAMPLERS[sampler].options} == options
+        assert all(w.isVisibleTo(dlg) == (name in options) for name, w in row.options.items())
+        assert (row.steps.value(), row.scale.value()) == (7, 2.5)
+    recipes = dlg.recipes()
+    assert [(r.sampler, r.karras, r.sampler_options()) for r in recipes] == PRESET_SETTINGS
+    assert {(r.seed, r.steps, r.scale, r.label) for r in recipes} == {(11, 7, 2.5, 1)}
+    assert "Karras" in label_for(recipes[1]) and "Karras" not in label_for(recipes[0])
+
+
+def test_a_rows_karras_box_is_its_own(dialog):
+    row = dialog.rows[0]  # Euler a, uniform σ
+    row.karras.setChecked(True)
+    assert dialog.recipes()[0].karras is True
+    row.sampler.setCurrentIndex(row.sampler.findData("ddim"))  # integer timesteps: no Karras σ
+    assert not row.karras.isEnabled() and dialog.recipes()[0].karras is None

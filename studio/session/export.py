@@ -71,10 +71,12 @@ def read_recipe_document(path: str | os.PathLike) -> tuple[Recipe, dict]:
 def read_webui_parameters(path: str | os.PathLike) -> Optional[dict]:
     """The recipe settings in a PNG's web-UI ``parameters`` chunk (an image made by AUTOMATIC1111, Forge,
     or the studio itself), as Recipe field values: prompt, negative_prompt, steps, sampler, karras, CFG
-    scale, seed, width, height, eta, guidance_rescale; None when the PNG has no such chunk. The model is
-    not among them: the web UIs name theirs by a hash the studio cannot resolve."""
+    scale, seed, width, height, the sampler's options (each other sampler option unset), guidance_rescale,
+    and under "warnings" one line for each thing read approximately (a sampler or schedule the studio does
+    not have: ``parse_parameters``); None when the PNG has no such chunk. The model is not among them: the
+    web UIs name theirs by a hash the studio cannot resolve."""
     from ..core.file_reading import open_regular
-    from ..core.samplers import SAMPLERS
+    from ..core.samplers import OPTION_SCHEMA
     from .parameters import parse_parameters
 
     p = Path(path)
@@ -91,13 +93,12 @@ def read_webui_parameters(path: str | os.PathLike) -> Optional[dict]:
         parsed = parse_parameters(text)
     except ValueError as e:
         raise RecipeError(f"{p}: {e}") from None
-    out = {k: parsed[k] for k in ("prompt", "negative_prompt", "steps", "seed", "width", "height", "karras", "eta",
+    out = {k: parsed[k] for k in ("prompt", "negative_prompt", "steps", "seed", "width", "height", "karras",
                                   "guidance_rescale") if k in parsed}
-    if "sampler" in parsed:
-        if parsed["sampler"] not in SAMPLERS:
-            raise RecipeError(f"{p}: sampler {parsed['sampler']!r} of this image is not one the studio has; "
-                              f"choose one of {', '.join(SAMPLERS)}")
+    if "sampler" in parsed:  # always one the studio has: parse_parameters falls back, with a warning
         out["sampler"] = parsed["sampler"]
+        out.update({name: parsed.get(name) for name in OPTION_SCHEMA})
+    out["warnings"] = [f"{p}: {w}" for w in parsed["warnings"]]
     if "scale" in parsed:
         out.update(guidance="cfg", scale=parsed["scale"])
     return out

@@ -9,18 +9,82 @@ image browsers) keep a PNG's settings as one text chunk named ``parameters``::
 
 The studio writes that chunk beside its own exact ``recipe`` chunk, so images made here carry their
 prompt and settings into those tools, and reads it back from their images (``parse_parameters``).
+
+Samplers go by the web UIs' menu names (:data:`WEBUI_SAMPLERS`). Since A1111 1.9 the σ spacing is a
+field of its own ("Sampler: DPM++ 2M, Schedule type: Karras"), which is what the studio writes; older
+images name both at once ("DPM++ 2M Karras"), and both forms are read. A1111's "Automatic" schedule is
+the sampler's own default (Karras for DPM++ 2M, exponential for DPM++ 2M SDE, …), so it is read as that.
+A sampler or schedule the studio does not have reads with a one-line warning and a fallback.
 """
 from __future__ import annotations
 
 import re
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
 
-from ..core.samplers import get_sampler
+from ..core.samplers import SAMPLERS, get_sampler
 
-# the studio's sampler names ↔ the web UIs' names (samplers the web UIs lack keep the studio's name)
-WEBUI_SAMPLERS = {"ddim": "DDIM", "euler": "Euler", "euler_a": "Euler a", "heun": "Heun", "dpmpp_2m": "DPM++ 2M",
-                  "ddpm": "DDPM", "langevin": "Langevin"}
-_FROM_WEBUI = {v.lower(): k for k, v in WEBUI_SAMPLERS.items()}
+
+@dataclass(frozen=True)
+class WebUISampler:
+    """One entry of the web UIs' sampler menu and the studio run it names.
+
+    ``options`` are the studio options the name itself implies ("DPM++ 2M SDE Heun": solver_type heun).
+    ``fields`` are the studio options the web UIs keep in a field of their own, {option: (field, the web
+    UI's default)}: the field is written when the value differs from that default (as A1111 writes its
+    "Eta" and "UniPC order"), and a field that is absent reads as that default. ``automatic`` is the σ
+    spacing A1111's "Automatic" schedule picks for this sampler (``sd_samplers_kdiffusion``'s options)."""
+
+    label: str
+    sampler: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    fields: Mapping[str, tuple[str, Any]] = field(default_factory=dict)
+    automatic: str = "uniform"  # "karras" | "exponential" | "uniform"
+
+
+_ETA = {"eta": ("Eta", 1.0)}  # A1111's eta_ancestral, for every k-diffusion sampler that draws noise
+# A1111's UniPC defaults (its uni_pc_variant and uni_pc_order settings); the studio's are diffusers' bh2, order 2
+_UNIPC = {"variant": ("UniPC variant", "bh1"), "order": ("UniPC order", 3)}
+
+WEBUI_SAMPLERS: tuple[WebUISampler, ...] = (
+    WebUISampler("DPM++ 2M", "dpmpp_2m", automatic="karras"),
+    WebUISampler("DPM++ SDE", "dpmpp_sde", fields=_ETA, automatic="karras"),
+    WebUISampler("DPM++ 2M SDE", "dpmpp_2m_sde", {"solver_type": "midpoint"}, _ETA, "exponential"),
+    WebUISampler("DPM++ 2M SDE Heun", "dpmpp_2m_sde", {"solver_type": "heun"}, _ETA, "exponential"),
+    WebUISampler("DPM++ 2S a", "dpmpp_2s_a", fields=_ETA, automatic="karras"),
+    WebUISampler("DPM++ 3M SDE", "dpmpp_3m_sde", fields=_ETA, automatic="exponential"),
+    WebUISampler("Euler a", "euler_a", fields=_ETA),
+    WebUISampler("Euler", "euler"),
+    WebUISampler("LMS", "lms"),
+    WebUISampler("Heun", "heun"),
+    WebUISampler("DPM2", "dpm2", automatic="karras"),
+    WebUISampler("DPM2 a", "dpm2_a", fields=_ETA, automatic="karras"),
+    WebUISampler("DDIM", "ddim", fields={"eta": ("Eta DDIM", 0.0)}),
+    WebUISampler("UniPC", "unipc", fields=_UNIPC),
+    WebUISampler("DEIS", "deis"),
+    WebUISampler("DDPM", "ddpm"),
+    WebUISampler("Langevin", "langevin"),  # the studio's own: no web UI has it
+)
+# what A1111 reads for a sampler it does not have (its first sampler); the studio does the same
+FALLBACK = WEBUI_SAMPLERS[0]
+# A1111's schedule types (sd_schedulers, Forge's additions): the σ spacing each is, where the studio has it
+SCHEDULES = {"automatic": None, "uniform": False, "karras": True}
+OTHER_SCHEDULES = ("Exponential", "Polyexponential", "SGM Uniform", "KL Optimal", "Align Your Steps",
+                   "Align Your Steps GITS", "Align Your Steps 11", "Align Your Steps 32", "Simple", "Normal",
+                   "DDIM", "Beta", "Turbo")
+_SCHEDULE_LABELS = sorted(["Automatic", "Uniform", "Karras", *OTHER_SCHEDULES], key=len, reverse=True)
+_BY_LABEL = {w.label.lower(): w for w in WEBUI_SAMPLERS}
+_BY_STUDIO_NAME = {w.sampler: w for w in reversed(WEBUI_SAMPLERS)}  # the first entry of each sampler
+
+
+def webui_sampler(sampler: str, options: Optional[Mapping[str, Any]] = None) -> WebUISampler:
+    """The menu entry a run of ``sampler`` with ``options`` (resolved against its declaration) is: the
+    one whose implied options it has; a sampler without an entry keeps the studio's name."""
+    opts = get_sampler(sampler).resolve(options)
+    for w in WEBUI_SAMPLERS:
+        if w.sampler == sampler and all(opts.get(k) == v for k, v in w.options.items()):
+            return w
+    return WebUISampler(sampler, sampler)
 
 
 def format_parameters(recipe, width: Optional[int] = None, height: Optional[int] = None) -> str:
@@ -28,9 +92,12 @@ def format_parameters(recipe, width: Optional[int] = None, height: Optional[int]
     lines = [recipe.prompt or ""] if getattr(recipe, "prompt", None) is not None else [""]
     if getattr(recipe, "negative_prompt", None):
         lines.append(f"Negative prompt: {recipe.negative_prompt}")
-    fields = [("Steps", recipe.steps), ("Sampler", WEBUI_SAMPLERS.get(recipe.sampler, recipe.sampler))]
-    if recipe.karras:
-        fields.append(("Schedule type", "Karras"))
+    spec = get_sampler(recipe.sampler)
+    opts = spec.resolve({name: getattr(recipe, name, None) for name in spec.options})
+    entry = webui_sampler(recipe.sampler, opts)
+    fields = [("Steps", recipe.steps), ("Sampler", entry.label)]
+    if spec.takes_karras and recipe.karras is not None:  # None: the model's config decides, so it is not said
+        fields.append(("Schedule type", "Karras" if recipe.karras else "Uniform"))
     if recipe.guidance == "cfg":
         fields.append(("CFG scale", f"{recipe.scale:g}"))
     elif recipe.guidance == "none":
@@ -41,8 +108,9 @@ def format_parameters(recipe, width: Optional[int] = None, height: Optional[int]
     if w and h:
         fields.append(("Size", f"{w}x{h}"))
     fields.append(("Model", _clean(str(recipe.model))))
-    if "eta" in get_sampler(recipe.sampler).options and recipe.eta:  # the web UIs' "Eta" (DDIM, ancestral)
-        fields.append(("Eta", f"{recipe.eta:g}"))
+    for opt, (key, webui_default) in entry.fields.items():  # as A1111: only what differs from its default
+        if opts[opt] != webui_default:
+            fields.append((key, f"{opts[opt]:g}" if isinstance(opts[opt], float) else opts[opt]))
     rescale = getattr(recipe, "guidance_rescale", 0.0)
     if rescale:
         fields.append(("CFG Rescale phi", f"{rescale:g}"))
@@ -63,8 +131,10 @@ _FIELD = re.compile(r'\s*([\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 
 def parse_parameters(text: str) -> dict:
     """Read a ``parameters`` chunk: {"prompt", "negative_prompt", "steps", "sampler", "scale", "seed",
-    "width", "height", "karras", ...} for what it has; settings the studio does not know are dropped
-    (kept under "other"). Raises ``ValueError`` when the text is not in this format."""
+    "width", "height", "karras", the sampler's options the text sets (eta, solver_type, variant, order),
+    ...} for what it has, and "warnings": one line for each thing read approximately (a sampler or
+    schedule the studio does not have). Settings the studio does not know are kept under "other".
+    Raises ``ValueError`` when the text is not in this format."""
     if not isinstance(text, str) or not text.strip():
         raise ValueError("the parameters text is empty")
     lines = text.strip("\n").split("\n")
@@ -79,9 +149,10 @@ def parse_parameters(text: str) -> dict:
             negative += "\n" + line
         else:
             prompt_lines.append(line)
-    out: dict = {"prompt": "\n".join(prompt_lines).strip(), "other": {}}
+    out: dict = {"prompt": "\n".join(prompt_lines).strip(), "other": {}, "warnings": []}
     if negative:
         out["negative_prompt"] = negative
+    sampler, schedule = None, None
     for key, value in _FIELD.findall(settings_line):
         key, value = key.strip(), value.strip()
         if value.startswith('"') and value.endswith('"'):
@@ -90,12 +161,9 @@ def parse_parameters(text: str) -> dict:
             if key == "Steps":
                 out["steps"] = int(value)
             elif key == "Sampler":
-                name = value.lower()
-                if name.endswith(" karras"):
-                    name, out["karras"] = name[: -len(" karras")], True
-                out["sampler"] = _FROM_WEBUI.get(name, value)
+                sampler = value
             elif key == "Schedule type":
-                out["karras"] = value.lower() == "karras"
+                schedule = value
             elif key == "CFG scale":
                 out["scale"] = float(value)
             elif key == "Seed":
@@ -105,10 +173,77 @@ def parse_parameters(text: str) -> dict:
                 out["width"], out["height"] = int(w), int(h)
             elif key == "CFG Rescale phi":
                 out["guidance_rescale"] = float(value)
-            elif key == "Eta":
-                out["eta"] = float(value)
             else:
                 out["other"][key] = value
         except ValueError:
             raise ValueError(f"the parameters text has a bad {key!r} value: {value!r}") from None
+    if sampler is not None:
+        out.update(_read_sampler(sampler, schedule, out["other"], out["warnings"]))
+    return out
+
+
+def _read_sampler(value: str, schedule: Optional[str], other: dict, warnings: list) -> dict:
+    """The studio sampler, its options and Karras σ that a web UI's "Sampler" (and "Schedule type") name;
+    the fields that hold its options are taken out of ``other``."""
+    name = value.strip().lower()
+    entry = _BY_LABEL.get(name) or _BY_STUDIO_NAME.get(name)
+    if entry is None and name in SAMPLERS:  # a studio sampler no web UI has, by the studio's name
+        entry = WebUISampler(name, name)
+    suffix = None
+    if entry is None:  # A1111 before 1.9: the schedule is the end of the name ("DPM++ 2M SDE Karras")
+        for label in _SCHEDULE_LABELS:
+            if name.endswith(" " + label.lower()):
+                name, suffix = name[: -len(label) - 1], label
+                entry = _BY_LABEL.get(name)
+                break
+    if entry is None:
+        warnings.append(f"the sampler {value!r} is not one the studio has; read as {FALLBACK.label!r} "
+                        f"({FALLBACK.sampler}), as the web UIs read a sampler they lack")
+        entry = FALLBACK
+    spec = SAMPLERS[entry.sampler]
+    out: dict = {"sampler": entry.sampler, **entry.options}
+    for opt, (key, webui_default) in entry.fields.items():
+        given = other.pop(key, None)
+        try:
+            out[opt] = spec.options[opt].check(webui_default if given is None else _typed(given, webui_default))
+        except ValueError:
+            raise ValueError(f"the parameters text has a bad {key!r} value: {given!r}") from None
+    if spec.takes_karras:
+        out["karras"] = _read_schedule(schedule, suffix, entry, warnings)
+    return out
+
+
+def _typed(text: str, like: Any) -> Any:
+    """A field's text as the type of the web UI's default for it."""
+    return type(like)(text) if isinstance(like, (int, float)) else text.strip().lower()
+
+
+def _read_schedule(field_value: Optional[str], suffix: Optional[str], entry: WebUISampler, warnings: list) -> bool:
+    """Karras σ or not, from the "Schedule type" field or the end of an older combined name; neither (an
+    image from before A1111 had schedules) is the uniform spacing those versions ran."""
+    given = field_value if field_value is not None and (field_value.lower() != "automatic" or suffix is None) \
+        else suffix
+    if given is None:
+        return False
+    karras = SCHEDULES.get(given.lower(), "other")
+    if karras is None:  # "Automatic": the sampler's own
+        if entry.automatic in ("karras", "uniform"):
+            return entry.automatic == "karras"
+        warnings.append(f"the schedule type 'Automatic' is {entry.automatic} σ spacing for {entry.label!r}, which "
+                        "the studio does not have; read as Uniform (Karras off)")
+        return False
+    if karras == "other":
+        warnings.append(f"the schedule type {given!r} is not one the studio has; read as Uniform (Karras off)")
+        return False
+    return karras
+
+
+def webui_sampler_settings(name: str) -> dict:
+    """The recipe settings a web UI's sampler menu name stands for, as a parameters text would be read
+    ("DPM++ 2M SDE Karras": sampler dpmpp_2m_sde, solver_type midpoint, eta 1, karras True); a ValueError
+    (one line) for a name the studio does not have."""
+    warnings: list[str] = []
+    out = _read_sampler(name, None, {}, warnings)
+    if warnings:
+        raise ValueError(warnings[0])
     return out

@@ -22,6 +22,17 @@ def one_evaluation(i: int, steps: int, options: Mapping[str, Any]) -> int:
     return 1
 
 
+# the families every sampler declares one of (``SamplerSpec.group``), in the order the sampler picker and
+# `studio samplers` show them, each with the line that says what its members share
+SAMPLER_GROUPS = {
+    "ODE": "one-step solvers of the probability-flow ODE: the same noise gives the same image",
+    "multistep": "ODE solvers that reuse earlier evaluations: a higher order for one evaluation a step",
+    "ancestral": "a step past the next noise level, then fresh noise back up to it: each step forgets part of the last",
+    "SDE": "solvers of the reverse SDE: fresh noise within every step (η scales it)",
+    "other": "predictor–corrector and consistency samplers",
+}
+
+
 @dataclass(frozen=True)
 class SamplerSpec:
     """A registered sampler and everything the rest of the studio needs to know about it.
@@ -30,7 +41,8 @@ class SamplerSpec:
     engine checks a run's options against them, and the recipe, the command line and the window
     take their defaults, ranges, choices and help from them. ``deterministic`` is the behaviour with
     the default options; ``noise_option`` names the option that scales the fresh noise of each step
-    (0 makes the sampler deterministic). ``step_evals(i, steps, options)`` is the number of
+    (0 makes the sampler deterministic). ``group`` is its family in ``SAMPLER_GROUPS`` (what the sampler
+    picker and `studio samplers` group it under). ``step_evals(i, steps, options)`` is the number of
     denoiser evaluations in step ``i`` of ``steps``. ``schedule_inputs`` derives inputs from the
     model's training schedule that are not user options (the Langevin corrector's α_t).
 
@@ -50,8 +62,11 @@ class SamplerSpec:
     noise_option: Optional[str] = None
     schedule_inputs: Optional[Callable[[NoiseSchedule], dict]] = None
     classifier_mean_shift: bool = False
+    group: str = ""
 
     def __post_init__(self) -> None:
+        if self.group not in SAMPLER_GROUPS:
+            raise ValueError(f"sampler {self.name}: group {self.group!r} is not one of {', '.join(SAMPLER_GROUPS)}")
         opts = self.options
         if not isinstance(opts, Mapping):
             opts = {o.name: o for o in opts}
@@ -135,5 +150,5 @@ def predict_at(denoiser: Denoiser, x: torch.Tensor, plan: Plan, i: int, sigma: f
     return pred
 
 
-__all__ = ["SamplerSpec", "Option", "make_record", "predict", "predict_at", "training_log_sigmas", "Denoiser",
-           "NoiseSource", "Plan", "Prediction", "Optional"]
+__all__ = ["SAMPLER_GROUPS", "SamplerSpec", "Option", "make_record", "predict", "predict_at", "training_log_sigmas",
+           "Denoiser", "NoiseSource", "Plan", "Prediction", "Optional"]
