@@ -89,6 +89,16 @@ def command_name(argv0: Optional[str] = None) -> str:
     return name.removesuffix(".exe")
 
 
+def model_or_recipe(target: Optional[str], recipe: Optional[str] = None) -> tuple[Optional[str], Optional[str]]:
+    """(model, recipe) to open for ``studio-gui TARGET``: a file is a recipe (.json, an exported .png) unless
+    it is a single-file checkpoint (``CHECKPOINT_SUFFIXES``); a folder or a built-in's name is a model."""
+    from ..checkpoints import CHECKPOINT_SUFFIXES
+
+    if target and Path(target).is_file() and Path(target).suffix.lower() not in CHECKPOINT_SUFFIXES:
+        return None, target
+    return target, recipe
+
+
 def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None, own_process: bool = True) -> int:
     """Open the window. ``prog`` is the command the user typed (``studio`` when the CLI starts it).
     ``own_process``: the ``studio-gui`` entry point tunes the allocator for the window's runs
@@ -107,14 +117,11 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None, own_p
     parser.add_argument("--model", help="model to open (the same as the positional argument)")
     parser.add_argument("--recipe", help="open a recipe (.json or exported .png) at start")
     args = parser.parse_args(list(argv) if argv is not None else sys.argv[1:])
-    recipe = args.recipe
-    model = args.model or args.target
-    if model and Path(model).is_file():
-        recipe, model = model, None
     problem = display_problem()
     if problem:
         print(f"{prog}: error: {problem}", file=sys.stderr)
         return 1
+    model, recipe = model_or_recipe(args.model or args.target, args.recipe)
     app = make_app()
     from PySide6.QtCore import QTimer
 

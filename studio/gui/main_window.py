@@ -104,7 +104,10 @@ class MainWindow(Branching, ModelHandling, RecipeFiles, QMainWindow):
         self.uncaught.connect(self.report_exception)
         self._build()
         self._restore_settings()
-        self.load_model(model or self.settings.value("model", "default", str) or "default")
+        if model:  # named on the command line
+            self.open_model(model)
+        else:
+            self.load_model(self.settings.value("model", "default", str) or "default")
 
     # == construction ===================================================================================
     def _build(self) -> None:
@@ -230,6 +233,7 @@ class MainWindow(Branching, ModelHandling, RecipeFiles, QMainWindow):
     def _menus(self) -> None:
         m = self.menuBar().addMenu("&File")
         self._action(m, "Open model folder…", self.open_model_dialog, "Ctrl+O")
+        self._action(m, "Open checkpoint file…", self.open_checkpoint_dialog)  # .safetensors, .ckpt (gui/models.py)
         self._action(m, "Open recipe…", self.open_recipe_dialog, "Ctrl+Shift+O")
         self._action(m, "Open sweep…", lambda: open_sweep(self))  # gui/sweep_view.py
         self._action(m, "Save recipe…", self.save_recipe_dialog, "Ctrl+S")

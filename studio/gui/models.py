@@ -35,7 +35,7 @@ class ModelHandling:
         if spec == OPEN_FOLDER:
             self.open_model_dialog()
         elif spec != self.model_spec:
-            self.load_model(spec)
+            self.open_model(spec)
 
     def _device_changed(self, *_) -> None:
         if self.model_spec:
@@ -44,7 +44,25 @@ class ModelHandling:
     def open_model_dialog(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Open a diffusers model folder", str(Path.home()))
         if folder:
-            self.load_model(folder)
+            self.open_model(folder)
+
+    def open_checkpoint_dialog(self) -> None:
+        """File → Open checkpoint file: a single-file SD 1.x/2.x/SDXL checkpoint (docs/checkpoints.md)."""
+        from ..checkpoints import CHECKPOINT_SUFFIXES
+
+        patterns = " ".join(f"*{s}" for s in CHECKPOINT_SUFFIXES)
+        path, _ = QFileDialog.getOpenFileName(self, "Open a single-file checkpoint", str(Path.home()),
+                                              f"Checkpoints ({patterns});;All files (*)")
+        if path:
+            self.open_model(path)
+
+    def open_model(self, spec: str) -> None:
+        """The user opens a model (the picker, File menu, a drop, the command line): a prediction type
+        chosen for another model (a recipe's ``prediction_type``) does not carry over to it."""
+        recipe = self.current_recipe()
+        if recipe.prediction_type is not None and spec != self.model_spec:
+            self.panel.set_recipe(recipe.replace(prediction_type=None))
+        self.load_model(spec)
 
     def load_model(self, spec: str) -> None:
         """Open a model in the worker thread; the window stays usable, a failure keeps the previous model.
