@@ -93,8 +93,9 @@ def _recipe_from_args(args):
         from .session.export import read_recipe
 
         base = read_recipe(args.recipe)  # bounded, regular files only; .json or an exported .png
-        if base.init_noise and not os.path.isabs(base.init_noise):
-            base = base.replace(init_noise=str(Path(args.recipe).resolve().parent / base.init_noise))
+        for name in ("init_noise", "init_image"):  # a run folder's recipe names its own copies
+            if getattr(base, name) and not os.path.isabs(getattr(base, name)):
+                base = base.replace(**{name: str(Path(args.recipe).resolve().parent / getattr(base, name))})
     else:
         base = Recipe()
     changes = {}
@@ -108,8 +109,14 @@ def _recipe_from_args(args):
         v = getattr(args, name, None) if opt.cli_flag else None
         if v is not None:
             changes[name] = tuple(v) if opt.kind == "pair" else v
-    if "init_noise" in changes:
-        changes["init_noise"] = str(Path(changes["init_noise"]).expanduser().resolve())
+    for name in ("init_noise", "init_image"):
+        if name in changes:
+            changes[name] = str(Path(changes[name]).expanduser().resolve())
+    if "init_image" in changes and "init_image_sha256" not in changes:
+        changes["init_image_sha256"] = None  # a new image: the run records its digest
+    if ("strength" in changes) != ("start_step" in changes) and base.init_image is not None:
+        changes.setdefault("strength", None)  # the one given replaces the recipe's other
+        changes.setdefault("start_step", None)
     if "model" in changes and changes["model"] not in BUILTINS:
         changes["model"] = str(Path(changes["model"]).expanduser().resolve())
     if changes.get("vae"):
@@ -174,6 +181,8 @@ def _sample(args, recipe, execute):
     extra = {}
     if recipe.init_noise:
         extra["init_noise.npy"] = Path(recipe.init_noise)
+    if recipe.init_image:  # the folder keeps the image it started from, byte for byte (its SHA-256 is recorded)
+        extra[copied_image_name(recipe.init_image)] = Path(recipe.init_image)
     cache = ModelCache(allow_pickle=args.allow_pickle)
     if args.scale is None and not args.recipe and recipe.guidance != "none":
         # no scale given: the model's recommendation for this guidance, else the studio's (as the window, sweeps)
@@ -202,21 +211,34 @@ def _sample(args, recipe, execute):
             if warning:
                 _warn(warning)
     bar = None if args.quiet else ProgressBar(f"{recipe.sampler} {recipe.steps} steps")
-    traj = execute(recipe, cache, progress=bar)
+    traj = execute(recipe, cache, progress=bar, notify=_warn if recipe.init_image else None)
     if recipe.init_noise:  # the folder is self-contained: its recipe points at its own copy
         traj.recipe = traj.recipe.replace(init_noise="init_noise.npy")
+    if recipe.init_image:
+        traj.recipe = traj.recipe.replace(init_image=copied_image_name(recipe.init_image))
     return traj, fingerprint, extra, model
 
 
+def copied_image_name(path: str) -> str:
+    """The name of an image-to-image run's image in its output folder: init_image and the file's own suffix."""
+    suffix = Path(path).suffix.lower()
+    return "init_image" + (suffix if suffix.isascii() and suffix[1:].isalnum() else "")
+
+
 def cmd_samplers(args) -> int:
-    from .core.samplers import SAMPLERS
+    """Every sampler under its declared group (``SAMPLER_GROUPS``: a header line, then one indented line a
+    sampler: name, description, kind, options with their defaults and ranges)."""
+    from .core.samplers import SAMPLER_GROUPS, SAMPLERS, samplers_by_group
 
     width = max(len(n) for n in SAMPLERS)
-    for name, spec in SAMPLERS.items():
-        kind = "deterministic" if spec.is_deterministic() else "stochastic"
-        opts = "; ".join(f"{o.cli_flag} {o.default} ({o.range_text() or ', '.join(map(str, o.choices))})"
-                         for o in spec.options.values())
-        print(f"{name:<{width}}  {spec.description} [{kind}]" + (f" options: {opts}" if opts else ""))
+    for i, (group, names) in enumerate(samplers_by_group().items()):
+        print(("\n" if i else "") + f"{group}: {SAMPLER_GROUPS[group]}")
+        for name in names:
+            spec = SAMPLERS[name]
+            kind = "deterministic" if spec.is_deterministic() else "stochastic"
+            opts = "; ".join(f"{o.cli_flag} {o.default} ({o.range_text() or ', '.join(map(str, o.choices))})"
+                             for o in spec.options.values())
+            print(f"  {name:<{width}}  {spec.description} [{kind}]" + (f" options: {opts}" if opts else ""))
     return 0
 
 
@@ -314,17 +336,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("samplers", help="list the samplers").set_defaults(func=cmd_samplers)
 
-    from .checkpoints.prediction import PREDICTION_CHOICES
     from .core.loading import DTYPES
+    from .session.recipe import Recipe
 
-    prediction_help = ("single-file checkpoints: what the UNet predicts, overriding the sidecar .yaml, the file's "
-                       "markers and the family's default")
+    prediction = Recipe.schema()["prediction_type"]  # the recipe's field: one declaration for every command
     i = sub.add_parser("info", help="describe a model: resolution, channels, classes, prediction type, schedule; "
                                     "a single-file checkpoint from its header alone")
     i.add_argument("model")
     i.add_argument("--device", default="cpu", help="where to open the model (default cpu)")
     i.add_argument("--allow-pickle", action="store_true", help="allow .bin/.ckpt weights (torch.load weights_only)")
-    i.add_argument("--prediction-type", choices=PREDICTION_CHOICES, help=prediction_help)
+    i.add_argument(prediction.cli_flag, choices=prediction.choices, help=prediction.help)
     i.set_defaults(func=cmd_info)
 
     c = sub.add_parser("convert", help="write a single-file Stable Diffusion checkpoint as a diffusers folder")
@@ -334,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dtype", choices=tuple(DTYPES), help="precision of the written weights (default: the file's)")
     c.add_argument("--allow-pickle", action="store_true",
                    help="allow a pickled .ckpt, read with torch.load(weights_only=True)")
-    c.add_argument("--prediction-type", choices=PREDICTION_CHOICES, help=prediction_help)
+    c.add_argument(prediction.cli_flag, choices=prediction.choices, help=prediction.help)
     c.add_argument("--quiet", action="store_true", help="no summary line (errors still print)")
     c.set_defaults(func=cmd_convert)
 

@@ -99,7 +99,10 @@ def test_compare_prompts_on_the_same_latents(qtbot, win, tmp_path):
     dlg = CompareDialog(win.current_recipe(), win.summary, win)
     qtbot.addWidget(dlg)
     assert dlg.rows[0].prompt.isVisibleTo(dlg) and dlg.rows[0].prompt.text() == "a red 7"
+    for extra in dlg.rows[2:]:  # the default preset's other two rows
+        dlg.remove_config(extra)
     dlg.rows[1].sampler.setCurrentIndex(dlg.rows[1].sampler.findData(dlg.rows[0].sampler.currentData()))
+    dlg.rows[1].karras.setChecked(dlg.rows[0].karras.isChecked())
     dlg.rows[1].prompt.setText("a blue 3")
     dlg.rows[1].rescale.setValue(0.7)
     recipes = dlg.recipes()

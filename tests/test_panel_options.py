@@ -93,12 +93,16 @@ ROUND_TRIPS = [
                      label=1, karras=False)),
     ("text", Recipe(model="/models/sd", sampler="ddpm", variance="fixed_large", guidance="cfg", scale=5.5,
                     prompt="a red 7", negative_prompt="blue", width=72, height=56, guidance_rescale=0.7,
-                    karras=False, loras=["/loras/style.safetensors:0.6"], vae="/vae/sd15-mse.safetensors")),
+                    karras=False, loras=["/loras/style.safetensors:0.6"], vae="/vae/sd15-mse.safetensors",
+                    prediction_type="v_prediction")),
     ("class", Recipe(model="gmm", sampler="heun", s_churn=40.0, s_tmin=0.05, s_tmax=50.0, s_noise=1.003,
                      karras=False)),
-    ("class", Recipe(model="gmm", sampler="lms", order=2, karras=False)),
-    ("class", Recipe(model="gmm", sampler="unipc", order=3, variant="bh1", karras=False)),
+    ("class", Recipe(model="gmm", sampler="lms", order=2, karras=False, init_image="/images/cat.png",
+                     init_image_fit="resize", strength=0.6, init_image_sha256="ab" * 32)),
+    ("class", Recipe(model="gmm", sampler="unipc", order=3, variant="bh1", karras=False, init_image="/images/cat.png",
+                     start_step=3)),
     ("class", Recipe(model="gmm", sampler="dpmpp_2m_sde", eta=0.5, solver_type="heun", karras=False)),
+    ("class", Recipe(model="gmm", sampler="ddim", eta=0.2, prev_timestep="stride", spacing="linspace", karras=False)),
 ]
 
 

@@ -157,7 +157,7 @@ def test_a_version_1_euler_a_recipe_loads_as_it_ran():
     old = {**_dict({"sampler": "euler_a", "eta": 0.0}), "format": OLD_FORMATS[0]}
     assert Recipe.from_dict(old).sampler_options() == {"eta": 1.0}
     assert Recipe.from_dict({**old, "eta": 0.5}).sampler_options() == {"eta": 0.5}
-    assert Recipe.from_dict({**old, "sampler": "ddim"}).sampler_options() == {"eta": 0.0}
+    assert Recipe.from_dict({**old, "sampler": "ddim"}).sampler_options() == {"eta": 0.0, "prev_timestep": "plan"}
     new = {**old, "format": RECIPE_FORMAT}
     assert Recipe.from_dict(new).sampler_options() == {"eta": 0.0}
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 from typing import Optional
 
 from PySide6.QtCore import QTimer, Qt, Signal
-from PySide6.QtWidgets import (QComboBox, QDialog, QFileDialog, QGridLayout, QHBoxLayout, QLabel,
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QFileDialog, QGridLayout, QHBoxLayout, QLabel,
                                QLineEdit, QPushButton, QSlider, QToolButton, QVBoxLayout, QWidget)
 
 from ..core.samplers import OPTION_SCHEMA, SAMPLERS
 from ..session import export as ex
+from ..session.parameters import webui_sampler_settings
 from ..session.recipe import Recipe, RecipeError
 from ..session.runner import ModelCache
 from . import jobs
@@ -16,11 +17,17 @@ from . import option_widgets as ow
 from .canvas import ImageCanvas
 from .full_decode import shared_decoder
 from .export_dialog import export_with_confirm
+from .sampler_combo import sampler_combo
 from .view import SETTLE_MS
 from .worker import GeneratorWorker
 
 MAX_CONFIGS = 4
 SCRUB_TICKS = 1000
+# what a fresh dialog compares: four of the web UIs' most used samplers, by their menu names, on the window's
+# seed, steps and scale: the ancestral default of the early web UIs, A1111's default (a multistep ODE solver on
+# Karras σ), its SDE form, and the predictor–corrector many diffusers pipelines default to. Each name is
+# read as a parameters text would be (``webui_sampler_settings``): UniPC as A1111 runs it, bh1 order 3.
+DEFAULT_PRESET = ("Euler a", "DPM++ 2M Karras", "DPM++ 2M SDE Karras", "UniPC")
 
 
 def label_for(r: Recipe) -> str:
@@ -28,6 +35,8 @@ def label_for(r: Recipe) -> str:
     for name, value in r.sampler_options().items():  # every option of the sampler, as its declaration names it
         opt = OPTION_SCHEMA[name]
         s += f" · {opt.label or name}={value:g}" if opt.kind in ("float", "int") else f" · {opt.labelled(value)}"
+    if r.karras:
+        s += " · Karras"
     if r.guidance != "none":
         s += f" · w={r.scale:g}"
     if r.guidance_rescale:
@@ -52,15 +61,17 @@ class ConfigRow(QWidget):
         self.rescale = ow.make_widget(schema["guidance_rescale"])
         self.rescale.setValue(recipe.guidance_rescale)
         self.rescale.setToolTip("Guidance rescale φ (0 = off)")
-        self.sampler = QComboBox()
-        for name in SAMPLERS:
-            self.sampler.addItem(name, name)
+        self.sampler = sampler_combo()
         self.sampler.setCurrentIndex(self.sampler.findData(recipe.sampler))
         self.steps = ow.make_widget(schema["steps"])
         self.steps.setValue(recipe.steps)
         self.options: dict[str, QWidget] = {name: ow.make_widget(opt) for name, opt in OPTION_SCHEMA.items()}
         for name, v in recipe.sampler_options().items():
             ow.set_value(self.options[name], v)
+        self._karras = recipe.karras  # None (the model's config) is kept until the box is changed
+        self.karras = QCheckBox("Karras")
+        self.karras.setChecked(bool(recipe.karras))
+        self.karras.setToolTip(schema["karras"].help)
         self.scale = ow.make_widget(schema["scale"])
         self.scale.setValue(recipe.scale)
         self.scale.setEnabled(guided)
@@ -77,6 +88,7 @@ class ConfigRow(QWidget):
 
         lay.addWidget(self.sampler)
         add("steps", self.steps)
+        lay.addWidget(self.karras)
         self._option_labels = {name: add(OPTION_SCHEMA[name].label or name, w) for name, w in self.options.items()}
         add("scale", self.scale)
         if text:
@@ -96,11 +108,20 @@ class ConfigRow(QWidget):
         for name, w in self.options.items():
             w.setVisible(name in own)
             self._option_labels[name].setVisible(name in own)
+        self.karras.setEnabled(SAMPLERS[self.sampler.currentData()].takes_karras)
 
     def _sampler_changed(self, *_) -> None:
         for name, opt in self.own_options().items():
             ow.set_value(self.options[name], opt.default)  # the sampler's own defaults (DDIM η 0, Euler a η 1)
         self._show_options()
+
+    def karras_value(self) -> Optional[bool]:
+        """Karras σ for this row: the box, or the recipe's own value (None: the model's config) while the box
+        still shows it; None for a sampler on integer timesteps."""
+        if not SAMPLERS[self.sampler.currentData()].takes_karras:
+            return None
+        on = self.karras.isChecked()
+        return self._karras if on == bool(self._karras) else on
 
     def apply(self, base: Recipe) -> Recipe:
         own = self.own_options()
@@ -109,7 +130,7 @@ class ConfigRow(QWidget):
                             **{name: ow.value(w) if name in own else None for name, w in self.options.items()},
                             scale=round(self.scale.value(), 4),
                             spacing=None if self.sampler.currentData() != base.sampler else base.spacing,
-                            karras=base.karras if SAMPLERS[self.sampler.currentData()].takes_karras else None, **extra)
+                            karras=self.karras_value(), **extra)
 
 
 class CompareDialog(QDialog):
@@ -123,8 +144,7 @@ class CompareDialog(QDialog):
         self.summary = summary
         self.cache = ModelCache()
         main_cache = getattr(parent, "cache", None)
-        if main_cache is not None and main_cache.key == (base.model, base.device, base.dtype,
-                                                                              base.classifier):
+        if main_cache is not None and main_cache.key == ModelCache.key_for(base):
             self.cache.put(base, main_cache.model)  # reuse the open model instead of loading it again
         self.worker: Optional[GeneratorWorker] = None
         self.trajs: list = []
@@ -191,9 +211,9 @@ class CompareDialog(QDialog):
         self.decoder = shared_decoder()
         self.decoder.ready.connect(self._decoded)
 
-        self.add_config(base)
-        other = "euler" if base.sampler != "euler" else "ddim"
-        self.add_config(base.replace(sampler=other, spacing=None))
+        unset = {name: None for name in OPTION_SCHEMA}  # the base's own sampler options belong to its sampler
+        for name in DEFAULT_PRESET:
+            self.add_config(base.replace(**{**unset, **webui_sampler_settings(name)}, spacing=None))
         self.resize(1000, 640)
         self._update_buttons()
 

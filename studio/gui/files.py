@@ -28,11 +28,12 @@ class RecipeFiles:
         from ..session.export import read_recipe_document
         from ..session.provenance import recorded_weights
 
+        warnings: list[str] = []
         try:
             recipe, document = read_recipe_document(path)
         except RecipeError as e:
             try:
-                webui = self._webui_recipe(path)
+                webui = self._webui_recipe(path, warnings)
             except RecipeError as why:
                 self.show_error(str(why))
                 return None
@@ -48,6 +49,8 @@ class RecipeFiles:
             self.show_error(f"{path}: cannot show this recipe ({e.__class__.__name__}: {e})")
             return None
         self.hide_error()
+        if warnings:  # a web UI's sampler or schedule the studio lacks, and what it was read as
+            self.show_error("Warning: " + "; ".join(warnings))
         self.statusBar().showMessage(f"Opened recipe {path}" + ("; it is a branch, its own settings are restored"
                                                                if recipe.branch else ""), 8000)
         recorded = recorded_weights(document)
@@ -58,9 +61,10 @@ class RecipeFiles:
             self.check_recipe_weights()
         return recipe
 
-    def _webui_recipe(self, path: str) -> Optional[Recipe]:
+    def _webui_recipe(self, path: str, warnings: list[str]) -> Optional[Recipe]:
         """A PNG without the studio's recipe but with the web UIs' ``parameters``: its prompt and settings
-        on the open model; None when it has no such chunk, a RecipeError when they do not fit."""
+        on the open model (what was read approximately is added to ``warnings``); None when it has no such
+        chunk, a RecipeError when they do not fit."""
         from ..session.export import read_webui_parameters
 
         if Path(path).suffix.lower() not in (".png", ".apng"):
@@ -68,6 +72,7 @@ class RecipeFiles:
         settings = read_webui_parameters(path)
         if settings is None:
             return None
+        warnings.extend(settings.pop("warnings"))
         try:
             return self.current_recipe().replace(**settings, label=None).validate()
         except RecipeError as e:
@@ -108,20 +113,24 @@ class RecipeFiles:
         if not urls:
             return
         if not urls[0].isLocalFile():
-            self.show_error(f"{urls[0].toString()}: drop a local model folder or recipe file")
+            self.show_error(f"{urls[0].toString()}: drop a local model folder, checkpoint file or recipe file")
             return
         event.acceptProposedAction()
         self.open_path(urls[0].toLocalFile())
 
     def open_path(self, path: str) -> None:
-        """A dropped path: a folder is a model, a .json/.png is a recipe."""
+        """A dropped path: a folder or a single-file checkpoint (``CHECKPOINT_SUFFIXES``) is a model, a
+        .json/.png is a recipe."""
+        from ..checkpoints import CHECKPOINT_SUFFIXES
+
         p = Path(path)
-        if p.is_dir():
-            self.load_model(str(p))
+        if p.is_dir() or p.suffix.lower() in CHECKPOINT_SUFFIXES:
+            self.open_model(str(p))
         elif p.suffix.lower() in (".json", ".png", ".apng"):
             self.open_recipe(str(p))
         else:
-            self.show_error(f"{p}: drop a model folder, or a recipe (.json or exported .png)")
+            self.show_error(f"{p}: drop a model folder, a checkpoint file ({', '.join(CHECKPOINT_SUFFIXES)}) or a "
+                            "recipe (.json or exported .png)")
 
     # == settings and closing =============================================================================
     def _restore_settings(self) -> None:

@@ -14,6 +14,7 @@ from ..core.samplers import OPTION_SCHEMA, SAMPLERS
 from ..session.recipe import Recipe
 from . import option_widgets as ow
 from .prompt_box import PromptEdit
+from .sampler_combo import sampler_combo
 
 BUILTIN_MODELS = [("gmm", "gmm — exact Gaussian mixture"), ("default", "default — shipped digits model"),
                   ("digits-text", "digits-text — shipped text-to-image model")]
@@ -54,7 +55,9 @@ NOT_SHOWN = {
     "model": "the window's open model (recipe(model=…), show_model)",
     "classifier_form": "the last recipe set", "classifier": "the last recipe set",
     "schedule": "the last recipe set", "init_noise": "the last recipe set",
-    "loras": "the last recipe set", "vae": "the last recipe set",
+    "loras": "the last recipe set", "vae": "the last recipe set", "prediction_type": "the last recipe set",
+    "init_image": "the last recipe set", "init_image_fit": "the last recipe set", "strength": "the last recipe set",
+    "start_step": "the last recipe set", "init_image_sha256": "the last recipe set",
     "branch": "none: the panel describes a new run (a branch is made from the window's run)",
 }
 
@@ -121,9 +124,7 @@ class SamplerPanel(QWidget):
         f.addRow("Device", dev)
 
         # sampler ---------------------------------------------------------------------------
-        self.samplerCombo = _combo("samplerCombo", [(n, n) for n in SAMPLERS])
-        for i, name in enumerate(SAMPLERS):
-            self.samplerCombo.setItemData(i, SAMPLERS[name].description, Qt.ItemDataRole.ToolTipRole)
+        self.samplerCombo = sampler_combo("samplerCombo")  # grouped by family, a description per sampler
         self.samplerInfo = ElidedLabel()
         self.stepsSpin = ow.make_widget(schema["steps"])
         # one widget per sampler option, made from its declaration (etaSpin, varianceCombo, correctorStepsSpin,

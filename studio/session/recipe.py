@@ -18,8 +18,10 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Optional
 
 from ..checkpoints.lora_files import normalise_loras
+from ..checkpoints.prediction import PREDICTION_CHOICES
 from ..core.guidance import (CLASSIFIER_FORMS, FALLBACK_SCALES, GUIDANCE_MODES, MAX_SCALE, Guidance, GuidanceError,
                              fallback_text)
+from ..core.images import FIT_MODES
 from ..core.loading import DTYPES, TEXT_MODEL_NAME
 from ..core.options import Option, OptionError, declared, schema
 from ..core.prediction import X0_MODES
@@ -27,6 +29,7 @@ from ..core.samplers import OPTION_SCHEMA, SAMPLERS, get_sampler, samplers_with
 from ..core.schedule import BETA_SCHEDULES, SPACINGS
 
 RECIPE_FORMAT = "sampling-studio/recipe@2"
+DEFAULT_STRENGTH = 0.8  # diffusers' StableDiffusionImg2ImgPipeline default
 # @1 wrote euler_a's η = 0 for "the default" (the engine then used 1); @2 means what it says
 OLD_FORMATS = ("sampling-studio/recipe@1",)
 
@@ -101,6 +104,7 @@ class Recipe:
     order: Optional[int] = sampler_option("order")
     solver_type: Optional[str] = sampler_option("solver_type")
     variant: Optional[str] = sampler_option("variant")
+    prev_timestep: Optional[str] = sampler_option("prev_timestep")
     # unset (null): the default for the conditioning, decided by ``default_guidance`` when the recipe is validated
     guidance: Optional[str] = declared(Option(
         kind="choice", choices=GUIDANCE_MODES, optional=True, choice_labels=("none", "classifier-free", "classifier"),
@@ -158,6 +162,25 @@ class Recipe:
                                  help="precision of the model's weights and activations"))
     init_noise: Optional[str] = declared(Option(kind="str", optional=True,
                                                 help="float32 .npy of shape (batch, C, H, W) used as x_T"))
+    # image-to-image (SDEdit, Meng et al. 2022): the image is noised to the start step and denoised from there
+    init_image: Optional[str] = declared(Option(
+        kind="str", optional=True,
+        help="an image (PNG, JPEG, WebP, …) to start from: image-to-image (SDEdit); it is fitted to the run's size, "
+             "noised to the start step with the seed's noise and denoised from there"))
+    init_image_fit: str = declared(Option(
+        default="crop", kind="choice", choices=FIT_MODES,
+        help="fitting the image to the run's size: crop (resize the short side, centre-crop the long one) or "
+             "resize (both sides, the aspect ratio may change)"))
+    strength: Optional[float] = declared(Option(
+        kind="float", low=0.0, high=1.0, low_open=True, optional=True, step=0.05,
+        help=f"image-to-image: the fraction of the schedule to run, as diffusers' img2img (int(steps·s) steps "
+             f"from the image noised to that level; 1 = from almost pure noise; default {DEFAULT_STRENGTH})"))
+    start_step: Optional[int] = declared(Option(
+        kind="int", low=0, optional=True,
+        help="image-to-image: the plan step (0-based) to start from, instead of --strength"))
+    init_image_sha256: Optional[str] = declared(Option(
+        kind="str", optional=True, flag=None,
+        help="the SHA-256 of the image a run started from (recorded by the run; a replay refuses another image)"))
     loras: list = declared(Option(
         default=[], kind="strs", flag="--lora",
         help="a LoRA file and its weight, FILE[:WEIGHT] (weight 1 unless given); repeat --lora for several "
@@ -166,6 +189,10 @@ class Recipe:
         kind="str", optional=True,
         help="a standalone VAE (.safetensors, or a diffusers VAE folder) that decodes in place of the model's own "
              "(text-to-image models)"))
+    prediction_type: Optional[str] = declared(Option(
+        kind="choice", choices=PREDICTION_CHOICES, optional=True,
+        help="single-file checkpoints: what the UNet predicts, overriding a sidecar .yaml, the file's markers "
+             "and the family's default (v_prediction for SD 2.x, else epsilon)"))
     branch: Optional[dict] = declared(Option(kind="mapping", fields=BRANCH_FIELDS, optional=True, flag=None,
                                              help="a continued run: its parent's recipe and the step it left"))
 
@@ -213,6 +240,7 @@ class Recipe:
                               f"{r.guidance}; set guidance to cfg (--guidance cfg, the default with a prompt) or "
                               "leave the negative prompt out")
         r.guidance_settings()
+        r = r._checked_image_to_image()
         try:
             r = r.replace(loras=normalise_loras(r.loras))  # FILE:WEIGHT, every weight spelled out
         except OptionError as e:
@@ -223,6 +251,38 @@ class Recipe:
             except RecipeError as e:
                 raise RecipeError(f"branch.parent: {e}") from None
         return r
+
+    def _checked_image_to_image(self) -> "Recipe":
+        """The rules that join the image-to-image fields; an image with neither strength nor start step
+        gets ``DEFAULT_STRENGTH`` (so the recipe says what ran)."""
+        if self.init_image is None:
+            for name in ("strength", "start_step", "init_image_sha256"):
+                if getattr(self, name) is not None:
+                    raise RecipeError(f"{name} applies to image-to-image runs; give an image (--init-image PATH) "
+                                      f"or leave {name} out")
+            return self
+        if self.init_noise is not None:
+            raise RecipeError("an image to start from (init_image) and an initial noise file (init_noise) exclude "
+                              "each other: the image's run starts from the image noised with the seed's noise; "
+                              "leave one out")
+        if self.strength is not None and self.start_step is not None:
+            raise RecipeError("give --strength or --start-step, not both: each says where the run starts")
+        digest = self.init_image_sha256
+        if digest is not None and not (len(digest) == 64 and all(c in "0123456789abcdefABCDEF" for c in digest)):
+            raise RecipeError(f"init_image_sha256 must be 64 hexadecimal digits, got {digest[:70]!r}; remove it to "
+                              "record the image's digest afresh")
+        r = self.replace(strength=DEFAULT_STRENGTH) if self.strength is None and self.start_step is None else self
+        try:
+            r.first_step()
+        except ValueError as e:
+            raise RecipeError(str(e)) from None
+        return r
+
+    def first_step(self) -> int:
+        """The plan step an image-to-image run starts at (``core.forward.start_index``)."""
+        from ..core.forward import start_index
+
+        return start_index(self.steps, self.strength, self.start_step)
 
     def default_guidance(self) -> str:
         """The guidance a recipe that sets none gets: classifier-free with a prompt (a text-to-image run,

@@ -13,11 +13,13 @@ from ..core import engine
 from ..checkpoints.models import apply_model_files, load_model  # model folders, built-ins, single files
 from ..core.noise import NoiseSource
 from ..core.samplers import get_sampler
+from ..core.forward import tail_plan
+from .init_image import image_start
 from .recipe import Recipe, RecipeError
 from .decodes import DecodeCache
 from .trajectory import Trajectory
 
-PLAN_KEYS = ("sampler", "steps", "spacing", "karras", "schedule")
+PLAN_KEYS = ("sampler", "steps", "spacing", "karras", "schedule", "init_image", "strength", "start_step")
 
 
 class ModelCache:
@@ -29,17 +31,22 @@ class ModelCache:
         self._model = None
         self.allow_pickle = allow_pickle
 
+    @staticmethod
+    def key_for(recipe: Recipe) -> tuple:
+        """What decides which model a recipe needs: (model, device, dtype, classifier, prediction_type)."""
+        return recipe.model, recipe.device, recipe.dtype, recipe.classifier, recipe.prediction_type
+
     def get(self, recipe: Recipe):
-        key = (recipe.model, recipe.device, recipe.dtype, recipe.classifier)
+        key = self.key_for(recipe)
         if key != self._key:
             self._model = load_model(recipe.model, recipe.device, recipe.dtype, allow_pickle=self.allow_pickle,
-                                     classifier=recipe.classifier)
+                                     classifier=recipe.classifier, prediction_type=recipe.prediction_type)
             self._key = key
         return self._model
 
     @property
     def key(self):
-        """(model, device, dtype, classifier) of the open model, or None."""
+        """``key_for`` the recipe of the open model, or None."""
         return self._key
 
     @property
@@ -48,7 +55,7 @@ class ModelCache:
         return self._model
 
     def put(self, recipe: Recipe, model) -> None:
-        self._key = (recipe.model, recipe.device, recipe.dtype, recipe.classifier)
+        self._key = self.key_for(recipe)
         self._model = model
 
 
@@ -122,6 +129,7 @@ class Run:
             size=image_size(self.model, recipe), guidance_rescale=recipe.guidance_rescale,
         )
         start, self.offset = None, 0
+        self.image_notes: tuple[str, ...] = ()  # how an image-to-image run's image was converted and fitted
         if parent is not None and k >= 0 and not same_plan(parent.recipe, recipe):
             # a new branch: a fresh plan from the parent's t, started from its state
             t_start = parent.meta[k].t_next
@@ -133,7 +141,13 @@ class Run:
         else:
             self.plan = engine.model_plan(self.model, self.spec, recipe.steps, recipe.spacing, recipe.karras,
                                           recipe.schedule or None)
-            if parent is None:
+            if recipe.init_image is not None:  # image-to-image: the plan's last steps, from the noised image
+                self.plan = tail_plan(self.plan, recipe.first_step())
+            if recipe.init_image is not None and (parent is None or k < 0):
+                begin = image_start(self.model, recipe, self.plan, kwargs["size"])
+                recipe = self.recipe = recipe.replace(init_image_sha256=begin.sha256)
+                initial, self.image_notes = begin.state, begin.notes
+            elif parent is None:
                 initial = load_init_noise(recipe.init_noise) if recipe.init_noise else NoiseSource(recipe.seed).initial(
                     engine.latent_shape(self.model, recipe.batch, kwargs["size"]))
             elif k < 0:  # the parent's initial noise, from the beginning
@@ -148,7 +162,7 @@ class Run:
         if latent:
             self.trajectory.preview = self.model.preview_mode  # what its frames are (decodes.SHOWN)
             self.trajectory.decodes = DecodeCache(self.trajectory, self.model)
-        self.notes = prompt_notes(self.model, recipe)
+        self.notes = prompt_notes(self.model, recipe) + [f"the image to start from was {n}" for n in self.image_notes]
         self.guidance = guidance
         self.stopped = False
 
@@ -174,8 +188,9 @@ class Run:
         return self.trajectory
 
 
-def execute(recipe: Recipe, cache: Optional[ModelCache] = None, progress=None) -> Trajectory:
-    """Run a recipe to the end (re-running its parent first when it is a branch)."""
+def execute(recipe: Recipe, cache: Optional[ModelCache] = None, progress=None, notify=None) -> Trajectory:
+    """Run a recipe to the end (re-running its parent first when it is a branch). ``notify(line)`` is told
+    how an image-to-image run's image was converted and fitted."""
     cache = cache or ModelCache()
     if recipe.branch:
         parent_recipe = Recipe.from_dict(recipe.branch["parent"])
@@ -183,6 +198,8 @@ def execute(recipe: Recipe, cache: Optional[ModelCache] = None, progress=None) -
         run = Run(recipe.replace(branch=None), cache=cache, parent=parent, from_step=int(recipe.branch["from_step"]))
     else:
         run = Run(recipe, cache=cache)
+    for note in run.image_notes if notify else ():
+        notify(f"the image to start from was {note}")
     for rec in run:
         if progress:
             progress(rec.index + 1 - run.offset, run.total_steps)

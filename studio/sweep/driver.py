@@ -80,7 +80,8 @@ def make_executor(spec: SweepSpec, workers: Optional[int], ray: Optional[str], g
                   threads: Optional[int] = None):
     fixed = spec.fixed
     config = {"model": spec.model, "device": fixed.get("device", "auto"), "dtype": fixed.get("dtype", "float32"),
-              "classifier": fixed.get("classifier"), "metrics": list(spec.metrics),
+              "classifier": fixed.get("classifier"), "prediction_type": fixed.get("prediction_type"),
+              "metrics": list(spec.metrics),
               "reference_steps": spec.reference_steps, "fingerprint": fingerprint, "allow_pickle": allow_pickle}
     if ray is not None:
         from .ray_exec import RayPool

@@ -68,7 +68,7 @@ SPEC_KEYS: dict[str, Option] = {o.name: o for o in (
 # one model load per worker: these are the sweep's, not a cell's
 NOT_AXES = {"model": "one sweep opens one model; run one sweep per model",
             "device": "set it in [fixed]", "dtype": "set it in [fixed]",
-            "classifier": "set it in [fixed]"}
+            "classifier": "set it in [fixed]", "prediction_type": "set it in [fixed]"}
 NOT_FIELDS = {"branch": "a sweep's cells are fresh runs", "model": "set it at the top of the spec (model = …)"}
 SEED_NAMES = ("seeds", "seed")
 MAX_CELLS = 100_000  # cells in one sweep: counted from the axes before any is expanded

@@ -24,7 +24,8 @@ def one_line(e: BaseException) -> str:
 
 
 class CellWorker:
-    """``config``: model, device, dtype, classifier, metrics, reference_steps, threads, fingerprint, allow_pickle."""
+    """``config``: model, device, dtype, classifier, prediction_type, metrics, reference_steps, threads,
+    fingerprint, allow_pickle."""
 
     def __init__(self, config: dict):
         self.config = dict(config)
@@ -47,7 +48,8 @@ class CellWorker:
         c = self.config
         try:
             self.model = load_model(c["model"], c.get("device", "auto"), c.get("dtype", "float32"),
-                                    allow_pickle=c.get("allow_pickle", False), classifier=c.get("classifier"))
+                                    allow_pickle=c.get("allow_pickle", False), classifier=c.get("classifier"),
+                                    prediction_type=c.get("prediction_type"))
             self.metrics = CellMetrics(c["model"], self.model, tuple(c["metrics"]), int(c["reference_steps"]))
         except Exception as e:  # reported with the first cell (a process pool's initializer cannot)
             self.load_error = f"cannot open the model {c['model']!r}: {one_line(e)}"

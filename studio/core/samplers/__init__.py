@@ -7,8 +7,8 @@ from __future__ import annotations
 import dataclasses
 
 from ..options import Option
-from .base import SamplerSpec, training_log_sigmas
-from .ddpm import DDIM_ETA, VARIANCE, sample_ddim, sample_ddpm
+from .base import SAMPLER_GROUPS, SamplerSpec, training_log_sigmas
+from .ddpm import DDIM_ETA, PREV_TIMESTEP, VARIANCE, sample_ddim, sample_ddpm, training_alpha_bars
 from .deis import DEIS_ORDER, sample_deis
 from .dpm2 import DPM2_A_ETA, sample_dpm2, sample_dpm2_ancestral
 from .dpmsolver import sample_dpmpp_2m
@@ -23,49 +23,50 @@ SAMPLERS: dict[str, SamplerSpec] = {
     s.name: s
     for s in [
         SamplerSpec("ddpm", sample_ddpm, "ancestral DDPM (Ho et al. 2020, Alg. 2); variance fixed_small or fixed_large",
-                    "discrete", False, (VARIANCE,), "leading", classifier_mean_shift=True),
+                    "discrete", False, (VARIANCE,), "leading", classifier_mean_shift=True, group="ancestral"),
         SamplerSpec("ddim", sample_ddim, "DDIM (Song et al. 2021); eta=0 deterministic, eta=1 DDPM-like",
-                    "discrete", True, (DDIM_ETA,), "leading", noise_option="eta"),
+                    "discrete", True, (DDIM_ETA, PREV_TIMESTEP), "leading", noise_option="eta",
+                    schedule_inputs=training_alpha_bars, group="ODE"),
         SamplerSpec("euler", sample_euler, "Euler on the probability-flow ODE (Karras et al. 2022); s_churn > 0 adds "
                     "EDM's stochastic churn (Alg. 2)", "sigma", True, CHURN, "linspace", noise_option="s_churn",
-                    schedule_inputs=training_log_sigmas),
+                    schedule_inputs=training_log_sigmas, group="ODE"),
         SamplerSpec("euler_a", sample_euler_ancestral, "ancestral Euler: Euler step plus fresh noise (k-diffusion); eta=0 no noise",
-                    "sigma", False, (EULER_A_ETA,), "linspace", noise_option="eta"),
+                    "sigma", False, (EULER_A_ETA,), "linspace", noise_option="eta", group="ancestral"),
         SamplerSpec("heun", sample_heun, "Heun 2nd order (Karras et al. 2022, Alg. 1); 2 evaluations per step; "
                     "s_churn > 0 adds EDM's stochastic churn (Alg. 2)", "sigma", True, CHURN, "linspace",
-                    two_but_the_last, noise_option="s_churn", schedule_inputs=training_log_sigmas),
+                    two_but_the_last, noise_option="s_churn", schedule_inputs=training_log_sigmas, group="ODE"),
         SamplerSpec("dpmpp_2m", sample_dpmpp_2m, "DPM-Solver++(2M) multistep (Lu et al. 2022)",
-                    "dpm", True, (), "linspace"),
+                    "dpm", True, (), "linspace", group="multistep"),
         SamplerSpec("lms", sample_lms, "linear multistep in σ (k-diffusion; the web UIs' LMS): a polynomial through "
-                    "the last `order` slopes", "sigma", True, (LMS_ORDER,), "linspace"),
+                    "the last `order` slopes", "sigma", True, (LMS_ORDER,), "linspace", group="multistep"),
         SamplerSpec("dpm2", sample_dpm2, "DPM2 (k-diffusion; Karras et al. 2022): midpoint 2nd order in log σ; 2 "
                     "evaluations per step", "sigma", True, CHURN, "linspace", two_but_the_last,
-                    noise_option="s_churn", schedule_inputs=training_log_sigmas),
+                    noise_option="s_churn", schedule_inputs=training_log_sigmas, group="ODE"),
         SamplerSpec("dpm2_a", sample_dpm2_ancestral, "DPM2 ancestral (k-diffusion): a DPM2 step to σ_down plus "
                     "fresh noise; 2 evaluations per step", "sigma", False, (DPM2_A_ETA,), "linspace",
-                    two_but_the_last, noise_option="eta", schedule_inputs=training_log_sigmas),
+                    two_but_the_last, noise_option="eta", schedule_inputs=training_log_sigmas, group="ancestral"),
         SamplerSpec("dpmpp_2s_a", sample_dpmpp_2s_ancestral, "DPM-Solver++(2S) ancestral (Lu et al. 2022; "
                     "k-diffusion): single-step 2nd order plus fresh noise; 2 evaluations per step", "sigma", False,
                     (DPMPP_2S_A_ETA,), "linspace", two_but_the_last, noise_option="eta",
-                    schedule_inputs=training_log_sigmas),
+                    schedule_inputs=training_log_sigmas, group="ancestral"),
         SamplerSpec("dpmpp_sde", sample_dpmpp_sde, "DPM-Solver++ SDE (Lu et al. 2022; k-diffusion): stochastic "
                     "steps through a midpoint; 2 evaluations per step", "sigma", False, (DPMPP_SDE_ETA,),
-                    "linspace", two_but_the_last, noise_option="eta", schedule_inputs=training_log_sigmas),
+                    "linspace", two_but_the_last, noise_option="eta", schedule_inputs=training_log_sigmas, group="SDE"),
         SamplerSpec("dpmpp_2m_sde", sample_dpmpp_2m_sde, "DPM-Solver++(2M) SDE (Lu et al. 2022; k-diffusion): "
                     "multistep 2nd order on the reverse SDE", "dpm", False, (SDE_ETA, SOLVER_TYPE), "linspace",
-                    noise_option="eta"),
+                    noise_option="eta", group="SDE"),
         SamplerSpec("dpmpp_3m_sde", sample_dpmpp_3m_sde, "DPM-Solver++(3M) SDE (Lu et al. 2022; k-diffusion): "
                     "multistep 3rd order on the reverse SDE", "dpm", False, (SDE_ETA,), "linspace",
-                    noise_option="eta"),
+                    noise_option="eta", group="SDE"),
         SamplerSpec("unipc", sample_unipc, "UniPC (Zhao et al. 2023): multistep predictor with a corrector that "
                     "reuses the next evaluation; bh1/bh2, order 1–4", "dpm", True, (UNIPC_ORDER, UNIPC_VARIANT),
-                    "linspace"),
+                    "linspace", group="multistep"),
         SamplerSpec("deis", sample_deis, "DEIS (Zhang & Chen 2023): exponential-integrator multistep on ε̂, a "
-                    "polynomial in log σ; order 1–4", "dpm", True, (DEIS_ORDER,), "linspace"),
+                    "polynomial in log σ; order 1–4", "dpm", True, (DEIS_ORDER,), "linspace", group="multistep"),
         SamplerSpec("langevin", sample_langevin,
                     "predictor-corrector: annealed Langevin corrector + ancestral predictor (Song et al. 2021)",
                     "discrete", False, (CORRECTOR_STEPS, SNR), "leading", evaluations,
-                    schedule_inputs=corrector_alphas),
+                    schedule_inputs=corrector_alphas, group="other"),
     ]
 }
 
@@ -98,6 +99,13 @@ def samplers_with(capability: str, samplers: dict[str, SamplerSpec] = SAMPLERS) 
     return tuple(name for name, spec in samplers.items() if getattr(spec, capability))
 
 
+def samplers_by_group(samplers: dict[str, SamplerSpec] = SAMPLERS) -> dict[str, tuple[str, ...]]:
+    """The sampler names under their declared ``group``, groups in ``SAMPLER_GROUPS`` order, samplers in
+    registry order (a group without samplers left out): what the sampler picker and `studio samplers` show."""
+    groups = {g: tuple(n for n, spec in samplers.items() if spec.group == g) for g in SAMPLER_GROUPS}
+    return {g: names for g, names in groups.items() if names}
+
+
 def get_sampler(name: str) -> SamplerSpec:
     try:
         return SAMPLERS[name]
@@ -107,4 +115,5 @@ def get_sampler(name: str) -> SamplerSpec:
 
 OPTION_SCHEMA = option_schema()
 
-__all__ = ["SAMPLERS", "OPTION_SCHEMA", "Option", "SamplerSpec", "get_sampler", "option_schema", "samplers_with"]
+__all__ = ["SAMPLERS", "SAMPLER_GROUPS", "OPTION_SCHEMA", "Option", "SamplerSpec", "get_sampler", "option_schema",
+           "samplers_by_group", "samplers_with"]
