@@ -255,6 +255,7 @@ def test_replay_warns_when_the_file_changed(tiny, tiny_configs, tmp_path, capsys
     assert "warning: the model's weights are not the ones this recipe was made with (model.safetensors changed" in err
 
 
+@pytest.mark.slow
 def test_convert_writes_a_folder_that_opens_and_samples_the_same(tiny, tiny_configs, tmp_path):
     from studio.core.loading import verify_checksums
     from studio.core.pipeline import load_pipeline_folder

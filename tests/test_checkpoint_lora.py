@@ -218,6 +218,7 @@ def test_not_a_lora(tiny, tiny_configs, tmp_path, capsys):
             "a standalone VAE, not a LoRA; give it with --vae")
 
 
+@pytest.mark.slow
 def test_nan_weights_and_a_truncated_lora(tiny, tiny_configs, tmp_path, capsys):
     _, path, _, files = tiny
     state = peft_lora(tiny[0], 4)
@@ -256,6 +257,7 @@ def other_vae(tiny, tmp_path_factory):
 
 
 @pytest.mark.parametrize("form", ["original", "diffusers", "folder"])
+@pytest.mark.slow
 def test_a_vae_swapped_in_decodes_as_diffusers_with_that_vae(tiny, other_vae, form):
     _, path, configs, _ = tiny
     vae, files = other_vae

@@ -100,6 +100,7 @@ def test_opening_another_model_drops_a_recipes_prediction_type(qtbot, win, tiny)
     assert win.current_recipe().prediction_type is None
 
 
+@pytest.mark.slow
 def test_command_line_opens_the_window_on_a_checkpoint(qtbot, tiny, monkeypatch, tmp_path):
     from studio.cli import _opens_in_window, build_parser
     from studio.gui import MainWindow

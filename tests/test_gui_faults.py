@@ -195,6 +195,7 @@ def test_closing_the_window_while_a_model_loads_stops_the_load(qtbot, tmp_path, 
     assert load.isFinished() and load.outcome == "aborted" and not w._workers
 
 
+@pytest.mark.slow
 def test_opening_a_recipe_made_with_other_weights_warns(qtbot, win, tmp_path):
     from safetensors.torch import load_file, save_file
 

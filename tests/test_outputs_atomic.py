@@ -127,6 +127,7 @@ def test_outputs_respect_the_umask(traj, tmp_path):
 
 
 # -- checks before sampling, locking -------------------------------------------------------------------
+@pytest.mark.slow
 def test_sample_refuses_a_non_empty_out_before_sampling(tmp_path):
     out = tmp_path / "out"
     out.mkdir()

@@ -35,6 +35,7 @@ def _churn(tuning: str) -> dict:
 
 
 @linux
+@pytest.mark.slow
 def test_tuned_allocator_reuses_freed_buffers_instead_of_faulting_them_in_again():
     plain, tuned = _churn("0"), _churn("1")
     assert not plain["applied"] and tuned["applied"]

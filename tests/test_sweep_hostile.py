@@ -125,6 +125,7 @@ def test_a_spec_that_measures_otherwise_is_refused_a_folder_holding_another_swee
     assert "2 of 4 cells to compute" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_cut_result_is_named_by_the_report_and_computed_again_by_the_next_run(tiny, capsys):
     spec, out = tiny
     key = load_spec(spec).cells[1].key
@@ -202,6 +203,7 @@ def test_weights_cut_short_leave_no_folder(tmp_path, capsys):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_the_existing_folder_is_untouched_when_the_model_refuses(tiny, capsys):
     spec, out = tiny
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}

@@ -118,6 +118,7 @@ def test_studio_sweep_refuses_a_bad_spec_before_anything_runs(tmp_path, capsys):
     assert not out.exists()  # nothing ran, nothing was made
 
 
+@pytest.mark.slow
 def test_a_value_only_the_model_refuses_is_caught_before_any_cell_runs(tmp_path, capsys):
     """The gmm has 4 classes: label 7 passes the recipe's checks but not the model's; the first worker
     checks every distinct setting against the opened model before any cell is computed."""

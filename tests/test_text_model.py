@@ -323,6 +323,7 @@ def test_ship_text_command_refuses_bad_folders_in_one_line(tiny_export, tmp_path
         assert len(err) == 1 and err[0].startswith("error:") and needle in err[0], err
 
 
+@pytest.mark.slow
 def test_studio_eval_runs_text_model_settings(tiny_export, capsys):
     """`studio eval` on a pipeline folder measures prompt adherence (text_eval), as JSON."""
     from studio.cli import main
@@ -407,6 +408,7 @@ def test_caption_targets_state_exactly_what_the_caption_says():
     assert caption_targets("") == tuple(HEADS.values())
 
 
+@pytest.mark.slow
 def test_pretrained_text_encoder_learns_captions_and_starts_the_unet_run(tmp_path):
     """A few hundred steps of the tiny encoder beat chance on held-back captions; the exported
     folder loads into a text-diffusion run, and a mismatched one is a one-line error."""
@@ -426,6 +428,7 @@ def test_pretrained_text_encoder_learns_captions_and_starts_the_unet_run(tmp_pat
         load_pretrained_text_encoder(tmp_path, tok, TINY_TEXT_CONFIG)
 
 
+@pytest.mark.slow
 def test_pretrained_text_encoder_stays_frozen_in_the_unet_run(tiny_export, tmp_path):
     """With --text-encoder, the UNet run conditions on the pretrained encoder unchanged (as SD on
     CLIP) and exports exactly its weights; the UNet itself does train."""

@@ -102,6 +102,7 @@ class StepClock:
         self.now += self.per_step + self.jumps.get(step, 0.0)
 
 
+@pytest.mark.slow
 def test_diffusion_tiny_trains_checkpoints_and_resumes(tmp_path, cache):
     out = tmp_path / "diff"
     kw = dict(batch_size=8, seed=0, lr=3e-3, checkpoint_every=15, dataset_cache=cache,
@@ -336,6 +337,7 @@ def test_time_fitted_total_never_exceeds_the_request():
     assert steps == 500 and set(totals) == {500} and used == pytest.approx(300)
 
 
+@pytest.mark.slow
 def test_diffusion_cosine_schedule_is_logged_and_validated(tmp_path, cache):
     from studio.training.lr_schedule import cosine_lr
 
