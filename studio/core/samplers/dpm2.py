@@ -21,20 +21,24 @@ import numpy as np
 import torch
 
 from ..records import StepRecord
-from .base import Denoiser, NoiseSource, Option, Plan, make_record, predict, predict_at
-from .kdiffusion import ancestral_step, churn, denoise, start_state, to_vp
+from .base import Denoiser, NoiseSource, Option, Plan, predict_at
+from .kdiffusion import churned_steps, to_vp
 
 DPM2_A_ETA = Option("eta", 1.0, "float", "noise of each ancestral step: 1 k-diffusion's full step, 0 none (then "
                     "it is dpm2)", low=0.0, high=1.0, label="η", step=0.1)
 
 
-def _midpoint_step(denoiser: Denoiser, xs: torch.Tensor, plan: Plan, i: int, sigma: float, target: float,
-                   d: torch.Tensor, log_sigmas: np.ndarray) -> torch.Tensor:
-    """DPM-Solver-2's step from σ to ``target`` > 0 with slope ``d`` at σ, through the geometric midpoint."""
-    mid = math.exp((math.log(sigma) + math.log(target)) / 2)
-    x2 = xs + d * (mid - sigma)
-    pred2 = predict_at(denoiser, to_vp(x2, mid), plan, i, mid, log_sigmas)
-    return xs + (x2 - pred2.x0) / mid * (target - sigma)
+def _midpoint_to(denoiser: Denoiser, plan: Plan, log_sigmas: np.ndarray):
+    """DPM-Solver-2's step from σ to a target > 0, through the geometric midpoint (the network's timestep there
+    interpolated in log σ)."""
+    def step_to(i: int, xs: torch.Tensor, x0: torch.Tensor, sigma: float, target: float) -> torch.Tensor:
+        d = (xs - x0) / sigma
+        mid = math.exp((math.log(sigma) + math.log(target)) / 2)
+        x2 = xs + d * (mid - sigma)
+        pred2 = predict_at(denoiser, to_vp(x2, mid), plan, i, mid, log_sigmas)
+        return xs + (x2 - pred2.x0) / mid * (target - sigma)
+
+    return step_to
 
 
 def sample_dpm2(
@@ -42,33 +46,13 @@ def sample_dpm2(
     carry: Optional[dict] = None, s_churn: float, s_tmin: float, s_tmax: float, s_noise: float,
     log_sigmas: np.ndarray,
 ) -> Iterator[StepRecord]:
-    xs = start_state(x, plan, start, carry)
-    for i in range(start, plan.steps):
-        s, s_next = float(plan.sigmas[i]), float(plan.sigmas[i + 1])
-        xs, s_hat = churn(xs, s, i, plan.steps, noise, s_churn, s_tmin, s_tmax, s_noise)
-        pred = denoise(denoiser, xs, plan, i, s_hat, log_sigmas)
-        d = (xs - pred.x0) / s_hat
-        if s_next == 0:
-            xs = xs + d * (s_next - s_hat)
-        else:
-            xs = _midpoint_step(denoiser, xs, plan, i, s_hat, s_next, d, log_sigmas)
-        yield make_record("dpm2", plan, i, to_vp(xs, s_next), pred, denoiser.nfe, {"state": xs})
+    return churned_steps("dpm2", denoiser, x, plan, noise, start, carry, _midpoint_to(denoiser, plan, log_sigmas),
+                         churn_options=(s_churn, s_tmin, s_tmax, s_noise), log_sigmas=log_sigmas)
 
 
 def sample_dpm2_ancestral(
     denoiser: Denoiser, x: torch.Tensor, plan: Plan, noise: NoiseSource, *, start: int = 0,
     carry: Optional[dict] = None, eta: float, log_sigmas: np.ndarray,
 ) -> Iterator[StepRecord]:
-    xs = start_state(x, plan, start, carry)
-    for i in range(start, plan.steps):
-        s, s_next = float(plan.sigmas[i]), float(plan.sigmas[i + 1])
-        pred = predict(denoiser, to_vp(xs, s), plan, i)
-        down, up = ancestral_step(s, s_next, eta)
-        d = (xs - pred.x0) / s
-        if down == 0:
-            xs = xs + d * (down - s)
-        else:
-            xs = _midpoint_step(denoiser, xs, plan, i, s, down, d, log_sigmas)
-            if up > 0:
-                xs = xs + noise.step(i, tuple(xs.shape)) * up
-        yield make_record("dpm2_a", plan, i, to_vp(xs, s_next), pred, denoiser.nfe, {"state": xs})
+    return churned_steps("dpm2_a", denoiser, x, plan, noise, start, carry, _midpoint_to(denoiser, plan, log_sigmas),
+                         eta=eta, log_sigmas=log_sigmas)

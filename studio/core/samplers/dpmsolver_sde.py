@@ -20,7 +20,8 @@ from typing import Iterator, Optional
 import torch
 
 from ..records import StepRecord
-from .base import Denoiser, NoiseSource, Option, Plan, make_record, predict
+from .base import Denoiser, NoiseSource, Option, Plan
+from .dpmsolver import x0_multistep
 
 SDE_ETA = Option("eta", 1.0, "float", "noise of the SDE step: 1 the reverse SDE (k-diffusion's default), 0 none "
                  "(then it is the ODE solver)", low=0.0, high=1.0, label="η", step=0.1)
@@ -53,53 +54,37 @@ def sample_dpmpp_2m_sde(
     denoiser: Denoiser, x: torch.Tensor, plan: Plan, noise: NoiseSource, *, start: int = 0,
     carry: Optional[dict] = None, eta: float, solver_type: str,
 ) -> Iterator[StepRecord]:
-    prev_x0: Optional[torch.Tensor] = (carry or {}).get("prev_x0")
-    for i in range(start, plan.steps):
-        s, s_next = float(plan.sigmas[i]), float(plan.sigmas[i + 1])
-        pred = predict(denoiser, x, plan, i)
-        x0 = pred.x0
-        if s_next == 0:
-            x = x0
-        else:
-            h = _log_step(plan, i)
-            x, a_t, big_h = _first_order(x, x0, s, s_next, h, eta)
-            if prev_x0 is not None and i > 0:
-                r = _log_step(plan, i - 1) / h
-                phi = -math.expm1(-big_h)
-                coef = phi / -big_h + 1.0 if solver_type == "heun" else 0.5 * phi
-                x = x + a_t * coef / r * (x0 - prev_x0)
-            x = _noise(x, noise, i, s_next, h, eta)
-        prev_x0 = x0
-        yield make_record("dpmpp_2m_sde", plan, i, x, pred, denoiser.nfe, {"prev_x0": x0})
+    def update(i: int, x: torch.Tensor, x0: torch.Tensor, s: float, s_next: float, earlier: list) -> torch.Tensor:
+        h = _log_step(plan, i)
+        x, a_t, big_h = _first_order(x, x0, s, s_next, h, eta)
+        if earlier[0] is not None and i > 0:
+            r = _log_step(plan, i - 1) / h
+            phi = -math.expm1(-big_h)
+            coef = phi / -big_h + 1.0 if solver_type == "heun" else 0.5 * phi
+            x = x + a_t * coef / r * (x0 - earlier[0])
+        return _noise(x, noise, i, s_next, h, eta)
+
+    return x0_multistep("dpmpp_2m_sde", denoiser, x, plan, start, carry, ("prev_x0",), update)
 
 
 def sample_dpmpp_3m_sde(
     denoiser: Denoiser, x: torch.Tensor, plan: Plan, noise: NoiseSource, *, start: int = 0,
     carry: Optional[dict] = None, eta: float,
 ) -> Iterator[StepRecord]:
-    carry = carry or {}
-    x0_1: Optional[torch.Tensor] = carry.get("prev_x0")
-    x0_2: Optional[torch.Tensor] = carry.get("prev2_x0")
-    for i in range(start, plan.steps):
-        s, s_next = float(plan.sigmas[i]), float(plan.sigmas[i + 1])
-        pred = predict(denoiser, x, plan, i)
-        x0 = pred.x0
-        if s_next == 0:
-            x = x0
-        else:
-            h = _log_step(plan, i)
-            x, a_t, big_h = _first_order(x, x0, s, s_next, h, eta)
-            phi_2 = math.expm1(-big_h) / big_h + 1.0
-            if x0_2 is not None and i > 1:
-                r0, r1 = _log_step(plan, i - 1) / h, _log_step(plan, i - 2) / h
-                d1_0, d1_1 = (x0 - x0_1) / r0, (x0_1 - x0_2) / r1
-                d1 = d1_0 + (d1_0 - d1_1) * (r0 / (r0 + r1))
-                d2 = (d1_0 - d1_1) / (r0 + r1)
-                phi_3 = phi_2 / big_h - 0.5
-                x = x + a_t * (phi_2 * d1 - phi_3 * d2)
-            elif x0_1 is not None and i > 0:
-                x = x + a_t * phi_2 / (_log_step(plan, i - 1) / h) * (x0 - x0_1)
-            x = _noise(x, noise, i, s_next, h, eta)
-        x0_1, x0_2 = x0, x0_1
-        out = {"prev_x0": x0} if x0_2 is None else {"prev_x0": x0, "prev2_x0": x0_2}
-        yield make_record("dpmpp_3m_sde", plan, i, x, pred, denoiser.nfe, out)
+    def update(i: int, x: torch.Tensor, x0: torch.Tensor, s: float, s_next: float, earlier: list) -> torch.Tensor:
+        x0_1, x0_2 = earlier
+        h = _log_step(plan, i)
+        x, a_t, big_h = _first_order(x, x0, s, s_next, h, eta)
+        phi_2 = math.expm1(-big_h) / big_h + 1.0
+        if x0_2 is not None and i > 1:
+            r0, r1 = _log_step(plan, i - 1) / h, _log_step(plan, i - 2) / h
+            d1_0, d1_1 = (x0 - x0_1) / r0, (x0_1 - x0_2) / r1
+            d1 = d1_0 + (d1_0 - d1_1) * (r0 / (r0 + r1))
+            d2 = (d1_0 - d1_1) / (r0 + r1)
+            phi_3 = phi_2 / big_h - 0.5
+            x = x + a_t * (phi_2 * d1 - phi_3 * d2)
+        elif x0_1 is not None and i > 0:
+            x = x + a_t * phi_2 / (_log_step(plan, i - 1) / h) * (x0 - x0_1)
+        return _noise(x, noise, i, s_next, h, eta)
+
+    return x0_multistep("dpmpp_3m_sde", denoiser, x, plan, start, carry, ("prev_x0", "prev2_x0"), update)

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from ..records import StepRecord
-from .base import Denoiser, NoiseSource, Option, Plan, make_record, predict, predict_at
-from .kdiffusion import ancestral_step, start_state, to_vp
+from .base import Denoiser, NoiseSource, Option, Plan, predict, predict_at
+from .kdiffusion import ancestral_step, churned_steps, euler_to, sigma_steps, to_vp
 
 DPMPP_2S_A_ETA = Option("eta", 1.0, "float", "noise of each ancestral step: 1 k-diffusion's full step, 0 none "
                         "(then it is DPM-Solver++(2S))", low=0.0, high=1.0, label="η", step=0.1)
@@ -40,42 +40,33 @@ def sample_dpmpp_2s_ancestral(
     denoiser: Denoiser, x: torch.Tensor, plan: Plan, noise: NoiseSource, *, start: int = 0,
     carry: Optional[dict] = None, eta: float, log_sigmas: np.ndarray,
 ) -> Iterator[StepRecord]:
-    xs = start_state(x, plan, start, carry)
-    for i in range(start, plan.steps):
-        s, s_next = float(plan.sigmas[i]), float(plan.sigmas[i + 1])
-        pred = predict(denoiser, to_vp(xs, s), plan, i)
-        down, up = ancestral_step(s, s_next, eta)
-        if down == 0:
-            xs = xs + (xs - pred.x0) / s * (down - s)
-        else:
-            mid = math.sqrt(s * down)
-            x2 = _exp_step(xs, pred.x0, s, mid)
-            pred2 = predict_at(denoiser, to_vp(x2, mid), plan, i, mid, log_sigmas)
-            xs = _exp_step(xs, pred2.x0, s, down)
-        if s_next > 0 and up > 0:
-            xs = xs + noise.step(i, tuple(xs.shape)) * up
-        yield make_record("dpmpp_2s_a", plan, i, to_vp(xs, s_next), pred, denoiser.nfe, {"state": xs})
+    def step_to(i: int, xs: torch.Tensor, x0: torch.Tensor, sigma: float, down: float) -> torch.Tensor:
+        mid = math.sqrt(sigma * down)
+        x2 = _exp_step(xs, x0, sigma, mid)
+        pred2 = predict_at(denoiser, to_vp(x2, mid), plan, i, mid, log_sigmas)
+        return _exp_step(xs, pred2.x0, sigma, down)
+
+    return churned_steps("dpmpp_2s_a", denoiser, x, plan, noise, start, carry, step_to, eta=eta)
 
 
 def sample_dpmpp_sde(
     denoiser: Denoiser, x: torch.Tensor, plan: Plan, noise: NoiseSource, *, start: int = 0,
     carry: Optional[dict] = None, eta: float, log_sigmas: np.ndarray,
 ) -> Iterator[StepRecord]:
-    xs = start_state(x, plan, start, carry)
-    for i in range(start, plan.steps):
-        s, s_next = float(plan.sigmas[i]), float(plan.sigmas[i + 1])
+    def step(i: int, xs: torch.Tensor, s: float, s_next: float):
         pred = predict(denoiser, to_vp(xs, s), plan, i)
         if s_next == 0:
-            xs = xs + (xs - pred.x0) / s * (s_next - s)
-        else:
-            mid = math.sqrt(s * s_next)
-            down, up = ancestral_step(s, mid, eta)
-            x2 = _exp_step(xs, pred.x0, s, down)
-            if up > 0:
-                x2 = x2 + noise.step(i, tuple(xs.shape), draw=0) * up
-            pred2 = predict_at(denoiser, to_vp(x2, mid), plan, i, mid, log_sigmas)
-            down, up = ancestral_step(s, s_next, eta)
-            xs = _exp_step(xs, pred2.x0, s, down)
-            if up > 0:
-                xs = xs + noise.step(i, tuple(xs.shape), draw=1) * up
-        yield make_record("dpmpp_sde", plan, i, to_vp(xs, s_next), pred, denoiser.nfe, {"state": xs})
+            return euler_to(i, xs, pred.x0, s, s_next), pred
+        mid = math.sqrt(s * s_next)
+        down, up = ancestral_step(s, mid, eta)
+        x2 = _exp_step(xs, pred.x0, s, down)
+        if up > 0:
+            x2 = x2 + noise.step(i, tuple(xs.shape), draw=0) * up
+        pred2 = predict_at(denoiser, to_vp(x2, mid), plan, i, mid, log_sigmas)
+        down, up = ancestral_step(s, s_next, eta)
+        xs = _exp_step(xs, pred2.x0, s, down)
+        if up > 0:
+            xs = xs + noise.step(i, tuple(xs.shape), draw=1) * up
+        return xs, pred
+
+    return sigma_steps("dpmpp_sde", denoiser, x, plan, start, carry, step)

@@ -7,7 +7,7 @@ EDM's stochastic churn (Karras et al. 2022, Alg. 2), off by default.
 from __future__ import annotations
 
 import math
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -78,22 +78,39 @@ def denoise(denoiser: Denoiser, xs: torch.Tensor, plan: Plan, i: int, sigma: flo
     return predict_at(denoiser, to_vp(xs, sigma), plan, i, sigma, log_sigmas)
 
 
-def _euler_steps(name: str, denoiser: Denoiser, x: torch.Tensor, plan: Plan, noise: NoiseSource, start: int,
-                 carry: Optional[dict], eta: float, churn_options: tuple = (0.0, 0.0, 0.0, 1.0),
-                 log_sigmas: Optional[np.ndarray] = None) -> Iterator[StepRecord]:
-    """Euler steps on the probability-flow ODE, dx/dσ = (x − x̂₀)/σ, each from σ̂ (:func:`churn`) to σ_down and
-    then fresh noise of std σ_up (:func:`ancestral_step`); with η = 0, σ_down = σ_next and no noise is drawn:
-    plain Euler."""
+def sigma_steps(name: str, denoiser: Denoiser, x: torch.Tensor, plan: Plan, start: int, carry: Optional[dict],
+                step: Callable) -> Iterator[StepRecord]:
+    """The loop of every σ-space sampler: ``step(i, x_σ, σ, σ_next)`` returns the state at σ_next and the step's
+    prediction; the record holds x_t and the carry the state x_σ, so a run resumes exactly (:func:`start_state`)."""
     xs = start_state(x, plan, start, carry)
     for i in range(start, plan.steps):
         s, s_next = float(plan.sigmas[i]), float(plan.sigmas[i + 1])
+        xs, pred = step(i, xs, s, s_next)
+        yield make_record(name, plan, i, to_vp(xs, s_next), pred, denoiser.nfe, {"state": xs})
+
+
+def euler_to(i: int, xs: torch.Tensor, x0: torch.Tensor, sigma: float, target: float) -> torch.Tensor:
+    """An Euler step of dx/dσ = (x − x̂₀)/σ from σ to ``target``."""
+    return xs + (xs - x0) / sigma * (target - sigma)
+
+
+def churned_steps(name: str, denoiser: Denoiser, x: torch.Tensor, plan: Plan, noise: NoiseSource, start: int,
+                  carry: Optional[dict], step_to: Callable, eta: float = 0.0,
+                  churn_options: tuple = (0.0, 0.0, 0.0, 1.0), log_sigmas: Optional[np.ndarray] = None
+                  ) -> Iterator[StepRecord]:
+    """Karras et al. 2022, Alg. 2's step, and its ancestral form (k-diffusion): churn σ to σ̂ (:func:`churn`; none
+    by default), x̂₀ at σ̂, then ``step_to(i, x_σ, x̂₀, σ̂, σ_d)`` to σ_d = σ_down (:func:`ancestral_step`; σ_next
+    at η = 0) — an Euler step when σ_d = 0 — and fresh noise of std σ_up."""
+    def step(i: int, xs: torch.Tensor, s: float, s_next: float):
         xs, s_hat = churn(xs, s, i, plan.steps, noise, *churn_options)
         pred = denoise(denoiser, xs, plan, i, s_hat, log_sigmas)
         down, up = ancestral_step(s, s_next, eta)
-        xs = xs + (xs - pred.x0) / s_hat * (down - s_hat)
+        xs = euler_to(i, xs, pred.x0, s_hat, down) if down == 0 else step_to(i, xs, pred.x0, s_hat, down)
         if up > 0:
             xs = xs + noise.step(i, tuple(xs.shape)) * up
-        yield make_record(name, plan, i, to_vp(xs, s_next), pred, denoiser.nfe, {"state": xs})
+        return xs, pred
+
+    return sigma_steps(name, denoiser, x, plan, start, carry, step)
 
 
 def sample_euler(
@@ -102,8 +119,8 @@ def sample_euler(
 ) -> Iterator[StepRecord]:
     """Euler's method on the probability-flow ODE: Karras et al. 2022, Alg. 2 without the 2nd-order correction
     (k-diffusion ``sample_euler``); with s_churn = 0, deterministic Euler (Alg. 1's first-order step)."""
-    return _euler_steps("euler", denoiser, x, plan, noise, start, carry, 0.0, (s_churn, s_tmin, s_tmax, s_noise),
-                        log_sigmas)
+    return churned_steps("euler", denoiser, x, plan, noise, start, carry, euler_to,
+                         churn_options=(s_churn, s_tmin, s_tmax, s_noise), log_sigmas=log_sigmas)
 
 
 def sample_euler_ancestral(
@@ -111,7 +128,7 @@ def sample_euler_ancestral(
     carry: Optional[dict] = None, eta: float,
 ) -> Iterator[StepRecord]:
     """Ancestral Euler (k-diffusion ``sample_euler_ancestral``): an Euler step to σ_down, then noise of std σ_up."""
-    return _euler_steps("euler_a", denoiser, x, plan, noise, start, carry, eta)
+    return churned_steps("euler_a", denoiser, x, plan, noise, start, carry, euler_to, eta=eta)
 
 
 def sample_heun(
@@ -120,17 +137,12 @@ def sample_heun(
 ) -> Iterator[StepRecord]:
     """Heun's 2nd-order method from σ̂ (:func:`churn`) to σ_next, Karras et al. 2022, Alg. 2 (Alg. 1 with
     s_churn = 0; k-diffusion ``sample_heun``); an Euler step on the last step, to σ = 0."""
-    xs = start_state(x, plan, start, carry)
-    for i in range(start, plan.steps):
-        s, s_next = float(plan.sigmas[i]), float(plan.sigmas[i + 1])
-        xs, s_hat = churn(xs, s, i, plan.steps, noise, s_churn, s_tmin, s_tmax, s_noise)
-        pred = denoise(denoiser, xs, plan, i, s_hat, log_sigmas)
-        d = (xs - pred.x0) / s_hat
-        if s_next == 0:
-            xs = xs + d * (s_next - s_hat)
-        else:
-            x2 = xs + d * (s_next - s_hat)
-            pred2 = predict(denoiser, to_vp(x2, s_next), plan, i, at_next=True)
-            d2 = (x2 - pred2.x0) / s_next
-            xs = xs + (d + d2) / 2 * (s_next - s_hat)
-        yield make_record("heun", plan, i, to_vp(xs, s_next), pred, denoiser.nfe, {"state": xs})
+    def heun_to(i: int, xs: torch.Tensor, x0: torch.Tensor, sigma: float, target: float) -> torch.Tensor:
+        d = (xs - x0) / sigma
+        x2 = xs + d * (target - sigma)
+        pred2 = predict(denoiser, to_vp(x2, target), plan, i, at_next=True)
+        d2 = (x2 - pred2.x0) / target
+        return xs + (d + d2) / 2 * (target - sigma)
+
+    return churned_steps("heun", denoiser, x, plan, noise, start, carry, heun_to,
+                         churn_options=(s_churn, s_tmin, s_tmax, s_noise), log_sigmas=log_sigmas)
