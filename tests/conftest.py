@@ -77,3 +77,14 @@ def one_thread():
 def gmm() -> GaussianMixtureModel:
     """The built-in exact 16×16×3 Gaussian mixture (π = .4/.3/.2/.1, s = .10/.15/.20/.10)."""
     return GaussianMixtureModel()
+
+
+@pytest.fixture(scope="module")
+def tiny_sd1_file(tmp_path_factory):
+    """A tiny SD 1.x-like pipeline written as one single-file checkpoint in the original layout
+    (checkpoint_files.py): (the file, the config root its loads must use)."""
+    from checkpoint_files import make_tiny_checkpoint
+
+    _, path, root = make_tiny_checkpoint("sd1", tmp_path_factory.mktemp("checkpoints"))
+    return path, root
+

@@ -11,7 +11,6 @@ import json
 import numpy as np
 import pytest
 
-from checkpoint_files import make_tiny_checkpoint
 from studio.checkpoints import configs as configs_module
 from studio.cli import main
 from studio.session.recipe import Recipe
@@ -23,16 +22,9 @@ pytestmark = [pytest.mark.usefixtures("one_thread"),
 SIZE = 16
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """(its single file, the config root)."""
-    _, path, root = make_tiny_checkpoint("sd1", tmp_path_factory.mktemp("checkpoints"))
-    return path, root
-
-
 @pytest.fixture
-def tiny_configs(tiny, monkeypatch):
-    monkeypatch.setattr(configs_module, "CONFIG_ROOT", tiny[1])
+def tiny_configs(tiny_sd1_file, monkeypatch):
+    monkeypatch.setattr(configs_module, "CONFIG_ROOT", tiny_sd1_file[1])
 
 
 def sample_args(model, out, *extra):
@@ -40,8 +32,8 @@ def sample_args(model, out, *extra):
             "--width", str(SIZE), "--height", str(SIZE), "--quiet", "--save-raw", "--out", str(out), *extra]
 
 
-def test_v_prediction_samples_differently_and_the_recipe_replays_it(tiny, tiny_configs, tmp_path, capsys):
-    path = tiny[0]
+def test_v_prediction_samples_differently_and_the_recipe_replays_it(tiny_sd1_file, tiny_configs, tmp_path, capsys):
+    path = tiny_sd1_file[0]
     eps, v, replay = tmp_path / "eps", tmp_path / "v", tmp_path / "replay"
     assert main(sample_args(path, eps, "--prediction-type", "epsilon")) == 0
     assert main(sample_args(path, v, "--prediction-type", "v_prediction")) == 0
@@ -54,9 +46,9 @@ def test_v_prediction_samples_differently_and_the_recipe_replays_it(tiny, tiny_c
     assert np.array_equal(xv, xr)
 
 
-def test_the_prediction_type_keys_the_model_cache(tiny, tiny_configs):
+def test_the_prediction_type_keys_the_model_cache(tiny_sd1_file, tiny_configs):
     cache = ModelCache()
-    base = Recipe(model=str(tiny[0]), prompt="a red seven")
+    base = Recipe(model=str(tiny_sd1_file[0]), prompt="a red seven")
     eps = cache.get(base)
     assert eps.info.prediction_type == "epsilon"  # the SD 1.x family's own
     v = cache.get(base.replace(prediction_type="v_prediction"))
@@ -78,15 +70,15 @@ def test_refused_in_one_line_for_a_model_that_is_not_a_single_file(tmp_path, cap
     assert "invalid choice: 'sample'" in capsys.readouterr().err
 
 
-def test_a_sweep_takes_it_in_fixed_and_its_workers_open_the_model_with_it(tiny, tiny_configs):
+def test_a_sweep_takes_it_in_fixed_and_its_workers_open_the_model_with_it(tiny_sd1_file, tiny_configs):
     from studio.sweep.spec import SpecError, parse_spec
     from studio.sweep.worker import CellWorker
 
-    model = json.dumps(str(tiny[0]))
+    model = json.dumps(str(tiny_sd1_file[0]))
     with pytest.raises(SpecError, match="prediction_type.*set it in \\[fixed\\]"):
         parse_spec(f'model = {model}\n[axes]\nprediction_type = ["epsilon", "v_prediction"]\n', "s.toml")
     spec = parse_spec(f'model = {model}\nmetrics = []\n[fixed]\nprediction_type = "v_prediction"\n', "s.toml")
     assert spec.cells[0].recipe.prediction_type == "v_prediction"
-    worker = CellWorker({"model": str(tiny[0]), "device": "cpu", "prediction_type": spec.fixed["prediction_type"],
+    worker = CellWorker({"model": str(tiny_sd1_file[0]), "device": "cpu", "prediction_type": spec.fixed["prediction_type"],
                          "metrics": [], "reference_steps": 2})
     assert worker.load_error is None and worker.model.info.prediction_type == "v_prediction"

@@ -14,7 +14,6 @@ pytest.importorskip("pytestqt")
 from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl  # noqa: E402
 from PySide6.QtGui import QAction, QDropEvent  # noqa: E402
 
-from checkpoint_files import make_tiny_checkpoint  # noqa: E402
 from studio.checkpoints import configs as configs_module  # noqa: E402
 
 from _gui import open_window, temp_settings  # noqa: E402,F401
@@ -24,16 +23,9 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::F
 SIZE = 16
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """(its single file, the config root)."""
-    _, path, root = make_tiny_checkpoint("sd1", tmp_path_factory.mktemp("checkpoints"))
-    return path, root
-
-
 @pytest.fixture
-def win(qtbot, tiny, monkeypatch):
-    monkeypatch.setattr(configs_module, "CONFIG_ROOT", tiny[1])
+def win(qtbot, tiny_sd1_file, monkeypatch):
+    monkeypatch.setattr(configs_module, "CONFIG_ROOT", tiny_sd1_file[1])
     return open_window(qtbot, steps=2, batch=1)
 
 
@@ -44,8 +36,8 @@ def drop(win, path) -> None:
                              Qt.KeyboardModifier.NoModifier))
 
 
-def test_open_checkpoint_from_the_file_menu_and_run(qtbot, win, tiny):
-    path = tiny[0]
+def test_open_checkpoint_from_the_file_menu_and_run(qtbot, win, tiny_sd1_file):
+    path = tiny_sd1_file[0]
     action = next(a for a in win.findChildren(QAction) if a.text() == "Open checkpoint file…")
     assert action.isEnabled()
     with qtbot.waitSignal(win.modelLoaded, timeout=60000) as blocker:
@@ -65,8 +57,8 @@ def test_open_checkpoint_from_the_file_menu_and_run(qtbot, win, tiny):
     assert (traj.recipe.width, traj.recipe.height) == (SIZE, SIZE)
 
 
-def test_dropped_checkpoint_opens_and_a_bad_one_keeps_the_model(qtbot, win, tiny, tmp_path):
-    path = tiny[0]
+def test_dropped_checkpoint_opens_and_a_bad_one_keeps_the_model(qtbot, win, tiny_sd1_file, tmp_path):
+    path = tiny_sd1_file[0]
     with qtbot.waitSignal(win.modelLoaded, timeout=60000):
         drop(win, path)
     assert win.model_spec == str(path)
@@ -92,22 +84,22 @@ def test_a_file_that_is_neither_model_nor_recipe_is_refused_in_one_line(qtbot, w
 
 
 @pytest.mark.slow  # a second load of the file; the prediction type's own tests are test_checkpoint_prediction_flag
-def test_opening_another_model_drops_a_recipes_prediction_type(qtbot, win, tiny):
+def test_opening_another_model_drops_a_recipes_prediction_type(qtbot, win, tiny_sd1_file):
     win.panel.set_recipe(win.current_recipe().replace(prediction_type="v_prediction"))
     with qtbot.waitSignal(win.modelLoaded, timeout=60000) as blocker:
-        win.open_path(str(tiny[0]))
+        win.open_path(str(tiny_sd1_file[0]))
     assert blocker.args[0].info.prediction_type == "epsilon"  # the file's own, not the last recipe's
     assert win.current_recipe().prediction_type is None
 
 
 @pytest.mark.slow
-def test_command_line_opens_the_window_on_a_checkpoint(qtbot, tiny, monkeypatch, tmp_path):
+def test_command_line_opens_the_window_on_a_checkpoint(qtbot, tiny_sd1_file, monkeypatch, tmp_path):
     from studio.cli import _opens_in_window, build_parser
     from studio.gui import MainWindow
     from studio.gui.app import model_or_recipe
 
-    monkeypatch.setattr(configs_module, "CONFIG_ROOT", tiny[1])
-    path = str(tiny[0])
+    monkeypatch.setattr(configs_module, "CONFIG_ROOT", tiny_sd1_file[1])
+    path = str(tiny_sd1_file[0])
     assert _opens_in_window(path, build_parser())  # `studio FILE.safetensors`
     recipe = tmp_path / "recipe.json"
     recipe.write_text("{}")

@@ -30,16 +30,11 @@ from studio.core.pipeline import load_pipeline_folder
 from studio.session.recipe import Recipe, RecipeError
 from studio.session.runner import Run, execute
 from _models import one_fast_case
-from text_pipelines import make_sd_pipeline
+from text_pipelines import BATCH, NEGATIVE, PROMPT, SIZE, TOL, make_sd_pipeline
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
               pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning")]
 
-BATCH = 2
-SIZE = 16
-TOL = 1e-4
-PROMPT = "a red seven on a blue background"
-NEGATIVE = "green"
 SCHEDULERS = {"ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler", "dpmpp_2m": "DPMSolverMultistepScheduler"}
 
 

@@ -22,16 +22,11 @@ from studio.core.guidance import Guidance
 from studio.core.loading import ModelLoadError
 from studio.core.pipeline import load_pipeline_folder
 from _models import one_fast_case
-from text_pipelines import SD_SCHEDULER, make_sd_pipeline, make_sdxl_pipeline
+from text_pipelines import BATCH, NEGATIVE, PROMPT, SIZE, TOL, SD_SCHEDULER, make_sd_pipeline, make_sdxl_pipeline
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
               pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning")]
 
-BATCH = 2
-SIZE = 16
-TOL = 1e-4
-PROMPT = "a red seven on a blue background"
-NEGATIVE = "green"
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,13 @@ SD_SCHEDULER = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", bet
 MAX_TOKENS = 16
 
 
+# the settings the pipeline-agreement tests (test_text_pipelines, test_img2img) share
+BATCH = 2
+SIZE = 16
+TOL = 1e-4
+PROMPT = "a red seven on a blue background"
+NEGATIVE = "green"
+
 def byte_chars() -> list[str]:
     """GPT-2 / CLIP's printable stand-ins for the 256 byte values (their ``bytes_to_unicode``)."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
