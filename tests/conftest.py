@@ -67,6 +67,13 @@ def private_home():
     shutil.rmtree(PRIVATE_ROOT, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def real_home_ray_files():
+    """(the user's real home, a function listing what Ray keeps there now, that listing at the session's
+    start): the Ray tests check that a session of tests changes none of it (only read, never written)."""
+    return REAL_HOME, ray_files_in_real_home, RAY_FILES_BEFORE
+
+
 @pytest.fixture
 def one_thread():
     with single_thread():

@@ -167,14 +167,13 @@ def test_the_test_instance_stays_on_loopback(local_ray):
     assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
 
 
-def test_a_local_ray_writes_its_token_into_the_private_home_not_the_users(local_ray):
+def test_a_local_ray_writes_its_token_into_the_private_home_not_the_users(local_ray, real_home_ray_files):
     """ray.init() on a new local cluster turns token authentication on and writes ~/.ray/auth_token: the tests'
     HOME is a temporary folder (conftest.py), so the user's own ~/.ray is exactly as it was."""
-    from conftest import RAY_FILES_BEFORE, REAL_HOME, ray_files_in_real_home
-
-    assert Path(os.environ["HOME"]) != REAL_HOME
+    real_home, ray_files_now, ray_files_before = real_home_ray_files
+    assert Path(os.environ["HOME"]) != real_home
     assert (Path(os.environ["HOME"]) / ".ray" / "auth_token").is_file()
-    assert ray_files_in_real_home() == RAY_FILES_BEFORE
+    assert ray_files_now() == ray_files_before
 
 
 HEAD = ("import ray, sys; ray.init(num_cpus=1, include_dashboard=False, _node_ip_address='127.0.0.1', "

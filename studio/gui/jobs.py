@@ -11,7 +11,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..core import engine
-from ..session.decodes import FULL_DECODE_SHARE, decode_share
+from ..session.decodes import decode_share, preview_for
 from ..session.provenance import weights_fingerprint
 from ..session.recipe import Recipe
 from ..session.runner import ModelCache, Run
@@ -68,7 +68,7 @@ def load_job(cache: ModelCache, recipe: Recipe) -> ModelSummary:
     summary.weights = weights_fingerprint(recipe.model, recipe.classifier, recipe.loras, recipe.vae)
     if model.info.text_conditioned:
         summary.decode_share = decode_share(model)
-        summary.preview = "full" if summary.decode_share <= FULL_DECODE_SHARE else "linear"
+        summary.preview = preview_for(summary.decode_share)
     return summary
 
 

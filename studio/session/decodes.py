@@ -60,9 +60,14 @@ def decode_share(model, clock: Callable[[], float] = time.perf_counter) -> float
     return decode / step if step > 0 else float("inf")
 
 
+def preview_for(share: float) -> str:
+    """``full`` when a full decode costs at most ``FULL_DECODE_SHARE`` of a UNet evaluation, else ``linear``."""
+    return "full" if share <= FULL_DECODE_SHARE else "linear"
+
+
 def default_preview(model, clock: Callable[[], float] = time.perf_counter) -> str:
-    """``full`` when a full decode at every step is cheap on this model and device, else ``linear``."""
-    return "full" if decode_share(model, clock) <= FULL_DECODE_SHARE else "linear"
+    """The preview a latent run streams by default on this model and device (:func:`preview_for`)."""
+    return preview_for(decode_share(model, clock))
 
 
 def shown(traj, full: bool = False) -> str:

@@ -132,9 +132,9 @@ def evaluate(settings: list[Setting], n: int, seed: int = 0, model_dir: Path = D
     import os
     import tempfile
 
-    from ..sweep.driver import run_sweep
-    from ..sweep.spec import parse_spec
-    from ..sweep.summary import cell_results, load_sweep, summarise
+    from .driver import run_sweep
+    from .spec import parse_spec
+    from .summary import cell_results, load_sweep, summarise
 
     results = []
     overall = OverallProgress([setting_work(s, n) for s in settings], progress_stream)
