@@ -203,16 +203,16 @@ class StepClock:
 
 
 def test_the_default_preview_is_the_full_decode_where_it_is_cheap(pipeline):
-    """decode_share times one UNet evaluation and one full decode (the clock injected: start and end of
-    each), and default_preview decodes fully when the share is at most FULL_DECODE_SHARE."""
+    """decode_share times UNet evaluations and full decodes (the clock injected: start and end of each of the
+    three timed calls of each, the fastest kept), and default_preview decodes fully when the share is at most FULL_DECODE_SHARE."""
     from studio.core.loading import load_model
     from studio.session.decodes import FULL_DECODE_SHARE, decode_share, default_preview
 
     model = load_model(str(pipeline), "cpu")
     step, cheap, dear = 1.0, FULL_DECODE_SHARE * 0.5, FULL_DECODE_SHARE * 2
-    assert decode_share(model, StepClock([0.0, step, 5.0, 5.0 + cheap])) == pytest.approx(cheap)
-    assert default_preview(model, StepClock([0.0, step, 5.0, 5.0 + cheap])) == "full"
-    assert default_preview(model, StepClock([0.0, step, 5.0, 5.0 + dear])) == "linear"
+    assert decode_share(model, StepClock([0.0, step] * 3 + [5.0, 5.0 + cheap] * 3)) == pytest.approx(cheap)
+    assert default_preview(model, StepClock([0.0, step] * 3 + [5.0, 5.0 + cheap] * 3)) == "full"
+    assert default_preview(model, StepClock([0.0, step] * 3 + [5.0, 5.0 + dear] * 3)) == "linear"
 
 
 def test_captions_say_what_a_latent_frame_shows(pipeline):

@@ -33,14 +33,16 @@ FULL_DECODE_SHARE = 1.0
 # the timing probe's latents are at most this many a side: both costs grow with the pixel count, so the
 # share carries over, and opening a large model does not wait for a decode at full size
 PROBE_LATENT_SIDE = 32
+PROBE_REPEATS = 3  # timed calls of each, the fastest kept
 # what a latent run's frames are, by preview mode, for captions: a caption always says what is shown
 SHOWN = {"linear": "linear preview", "tiny": "TAESD preview", "full": "full VAE decode"}
 FULL = SHOWN["full"]
 
 
-def decode_share(model, clock: Callable[[], float] = time.perf_counter) -> float:
+def decode_share(model, clock: Callable[[], float] = time.perf_counter, repeats: int = PROBE_REPEATS) -> float:
     """A full VAE decode's time over one UNet evaluation's, for one image (latents of at most
-    ``PROBE_LATENT_SIDE`` a side), each timed on its second call (the first pays one-off set-up)."""
+    ``PROBE_LATENT_SIDE`` a side): each timed ``repeats`` times after one untimed call (which pays the
+    one-off set-up), the fastest of each kept, as a single timing swings several-fold on a busy machine."""
     info = model.info
     side = min(int(info.sample_size), PROBE_LATENT_SIDE)
     pixels = side * int(info.vae_scale_factor)
@@ -49,14 +51,17 @@ def decode_share(model, clock: Callable[[], float] = time.perf_counter) -> float
     t = torch.full((1,), 500.0)  # any timestep: the cost does not depend on it
     x = z.to(model.device, model.dtype)
 
-    def timed(fn) -> float:
+    def fastest(fn) -> float:
         fn()
-        start = clock()
-        fn()
-        return max(clock() - start, 0.0)
+        times = []
+        for _ in range(repeats):
+            start = clock()
+            fn()
+            times.append(max(clock() - start, 0.0))
+        return min(times)
 
-    step = timed(lambda: model.predict(x, t.to(model.device), cond, 1.0))
-    decode = timed(lambda: model.decode(z))
+    step = fastest(lambda: model.predict(x, t.to(model.device), cond, 1.0))
+    decode = fastest(lambda: model.decode(z))
     return decode / step if step > 0 else float("inf")
 
 
