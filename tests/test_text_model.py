@@ -41,15 +41,42 @@ def _check_caption_true(cap: str, attrs) -> None:
     assert styles in ([], [C.FONT_STYLE[C.FONT_NAMES[font]]]), cap
 
 
-def test_every_caption_is_true_of_its_image_parameters():
+@pytest.mark.parametrize("orders", C.CAPTION_ORDERS)
+def test_every_caption_is_true_of_its_image_parameters(orders):
     rng = np.random.default_rng(0)
     attrs = C.sample_attributes(3000, rng, "all")
-    seen_templates = set()
+    seen_templates, background_first = set(), 0
     for a in attrs:
-        cap = C.caption(a, rng)
+        cap = C.caption(a, rng, orders=orders)
         _check_caption_true(cap, a)
         seen_templates.add(len(cap.split()))
+        words = cap.replace(",", " ").split()
+        fg, bg = C.COLOUR_NAMES[a[1]], C.COLOUR_NAMES[a[2]]
+        background_first += fg in words and bg in words and words.index(bg) < words.index(fg)
     assert len(seen_templates) > 4  # full and partial templates both occur
+    # fixed orders never name the background before the digit's colour; varied ones do, about 1 time in 5
+    assert (background_first == 0) if orders == "fixed" else (0.1 < background_first / len(attrs) < 0.35)
+
+
+def test_fixed_caption_orders_draw_the_captions_v8_was_trained_on():
+    """"fixed" is the default and draws exactly what the templates of v8 give (the same random stream)."""
+    a, b = np.random.default_rng(5), np.random.default_rng(5)
+    attrs = C.sample_attributes(300, np.random.default_rng(6), "all")
+    for row in attrs:
+        cap = C.caption(row, a)
+        assert cap == C.caption(row, b, orders="fixed")
+        assert any(_matches(t, cap) for t in C.FULL_TEMPLATES + C.PARTIAL_TEMPLATES), cap
+    with pytest.raises(ValueError, match="caption orders"):
+        C.caption(attrs[0], a, orders="backwards")
+
+
+def _matches(template: str, cap: str) -> bool:
+    import re
+    pattern = re.escape(template)
+    for field in ("d", "fg", "bg"):
+        pattern = pattern.replace(re.escape("{" + field + "}"), r"\w+")
+    pattern = pattern.replace(re.escape("{style}"), r"(?:\w+ )?")
+    return re.fullmatch(pattern, cap) is not None
 
 
 def test_colour_pairs_are_distinct_and_readable():
@@ -395,8 +422,8 @@ def test_caption_targets_state_exactly_what_the_caption_says():
     rng = np.random.default_rng(3)
     attrs = C.sample_attributes(400, rng, "train")
     for a in attrs:
-        for _ in range(3):
-            cap = C.caption(a, rng)
+        for orders in C.CAPTION_ORDERS:
+            cap = C.caption(a, rng, orders=orders)
             d, f, b, s = caption_targets(cap)
             words = cap.replace(",", " ").split()
             said_digit = any(w.isdigit() or w in C.DIGIT_WORDS for w in words)
@@ -406,6 +433,11 @@ def test_caption_targets_state_exactly_what_the_caption_says():
             style = C.FONT_STYLE[C.FONT_NAMES[a[3]]]
             assert s == (C.STYLE_WORDS.index(style) if style and style in words else HEADS["style"]), cap
     assert caption_targets("") == tuple(HEADS.values())
+    # whatever the word order, the colour right after "on" (or "on a") is the background
+    red, grey, blue = (C.COLOUR_NAMES.index(c) for c in ("red", "grey", "blue"))
+    assert caption_targets("on a grey background, a red 1")[:3] == (1, red, grey)
+    assert caption_targets("a 7 in red on blue")[:3] == (7, red, blue)
+    assert caption_targets("on blue, a six")[:3] == (6, HEADS["fg"], blue)
 
 
 @pytest.mark.slow

@@ -101,6 +101,26 @@ PARTIAL_TEMPLATES = (
     "a {d} on a {bg} background",
     "a {style}{d}",
 )
+# The same captions in other word orders: the background named first, the colour after the digit.
+# Templates above name the foreground before the background; a model trained only on them binds
+# colour words by position (the first colour is the digit's), not by the words around them.
+REORDERED_FULL_TEMPLATES = (
+    "on a {bg} background, a {fg} {d}",
+    "on {bg}, a {style}{fg} {d}",
+    "a {d} in {fg} on {bg}",
+    "a {style}{d} in {fg} on a {bg} background",
+    "on a {bg} background, the digit {d} in {fg}",
+    "{d} in {fg}, on a {bg} background",
+)
+REORDERED_PARTIAL_TEMPLATES = (
+    "a {d} in {fg}",
+    "{d} in {fg}",
+    "on {bg}, a {d}",
+    "on a {bg} background, a {fg} digit",
+)
+# caption word orders a training run draws from: "fixed" (the foreground colour first, as the
+# shipped v8 model was trained) or "varied" (those and the reordered ones, half and half)
+CAPTION_ORDERS = ("fixed", "varied")
 P_PARTIAL = 0.2  # share of partial captions among non-empty ones
 
 
@@ -125,11 +145,17 @@ class Attributes:
         return FONT_STYLE[FONT_NAMES[self.font]]
 
 
-def caption(attrs, rng: np.random.Generator, p_partial: float = P_PARTIAL) -> str:
+def caption(attrs, rng: np.random.Generator, p_partial: float = P_PARTIAL, orders: str = "fixed") -> str:
     """A true caption of an image with attributes ``attrs`` = (digit, fg, bg, font) indices:
-    a random template, the digit as a numeral or a word, the style word half the time."""
+    a random template, the digit as a numeral or a word, the style word half the time. With
+    ``orders="varied"`` half the captions come from the reordered templates."""
+    if orders not in CAPTION_ORDERS:
+        raise ValueError(f"unknown caption orders {orders!r}: use one of {', '.join(CAPTION_ORDERS)}")
     digit, fg, bg, font = (int(v) for v in attrs)
-    templates = PARTIAL_TEMPLATES if rng.random() < p_partial else FULL_TEMPLATES
+    partial = rng.random() < p_partial
+    templates = PARTIAL_TEMPLATES if partial else FULL_TEMPLATES
+    if orders == "varied" and rng.random() < 0.5:
+        templates = REORDERED_PARTIAL_TEMPLATES if partial else REORDERED_FULL_TEMPLATES
     t = templates[int(rng.integers(len(templates)))]
     d = str(digit) if rng.random() < 0.5 else DIGIT_WORDS[digit]
     style = FONT_STYLE[FONT_NAMES[font]]
@@ -204,7 +230,7 @@ def load_cached_captioned(cache_dir, n: int, seed: int, split: str = "train") ->
 def vocabulary() -> list[str]:
     """Every word a caption can contain (punctuation and numerals are tokens of their own)."""
     words: set[str] = set(DIGIT_WORDS) | set(COLOUR_NAMES) | set(STYLE_WORDS)
-    for t in FULL_TEMPLATES + PARTIAL_TEMPLATES:
+    for t in FULL_TEMPLATES + PARTIAL_TEMPLATES + REORDERED_FULL_TEMPLATES + REORDERED_PARTIAL_TEMPLATES:
         for w in t.replace(",", " ").split():
             if "{" not in w:
                 words.add(w)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from ..core.options import Option, OptionError, schema
+from ..data.captions import CAPTION_ORDERS
 from .lr_schedule import SCHEDULES
 
 
@@ -73,6 +74,9 @@ SNR_GAMMA = Option(kind="float", low=0, low_open=True, optional=True,
 GRID_EVERY = Option(kind="int", low=1, optional=True,
                     help="steps between sample grids, made at checkpoints (None: at every checkpoint)")
 GRID_STEPS = _count("sampler steps of the sample grids")
+CAPTION_ORDER = Option(default="fixed", kind="choice", choices=CAPTION_ORDERS,
+                       help="caption word orders: fixed (the digit's colour first, as v8 was trained) or varied "
+                            "(half the captions name the background first or the colour after the digit)")
 NETWORK = Option(kind="object", optional=True, flag=None,
                  help="the network's configuration (None: the shipped one)")
 

@@ -38,8 +38,8 @@ from .diffusion import min_snr_weights
 from ..core.prediction import from_x0_eps
 from ..core.text_model import quiet_libraries
 from .fit import Clock, ProgressFn, Trainee, fit
-from .settings import (CHECKPOINT_EVERY, DATASET_N, EMA_DECAY, GRID_EVERY, GRID_STEPS, LR, NETWORK, P_UNCOND, STEPS,
-                       WARMUP_STEPS, DataConfig, flag, min_snr_setting, setting)
+from .settings import (CAPTION_ORDER, CHECKPOINT_EVERY, DATASET_N, EMA_DECAY, GRID_EVERY, GRID_STEPS, LR, NETWORK,
+                       P_UNCOND, STEPS, WARMUP_STEPS, DataConfig, flag, min_snr_setting, setting)
 from .text_model import (TEXT_CONFIG, TRAINED_PREDICTION_TYPES, UNET_CONFIG, alphas_cumprod, export_pipeline,
                          make_pipeline, make_text_encoder, make_unet, scheduler_config)
 from .tokenizer import load_tokenizer, write_tokenizer
@@ -130,6 +130,7 @@ class TextDiffusionConfig(DataConfig):
              "text-encoder`; None: one trained from scratch with the UNet)"))
     ema_decay: float = setting(EMA_DECAY, 0.999)
     p_uncond: float = setting(P_UNCOND, 0.1)
+    caption_orders: str = setting(CAPTION_ORDER)
     snr_gamma: Optional[float] = min_snr_setting(5.0)
     prediction_type: Optional[str] = setting(Option(
         kind="choice", choices=TRAINED_PREDICTION_TYPES, optional=True,
@@ -219,7 +220,8 @@ def train_text_diffusion(out_dir, vae_dir=None, config: TextDiffusionConfig | No
     def loss(rng: np.random.Generator, gen: torch.Generator) -> torch.Tensor:
         idx = rng.integers(0, len(images), size=n)
         drop = rng.random(n) < cfg.p_uncond
-        ids = tokenize(["" if d else caption(attrs[i], rng) for i, d in zip(idx, drop)])
+        ids = tokenize(["" if d else caption(attrs[i], rng, orders=cfg.caption_orders)
+                         for i, d in zip(idx, drop)])
         idx_t = torch.from_numpy(idx)
         z0 = scaling * (lat_mean[idx_t] + lat_std[idx_t] * torch.randn(lat_mean[idx_t].shape, generator=gen))
         t = torch.randint(0, ac.shape[0], (n,), generator=gen)

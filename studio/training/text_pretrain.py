@@ -36,21 +36,26 @@ from ..data.captions import COLOUR_NAMES, DIGIT_WORDS, STYLE_WORDS, caption, sam
 from .text_diffusion import CachedTokenizer
 from .text_model import TEXT_CONFIG, make_text_encoder
 from .fit import Clock, ProgressFn, Trainee, fit
-from .settings import BATCH_SIZE, CHECKPOINT_EVERY, LR, NETWORK, STEPS, WARMUP_STEPS, TrainConfig, setting
+from .settings import (BATCH_SIZE, CAPTION_ORDER, CHECKPOINT_EVERY, LR, NETWORK, STEPS, WARMUP_STEPS, TrainConfig,
+                       setting)
 from .tokenizer import load_tokenizer, write_tokenizer
 HEADS = {"digit": len(DIGIT_WORDS), "fg": len(COLOUR_NAMES), "bg": len(COLOUR_NAMES), "style": len(STYLE_WORDS)}
 
 
 def caption_targets(text: str) -> tuple[int, int, int, int]:
     """(digit, fg, bg, style) indices a caption states; the head's size ("not said") where it
-    states nothing. The colour after "on" is the background, a colour before it (or the only
-    colour of a caption without "on") the foreground, as every template is built."""
+    states nothing. A colour right after "on" or "on a" is the background, any other colour the
+    foreground, whatever the word order ("on a grey background, a red 1", "a 1 in red on grey")."""
     words = text.replace(",", " ").split()
     digit = next((int(w) if w.isdigit() else DIGIT_WORDS.index(w) for w in words
                   if w.isdigit() or w in DIGIT_WORDS), HEADS["digit"])
-    on = words.index("on") if "on" in words else len(words)
-    fg = next((COLOUR_NAMES.index(w) for w in words[:on] if w in COLOUR_NAMES), HEADS["fg"])
-    bg = next((COLOUR_NAMES.index(w) for w in words[on:] if w in COLOUR_NAMES), HEADS["bg"])
+
+    def after_on(i: int) -> bool:
+        return words[i - 1:i] == ["on"] or words[max(i - 2, 0):i] == ["on", "a"]
+
+    colours = [(i, w) for i, w in enumerate(words) if w in COLOUR_NAMES]
+    fg = next((COLOUR_NAMES.index(w) for i, w in colours if not after_on(i)), HEADS["fg"])
+    bg = next((COLOUR_NAMES.index(w) for i, w in colours if after_on(i)), HEADS["bg"])
     style = next((STYLE_WORDS.index(w) for w in words if w in STYLE_WORDS), HEADS["style"])
     return digit, fg, bg, style
 
@@ -83,9 +88,9 @@ class CaptionProbe(torch.nn.Module):
         return loss, acc
 
 
-def _batch(rng: np.random.Generator, n: int, p_empty: float) -> list[str]:
+def _batch(rng: np.random.Generator, n: int, p_empty: float, orders: str) -> list[str]:
     attrs = sample_attributes(n, rng, "train")
-    return ["" if rng.random() < p_empty else caption(a, rng) for a in attrs]
+    return ["" if rng.random() < p_empty else caption(a, rng, orders=orders) for a in attrs]
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,7 @@ class TextEncoderConfig(TrainConfig):
     checkpoint_every: int = setting(CHECKPOINT_EVERY, 100)
     p_empty: float = setting(Option(kind="float", low=0, high=1, high_open=True,
                                     help="probability that a caption is the empty prompt"), 0.1)
+    caption_orders: str = setting(CAPTION_ORDER)
     text_config: Optional[dict] = setting(NETWORK, None)
 
 
@@ -128,7 +134,7 @@ def pretrain_text_encoder(out_dir, config: TextEncoderConfig | None = None, *, p
         return ids, after_eos, targets
 
     def loss(rng: np.random.Generator, gen: torch.Generator) -> tuple[torch.Tensor, dict]:
-        ids, after_eos, targets = encode(_batch(rng, cfg.batch_size, cfg.p_empty))
+        ids, after_eos, targets = encode(_batch(rng, cfg.batch_size, cfg.p_empty, cfg.caption_orders))
         value, acc = probe.loss_and_accuracy(encoder(ids)[0], after_eos, targets)
         return value, {"accuracy": acc["all_four"]}
 
@@ -138,7 +144,8 @@ def pretrain_text_encoder(out_dir, config: TextEncoderConfig | None = None, *, p
     summary = {**fit(out_dir, trainee, cfg, progress, clock), **trainee.state}
     encoder.eval()
     with torch.no_grad():  # fresh captions the run never drew (another seed)
-        ids, after_eos, targets = encode(_batch(np.random.default_rng(cfg.seed + 10_000), 2000, cfg.p_empty))
+        ids, after_eos, targets = encode(_batch(np.random.default_rng(cfg.seed + 10_000), 2000, cfg.p_empty,
+                                                 cfg.caption_orders))
         _, summary["held_back_accuracy"] = probe.loss_and_accuracy(encoder(ids)[0], after_eos, targets)
     if cfg.export:
         final = out_dir / "final"
