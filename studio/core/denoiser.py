@@ -39,6 +39,9 @@ class Prediction:
     guided: bool = False
     grad: Optional[torch.Tensor] = None  # ∇ log p(y|x_t), for the mean-shift form only
     scale: float = 0.0
+    # with ``keep_unguided``, where guidance acted: x̂₀ without it, from the same evaluation (CFG's
+    # conditional half; classifier guidance's model output before the gradient), processed like ``x0``
+    unguided_x0: Optional[torch.Tensor] = None
 
 
 class Denoiser:
@@ -54,8 +57,10 @@ class Denoiser:
         eps_from_x0: bool = True,
         uncond=None,
         guidance_rescale: float = 0.0,
+        keep_unguided: bool = False,
     ):
         self.model = model
+        self.keep_unguided = keep_unguided  # also return the unguided x̂₀ (Prediction.unguided_x0)
         self.guidance = guidance.validate()
         self.x0_mode = x0_mode
         self.clip_range = clip_range
@@ -105,7 +110,7 @@ class Denoiser:
             if self.guidance_rescale:
                 out = rescale_guided(out, out_c, self.guidance_rescale)
             eps = to_epsilon(out, x, a, b, ptype)
-            raw = out
+            raw, unguided_raw = out, out_c
             guided = True
         else:
             if labels is None or g.mode == "classifier":
@@ -114,7 +119,7 @@ class Denoiser:
                     labels = torch.full((x.shape[0],), null, device=x.device, dtype=torch.long)
                 elif self.uncond is not None:
                     labels = self.uncond
-            raw = self._forward(x, t, labels, sigma)
+            raw = unguided_raw = self._forward(x, t, labels, sigma)
             eps = to_epsilon(raw, x, a, b, ptype)
             guided = g.mode == "cfg" and active
         grad = None
@@ -128,11 +133,14 @@ class Denoiser:
         # at ᾱ = 0 (pure noise) x̂₀ cannot come from ε̂ (it divides by √ᾱ); the network's own output gives it
         # (v-prediction: x̂₀ = −v̂), as diffusers' schedulers compute it
         x0 = to_x0(raw, x, a, b, ptype) if a == 0 else eps_to_x0(eps, x, a, b)
+        unguided = to_x0(unguided_raw, x, a, b, ptype) if self.keep_unguided and guided else None
         if self.x0_mode != "none":
             x0 = process_x0(x0, self.x0_mode, self.clip_range, self.threshold_ratio, self.threshold_max)
+            if unguided is not None:
+                unguided = process_x0(unguided, self.x0_mode, self.clip_range, self.threshold_ratio, self.threshold_max)
             if self.eps_from_x0:
                 eps = x0_to_eps(x0, x, a, b)
-        return Prediction(eps, x0, guided, grad, g.scale_at(fraction))
+        return Prediction(eps, x0, guided, grad, g.scale_at(fraction), unguided)
 
 
 def rescale_guided(guided: torch.Tensor, cond: torch.Tensor, phi: float) -> torch.Tensor:

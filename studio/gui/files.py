@@ -10,6 +10,37 @@ from PySide6.QtWidgets import QFileDialog
 
 from ..session.recipe import Recipe, RecipeError
 
+# File → Open image…'s filter: the usual formats first (any format Pillow reads opens, ``image_suffixes``)
+IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.bmp *.tif *.tiff *.gif);;All files (*)"
+
+
+def image_suffixes() -> set[str]:
+    """Every file suffix Pillow can open (``.png``, ``.jpg``, ``.webp``, …), lower case."""
+    from PIL import Image
+
+    Image.init()
+    return {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+
+
+def png_carries_settings(path: str) -> bool:
+    """Whether a PNG holds a studio recipe or a web UI's ``parameters`` (then a drop opens it as a recipe);
+    False for a plain or unreadable image, which opens as an image (and an unreadable one says why there)."""
+    import warnings
+
+    from PIL import Image
+
+    from ..core.file_reading import FileReadError, open_regular
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a decompression bomb's warning: the image opener refuses it
+            with open_regular(path, FileReadError) as f, Image.open(f) as im:
+                # the text chunks ahead of the pixels, where Pillow (the studio's export) and the web UIs write
+                # them: read without decoding the image
+                return bool(im.info.get("recipe") or im.info.get("parameters"))
+    except Exception:  # noqa: BLE001 - Pillow raises many types for broken files: the image opener names the problem
+        return False
+
 
 class RecipeFiles:
     """MainWindow's recipe and settings methods (a mixin)."""
@@ -19,6 +50,18 @@ class RecipeFiles:
                                               "Recipes (*.json *.png);;All files (*)")
         if path:
             self.open_recipe(path)
+
+    def open_image_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open an image", str(Path.home()), IMAGE_FILTER)
+        if path:
+            self.open_image(path)
+
+    def open_image(self, path: str) -> None:
+        """Show the image in the forward view (gui/forward_view.py), fitted to the open model. A file that is
+        not a usable image is one line in the error bar; the run and the model shown stay as they are."""
+        self.hide_error()
+        self.statusBar().showMessage(f"Opening image {path}…", 5000)
+        self.forwardPanel.open_image(path)
 
     def open_recipe(self, path: str) -> Optional[Recipe]:
         """Restore every setting from a recipe .json or an exported .png; loads its model if needed.
@@ -113,24 +156,27 @@ class RecipeFiles:
         if not urls:
             return
         if not urls[0].isLocalFile():
-            self.show_error(f"{urls[0].toString()}: drop a local model folder, checkpoint file or recipe file")
+            self.show_error(f"{urls[0].toString()}: drop a local model folder, checkpoint file, recipe file or image")
             return
         event.acceptProposedAction()
         self.open_path(urls[0].toLocalFile())
 
     def open_path(self, path: str) -> None:
-        """A dropped path: a folder or a single-file checkpoint (``CHECKPOINT_SUFFIXES``) is a model, a
-        .json/.png is a recipe."""
+        """A dropped path: a folder or a single-file checkpoint (``CHECKPOINT_SUFFIXES``) is a model, a .json
+        or a PNG carrying a recipe (the studio's, or a web UI's parameters) is a recipe, any other image
+        (``image_suffixes``) opens in the forward view."""
         from ..checkpoints import CHECKPOINT_SUFFIXES
 
         p = Path(path)
         if p.is_dir() or p.suffix.lower() in CHECKPOINT_SUFFIXES:
             self.open_model(str(p))
-        elif p.suffix.lower() in (".json", ".png", ".apng"):
+        elif p.suffix.lower() == ".json" or (p.suffix.lower() in (".png", ".apng") and png_carries_settings(str(p))):
             self.open_recipe(str(p))
+        elif p.suffix.lower() in image_suffixes():
+            self.open_image(str(p))
         else:
-            self.show_error(f"{p}: drop a model folder, a checkpoint file ({', '.join(CHECKPOINT_SUFFIXES)}) or a "
-                            "recipe (.json or exported .png)")
+            self.show_error(f"{p}: drop a model folder, a checkpoint file ({', '.join(CHECKPOINT_SUFFIXES)}), a "
+                            "recipe (.json or exported .png) or an image (PNG, JPEG, WebP, …)")
 
     # == settings and closing =============================================================================
     def _restore_settings(self) -> None:
