@@ -85,6 +85,8 @@ def test_every_broken_recipe_is_one_line_in_the_window_and_changes_nothing(qtbot
 def test_dropping_broken_files_is_one_line_too(qtbot, win, tmp_path):
     before = win.current_recipe()
     for needle, path in bad_recipe_files(tmp_path).items():
+        if path.suffix == ".png":  # a dropped PNG without a recipe is an image to start from (test_forward_view.py)
+            continue
         win.hide_error()
         mime = QMimeData()
         mime.setUrls([QUrl.fromLocalFile(str(path))])

@@ -16,6 +16,7 @@ from ..session.runner import ModelCache
 from . import jobs
 from .branches import Branching
 from .files import RecipeFiles
+from .forward_view import install as install_forward_view
 from .models import ModelHandling
 from .panel import SamplerPanel
 from .plots import GuidancePlot, SchedulePlot
@@ -59,6 +60,8 @@ def describe(r: Recipe) -> str:
         parts.append("Karras")
     if r.guidance != "none":
         parts.append(f"{'CFG' if r.guidance == 'cfg' else 'classifier'} {r.scale:g}")
+    if r.init_image is not None:
+        parts.append(f"from an image at plan step {r.first_step()}")
     parts.append(f"seed {r.seed}")
     return ", ".join(parts)
 
@@ -203,6 +206,7 @@ class MainWindow(Branching, ModelHandling, RecipeFiles, QMainWindow):
         self.loadBar.setRange(0, 0)
         self.loadBar.hide()
         self.statusBar().addPermanentWidget(self.loadBar)
+        self.forwardPanel = install_forward_view(self)  # a dock, shown once an image is opened
         self._menus()
 
         self.panel.modelRequested.connect(self._model_requested)
@@ -235,6 +239,7 @@ class MainWindow(Branching, ModelHandling, RecipeFiles, QMainWindow):
         self._action(m, "Open model folder…", self.open_model_dialog, "Ctrl+O")
         self._action(m, "Open checkpoint file…", self.open_checkpoint_dialog)  # .safetensors, .ckpt (gui/models.py)
         self._action(m, "Open recipe…", self.open_recipe_dialog, "Ctrl+Shift+O")
+        self._action(m, "Open image…", self.open_image_dialog, "Ctrl+I")  # the forward view (gui/files.py)
         self._action(m, "Open sweep…", lambda: open_sweep(self))  # gui/sweep_view.py
         self._action(m, "Save recipe…", self.save_recipe_dialog, "Ctrl+S")
         self._action(m, "Export…", self.export_dialog, "Ctrl+E")
@@ -253,6 +258,7 @@ class MainWindow(Branching, ModelHandling, RecipeFiles, QMainWindow):
         self._action(m, "Step forward", lambda: self._active_view().scrubberBar.step(+1), "Right")
         self._action(m, "First step", lambda: self._active_view().scrubberBar.set_position(0), "Home")
         self._action(m, "Last step", lambda: self._active_view().scrubberBar.set_position(10**9), "End")
+        m.addAction(self.forwardDock.toggleViewAction())
         m = self.menuBar().addMenu("&Help")
         self._action(m, "Keyboard shortcuts", self._shortcuts_help)
 
@@ -357,11 +363,20 @@ class MainWindow(Branching, ModelHandling, RecipeFiles, QMainWindow):
         recipe = self._valid_recipe()
         if recipe is None:
             return
-        self.hide_error()
         self.settings.setValue("recipe", recipe.to_json())
+        self.run_recipe(recipe)
+
+    def run_recipe(self, recipe: Recipe) -> bool:
+        """Start the main run of ``recipe`` (validated; the panel's own, or the forward view's image-to-image
+        run); False, with a message, while another job runs."""
+        if self.busy or self.summary is None:
+            self.show_error("Wait for the current run or model to finish (Esc stops a run), then try again")
+            return False
+        self.hide_error()
         self._start(jobs.run_job, self.cache, recipe, tag="main", preview=self.panel.preview_setting(),
                     on_yield=self._on_step,
                     on_end=lambda w: self._run_ended(self.mainView, w))
+        return True
 
     def stop(self) -> None:
         if self.worker is not None:
@@ -556,6 +571,7 @@ class MainWindow(Branching, ModelHandling, RecipeFiles, QMainWindow):
     def shutdown(self) -> None:
         """Stop every worker thread and wait for it (no 'QThread destroyed while running')."""
         self._pending = None
+        self.forwardPanel.shutdown()
         for dlg in list(self._dialogs):
             dlg.shutdown()
         for w in list(self._workers):
