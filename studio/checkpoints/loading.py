@@ -36,7 +36,7 @@ from .configs import SCHEDULER_CONFIG, config_folder
 from .header import CheckpointError
 from .inspection import CheckpointInfo, inspect_checkpoint
 
-SAMPLED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
+SAMPLED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline")
 COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
 Available = Callable[[torch.device], Optional[int]]
 
@@ -151,8 +151,8 @@ def inspect_for_loading(path: str | os.PathLike, allow_pickle: bool = False, pre
         raise ModelLoadError(f"{info.path}: holds no {' and no '.join(info.missing)} ({info.family.title} needs "
                              "it); the studio opens complete checkpoints")
     if sampling and info.family.pipeline not in SAMPLED_PIPELINES:
-        raise ModelLoadError(f"{info.path}: {info.family.title} checkpoints refine images made by the base model "
-                             "and the studio samples from noise; `studio convert` writes it as a diffusers folder")
+        raise ModelLoadError(f"{info.path}: the studio does not sample {info.family.title} checkpoints; "
+                             "`studio convert` writes it as a diffusers folder")
     return info
 
 

@@ -3,7 +3,9 @@
 The reverse chain runs on the VAE's scaled latents z = scaling_factor · E(x); the UNet cross-attends
 to the text encoder's hidden states. Prompts are encoded by diffusers' own ``encode_prompt`` (so the
 embeddings are exactly a diffusers pipeline's) once per distinct text and kept, so branches and
-compare runs with the same prompt reuse them.
+compare runs with the same prompt reuse them. A prompt written in the web UIs' weighting syntax
+(``(word:1.3)``; ``prompt_weights.py``) is encoded from the same hidden states with the weights
+applied as AUTOMATIC1111 applies them (``prompt_emphasis.py``).
 
 Seeing latents: ``preview`` maps latents to RGB with a per-model linear projection (least squares
 against what the VAE decodes; ``fit_linear_preview``), cheap enough for every step; ``decode`` is
@@ -15,7 +17,7 @@ import contextlib
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace as replace_field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -25,9 +27,14 @@ import torch.nn.functional as F
 from .conditioning import TextCondition
 from .file_hashes import user_cache_dir  # the one cache folder ($STUDIO_CACHE_DIR, else the platform's)
 from .model import ModelInfo
+from .prompt_emphasis import ChunkTokens, chunk_tokens, emphasise
+from .prompt_weights import checked_runs, is_plain, parse_weights
 
 
 PREVIEW_MODES = ("linear", "tiny", "full")
+REFINER_PIPELINE = "StableDiffusionXLImg2ImgPipeline"
+XL_PIPELINES = ("StableDiffusionXLPipeline", REFINER_PIPELINE)
+REFINER_AESTHETIC_SCORES = (6.0, 2.5)  # StableDiffusionXLImg2ImgPipeline's aesthetic_score, negative_aesthetic_score
 
 
 @contextlib.contextmanager
@@ -112,7 +119,8 @@ class TextToImageModel:
         self._prompts: dict[tuple, EncodedPrompt] = {}
         self._pipe = None
         self._preview: Optional[torch.Tensor] = None
-        self.xl = info.pipeline == "StableDiffusionXLPipeline"
+        self.xl = info.pipeline in XL_PIPELINES
+        self.refiner = info.pipeline == REFINER_PIPELINE  # SDXL's refiner: the second encoder, aesthetic scores
 
     # -- the network ---------------------------------------------------------
     @torch.no_grad()
@@ -129,7 +137,15 @@ class TextToImageModel:
                 from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
                 sched = DDIMScheduler.from_config(self.info.scheduler_config)
-                if self.xl:
+                if self.refiner:
+                    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+                    self._pipe = StableDiffusionXLImg2ImgPipeline(
+                        vae=self.vae, text_encoder=None, text_encoder_2=self.text_encoders[0], tokenizer=None,
+                        tokenizer_2=self.tokenizers[0], unet=self.unet, scheduler=sched,
+                        requires_aesthetics_score=True,
+                        force_zeros_for_empty_prompt=self.force_zeros_for_empty_prompt, add_watermarker=False)
+                elif self.xl:
                     self._pipe = StableDiffusionXLPipeline(
                         vae=self.vae, text_encoder=self.text_encoders[0], text_encoder_2=self.text_encoders[1],
                         tokenizer=self.tokenizers[0], tokenizer_2=self.tokenizers[1], unet=self.unet, scheduler=sched,
@@ -150,14 +166,18 @@ class TextToImageModel:
         self._prompts.clear()
 
     def truncated_text(self, prompt: str) -> str:
-        """What the tokenizer's limit cuts from ``prompt`` (diffusers truncates silently but for a log line)."""
+        """What the tokenizer's limit cuts from ``prompt`` (diffusers truncates silently but for a log line),
+        weights read as :meth:`encode` reads them."""
         tok = self.tokenizers[0]
         with quiet_libraries():
-            ids = tok(prompt, padding=False, truncation=False).input_ids
-        limit = int(tok.model_max_length)
-        if len(ids) <= limit:
-            return ""
-        return tok.decode(ids[limit - 1:-1]).strip()
+            cut = chunk_tokens(parse_weights(prompt), tok).cut
+        return tok.decode(cut).strip() if cut else ""
+
+    def prompt_tokens(self, prompt: str, encoder: int = 0) -> ChunkTokens:
+        """The token ids one text encoder sees for ``prompt`` (start, tokens, end, padding) and each one's
+        weight, as :meth:`encode` reads the weights."""
+        with quiet_libraries():
+            return chunk_tokens(parse_weights(prompt), self.tokenizers[encoder])
 
     def encode(self, prompt: Optional[str], height: int, width: int) -> EncodedPrompt:
         """The conditioning of one sample for ``prompt`` (None: SDXL's zeroed unconditional branch)."""
@@ -166,32 +186,78 @@ class TextToImageModel:
         if hit is not None:
             return hit
         pipe = self._pipeline()
+        text = "" if prompt is None else prompt
+        runs = checked_runs(text)
         with quiet_libraries(), torch.no_grad():
+            if is_plain(text):  # diffusers' own encoding, as for every prompt without weights
+                if self.xl:
+                    embeds, _, pooled, _ = pipe.encode_prompt(prompt=text, device=self.device, num_images_per_prompt=1,
+                                                              do_classifier_free_guidance=False)
+                else:
+                    embeds, _ = pipe.encode_prompt(text, self.device, 1, False)
+                    pooled = None
+            else:
+                embeds, pooled = self._weighted_embeddings(runs)
             if self.xl:
-                text = "" if prompt is None else prompt
-                embeds, _, pooled, _ = pipe.encode_prompt(prompt=text, device=self.device, num_images_per_prompt=1,
-                                                          do_classifier_free_guidance=False)
                 if prompt is None and self.force_zeros_for_empty_prompt:
                     embeds, pooled = torch.zeros_like(embeds), torch.zeros_like(pooled)
-                time_ids = pipe._get_add_time_ids((height, width), (0, 0), (height, width), dtype=embeds.dtype,
-                                                  text_encoder_projection_dim=int(
-                                                      self.text_encoders[1].config.projection_dim))
-                cond = TextCondition(embeds, pooled, time_ids.to(self.device))
+                cond = TextCondition(embeds, pooled, self._time_ids(height, width, embeds.dtype))
             else:
-                embeds, _ = pipe.encode_prompt("" if prompt is None else prompt, self.device, 1, False)
                 cond = TextCondition(embeds)
         out = EncodedPrompt(cond, self.truncated_text(prompt) if prompt else "")
         self._prompts[key] = out
         return out
 
+    def _time_ids(self, height: int, width: int, dtype: torch.dtype, negative: bool = False) -> torch.Tensor:
+        """SDXL's micro-conditioning (Podell et al. 2023, Sec. 2.2) for an image of this size, uncropped, as
+        diffusers' pipelines build it: (original size, crop, target size) for the base model; (original size,
+        crop, aesthetic score) for the refiner, whose conditioner takes an aesthetic score in place of the
+        target size: 6.0 for the prompt and 2.5 for the unconditional branch (``StableDiffusionXLImg2ImgPipeline``'s
+        defaults)."""
+        pipe = self._pipeline()
+        projection = int(self.text_encoders[-1].config.projection_dim)
+        size = (height, width)
+        if self.refiner:
+            pos, neg = pipe._get_add_time_ids(size, (0, 0), size, REFINER_AESTHETIC_SCORES[0],
+                                              REFINER_AESTHETIC_SCORES[1], size, (0, 0), size, dtype=dtype,
+                                              text_encoder_projection_dim=projection)
+            return (neg if negative else pos).to(self.device)
+        return pipe._get_add_time_ids(size, (0, 0), size, dtype=dtype,
+                                      text_encoder_projection_dim=projection).to(self.device)
+
+    def _weighted_embeddings(self, runs: list[tuple[str, float]]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(embeds, pooled) of a weighted prompt by the web UIs' rule (``prompt_emphasis``), from the hidden
+        states diffusers' ``encode_prompt`` takes: the last (SD 1.x/2.x) or the penultimate of each encoder,
+        joined along the features (SDXL). Each encoder's states are weighted and rescaled on their own, as
+        A1111 does for each of SDXL's; SDXL's pooled embedding is the second encoder's on the same tokens,
+        unweighted, as A1111 takes it (its first chunk's, before emphasis)."""
+        pipe = self._pipeline()
+        zs, pooled = [], None
+        for tok, enc in zip(self.tokenizers, self.text_encoders):
+            chunk = chunk_tokens(runs, tok, lambda t, tok=tok: pipe.maybe_convert_prompt(t, tok))
+            ids = torch.tensor([chunk.ids], device=self.device)
+            mask = torch.ones_like(ids) if getattr(enc.config, "use_attention_mask", False) else None
+            out = enc(ids, attention_mask=mask, output_hidden_states=self.xl)
+            if self.xl and out[0].ndim == 2:
+                pooled = out[0]
+            z = (out.hidden_states[-2] if self.xl else out[0]).to(enc.dtype)
+            zs.append(emphasise(z, chunk.weights))
+        return torch.cat(zs, dim=-1), pooled
+
     def conditions(self, prompt: str, negative_prompt: Optional[str], batch: int, height: int,
                    width: int) -> tuple[TextCondition, TextCondition, list[str]]:
         """(conditional, unconditional, notes) for a batch: the prompt, and the negative prompt as
         the unconditional branch (the empty prompt when there is none; SDXL zeroes it as diffusers
-        does). ``notes`` says what the tokenizer cut."""
+        does). ``notes`` says what the tokenizer cut. Weights that cannot be read raise ``PromptWeightError``
+        (one line naming the prompt)."""
+        for label, text in (("prompt", prompt), ("negative prompt", negative_prompt)):
+            checked_runs(text or "", label)
         pos = self.encode(prompt or "", height, width)
         neg_text = negative_prompt if negative_prompt is not None else (None if self.xl else "")
         neg = self.encode(neg_text, height, width)
+        if self.refiner:  # the same text, the unconditional branch's aesthetic score
+            neg = EncodedPrompt(replace_field(neg.condition, time_ids=self._time_ids(
+                height, width, neg.condition.embeds.dtype, negative=True)), neg.truncated)
         notes = []
         for label, enc in (("prompt", pos), ("negative prompt", neg)):
             if enc.truncated:
