@@ -11,7 +11,8 @@ Modules: ``header`` (the safetensors header, validated), ``pickled`` (opted-in `
 ``families`` (detection from key names and shapes), ``prediction`` (ε or v), ``inspection``; opening
 one, offline: ``configs`` (the shipped config folders), ``architecture`` (the header against them),
 ``loading`` (``open_checkpoint``: diffusers' single-file loader → the studio's model), ``models``
-(``load_model`` for every model spec), ``convert`` (``studio convert``).
+(``load_model`` for every model spec), ``convert`` (``studio convert``); LoRAs: ``lora_files`` (what a
+file is), ``lora`` (loading and weighting), ``lora_tags`` (the web UIs' ``<lora:NAME:W>`` tags and hashes).
 """
 from __future__ import annotations
 

@@ -112,7 +112,7 @@ class RecipeFiles:
 
         if Path(path).suffix.lower() not in (".png", ".apng"):
             return None
-        settings = read_webui_parameters(path)
+        settings = read_webui_parameters(path, self.current_recipe())
         if settings is None:
             return None
         warnings.extend(settings.pop("warnings"))

@@ -68,13 +68,18 @@ def read_recipe_document(path: str | os.PathLike) -> tuple[Recipe, dict]:
         raise RecipeError(f"{p}: not a valid recipe ({why})") from None
 
 
-def read_webui_parameters(path: str | os.PathLike) -> Optional[dict]:
+def read_webui_parameters(path: str | os.PathLike, current: Optional[Recipe] = None) -> Optional[dict]:
     """The recipe settings in a PNG's web-UI ``parameters`` chunk (an image made by AUTOMATIC1111, Forge,
     or the studio itself), as Recipe field values: prompt, negative_prompt, steps, sampler, karras, CFG
     scale, seed, width, height, the sampler's options (each other sampler option unset), guidance_rescale,
     and under "warnings" one line for each thing read approximately (a sampler or schedule the studio does
     not have: ``parse_parameters``); None when the PNG has no such chunk. The model is not among them: the
-    web UIs name theirs by a hash the studio cannot resolve."""
+    web UIs name theirs by a hash the studio cannot resolve.
+
+    With ``current`` (the recipe the settings replace): "loras", the prompt's ``<lora:NAME:W>`` tags whose
+    files are found beside ``current.model`` with matching hashes (studio.checkpoints.lora_tags; a warning
+    for each that is not), and "strength" (the text's "Denoising strength") when ``current`` starts from
+    an image (else a warning: the web UIs do not record the image a run started from)."""
     from ..core.file_reading import open_regular
     from ..core.samplers import OPTION_SCHEMA
     from .parameters import parse_parameters
@@ -98,10 +103,25 @@ def read_webui_parameters(path: str | os.PathLike) -> Optional[dict]:
     if "sampler" in parsed:  # always one the studio has: parse_parameters falls back, with a warning
         out["sampler"] = parsed["sampler"]
         out.update({name: parsed.get(name) for name in OPTION_SCHEMA})
-    out["warnings"] = [f"{p}: {w}" for w in parsed["warnings"]]
     if "scale" in parsed:
         out.update(guidance="cfg", scale=parsed["scale"])
+    if current is not None:
+        _webui_model_files(parsed, current, out)
+    out["warnings"] = [f"{p}: {w}" for w in parsed["warnings"]]
     return out
+
+
+def _webui_model_files(parsed: dict, current: Recipe, out: dict) -> None:
+    """The LoRAs and denoising strength of a web UI's parameters, on the recipe ``current``."""
+    from ..checkpoints.lora_tags import resolve_lora_tags
+
+    out["loras"] = resolve_lora_tags(parsed["lora_tags"], current.model, parsed["warnings"])
+    if "strength" in parsed:
+        if current.init_image is not None:
+            out.update(strength=parsed["strength"], start_step=None)
+        else:
+            parsed["warnings"].append(f"the image was made image-to-image (denoising strength {parsed['strength']:g}) "
+                                      "from an image its parameters do not name; open that image to run it so")
 
 
 def read_recipe(path: str | os.PathLike) -> Recipe:

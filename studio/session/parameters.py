@@ -15,6 +15,12 @@ field of its own ("Sampler: DPM++ 2M, Schedule type: Karras"), which is what the
 images name both at once ("DPM++ 2M Karras"), and both forms are read. A1111's "Automatic" schedule is
 the sampler's own default (Karras for DPM++ 2M, exponential for DPM++ 2M SDE, …), so it is read as that.
 A sampler or schedule the studio does not have reads with a one-line warning and a fallback.
+
+LoRAs are written as the web UIs write them: a ``<lora:NAME:WEIGHT>`` tag for each after the prompt and
+their short hashes in "Lora hashes"; reading cuts the tags out of the prompt (the text encoder never
+sees them) into ``lora_tags``, which ``studio.checkpoints.lora_tags.resolve_lora_tags`` finds as files.
+An image-to-image run writes its "Denoising strength" (the web UIs do not record the image it started
+from), and reading gives it back as ``strength``.
 """
 from __future__ import annotations
 
@@ -22,7 +28,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
+from ..checkpoints.lora_tags import LoraTag, format_lora_tag, lora_hashes_field, parse_lora_hashes, split_lora_tags
 from ..core.samplers import SAMPLERS, get_sampler
+from .recipe import DEFAULT_STRENGTH
 
 
 @dataclass(frozen=True)
@@ -89,7 +97,7 @@ def webui_sampler(sampler: str, options: Optional[Mapping[str, Any]] = None) -> 
 
 def format_parameters(recipe, width: Optional[int] = None, height: Optional[int] = None) -> str:
     """The ``parameters`` text of a recipe; ``width``/``height`` default to the recipe's size."""
-    lines = [recipe.prompt or ""] if getattr(recipe, "prompt", None) is not None else [""]
+    lines = [_with_lora_tags(getattr(recipe, "prompt", None) or "", _loras(recipe))]
     if getattr(recipe, "negative_prompt", None):
         lines.append(f"Negative prompt: {recipe.negative_prompt}")
     spec = get_sampler(recipe.sampler)
@@ -108,6 +116,9 @@ def format_parameters(recipe, width: Optional[int] = None, height: Optional[int]
     if w and h:
         fields.append(("Size", f"{w}x{h}"))
     fields.append(("Model", _clean(str(recipe.model))))
+    denoising = denoising_strength(recipe)
+    if denoising is not None:
+        fields.append(("Denoising strength", denoising))
     for opt, (key, webui_default) in entry.fields.items():  # as A1111: only what differs from its default
         if opts[opt] != webui_default:
             fields.append((key, f"{opts[opt]:g}" if isinstance(opts[opt], float) else opts[opt]))
@@ -116,8 +127,39 @@ def format_parameters(recipe, width: Optional[int] = None, height: Optional[int]
         fields.append(("CFG Rescale phi", f"{rescale:g}"))
     if recipe.label is not None:
         fields.append(("Class label", recipe.label))
+    hashes = lora_hashes_field(_loras(recipe))
+    if hashes:
+        fields.append(("Lora hashes", hashes))
     lines.append(", ".join(f"{k}: {_clean(str(v))}" for k, v in fields))
     return "\n".join(lines)
+
+
+def _loras(recipe) -> list:
+    from ..checkpoints.lora_files import parse_lora
+
+    return [parse_lora(e) for e in getattr(recipe, "loras", None) or ()]
+
+
+def _with_lora_tags(prompt: str, loras: list) -> str:
+    """The prompt with a ``<lora:NAME:WEIGHT>`` tag for each LoRA after it, as the web UIs write it."""
+    return " ".join([prompt, *(format_lora_tag(c) for c in loras)]) if loras else prompt
+
+
+def denoising_strength(recipe) -> Optional[str]:
+    """The web UIs' "Denoising strength" of an image-to-image recipe (None for one that starts from noise):
+    its strength, or for a start step k of N steps the strength that runs the same N − k steps (int(N·s) =
+    N − k, as diffusers and A1111 count them)."""
+    if getattr(recipe, "init_image", None) is None:
+        return None
+    steps, strength, start = recipe.steps, getattr(recipe, "strength", None), getattr(recipe, "start_step", None)
+    if strength is not None or start is None:
+        return f"{strength if strength is not None else DEFAULT_STRENGTH:g}"
+    run = steps - start
+    for value in (run / steps, (run + 0.5) / steps):  # the plain ratio when its text reads back exactly
+        text = f"{value:.6g}"
+        if int(steps * float(text)) == run:
+            return text
+    return f"{(run + 0.5) / steps:.12g}"
 
 
 def _clean(v: str) -> str:
@@ -132,7 +174,8 @@ _FIELD = re.compile(r'\s*([\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 def parse_parameters(text: str) -> dict:
     """Read a ``parameters`` chunk: {"prompt", "negative_prompt", "steps", "sampler", "scale", "seed",
     "width", "height", "karras", the sampler's options the text sets (eta, solver_type, variant, order),
-    ...} for what it has, and "warnings": one line for each thing read approximately (a sampler or
+    "strength" (its "Denoising strength"), ...} for what it has, "lora_tags" (the prompts' LoRA tags, cut
+    out of "prompt" and "negative_prompt", with their hashes), and "warnings": one line for each thing read approximately (a sampler or
     schedule the studio does not have). Settings the studio does not know are kept under "other".
     Raises ``ValueError`` when the text is not in this format."""
     if not isinstance(text, str) or not text.strip():
@@ -173,13 +216,29 @@ def parse_parameters(text: str) -> dict:
                 out["width"], out["height"] = int(w), int(h)
             elif key == "CFG Rescale phi":
                 out["guidance_rescale"] = float(value)
+            elif key == "Denoising strength":
+                out["strength"] = float(value)
+                if not 0 < out["strength"] <= 1:
+                    raise ValueError(value)
             else:
                 out["other"][key] = value
         except ValueError:
             raise ValueError(f"the parameters text has a bad {key!r} value: {value!r}") from None
     if sampler is not None:
         out.update(_read_sampler(sampler, schedule, out["other"], out["warnings"]))
+    _read_lora_tags(out)
     return out
+
+
+def _read_lora_tags(out: dict) -> None:
+    """Cut the ``<lora:NAME:WEIGHT>`` tags out of the prompts (the text the model sees, as the web UIs do)
+    into ``out["lora_tags"]``, each with its short hash from "Lora hashes" (kept in "other" as well)."""
+    out["prompt"], tags = split_lora_tags(out["prompt"], out["warnings"])
+    if out.get("negative_prompt"):
+        out["negative_prompt"], negative = split_lora_tags(out["negative_prompt"], out["warnings"])
+        tags += negative
+    hashes = parse_lora_hashes(out["other"].get("Lora hashes", ""))
+    out["lora_tags"] = [LoraTag(t.name, t.weight, hashes.get(t.name)) for t in tags]
 
 
 def _read_sampler(value: str, schedule: Optional[str], other: dict, warnings: list) -> dict:
