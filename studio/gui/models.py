@@ -8,7 +8,7 @@ from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QFileDialog
 
 from ..core.loading import BUILTINS
-from . import jobs
+from . import jobs, pickle_consent
 from .panel import OPEN_FOLDER
 
 MAX_RECENT = 8
@@ -66,8 +66,12 @@ class ModelHandling:
 
     def load_model(self, spec: str) -> None:
         """Open a model in the worker thread; the window stays usable, a failure keeps the previous model.
-        A load that a newer one replaces ends quietly: the newer one decides (and starts a queued run)."""
+        A load that a newer one replaces ends quietly: the newer one decides (and starts a queued run).
+        A pickled file is opened only once the user agrees (pickle_consent.py); "No" keeps the model."""
         self.hide_error()  # opening a model is the user's next action (the load at start-up has none to hide)
+        if not pickle_consent.consent(self, spec):
+            pickle_consent.declined(self, spec)
+            return
 
         def start():
             recipe = self.panel.recipe(model=spec)
