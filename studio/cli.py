@@ -4,6 +4,7 @@
   studio MODEL | RECIPE       open the window on a model (a built-in name, a folder, a checkpoint file) or on a
                               recipe (.json, exported .png); `studio gui [MODEL | RECIPE]` is the same
   studio sample …             run a sampler headless and write frames, grid, recipe
+  studio invert IMAGE …       invert an image to noise (DDIM inversion), regenerate it, print the round trip's PSNR
   studio samplers             list the samplers
   studio info MODEL           describe a model (a single-file checkpoint from its header)
   studio convert FILE --out D write a single-file checkpoint as a diffusers folder
@@ -153,24 +154,53 @@ def cmd_sample(args) -> int:
     from .session.trajectory import sweep_stale_spills
 
     recipe = _recipe_from_args(args)
+    _check_attention_step(args, recipe)
     sweep_stale_spills()  # spill caches of studio processes that were killed
     # --out is checked (writable; new, empty or --overwrite) and locked before any sampling
     with Reservation(Path(args.out), args.overwrite, folder=True, overwrite_hint="pass --overwrite") as out_folder:
         traj, fingerprint, extra, model = _sample(args, recipe, execute)
         decodes = traj.decodes  # a latent model's full VAE decodes (None for pixel models)
         full = decodes is not None and args.decode_frames == "full"
+        fill = None
+        if traj.attention is not None:  # --attention: attention/ is written into the same atomic folder
+            from .session.attention_export import write_attention
+
+            for note in traj.attention.notes:
+                _warn(note)
+            if len(traj.attention):
+                def fill(tmp):
+                    write_attention(traj, tmp / "attention", args.attention_step, decodes)
         try:
             out = write_run_folder(traj, out_folder.target, save_raw=args.save_raw, scale=args.image_scale,
                                    overwrite=args.overwrite, extra_files=extra,
                                    reservation=out_folder, fingerprint=fingerprint, decodes=decodes, full_frames=full,
-                                   progress=None if args.quiet or not full else ProgressBar("decoding frames"))
+                                   progress=None if args.quiet or not full else ProgressBar("decoding frames"),
+                                   fill=fill)
         finally:
             traj.close()
     if not args.quiet:
+        maps = traj.attention
         print(f"wrote {out}/final.png, xt/0000.png (the noise) … xt/{len(traj.xt) - 1:04d}.png, "
               f"x0/0001.png (step 1) … x0/{len(traj.x0):04d}.png, recipe.json"
-              + (", trajectory.npz" if args.save_raw else ""), file=sys.stderr)
+              + (", trajectory.npz" if args.save_raw else "")
+              + (f", attention/ ({len(maps.tokens)} tokens at {len(maps)} steps, {maps.nbytes / (1 << 20):.1f} MiB "
+                 "of maps)" if fill is not None else ""), file=sys.stderr)
     return 0
+
+
+def _check_attention_step(args, recipe) -> None:
+    """``--attention-step`` needs ``--attention`` and a step of the run (refused before sampling)."""
+    step = getattr(args, "attention_step", None)
+    if step is None:
+        return
+    from .session.recipe import Recipe, RecipeError
+
+    flag = Recipe.schema()["attention"].cli_flag
+    if not recipe.attention:
+        raise RecipeError(f"--attention-step applies to runs that keep attention maps; add {flag}")
+    steps = recipe.steps - (recipe.first_step() if recipe.init_image else 0)  # image-to-image runs the last ones
+    if not 1 <= step <= steps:
+        raise RecipeError(f"--attention-step {step} is outside the run's steps 1 to {steps}")
 
 
 def _sample(args, recipe, execute):
@@ -180,7 +210,7 @@ def _sample(args, recipe, execute):
 
     extra = {}
     if recipe.init_noise:
-        extra["init_noise.npy"] = Path(recipe.init_noise)
+        extra[copied_noise_name(recipe.init_noise)] = Path(recipe.init_noise)
     if recipe.init_image:  # the folder keeps the image it started from, byte for byte (its SHA-256 is recorded)
         extra[copied_image_name(recipe.init_image)] = Path(recipe.init_image)
     cache = ModelCache(allow_pickle=args.allow_pickle)
@@ -213,10 +243,91 @@ def _sample(args, recipe, execute):
     bar = None if args.quiet else ProgressBar(f"{recipe.sampler} {recipe.steps} steps")
     traj = execute(recipe, cache, progress=bar, notify=_warn if recipe.init_image else None)
     if recipe.init_noise:  # the folder is self-contained: its recipe points at its own copy
-        traj.recipe = traj.recipe.replace(init_noise="init_noise.npy")
+        traj.recipe = traj.recipe.replace(init_noise=copied_noise_name(recipe.init_noise))
     if recipe.init_image:
         traj.recipe = traj.recipe.replace(init_image=copied_image_name(recipe.init_image))
     return traj, fingerprint, extra, model
+
+
+def copied_noise_name(path: str) -> str:
+    """The name of a run's initial-noise file in its output folder: init_noise.npy, or init_noise.safetensors
+    for an inverted image's x_T."""
+    return "init_noise.safetensors" if str(path).lower().endswith(".safetensors") else "init_noise.npy"
+
+
+# recipe flags `studio invert` refuses: the image is its argument, x_T its result, and it inverts one image
+NOT_FOR_INVERT = {
+    "init_noise": "an inversion computes x_T from the image, so it cannot start from --init-noise; leave it out",
+    "init_image": "`studio invert` takes the image to invert as its argument; leave --init-image out",
+    "strength": "--strength applies to image-to-image runs (`studio sample --init-image`), not to an inversion",
+    "start_step": "--start-step applies to image-to-image runs (`studio sample --init-image`), not to an inversion",
+    "batch": "`studio invert` inverts one image; leave --batch out",
+}
+
+
+def cmd_invert(args) -> int:
+    """``studio invert IMAGE --out DIR``: DDIM inversion of the image with the recipe flags' settings, a
+    regeneration from its x_T with the same settings, and the round trip's PSNR on one line (stdout)."""
+    from .core.guidance import default_scale
+    from .session.atomic import Reservation
+    from .session.inversion import (X_T_FILE, Inversion, inversion_recipe, regenerate, round_trip,
+                                    write_inversion_folder)
+    from .session.provenance import weights_fingerprint
+    from .session.recipe import RecipeError
+    from .session.runner import ModelCache, prompt_notes
+    from .session.trajectory import sweep_stale_spills
+
+    for name, why in NOT_FOR_INVERT.items():
+        if getattr(args, name, None) is not None:
+            raise RecipeError(why)
+    args.recipe = None
+    image = str(Path(args.image).expanduser().resolve())
+    base = _recipe_from_args(args)
+    cache = ModelCache(allow_pickle=args.allow_pickle)
+    if args.scale is None and base.guidance != "none":  # the model's recommended scale, as `studio sample`
+        base = base.replace(scale=default_scale(base.guidance, cache.get(base).info.recommended_scales)).validate()
+    recipe = inversion_recipe(base, image, args.inversion, args.inversion_iters)
+    sweep_stale_spills()
+    with Reservation(Path(args.out), args.overwrite, folder=True, overwrite_hint="pass --overwrite") as out:
+        model = cache.get(recipe)
+        if model.info.text_conditioned:
+            from .session.decodes import default_preview
+
+            preview = default_preview(model)
+            if preview != "linear":
+                model.set_preview(preview)
+        for note in prompt_notes(model, recipe):
+            _warn(note)
+        inversion = Inversion(recipe, model=model)
+        for note in inversion.notes:
+            _warn(f"the image to invert was {note}")
+        bar = None if args.quiet else ProgressBar(f"inverting {recipe.steps} steps")
+        for rec in inversion:
+            if bar:
+                bar(rec.index + 1, inversion.total_steps)
+        stage = out.stage_folder()
+        # the inversion never clips; the regeneration neither, unless --x0 asks for it
+        run = regenerate(inversion, stage / X_T_FILE, cache=cache,
+                         **({"x0_mode": base.x0_mode} if base.x0_mode is not None else {}))
+        bar = None if args.quiet else ProgressBar(f"regenerating ({run.recipe.sampler})")
+        for rec in run:
+            if bar:
+                bar(rec.index + 1, run.total_steps)
+        trip = round_trip(inversion, run.trajectory.final())
+        fingerprint = weights_fingerprint(recipe.model, recipe.classifier, recipe.loras, recipe.vae)
+        try:
+            target = write_inversion_folder(inversion, run.trajectory, trip, out, stage, copied_image_name(image),
+                                            fingerprint, save_raw=args.save_raw, scale=args.image_scale)
+        finally:
+            inversion.trajectory.close()
+            run.trajectory.close()
+    print(trip.line())
+    if not args.quiet:
+        n = len(inversion.trajectory.xt) - 1
+        print(f"wrote {target}/xt/0000.png (the image) … xt/{n:04d}.png (x_T), x0/0001.png … x0/{n:04d}.png, "
+              f"{X_T_FILE}, recipe.json (`studio sample --recipe {target}/recipe.json` regenerates), "
+              "regenerated.png, original.png, round_trip.json", file=sys.stderr)
+    return 0
 
 
 def copied_image_name(path: str) -> str:
@@ -332,7 +443,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--decode-frames", choices=("preview", "full"), default="preview",
                    help="text-to-image models: write xt/ and x0/ frames as the previews (default) or as full VAE "
                         "decodes (one decode per frame); final.png is always the full decode")
+    s.add_argument("--attention-step", type=int, metavar="STEP",
+                   help="with --attention: the step (1-based, as x0/ numbers its frames) whose heat maps attention/ "
+                        "holds beside the last step's (default: the middle step)")
     s.set_defaults(func=cmd_sample)
+
+    from .core.inversion import INVERSION, INVERSION_ITERS
+
+    v = sub.add_parser("invert", help="invert an image to noise (DDIM inversion), regenerate it from that noise and "
+                                      "print the round trip's PSNR")
+    v.add_argument("image", help="the image to invert (PNG, JPEG, WebP, …; fitted to the model's size as "
+                                 "--init-image is)")
+    add_recipe_flags(v)  # --model, --prompt, --guidance, --scale, --steps, --timestep-spacing, --sampler, …
+    v.add_argument(INVERSION.cli_flag, choices=INVERSION.choices, default=INVERSION.default, help=INVERSION.help)
+    v.add_argument(INVERSION_ITERS.cli_flag, type=int, metavar="K",
+                   help=INVERSION_ITERS.help + f" (default {INVERSION_ITERS.default}, {INVERSION_ITERS.range_text()})")
+    v.add_argument("--allow-pickle", action="store_true",
+                   help="allow pickled .bin/.ckpt/.pt weights, read with torch.load(weights_only=True)")
+    v.add_argument("--out", required=True, help="output folder (must be new or empty)")
+    v.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    v.add_argument("--save-raw", action="store_true", help="also write trajectory.npz (the inversion's float32 xt, "
+                                                           "x0, t)")
+    v.add_argument("--scale-images", dest="image_scale", type=int, default=1,
+                   help="nearest-neighbour upscale of every PNG, by whole pixels")
+    v.add_argument("--quiet", action="store_true", help="no progress bars and no summary line (the PSNR line, "
+                                                        "warnings and errors still print)")
+    v.set_defaults(func=cmd_invert)
 
     sub.add_parser("samplers", help="list the samplers").set_defaults(func=cmd_samplers)
 

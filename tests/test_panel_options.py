@@ -101,8 +101,15 @@ ROUND_TRIPS = [
                      init_image_fit="resize", strength=0.6, init_image_sha256="ab" * 32)),
     ("class", Recipe(model="gmm", sampler="unipc", order=3, variant="bh1", karras=False, init_image="/images/cat.png",
                      start_step=3)),
-    ("class", Recipe(model="gmm", sampler="dpmpp_2m_sde", eta=0.5, solver_type="heun", karras=False)),
+    ("class", Recipe(model="gmm", sampler="dpmpp_2m_sde", eta=0.5, solver_type="heun", noise_type="brownian",
+                     karras=False)),
+    ("class", Recipe(model="gmm", sampler="lcm", original_inference_steps=20, karras=False)),
+    ("class", Recipe(model="gmm", sampler="restart", restart_times=2, restart_steps=4, restart_sigma_min=0.2,
+                     restart_sigma_max=3.0, s_noise=0.9, karras=False)),
     ("class", Recipe(model="gmm", sampler="ddim", eta=0.2, prev_timestep="stride", spacing="linspace", karras=False)),
+    ("class", Recipe(model="gmm", sampler="ddim", eta=0.0, prev_timestep="plan", init_noise="/tmp/x_T.safetensors",
+                     x0_mode="none", karras=False,
+                     inversion={"method": "fixed-point", "iters": 3, "image": "/images/cat.png"})),
 ]
 
 

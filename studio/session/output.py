@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import shutil
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 from PIL import Image
@@ -98,17 +98,19 @@ def frame_name(kind: str, number: int) -> str:
 def write_run_folder(traj: Trajectory, out: Path, save_raw: bool = False, scale: int = 1,
                      overwrite: bool = False, extra_files: dict[str, Path] | None = None,
                      reservation: Optional[Reservation] = None, fingerprint: Optional[dict] = None,
-                     decodes: Optional[DecodeCache] = None, full_frames: bool = False, progress=None) -> Path:
+                     decodes: Optional[DecodeCache] = None, full_frames: bool = False, progress=None,
+                     fill: Optional[Callable[[Path], None]] = None) -> Path:
     """Write the run folder described in the module docstring; returns its path.
 
     ``reservation``: one the caller took before sampling (``studio sample`` checks ``--out`` and
     locks it before any work); without it, one is taken here. ``decodes``: a latent model's full VAE
     decodes — final.png is always the full decode; with ``full_frames`` every frame is too (one
-    decode per frame, reported through ``progress(done, total)``), else frames are the previews."""
+    decode per frame, reported through ``progress(done, total)``), else frames are the previews.
+    ``fill(staging_folder)`` writes more files into the folder before it is committed (``--attention``'s)."""
     if reservation is None:
         with Reservation(out, overwrite, folder=True) as r:
             return write_run_folder(traj, out, save_raw, scale, overwrite, extra_files, r, fingerprint, decodes,
-                                    full_frames, progress)
+                                    full_frames, progress, fill)
     tmp = reservation.stage_folder()
     try:
         recipe_json = recipe_json_with_weights(traj.recipe, fingerprint)
@@ -139,6 +141,8 @@ def write_run_folder(traj: Trajectory, out: Path, save_raw: bool = False, scale:
             np.savez(tmp / "trajectory.npz", **traj.arrays())
         for name, src in (extra_files or {}).items():
             shutil.copyfile(src, tmp / name)
+        if fill is not None:
+            fill(tmp)
     except OSError as e:
         raise OutputError(f"{reservation.target}: writing failed ({e.strerror or e}); nothing was written") from None
     reservation.commit()

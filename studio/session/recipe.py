@@ -11,6 +11,7 @@ round trip, validation and the ``studio sample`` flag follow from it.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import unicodedata
@@ -22,6 +23,7 @@ from ..checkpoints.prediction import PREDICTION_CHOICES
 from ..core.guidance import (CLASSIFIER_FORMS, FALLBACK_SCALES, GUIDANCE_MODES, MAX_SCALE, Guidance, GuidanceError,
                              fallback_text)
 from ..core.images import FIT_MODES
+from ..core.inversion import INVERSION, INVERSION_ITERS
 from ..core.loading import DTYPES, TEXT_MODEL_NAME
 from ..core.options import Option, OptionError, declared, schema
 from ..core.prediction import X0_MODES
@@ -77,6 +79,16 @@ SCHEDULE_FIELDS = (
            flag=None),
     Option("set_alpha_to_one", None, "bool", "override diffusers' set_alpha_to_one", optional=True, flag=None),
     Option("trained_betas", None, "floats", "explicit β_1..β_T", optional=True, flag=None),
+)
+# an inverted image (studio invert, session/inversion.py): the image, its digest, how it was inverted and with
+# which settings; on a run from init_noise, that x_T is this inversion's (a regeneration or an edit)
+INVERSION_FIELDS = (
+    dataclasses.replace(INVERSION, name="method", required=True, flag=None),
+    dataclasses.replace(INVERSION_ITERS, name="iters", flag=None),
+    Option("image", None, "str", "the image inverted (a run folder's recipe names its copy)", required=True, flag=None),
+    Option("image_sha256", None, "str", "the image's SHA-256", flag=None),
+    Option("recipe", None, "object", "the recipe of the inversion itself (its prompt, guidance, steps), on a run "
+           "from its x_T", flag=None),
 )
 BRANCH_FIELDS = (
     Option("parent", None, "object", "the recipe of the run branched from", required=True, flag=None),
@@ -193,8 +205,16 @@ class Recipe:
         kind="choice", choices=PREDICTION_CHOICES, optional=True,
         help="single-file checkpoints: what the UNet predicts, overriding a sidecar .yaml, the file's markers "
              "and the family's default (v_prediction for SD 2.x, else epsilon)"))
+    attention: bool = declared(Option(
+        default=False, kind="bool",
+        help="keep the cross-attention maps of every prompt token at every step (text-to-image models; "
+             "`studio sample` writes them to attention/ in --out); the sample is the same with or without"))
     branch: Optional[dict] = declared(Option(kind="mapping", fields=BRANCH_FIELDS, optional=True, flag=None,
                                              help="a continued run: its parent's recipe and the step it left"))
+    inversion: Optional[dict] = declared(Option(
+        kind="mapping", fields=INVERSION_FIELDS, optional=True, flag=None,
+        help="DDIM inversion (studio invert): the image inverted and how; a run from init_noise is a run from "
+             "that inversion's x_T"))
 
     # -- the declarations ---------------------------------------------------
     @classmethod
@@ -240,7 +260,10 @@ class Recipe:
                               f"{r.guidance}; set guidance to cfg (--guidance cfg, the default with a prompt) or "
                               "leave the negative prompt out")
         r.guidance_settings()
+        if r.attention and r.model in ("default", "gmm"):  # model folders are checked when opened (runner.py)
+            raise RecipeError(no_cross_attention(r.model))
         r = r._checked_image_to_image()
+        r._check_inversion()
         try:
             r = r.replace(loras=normalise_loras(r.loras))  # FILE:WEIGHT, every weight spelled out
         except OptionError as e:
@@ -277,6 +300,31 @@ class Recipe:
         except ValueError as e:
             raise RecipeError(str(e)) from None
         return r
+
+    def _check_inversion(self) -> None:
+        """The rules that join an inversion's fields (session/inversion.py): a deterministic sampler (a run from
+        an inverted x_T must retrace the ODE the inversion ran up), no image-to-image image beside it."""
+        if self.inversion is None:
+            return
+        if self.init_image is not None:
+            raise RecipeError("an inversion (inversion.image) and an image-to-image run (init_image) exclude each "
+                              "other; leave init_image out")
+        spec = get_sampler(self.sampler)
+        if not spec.is_deterministic(self._option_values()):
+            flag = OPTION_SCHEMA[spec.noise_option].cli_flag if spec.noise_option else ""
+            what = (f"{self.sampler} with {flag} {getattr(self, spec.noise_option):g}" if spec.deterministic
+                    else self.sampler)
+            raise RecipeError(f"inversion needs a deterministic sampler: {what} draws fresh noise, so its run from "
+                              "the inverted x_T cannot retrace the image; choose ddim or another deterministic sampler "
+                              f"(`studio samplers` marks them)" + (f", or set {flag} 0" if flag else ""))
+        digest = self.inversion.get("image_sha256")
+        if digest is not None and not (len(digest) == 64 and all(c in "0123456789abcdefABCDEF" for c in digest)):
+            raise RecipeError(f"inversion.image_sha256 must be 64 hexadecimal digits, got {digest[:70]!r}")
+        if self.inversion.get("recipe") is not None:
+            try:
+                Recipe.from_dict(self.inversion["recipe"])
+            except RecipeError as e:
+                raise RecipeError(f"inversion.recipe: {e}") from None
 
     def first_step(self) -> int:
         """The plan step an image-to-image run starts at (``core.forward.start_index``)."""
@@ -364,6 +412,13 @@ class Recipe:
 
 
 _SCHEMA = schema(Recipe)
+
+
+def no_cross_attention(model: str) -> str:
+    """The one line refusing attention maps on a model that conditions without cross-attention."""
+    return (f"{_SCHEMA['attention'].cli_flag} needs a text-to-image model (its UNet's cross-attention layers); "
+            f"model {model!r} has no cross-attention; leave {_SCHEMA['attention'].cli_flag} out or choose "
+            f"{TEXT_MODEL_NAME} or a Stable Diffusion model")
 
 
 def _condition_hint(model: str) -> str:

@@ -4,6 +4,7 @@ GUI, CLI, tests and benchmarks all go through ``Run``.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Iterator, Optional
 
 import numpy as np
@@ -14,8 +15,12 @@ from ..checkpoints.models import apply_model_files, load_model  # model folders,
 from ..core.noise import NoiseSource
 from ..core.samplers import get_sampler
 from ..core.forward import tail_plan
+from ..core.prompt_weights import weight_notes
+from ..core.attention import CrossAttentionCapture, has_cross_attention, prompt_tokens
+from ..core.loading import BUILTINS
+from .attention_maps import AttentionMaps
 from .init_image import image_start
-from .recipe import Recipe, RecipeError
+from .recipe import Recipe, RecipeError, no_cross_attention
 from .decodes import DecodeCache
 from .trajectory import Trajectory
 
@@ -60,20 +65,38 @@ class ModelCache:
 
 
 def load_init_noise(path: str) -> torch.Tensor:
+    """Initial noise from a ``.npy`` file, or a ``.safetensors`` file holding one tensor (an inverted
+    image's x_T, session/inversion.py)."""
     from ..core.file_reading import open_regular
 
     with open_regular(path, RecipeError) as f:  # a FIFO or device is refused, not read for ever
         try:
-            arr = np.load(f, allow_pickle=False)
+            arr = read_safetensors_noise(f) if str(path).lower().endswith(".safetensors") else np.load(
+                f, allow_pickle=False)
         except (OSError, ValueError, EOFError) as e:
             why = str(e).splitlines()[0] if str(e) else "the file is empty"
-            raise RecipeError(f"{path}: cannot read initial noise as .npy ({why}); the file may be empty, truncated "
-                              "or not made by numpy.save") from None
+            kind = "safetensors" if str(path).lower().endswith(".safetensors") else "numpy.save"
+            raise RecipeError(f"{path}: cannot read initial noise ({why}); the file may be empty, truncated "
+                              f"or not made by {kind}") from None
     if arr.dtype != np.float32 or arr.ndim != 4:
         raise RecipeError(f"{path}: initial noise must be a float32 array of shape (batch, C, H, W), got {arr.dtype} {arr.shape}")
     if not np.isfinite(arr).all():
         raise RecipeError(f"{path}: initial noise contains NaN or inf")
     return torch.from_numpy(arr)
+
+
+def read_safetensors_noise(f) -> np.ndarray:
+    """The one tensor of a safetensors file (ValueError when it holds another number)."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
+    try:
+        tensors = load(f.read())
+    except SafetensorError as e:
+        raise ValueError(str(e)) from None
+    if len(tensors) != 1:
+        raise ValueError(f"it holds {len(tensors)} tensors, not one")
+    return next(iter(tensors.values()))
 
 
 def image_size(model, recipe: Recipe) -> Optional[tuple[int, int]]:
@@ -88,16 +111,27 @@ def image_size(model, recipe: Recipe) -> Optional[tuple[int, int]]:
 
 
 def prompt_notes(model, recipe: Recipe) -> list[str]:
-    """What a user should be told before the run: text the tokenizer cuts from the prompts."""
+    """What a user should be told before the run: how brackets were read leniently, text the tokenizer cuts."""
     if not model.info.text_conditioned:
         return []
     notes = []
     for name, text in (("prompt", recipe.prompt), ("negative prompt", recipe.negative_prompt)):
+        notes += weight_notes(text or "", name)  # brackets read leniently, as the web UIs read them
         cut = model.truncated_text(text) if text else ""
         if cut:
             notes.append(f"the {name} is longer than the model's {model.info.max_prompt_tokens} tokens; "
                          f"this was cut: {cut!r}")
     return notes
+
+
+def attention_capture(model, recipe: Recipe, trajectory: Trajectory, steps: int) -> CrossAttentionCapture:
+    """A capture of ``model``'s cross-attention maps for a run of ``recipe`` (``--attention``), its maps
+    store put on ``trajectory``; a model without cross-attention is refused in one line."""
+    if not has_cross_attention(model):
+        raise RecipeError(no_cross_attention(recipe.model if recipe.model in BUILTINS else model.info.name))
+    ids, strings, weights = prompt_tokens(model, recipe.prompt or "")
+    trajectory.attention = AttentionMaps(strings, ids, steps, weights=weights)
+    return CrossAttentionCapture(model.unet, batch=recipe.batch, tokens=len(ids))
 
 
 def same_plan(a: Recipe, b: Recipe) -> bool:
@@ -140,7 +174,7 @@ class Run:
             initial = parent.full_state(k)["x"]
         else:
             self.plan = engine.model_plan(self.model, self.spec, recipe.steps, recipe.spacing, recipe.karras,
-                                          recipe.schedule or None)
+                                          recipe.schedule or None, kwargs["options"])
             if recipe.init_image is not None:  # image-to-image: the plan's last steps, from the noised image
                 self.plan = tail_plan(self.plan, recipe.first_step())
             if recipe.init_image is not None and (parent is None or k < 0):
@@ -165,19 +199,31 @@ class Run:
         self.notes = prompt_notes(self.model, recipe) + [f"the image to start from was {n}" for n in self.image_notes]
         self.guidance = guidance
         self.stopped = False
+        self.capture = (attention_capture(self.model, recipe, self.trajectory, self.total_steps)
+                        if recipe.attention else None)
 
     @property
     def total_steps(self) -> int:
         return self.plan.steps - self.offset
 
     def __iter__(self) -> Iterator:
-        for rec in self._gen:
+        capture, maps = self.capture, self.trajectory.attention
+        while True:
+            # the capture's processors are on the model only while this run's step computes: a paused run
+            # leaves the model as it was for anything else that uses it
+            with capture if capture is not None else contextlib.nullcontext():
+                rec = next(self._gen, None)
+            if rec is None:
+                self.trajectory.finished = True
+                return
+            if capture is not None:  # before the step is appended: a reader seeing step k finds its maps
+                step = len(self.trajectory)
+                maps.append(step, capture.take_step())
+                capture.active = maps.wants(step + 1)
             self.trajectory.append(rec, self.guidance.scale_at(rec.index / rec.steps))
             yield rec
             if self.stopped:
                 break
-        else:
-            self.trajectory.finished = True
 
     def stop(self) -> None:
         self.stopped = True

@@ -67,6 +67,7 @@ class Trajectory:
         self.steps = steps
         self._render = render  # latents → RGB preview in [−1, 1] (a latent model's linear projection)
         self.decodes = None  # a latent model's full VAE decodes (decodes.DecodeCache), set by its Run
+        self.attention = None  # the cross-attention maps (attention_maps.AttentionMaps), set by a Run that keeps them
         self.preview: Optional[str] = None  # a latent model's preview mode, what the frames are (decodes.SHOWN)
         self._slabs = Slabs()
         self.xt: list[np.ndarray] = [self._frame(initial)]
