@@ -57,7 +57,7 @@ def test_a_row_starts_from_its_recipes_options(qtbot):
 # the preset as a web-UI user reads it: (sampler, Karras σ, its options), from the menu names' meaning in
 # A1111 (UniPC: its defaults bh1 and order 3; DPM++ 2M SDE: midpoint; the ancestral and SDE η 1)
 PRESET_SETTINGS = [("euler_a", False, {"eta": 1.0}), ("dpmpp_2m", True, {}),
-                   ("dpmpp_2m_sde", True, {"eta": 1.0, "solver_type": "midpoint"}),
+                   ("dpmpp_2m_sde", True, {"eta": 1.0, "solver_type": "midpoint", "noise_type": "per-step"}),
                    ("unipc", False, {"order": 3, "variant": "bh1"})]
 
 

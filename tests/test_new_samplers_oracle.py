@@ -4,7 +4,9 @@ same noise.
 
 The reference is driven by the exact denoiser x̂₀(x_σ, σ) = E[x₀ | x_t] computed by the mixture in float64
 (``GaussianMixtureModel.x0``), independent of the studio's Denoiser and its ε → x̂₀ conversion; its noise
-sampler answers each request with the draw the studio makes for that step (``StudioNoise``). Agreement is
+sampler answers each request with the draw the studio makes for that step (``StudioNoise``), or, for the SDE
+samplers with ``noise_type="brownian"``, is k-diffusion's own ``BrownianTreeNoiseSampler`` built as its samplers
+build it, with one tree per sample seeded with the entropy the studio gives sample j's tree. Agreement is
 required to 1e-4 of max |x|. The network-timestep side (what t a midpoint or churned σ̂ is given) is checked
 on a real UNet against diffusers and the same references in tests/test_diffusers_agreement.py.
 """
@@ -18,9 +20,11 @@ import torch
 import _kdiffusion as kd
 from _models import final_x
 from studio.core import engine
+from studio.core.noise import NoiseSource
 from studio.core.samplers import SAMPLERS
 
-pytestmark = [pytest.mark.usefixtures("one_thread")]
+pytestmark = [pytest.mark.usefixtures("one_thread"),
+              pytest.mark.filterwarnings("ignore:Should have t:UserWarning")]  # torchsde clamping k-diffusion's ends
 
 BATCH, SEED, STEPS = 4, 7, 12
 CHURN = {"s_churn": 20.0, "s_tmin": 0.05, "s_tmax": 50.0, "s_noise": 1.003}  # a window, as EDM's ImageNet settings
@@ -43,6 +47,12 @@ CASES = [
     ("dpmpp_2m_sde", {"eta": 0.5, "solver_type": "heun"}, kd.sample_dpmpp_2m_sde, {"eta": 0.5, "solver_type": "heun"}),
     ("dpmpp_3m_sde", {}, kd.sample_dpmpp_3m_sde, {}),
     ("dpmpp_3m_sde", {"eta": 0.5}, kd.sample_dpmpp_3m_sde, {"eta": 0.5}),
+    ("dpmpp_sde", {"noise_type": "brownian"}, kd.sample_dpmpp_sde, {}),
+    ("dpmpp_sde", {"noise_type": "brownian", "eta": 0.5}, kd.sample_dpmpp_sde, {"eta": 0.5}),
+    ("dpmpp_2m_sde", {"noise_type": "brownian"}, kd.sample_dpmpp_2m_sde, {}),
+    ("dpmpp_2m_sde", {"noise_type": "brownian", "solver_type": "heun"}, kd.sample_dpmpp_2m_sde,
+     {"solver_type": "heun"}),
+    ("dpmpp_3m_sde", {"noise_type": "brownian"}, kd.sample_dpmpp_3m_sde, {}),
     ("euler", CHURN, kd.sample_euler, CHURN),
     ("heun", CHURN, kd.sample_heun, CHURN),
     ("euler", {"s_churn": 5.0}, kd.sample_euler, {"s_churn": 5.0}),  # s_tmax 0: no upper limit (k-diffusion's ∞)
@@ -59,12 +69,17 @@ def exact_denoiser(gmm):
     return model
 
 
-def kdiffusion_run(gmm, fn, kwargs, plan, x_T, seed):
+def kdiffusion_run(gmm, fn, kwargs, plan, x_T, seed, brownian=False):
     sigmas = kd.kdiffusion_sigmas(plan)
     x = x_T * math.sqrt(float(sigmas[0]) ** 2 + 1.0)
     if fn is kd.sample_lms:
         return fn(exact_denoiser(gmm), x, sigmas, **kwargs)
-    return fn(exact_denoiser(gmm), x, sigmas, kd.StudioNoise(seed, plan.sigmas, tuple(x.shape)), **kwargs)
+    if brownian:  # as k-diffusion's SDE samplers make their default noise sampler, with A1111's seed per sample
+        entropy = [NoiseSource(seed).brownian_entropy(j) for j in range(x.shape[0])]
+        noise = kd.BrownianTreeNoiseSampler(x, sigmas[sigmas > 0].min(), sigmas.max(), seed=entropy)
+    else:
+        noise = kd.StudioNoise(seed, plan.sigmas, tuple(x.shape))
+    return fn(exact_denoiser(gmm), x, sigmas, noise, **kwargs)
 
 
 @pytest.mark.parametrize("karras", [False, True], ids=["plain", "karras"])
@@ -74,13 +89,14 @@ def test_equals_kdiffusion_on_the_same_plan_and_noise(gmm, name, options, fn, kw
     plan = engine.make_plan(spec, engine.schedule_for(gmm), STEPS, karras=karras)
     x_T = torch.randn(BATCH, 3, 16, 16, generator=torch.Generator().manual_seed(3))
     ours = final_x(gmm, name, STEPS, batch=BATCH, seed=SEED, init_noise=x_T, plan=plan, options=options)
-    ref = kdiffusion_run(gmm, fn, kwargs, plan, x_T, SEED)
+    brownian = options.get("noise_type") == "brownian"
+    ref = kdiffusion_run(gmm, fn, kwargs, plan, x_T, SEED, brownian)
     scale = ref.abs().max().item()
     err = (ours - ref).abs().max().item()
     assert 0.5 < scale < 5, scale  # a finished O(1) sample, not a blown-up chain
     assert err <= 1e-4 * scale, f"{name} {options}: max |studio − k-diffusion| = {err:.2e} (max |x| {scale:.2f})"
     if not spec.is_deterministic(options):  # the injected noise mattered: another seed, another sample
-        other = kdiffusion_run(gmm, fn, kwargs, plan, x_T, SEED + 1)
+        other = kdiffusion_run(gmm, fn, kwargs, plan, x_T, SEED + 1, brownian)
         assert (other - ref).abs().max() > 1e-2
 
 

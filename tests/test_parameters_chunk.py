@@ -140,8 +140,8 @@ def test_reads_the_web_uis_sampler_names(fields, sampler, karras, options):
 
 
 @pytest.mark.parametrize("fields, warned", [
-    ("Sampler: DPM fast", "'DPM fast'"), ("Sampler: Restart, Schedule type: Karras", "'Restart'"),
-    ("Sampler: DPM adaptive Karras", "'DPM adaptive Karras'"), ("Sampler: LCM", "'LCM'")])
+    ("Sampler: DPM fast", "'DPM fast'"), ("Sampler: PLMS, Schedule type: Karras", "'PLMS'"),
+    ("Sampler: DPM adaptive Karras", "'DPM adaptive Karras'"), ("Sampler: DDIM CFG++", "'DDIM CFG++'")])
 def test_a_web_ui_sampler_the_studio_lacks_reads_with_a_warning(fields, warned):
     p = parse_parameters(f"Steps: 20, {fields}, CFG scale: 7, Seed: 1")
     assert p["sampler"] == "dpmpp_2m"  # what A1111 itself reads for a name it lacks
@@ -269,7 +269,7 @@ def test_a_web_ui_png_gives_its_sampler_options_and_unsets_the_others(tmp_path):
     assert all(s[name] is None for name in OPTION_SCHEMA if name not in ("solver_type", "eta"))
     r = Recipe(model="gmm", sampler="langevin", corrector_steps=3).replace(
         **{k: v for k, v in s.items() if k != "warnings"}).validate()
-    assert r.sampler_options() == {"eta": 0.5, "solver_type": "heun"}  # nothing left of langevin's
+    assert r.sampler_options() == {"eta": 0.5, "solver_type": "heun", "noise_type": "per-step"}  # none of langevin's
     lacking = read_webui_parameters(_webui_png(tmp_path / "b.png", "Steps: 20, Sampler: DPM fast, Seed: 3"))
     assert lacking["sampler"] == "dpmpp_2m" and len(lacking["warnings"]) == 1
     assert lacking["warnings"][0].startswith(f"{tmp_path / 'b.png'}: the sampler 'DPM fast' is not one")
@@ -279,12 +279,12 @@ def test_the_window_opens_a_web_ui_png_with_a_sampler_it_lacks_and_says_so(qtbot
     from _gui import open_window
 
     win = open_window(qtbot, steps=4)
-    path = _webui_png(tmp_path / "restart.png", "Steps: 9, Sampler: Restart, Schedule type: Karras, CFG scale: 3, Seed: 5")
+    path = _webui_png(tmp_path / "plms.png", "Steps: 9, Sampler: PLMS, Schedule type: Karras, CFG scale: 3, Seed: 5")
     assert win.open_recipe(str(path)) is not None
     r = win.current_recipe()
     assert (r.sampler, r.karras, r.steps, r.seed) == ("dpmpp_2m", True, 9, 5)
     text = win.errorLabel.text()
-    assert text.startswith("Warning: ") and "'Restart' is not one the studio has" in text and "\n" not in text
+    assert text.startswith("Warning: ") and "'PLMS' is not one the studio has" in text and "\n" not in text
     ok = _webui_png(tmp_path / "ok.png", "Steps: 9, Sampler: DPM2 a, Schedule type: Karras, CFG scale: 3, Eta: 0.5, Seed: 5")
     assert win.open_recipe(str(ok)) is not None and not win.errorLabel.isVisible()
     r = win.current_recipe()

@@ -68,7 +68,7 @@ def straight_runs(gmm):
     def get(name, options):
         key = (name, tuple(sorted(options.items())))
         if key not in runs:
-            plan = engine.model_plan(gmm, SAMPLERS[name], STEPS)
+            plan = engine.model_plan(gmm, SAMPLERS[name], STEPS, options=options)
             recs = list(engine.sample(gmm, name, STEPS, options=options, batch=BATCH, seed=SEED, plan=plan))
             runs[key] = plan, recs
         return runs[key]
@@ -96,12 +96,12 @@ def test_records_one_per_step_with_shapes_and_plan_points(gmm, straight_runs, na
 def test_nfe_after_each_step_is_what_the_registry_declares(straight_runs, name, options):
     spec = SAMPLERS[name]
     resolved = spec.resolve(options)
-    _, recs = straight_runs(name, options)
+    plan, recs = straight_runs(name, options)
     expected = 0
     for i, r in enumerate(recs):
-        expected += spec.step_evals(i, STEPS, resolved)
+        expected += spec.step_evals(i, STEPS, resolved, plan)
         assert r.nfe == expected, f"nfe after step {i}"
-    assert spec.evals(STEPS, options) == recs[-1].nfe
+    assert spec.evals(STEPS, options, plan) == recs[-1].nfe
 
 
 @pytest.mark.parametrize("name,options", CASES, ids=IDS)
@@ -199,7 +199,7 @@ def test_karras_sigmas_are_taken_exactly_by_the_samplers_declaring_it(gmm, name)
     with a line listing the samplers that take it, as the recipe's help does: both read the flag."""
     spec = SAMPLERS[name]
     takers = samplers_with("takes_karras")
-    assert takers == tuple(n for n, s in SAMPLERS.items() if s.plan_kind != "discrete")
+    assert takers == tuple(n for n, s in SAMPLERS.items() if s.plan_kind in ("sigma", "dpm"))
     assert f"for {', '.join(takers)} " in Recipe.schema()["karras"].help
     sched = engine.schedule_for(gmm)
     if spec.takes_karras:

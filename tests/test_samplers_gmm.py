@@ -20,7 +20,8 @@ from studio.core.schedule import dpm_plan, sigma_plan
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
-ALL = tuple(SAMPLERS)
+# a sampler for consistency-distilled models (lcm) does not sample a diffusion model's distribution: no truth here
+ALL = tuple(n for n, s in SAMPLERS.items() if not s.for_consistency_models)
 DETERMINISTIC = tuple(n for n, s in SAMPLERS.items() if s.is_deterministic())  # with their default options
 STOCHASTIC = tuple(n for n in ALL if n not in DETERMINISTIC)
 slow = pytest.mark.slow
@@ -29,7 +30,7 @@ slow = pytest.mark.slow
 # component weights is well below the tolerance (measured: at half these counts langevin and heun are biased).
 ACCURACY_STEPS = {"ddpm": 30, "ddim": 20, "euler": 20, "euler_a": 30, "heun": 15, "dpmpp_2m": 15, "langevin": 20,
                   "lms": 20, "dpm2": 15, "dpm2_a": 15, "dpmpp_2s_a": 15, "dpmpp_sde": 15, "dpmpp_2m_sde": 20,
-                  "dpmpp_3m_sde": 20, "unipc": 15, "deis": 15}
+                  "dpmpp_3m_sde": 20, "unipc": 15, "deis": 15, "restart": 15}
 N = 2000
 # Binomial std of a weight estimate is √(π(1−π)/n) ≤ √(.4·.6/2000) = 0.011, so ±0.04 is ≥ 3.6 σ for every
 # component (a false alarm about once in 3000 per component), while a sampler that loses or invents mass
@@ -39,6 +40,8 @@ WEIGHT_TOL = 0.04
 
 def _nfe_after(name: str, i: int, steps: int, corrector_steps: int = 1) -> int:
     """Model evaluations after step i (0-based), from each algorithm's definition."""
+    if name == "restart":  # Heun's and, by the end of the run, K = 1 restart of 9 Heun steps (in the plan)
+        return _nfe_after("heun", i, steps) + (2 * 9 if i == steps - 1 else 0)
     if name in ("heun", "dpm2", "dpm2_a", "dpmpp_2s_a", "dpmpp_sde"):
         # 2 per step (a second evaluation at σ_next or at a midpoint), 1 on the last (Euler) step to σ = 0
         return 2 * (i + 1) - (1 if i == steps - 1 else 0)
@@ -112,7 +115,7 @@ def test_component_means(accuracy_run, gmm, name):
 # to ~1 %.
 SPREAD_RUNS = {"ddpm": (1000, 0.07), "euler_a": (1000, 0.07), "langevin": (500, 0.05), "dpmpp_sde": (1000, 0.07),
                "dpm2_a": (500, 0.05), "dpmpp_2s_a": (500, 0.05), "dpmpp_2m_sde": (500, 0.05),
-               "dpmpp_3m_sde": (500, 0.05)}
+               "dpmpp_3m_sde": (500, 0.05), "restart": (500, 0.05)}
 
 
 @slow

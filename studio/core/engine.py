@@ -27,11 +27,15 @@ def default_x0_mode(model) -> str:
 
 
 def make_plan(spec: SamplerSpec, sched: NoiseSchedule, steps: int, spacing: Optional[str] = None,
-              karras: bool = False) -> Plan:
+              karras: bool = False, options: Optional[Mapping[str, Any]] = None) -> Plan:
+    """The sampler's timestep plan; ``options`` (its own, checked) matter only to a sampler with a plan of its own
+    (lcm), which takes no spacing."""
     spacing = spacing or spec.default_spacing
     if karras and not spec.takes_karras:
         raise ValueError(f"Karras sigmas apply to the samplers on σ plans ({', '.join(samplers_with('takes_karras'))}), "
                          f"not {spec.name}; leave Karras off or choose one of those")
+    if spec.own_plan is not None:
+        return spec.own_plan(sched, steps, spec.resolve(options))
     if spec.plan_kind == "discrete":
         return discrete_plan(sched, steps, spacing)
     sched = sched.finite_terminal()
@@ -41,13 +45,13 @@ def make_plan(spec: SamplerSpec, sched: NoiseSchedule, steps: int, spacing: Opti
 
 
 def model_plan(model, spec: SamplerSpec, steps: int, spacing: Optional[str] = None, karras: Optional[bool] = None,
-               schedule_overrides: Optional[dict] = None) -> Plan:
+               schedule_overrides: Optional[dict] = None, options: Optional[Mapping[str, Any]] = None) -> Plan:
     """The plan for a model: unset spacing / Karras come from its scheduler config, then the sampler's default."""
     sc = model.info.scheduler_config
     spacing = spacing or sc.get("timestep_spacing") or spec.default_spacing
     if karras is None:
         karras = bool(sc.get("use_karras_sigmas", False)) and spec.takes_karras
-    return make_plan(spec, schedule_for(model, schedule_overrides), steps, spacing, karras)
+    return make_plan(spec, schedule_for(model, schedule_overrides), steps, spacing, karras, options)
 
 
 def branch_plan(spec: SamplerSpec, sched: NoiseSchedule, t_start: float, steps: int) -> Plan:
@@ -168,7 +172,7 @@ def sample(
         raise ValueError(f"batch must be a positive integer, got {batch!r}")
     device = model.device
     noise = NoiseSource(seed, device, torch.float32)
-    plan = plan or model_plan(model, spec, steps, spacing, karras, schedule_overrides)
+    plan = plan or model_plan(model, spec, steps, spacing, karras, schedule_overrides, opts)
     info = model.info
     shape = latent_shape(model, batch, size)
     sc = info.scheduler_config

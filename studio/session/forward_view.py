@@ -251,7 +251,8 @@ def nearest_start(model, recipe: Recipe, t: int) -> StartStep:
     nearest to ``t``; the earlier one on a tie (more steps to run)."""
     spec = get_sampler(recipe.sampler)
     try:
-        plan = engine.model_plan(model, spec, recipe.steps, recipe.spacing, recipe.karras, recipe.schedule or None)
+        plan = engine.model_plan(model, spec, recipe.steps, recipe.spacing, recipe.karras, recipe.schedule or None,
+                                 options=recipe.sampler_options())
     except ValueError as e:
         raise RecipeError(str(e)) from None
     ts = np.asarray(plan.timesteps, dtype=np.float64)

@@ -71,6 +71,8 @@ WEBUI_SAMPLERS: tuple[WebUISampler, ...] = (
     WebUISampler("UniPC", "unipc", fields=_UNIPC),
     WebUISampler("DEIS", "deis"),
     WebUISampler("DDPM", "ddpm"),
+    WebUISampler("LCM", "lcm"),
+    WebUISampler("Restart", "restart", automatic="karras"),
     WebUISampler("Langevin", "langevin"),  # the studio's own: no web UI has it
 )
 # what A1111 reads for a sampler it does not have (its first sampler); the studio does the same

@@ -117,6 +117,12 @@ class Recipe:
     solver_type: Optional[str] = sampler_option("solver_type")
     variant: Optional[str] = sampler_option("variant")
     prev_timestep: Optional[str] = sampler_option("prev_timestep")
+    noise_type: Optional[str] = sampler_option("noise_type")
+    original_inference_steps: Optional[int] = sampler_option("original_inference_steps")
+    restart_times: Optional[int] = sampler_option("restart_times")
+    restart_steps: Optional[int] = sampler_option("restart_steps")
+    restart_sigma_min: Optional[float] = sampler_option("restart_sigma_min")
+    restart_sigma_max: Optional[float] = sampler_option("restart_sigma_max")
     # unset (null): the default for the conditioning, decided by ``default_guidance`` when the recipe is validated
     guidance: Optional[str] = declared(Option(
         kind="choice", choices=GUIDANCE_MODES, optional=True, choice_labels=("none", "classifier-free", "classifier"),

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..options import Option
-from .base import SAMPLER_GROUPS, SamplerSpec, training_log_sigmas
+from .base import NOISE_TYPE, SAMPLER_GROUPS, SamplerSpec, training_log_sigmas
 from .ddpm import DDIM_ETA, PREV_TIMESTEP, VARIANCE, sample_ddim, sample_ddpm, training_alpha_bars
 from .deis import DEIS_ORDER, sample_deis
 from .dpm2 import DPM2_A_ETA, sample_dpm2, sample_dpm2_ancestral
@@ -16,7 +16,9 @@ from .dpmsolver_sde import SDE_ETA, SOLVER_TYPE, sample_dpmpp_2m_sde, sample_dpm
 from .dpmsolver_single import DPMPP_2S_A_ETA, DPMPP_SDE_ETA, sample_dpmpp_2s_ancestral, sample_dpmpp_sde
 from .kdiffusion import CHURN, EULER_A_ETA, two_but_the_last, sample_euler, sample_euler_ancestral, sample_heun
 from .langevin import CORRECTOR_STEPS, SNR, corrector_alphas, evaluations, sample_langevin
+from .lcm import ORIGINAL_STEPS, lcm_plan, sample_lcm
 from .lms import LMS_ORDER, sample_lms
+from .restart import RESTART, restart_evals, sample_restart
 from .unipc import UNIPC_ORDER, UNIPC_VARIANT, sample_unipc
 
 SAMPLERS: dict[str, SamplerSpec] = {
@@ -50,19 +52,28 @@ SAMPLERS: dict[str, SamplerSpec] = {
                     (DPMPP_2S_A_ETA,), "linspace", two_but_the_last, noise_option="eta",
                     schedule_inputs=training_log_sigmas, group="ancestral"),
         SamplerSpec("dpmpp_sde", sample_dpmpp_sde, "DPM-Solver++ SDE (Lu et al. 2022; k-diffusion): stochastic "
-                    "steps through a midpoint; 2 evaluations per step", "sigma", False, (DPMPP_SDE_ETA,),
+                    "steps through a midpoint; 2 evaluations per step", "sigma", False, (DPMPP_SDE_ETA, NOISE_TYPE),
                     "linspace", two_but_the_last, noise_option="eta", schedule_inputs=training_log_sigmas, group="SDE"),
         SamplerSpec("dpmpp_2m_sde", sample_dpmpp_2m_sde, "DPM-Solver++(2M) SDE (Lu et al. 2022; k-diffusion): "
-                    "multistep 2nd order on the reverse SDE", "dpm", False, (SDE_ETA, SOLVER_TYPE), "linspace",
-                    noise_option="eta", group="SDE"),
+                    "multistep 2nd order on the reverse SDE", "dpm", False, (SDE_ETA, SOLVER_TYPE, NOISE_TYPE),
+                    "linspace", noise_option="eta", group="SDE"),
         SamplerSpec("dpmpp_3m_sde", sample_dpmpp_3m_sde, "DPM-Solver++(3M) SDE (Lu et al. 2022; k-diffusion): "
-                    "multistep 3rd order on the reverse SDE", "dpm", False, (SDE_ETA,), "linspace",
+                    "multistep 3rd order on the reverse SDE", "dpm", False, (SDE_ETA, NOISE_TYPE), "linspace",
                     noise_option="eta", group="SDE"),
         SamplerSpec("unipc", sample_unipc, "UniPC (Zhao et al. 2023): multistep predictor with a corrector that "
                     "reuses the next evaluation; bh1/bh2, order 1–4", "dpm", True, (UNIPC_ORDER, UNIPC_VARIANT),
                     "linspace", group="multistep"),
         SamplerSpec("deis", sample_deis, "DEIS (Zhang & Chen 2023): exponential-integrator multistep on ε̂, a "
                     "polynomial in log σ; order 1–4", "dpm", True, (DEIS_ORDER,), "linspace", group="multistep"),
+        SamplerSpec("lcm", sample_lcm, "Latent Consistency Model sampling (Luo et al. 2023; diffusers' "
+                    "LCMScheduler): x̂₀ with the consistency boundary conditions, then fresh noise to the next of its "
+                    "own timesteps; for LCM and LCM-LoRA models only: not an ODE solver, so left out of the exact-gmm "
+                    "accuracy tests", "own", False, (ORIGINAL_STEPS,), "leading", own_plan=lcm_plan,
+                    for_consistency_models=True, group="consistency"),
+        SamplerSpec("restart", sample_restart, "Restart sampling (Xu et al. 2023; A1111's Restart): Heun on the ODE, "
+                    "and K times a jump back up to t_max by forward noise, re-solved down to t_min; 2 evaluations per "
+                    "step plus 2·K·restart_steps", "sigma", False, RESTART, "linspace", restart_evals,
+                    noise_option="restart_times", schedule_inputs=training_log_sigmas, group="other"),
         SamplerSpec("langevin", sample_langevin,
                     "predictor-corrector: annealed Langevin corrector + ancestral predictor (Song et al. 2021)",
                     "discrete", False, (CORRECTOR_STEPS, SNR), "leading", evaluations,

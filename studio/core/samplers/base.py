@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..denoiser import Denoiser, Prediction
-from ..noise import NoiseSource
+from ..noise import NOISE_TYPES, NoiseSource
 from ..options import Option, OptionError
 from ..records import StepRecord, check_finite
 from ..schedule import NoiseSchedule, Plan, sigma_to_t
@@ -18,8 +18,27 @@ from ..schedule import NoiseSchedule, Plan, sigma_to_t
 SamplerFn = Callable[..., Iterator[StepRecord]]
 
 
-def one_evaluation(i: int, steps: int, options: Mapping[str, Any]) -> int:
+def one_evaluation(i: int, steps: int, options: Mapping[str, Any], plan: Optional[Plan] = None) -> int:
     return 1
+
+
+# where an SDE sampler's noise comes from (k-diffusion's samplers that take a BrownianTreeNoiseSampler)
+NOISE_TYPE = Option("noise_type", "per-step", "choice", "where the SDE steps' noise comes from: independent draws per "
+                    "step, or increments of one Brownian motion per sample (k-diffusion's BrownianTreeNoiseSampler, "
+                    "what the web UIs draw from; the same seed then gives related images at any step count)",
+                    choices=NOISE_TYPES, choice_labels=("per step", "Brownian tree"), label="Noise")
+
+
+def sde_noise(noise: NoiseSource, noise_type: str, plan: Plan, i: int, shape: tuple, sigma: float,
+              sigma_next: float, draw: int = 0) -> torch.Tensor:
+    """N(0, I) noise for the part of step i that goes from ``sigma`` to ``sigma_next``: the step's own draw
+    ``draw`` (per-step), or the normalised increment of each sample's Brownian motion over [σ_next, σ] on the
+    plan's σ range (brownian; :meth:`NoiseSource.brownian`), so that sub-steps sharing an interval share noise
+    as k-diffusion's do."""
+    if noise_type == "brownian":
+        sig = np.asarray(plan.sigmas)
+        return noise.brownian(sigma, sigma_next, shape, float(sig[sig > 0].min()), float(sig.max()))
+    return noise.step(i, shape, draw)
 
 
 # the families every sampler declares one of (``SamplerSpec.group``), in the order the sampler picker and
@@ -29,7 +48,9 @@ SAMPLER_GROUPS = {
     "multistep": "ODE solvers that reuse earlier evaluations: a higher order for one evaluation a step",
     "ancestral": "a step past the next noise level, then fresh noise back up to it: each step forgets part of the last",
     "SDE": "solvers of the reverse SDE: fresh noise within every step (η scales it)",
-    "other": "predictor–corrector and consistency samplers",
+    "consistency": "for consistency-distilled models (LCM, LCM-LoRA): x̂₀ in one evaluation, then fresh noise down "
+                   "to the next level",
+    "other": "predictor–corrector and restart samplers: extra noise-and-correct work on top of a reverse chain",
 }
 
 
@@ -42,27 +63,36 @@ class SamplerSpec:
     take their defaults, ranges, choices and help from them. ``deterministic`` is the behaviour with
     the default options; ``noise_option`` names the option that scales the fresh noise of each step
     (0 makes the sampler deterministic). ``group`` is its family in ``SAMPLER_GROUPS`` (what the sampler
-    picker and `studio samplers` group it under). ``step_evals(i, steps, options)`` is the number of
-    denoiser evaluations in step ``i`` of ``steps``. ``schedule_inputs`` derives inputs from the
-    model's training schedule that are not user options (the Langevin corrector's α_t).
+    picker and `studio samplers` group it under). ``step_evals(i, steps, options, plan)`` is the number of
+    denoiser evaluations in step ``i`` of ``steps``; only a sampler whose extra work sits at a noise level
+    (restart) reads the plan, and without one counts as if that level were in it. ``schedule_inputs``
+    derives inputs from the model's training schedule that are not user options (the Langevin corrector's
+    α_t). ``own_plan(schedule, steps, options)`` builds the timestep plan of a sampler that has one of its
+    own (``plan_kind`` "own": LCM's skipping rule), from its resolved options.
 
     Capabilities (the help texts and refusals that name samplers are derived from them, never listed):
     ``takes_karras`` follows from ``plan_kind``; ``classifier_mean_shift`` says the sampler applies
     classifier guidance's mean form μ + s Σ ∇ log p_φ(y|x_t) (Dhariwal & Nichol 2021, Alg. 1), which
-    needs an ancestral step with a Gaussian posterior of known variance Σ."""
+    needs an ancestral step with a Gaussian posterior of known variance Σ. ``for_consistency_models``
+    says the sampler is meant for consistency-distilled models (Song et al. 2023; Luo et al. 2023): it
+    does not discretise the reverse process of a diffusion model, so on one (the exact ``gmm``) its
+    samples need not follow the model's distribution, and the accuracy tests against that truth leave
+    it out."""
 
     name: str
     fn: SamplerFn
     description: str
-    plan_kind: str  # "discrete" | "sigma" | "dpm": which timestep plan it runs on
+    plan_kind: str  # "discrete" | "sigma" | "dpm" | "own": which timestep plan it runs on
     deterministic: bool
     options: Mapping[str, Option] = ()
     default_spacing: str = "leading"
-    step_evals: Callable[[int, int, Mapping[str, Any]], int] = one_evaluation
+    step_evals: Callable[[int, int, Mapping[str, Any], Optional[Plan]], int] = one_evaluation
     noise_option: Optional[str] = None
     schedule_inputs: Optional[Callable[[NoiseSchedule], dict]] = None
     classifier_mean_shift: bool = False
     group: str = ""
+    own_plan: Optional[Callable[[NoiseSchedule, int, Mapping[str, Any]], Plan]] = None
+    for_consistency_models: bool = False
 
     def __post_init__(self) -> None:
         if self.group not in SAMPLER_GROUPS:
@@ -73,12 +103,15 @@ class SamplerSpec:
         object.__setattr__(self, "options", dict(opts))
         if self.noise_option is not None and self.noise_option not in self.options:
             raise ValueError(f"sampler {self.name}: noise_option {self.noise_option!r} is not one of its options")
+        if (self.plan_kind == "own") != (self.own_plan is not None):
+            raise ValueError(f"sampler {self.name}: plan_kind 'own' and own_plan go together")
 
     @property
     def takes_karras(self) -> bool:
         """Runs on a σ plan (σ-space or DPM-Solver), where Karras et al. 2022 σ spacing applies; a
-        discrete-timestep sampler (ddpm, ddim, …) runs on integer timesteps instead."""
-        return self.plan_kind != "discrete"
+        discrete-timestep sampler (ddpm, ddim, …) runs on integer timesteps instead, and one with a plan of its
+        own (lcm) on that."""
+        return self.plan_kind in ("sigma", "dpm")
 
     def resolve(self, options: Optional[Mapping[str, Any]] = None) -> dict:
         """Every option of this sampler: the given value (checked) or the declared default.
@@ -99,10 +132,11 @@ class SamplerSpec:
             return self.deterministic
         return self.resolve(options)[self.noise_option] == 0
 
-    def evals(self, steps: int, options: Optional[Mapping[str, Any]] = None) -> int:
-        """Denoiser evaluations (NFE) of a run of ``steps`` steps: the cost shown before a run."""
+    def evals(self, steps: int, options: Optional[Mapping[str, Any]] = None, plan: Optional[Plan] = None) -> int:
+        """Denoiser evaluations (NFE) of a run of ``steps`` steps on ``plan``: the cost shown before a run.
+        Without the plan, a restart's extra evaluations are counted as if its interval were in the plan."""
         opts = self.resolve(options)
-        return sum(self.step_evals(i, steps, opts) for i in range(steps))
+        return sum(self.step_evals(i, steps, opts, plan) for i in range(steps))
 
 
 def make_record(name: str, plan: Plan, i: int, x: torch.Tensor, pred: Prediction, nfe: int, carry: dict) -> StepRecord:
@@ -150,5 +184,5 @@ def predict_at(denoiser: Denoiser, x: torch.Tensor, plan: Plan, i: int, sigma: f
     return pred
 
 
-__all__ = ["SAMPLER_GROUPS", "SamplerSpec", "Option", "make_record", "predict", "predict_at", "training_log_sigmas",
-           "Denoiser", "NoiseSource", "Plan", "Prediction", "Optional"]
+__all__ = ["NOISE_TYPE", "SAMPLER_GROUPS", "SamplerSpec", "sde_noise", "Option", "make_record", "predict", "predict_at",
+           "training_log_sigmas", "Denoiser", "NoiseSource", "Plan", "Prediction", "Optional"]

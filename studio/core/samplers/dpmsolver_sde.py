@@ -11,6 +11,8 @@ where C corrects with the previous x̂₀'s (divided differences over the log-σ
 3M C = φ₂ D₁ − φ₃ D₂ with φ₃ = φ₂/H − 1/2 once two previous x̂₀ exist (k-diffusion's D₁, D₂). η = 0 is the ODE
 solver (2M midpoint = dpmpp_2m); η = 1 is the reverse SDE, diffusers' ``sde-dpmsolver++``. The first step is
 first order, and the step to σ = 0 returns x̂₀. The carry keeps the previous x̂₀'s, so a run resumes exactly.
+z is the step's own draw, or with ``noise_type="brownian"`` the increment of each sample's Brownian motion over
+[σ_{t'}, σ_t] (k-diffusion's default ``BrownianTreeNoiseSampler``; :func:`~.base.sde_noise`).
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from typing import Iterator, Optional
 import torch
 
 from ..records import StepRecord
-from .base import Denoiser, NoiseSource, Option, Plan
+from .base import Denoiser, NoiseSource, Option, Plan, sde_noise
 from .dpmsolver import x0_multistep
 
 SDE_ETA = Option("eta", 1.0, "float", "noise of the SDE step: 1 the reverse SDE (k-diffusion's default), 0 none "
@@ -38,11 +40,15 @@ def _first_order(x: torch.Tensor, x0: torch.Tensor, s: float, s_next: float, h: 
     return x, a_t, big_h
 
 
-def _noise(x: torch.Tensor, noise: NoiseSource, i: int, s_next: float, h: float, eta: float) -> torch.Tensor:
+def _noise(x: torch.Tensor, noise: NoiseSource, noise_type: str, plan: Plan, i: int, h: float,
+           eta: float) -> torch.Tensor:
+    """+ b_{t'} √(1 − e^{−2ηh}) z, z the step's noise (:func:`~.base.sde_noise`)."""
     if not eta:
         return x
+    s, s_next = float(plan.sigmas[i]), float(plan.sigmas[i + 1])
     b_t = s_next / math.sqrt(s_next**2 + 1.0)
-    return x + noise.step(i, tuple(x.shape)) * (b_t * math.sqrt(-math.expm1(-2.0 * eta * h)))
+    z = sde_noise(noise, noise_type, plan, i, tuple(x.shape), s, s_next)
+    return x + z * (b_t * math.sqrt(-math.expm1(-2.0 * eta * h)))
 
 
 def _log_step(plan: Plan, i: int) -> float:
@@ -52,7 +58,7 @@ def _log_step(plan: Plan, i: int) -> float:
 
 def sample_dpmpp_2m_sde(
     denoiser: Denoiser, x: torch.Tensor, plan: Plan, noise: NoiseSource, *, start: int = 0,
-    carry: Optional[dict] = None, eta: float, solver_type: str,
+    carry: Optional[dict] = None, eta: float, solver_type: str, noise_type: str,
 ) -> Iterator[StepRecord]:
     def update(i: int, x: torch.Tensor, x0: torch.Tensor, s: float, s_next: float, earlier: list) -> torch.Tensor:
         h = _log_step(plan, i)
@@ -62,14 +68,14 @@ def sample_dpmpp_2m_sde(
             phi = -math.expm1(-big_h)
             coef = phi / -big_h + 1.0 if solver_type == "heun" else 0.5 * phi
             x = x + a_t * coef / r * (x0 - earlier[0])
-        return _noise(x, noise, i, s_next, h, eta)
+        return _noise(x, noise, noise_type, plan, i, h, eta)
 
     return x0_multistep("dpmpp_2m_sde", denoiser, x, plan, start, carry, ("prev_x0",), update)
 
 
 def sample_dpmpp_3m_sde(
     denoiser: Denoiser, x: torch.Tensor, plan: Plan, noise: NoiseSource, *, start: int = 0,
-    carry: Optional[dict] = None, eta: float,
+    carry: Optional[dict] = None, eta: float, noise_type: str,
 ) -> Iterator[StepRecord]:
     def update(i: int, x: torch.Tensor, x0: torch.Tensor, s: float, s_next: float, earlier: list) -> torch.Tensor:
         x0_1, x0_2 = earlier
@@ -85,6 +91,6 @@ def sample_dpmpp_3m_sde(
             x = x + a_t * (phi_2 * d1 - phi_3 * d2)
         elif x0_1 is not None and i > 0:
             x = x + a_t * phi_2 / (_log_step(plan, i - 1) / h) * (x0 - x0_1)
-        return _noise(x, noise, i, s_next, h, eta)
+        return _noise(x, noise, noise_type, plan, i, h, eta)
 
     return x0_multistep("dpmpp_3m_sde", denoiser, x, plan, start, carry, ("prev_x0", "prev2_x0"), update)

@@ -10,8 +10,9 @@ x ← (σ_d/σ) x − (σ_d/σ − 1) D, i.e. x ← (σ_d/σ) x + (1 − e^{−(
 - SDE: the same with ancestral noise inside: a step to σ_m split by the ancestral rule (+ noise), then the full
   step from x to σ_next split likewise, with D = x̂₀(x̃, σ_m) (k-diffusion's r = 1/2).
 
-The step to σ = 0 is an Euler step (returns x̂₀). k-diffusion's ``sample_dpmpp_sde`` draws its two noises from a
-Brownian tree (correlated increments); here they are two independent per-step draws.
+The step to σ = 0 is an Euler step (returns x̂₀). The SDE's two noises are two independent draws of the step, or
+with ``noise_type="brownian"`` the increments of each sample's Brownian motion over [σ_m, σ] and [σ_next, σ]
+(correlated, as k-diffusion's default ``BrownianTreeNoiseSampler`` draws them; :func:`~.base.sde_noise`).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 
 from ..records import StepRecord
-from .base import Denoiser, NoiseSource, Option, Plan, predict, predict_at
+from .base import Denoiser, NoiseSource, Option, Plan, predict, predict_at, sde_noise
 from .kdiffusion import ancestral_step, churned_steps, euler_to, sigma_steps, to_vp
 
 DPMPP_2S_A_ETA = Option("eta", 1.0, "float", "noise of each ancestral step: 1 k-diffusion's full step, 0 none "
@@ -51,7 +52,7 @@ def sample_dpmpp_2s_ancestral(
 
 def sample_dpmpp_sde(
     denoiser: Denoiser, x: torch.Tensor, plan: Plan, noise: NoiseSource, *, start: int = 0,
-    carry: Optional[dict] = None, eta: float, log_sigmas: np.ndarray,
+    carry: Optional[dict] = None, eta: float, noise_type: str, log_sigmas: np.ndarray,
 ) -> Iterator[StepRecord]:
     def step(i: int, xs: torch.Tensor, s: float, s_next: float):
         pred = predict(denoiser, to_vp(xs, s), plan, i)
@@ -61,12 +62,12 @@ def sample_dpmpp_sde(
         down, up = ancestral_step(s, mid, eta)
         x2 = _exp_step(xs, pred.x0, s, down)
         if up > 0:
-            x2 = x2 + noise.step(i, tuple(xs.shape), draw=0) * up
+            x2 = x2 + sde_noise(noise, noise_type, plan, i, tuple(xs.shape), s, mid, draw=0) * up
         pred2 = predict_at(denoiser, to_vp(x2, mid), plan, i, mid, log_sigmas)
         down, up = ancestral_step(s, s_next, eta)
         xs = _exp_step(xs, pred2.x0, s, down)
         if up > 0:
-            xs = xs + noise.step(i, tuple(xs.shape), draw=1) * up
+            xs = xs + sde_noise(noise, noise_type, plan, i, tuple(xs.shape), s, s_next, draw=1) * up
         return xs, pred
 
     return sigma_steps("dpmpp_sde", denoiser, x, plan, start, carry, step)

@@ -30,7 +30,7 @@ S_NOISE = Option("s_noise", 1.0, "float", "scale of churn's fresh noise (EDM use
 CHURN = (S_CHURN, S_TMIN, S_TMAX, S_NOISE)
 
 
-def two_but_the_last(i: int, steps: int, options) -> int:
+def two_but_the_last(i: int, steps: int, options, plan=None) -> int:
     """Evaluations of the two-stage steps (Heun, DPM2, DPM++ 2S/SDE): two per step (the second at σ_next or at a
     midpoint), one on the last (an Euler step to σ = 0)."""
     return 1 if i == steps - 1 else 2

@@ -26,7 +26,7 @@ def corrector_alphas(sched: NoiseSchedule) -> dict:
     return {"alphas": (1.0 - sched.betas).tolist()}
 
 
-def evaluations(i: int, steps: int, options) -> int:
+def evaluations(i: int, steps: int, options, plan=None) -> int:
     """corrector_steps Langevin evaluations and one predictor evaluation per step."""
     return options["corrector_steps"] + 1
 
