@@ -1,12 +1,14 @@
 """Compare 2–4 configurations from the same seed and noise, side by side, scrubbed together by fraction."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 from PySide6.QtCore import QTimer, Qt, Signal
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QFileDialog, QGridLayout, QHBoxLayout, QLabel,
                                QLineEdit, QPushButton, QSlider, QToolButton, QVBoxLayout, QWidget)
 
+from ..checkpoints.lora_files import LoraChoice, parse_lora
 from ..core.samplers import OPTION_SCHEMA, SAMPLERS
 from ..session import export as ex
 from ..session.parameters import webui_sampler_settings
@@ -16,6 +18,7 @@ from . import jobs
 from . import option_widgets as ow
 from .canvas import ImageCanvas
 from .full_decode import shared_decoder
+from .lora_list import weight_spin
 from .export_dialog import export_with_confirm
 from .sampler_combo import sampler_combo
 from .view import SETTLE_MS
@@ -28,6 +31,21 @@ SCRUB_TICKS = 1000
 # Karras σ), its SDE form, and the predictor–corrector many diffusers pipelines default to. Each name is
 # read as a parameters text would be (``webui_sampler_settings``): UniPC as A1111 runs it, bh1 order 3.
 DEFAULT_PRESET = ("Euler a", "DPM++ 2M Karras", "DPM++ 2M SDE Karras", "UniPC")
+# the other preset, for a recipe with LoRAs: one LoRA at these weights (none, half, as trained), all else the same
+LORA_WEIGHTS = (0.0, 0.5, 1.0)
+
+
+def sampler_preset(base: Recipe) -> list[Recipe]:
+    """``DEFAULT_PRESET``'s samplers, each with its web UI settings, on ``base``'s seed, steps and scale."""
+    unset = {name: None for name in OPTION_SCHEMA}  # the base's own sampler options belong to its sampler
+    return [base.replace(**{**unset, **webui_sampler_settings(name)}, spacing=None) for name in DEFAULT_PRESET]
+
+
+def lora_weight_preset(base: Recipe, index: int, weights=LORA_WEIGHTS) -> list[Recipe]:
+    """``base`` with its ``index``-th LoRA at each of ``weights``: configurations that differ in that weight only."""
+    choices = [parse_lora(e) for e in base.loras]
+    return [base.replace(loras=[str(LoraChoice(c.path, w) if i == index else c) for i, c in enumerate(choices)])
+            for w in weights]
 
 
 def label_for(r: Recipe) -> str:
@@ -43,13 +61,16 @@ def label_for(r: Recipe) -> str:
         s += f" · φ={r.guidance_rescale:g}"
     if r.prompt is not None:
         s += f" · “{r.prompt if len(r.prompt) <= 24 else r.prompt[:23] + '…'}”"
+    for entry in r.loras:
+        choice = parse_lora(entry)
+        s += f" · {Path(choice.path).stem} {choice.weight:g}"
     return s
 
 
 class ConfigRow(QWidget):
     """One configuration: sampler, steps, the sampler's own options, scale (and, for a text-to-image model,
-    rescale φ and prompt). The option widgets are made from the registry's declarations, as the panel's
-    are, one per option of any sampler; a row shows those of its sampler."""
+    rescale φ, prompt and each LoRA's weight). The option widgets are made from the registry's declarations, as
+    the panel's are, one per option of any sampler; a row shows those of its sampler."""
 
     def __init__(self, recipe: Recipe, guided: bool, text: bool = False, parent=None):
         super().__init__(parent)
@@ -75,6 +96,11 @@ class ConfigRow(QWidget):
         self.scale = ow.make_widget(schema["scale"])
         self.scale.setValue(recipe.scale)
         self.scale.setEnabled(guided)
+        # each LoRA's weight in this configuration (a weight change re-weights the open model, reloads nothing)
+        choices = [parse_lora(e) for e in recipe.loras] if text else []
+        self.loras: list[tuple[str, QWidget]] = [(c.path, weight_spin(c.weight)) for c in choices]
+        for path, spin in self.loras:
+            spin.setToolTip(f"{path}: its weight in this configuration")
         self.remove = QToolButton(text="✕")
         self.remove.setToolTip("Remove this configuration")
         lay = QHBoxLayout(self)
@@ -94,6 +120,8 @@ class ConfigRow(QWidget):
         if text:
             add("φ", self.rescale)
             lay.addWidget(self.prompt)
+        for path, spin in self.loras:
+            add(Path(path).stem, spin)
         lay.addStretch(1)
         lay.addWidget(self.remove)
         self._show_options()
@@ -125,7 +153,8 @@ class ConfigRow(QWidget):
 
     def apply(self, base: Recipe) -> Recipe:
         own = self.own_options()
-        extra = dict(prompt=self.prompt.text().strip(), guidance_rescale=round(self.rescale.value(), 4)) if self.text else {}
+        extra = dict(prompt=self.prompt.text().strip(), guidance_rescale=round(self.rescale.value(), 4),
+                     loras=[str(LoraChoice(path, ow.value(spin))) for path, spin in self.loras]) if self.text else {}
         return base.replace(sampler=self.sampler.currentData(), steps=self.steps.value(),
                             **{name: ow.value(w) if name in own else None for name, w in self.options.items()},
                             scale=round(self.scale.value(), 4),
@@ -152,6 +181,14 @@ class CompareDialog(QDialog):
         self.rows: list[ConfigRow] = []
 
         self.rowBox = QVBoxLayout()
+        self.presetCombo = QComboBox(objectName="comparePreset")
+        self.presetCombo.setToolTip("Replace the configurations with a preset (each stays editable)")
+        self.presetCombo.addItem("Preset: " + ", ".join(DEFAULT_PRESET), "samplers")
+        text = summary is not None and summary.info.text_conditioned
+        for i, entry in enumerate(base.loras if text else ()):
+            name = Path(parse_lora(entry).path).stem
+            self.presetCombo.addItem(f"Preset: {name} at weights {', '.join(f'{w:g}' for w in LORA_WEIGHTS)}", i)
+        self.presetCombo.activated.connect(lambda i: self.apply_preset(self.presetCombo.itemData(i)))
         self.addButton = QPushButton("Add configuration")
         self.addButton.clicked.connect(lambda: self.add_config())
         self.runButton = QPushButton("Run comparison", objectName="compareRunButton")
@@ -187,7 +224,7 @@ class CompareDialog(QDialog):
         self.canvases: list[ImageCanvas] = []
 
         buttons = QHBoxLayout()
-        for b in (self.addButton, self.runButton, self.stopButton):
+        for b in (self.presetCombo, self.addButton, self.runButton, self.stopButton):
             buttons.addWidget(b)
         buttons.addStretch(1)
         buttons.addWidget(QLabel("show"))
@@ -211,9 +248,7 @@ class CompareDialog(QDialog):
         self.decoder = shared_decoder()
         self.decoder.ready.connect(self._decoded)
 
-        unset = {name: None for name in OPTION_SCHEMA}  # the base's own sampler options belong to its sampler
-        for name in DEFAULT_PRESET:
-            self.add_config(base.replace(**{**unset, **webui_sampler_settings(name)}, spacing=None))
+        self.apply_preset("samplers")
         self.resize(1000, 640)
         self._update_buttons()
 
@@ -232,10 +267,25 @@ class CompareDialog(QDialog):
     def remove_config(self, row: ConfigRow) -> None:
         if len(self.rows) <= 2:
             return
+        self._drop(row)
+        self._update_buttons()
+
+    def _drop(self, row: ConfigRow) -> None:
         self.rows.remove(row)
         row.setParent(None)
         row.deleteLater()
-        self._update_buttons()
+
+    def apply_preset(self, preset) -> None:
+        """Replace the configurations with a preset: "samplers" (``DEFAULT_PRESET``), or the index of one of
+        the base's LoRAs, at each of ``LORA_WEIGHTS``."""
+        if self.worker is not None:
+            return
+        for row in list(self.rows):
+            self._drop(row)
+        recipes = sampler_preset(self.base) if preset == "samplers" else lora_weight_preset(self.base, int(preset))
+        for r in recipes:
+            self.add_config(r)
+        self.presetCombo.setCurrentIndex(max(self.presetCombo.findData(preset), 0))
 
     def recipes(self) -> list[Recipe]:
         return [row.apply(self.base).validate() for row in self.rows]
@@ -243,6 +293,7 @@ class CompareDialog(QDialog):
     def _update_buttons(self) -> None:
         running = self.worker is not None
         self.addButton.setEnabled(len(self.rows) < MAX_CONFIGS and not running)
+        self.presetCombo.setEnabled(not running)
         self.runButton.setEnabled(not running)
         self.stopButton.setEnabled(running)
         done = bool(self.trajs) and not running
