@@ -296,10 +296,10 @@ def test_eval_estimates_the_time_left_for_all_settings():
     works = [setting_work(s, 100) for s in settings]
     assert works == [100 * 50 * 2, 100 * 50, 100 * 10]
     p = OverallProgress(works, clock=StepClock([0.0, 0.0, 100.0, 100.0]))
-    assert p.setting_done(0.0).endswith("time left not known yet")  # found complete: no time measured
-    line = p.setting_done(1.0)  # 100 s for 5000 units: 1000 units left take 20 s
+    assert p.unit_done(0.0).endswith("time left not known yet")  # found complete: no time measured
+    line = p.unit_done(1.0)  # 100 s for 5000 units: 1000 units left take 20 s
     assert line.startswith("studio eval: 2/3 settings") and line.endswith("about 20s left")
-    assert p.setting_done(1.0).endswith("done")
+    assert p.unit_done(1.0).endswith("done")
 
 
 def test_eval_keeps_its_sweeps_in_the_cache_by_default(tmp_path, monkeypatch):

@@ -139,3 +139,43 @@ def test_eval_cli_runs_only_the_chosen_cells_and_rejects_a_bad_eta(capsys):
     assert main(["eval", "--only", "ddim_table", "--ddim-etas", "1.5", "--n", "10"]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--ddim-etas" in err[0]
+
+
+@pytest.mark.slow
+def test_an_interrupted_text_evaluation_continues_with_only_the_missing_chunks(tmp_path):
+    """`studio eval --model digits-text` keeps each chunk of images as it is drawn: a run cancelled after four
+    of six chunks (through the cancel event, set by the chunk hook) leaves those four, the next run draws only
+    the other two, and its results equal those of a run that was never interrupted."""
+    import threading
+
+    from studio.core.cancel import Cancelled, cancellable
+    from studio.core.loading import TEXT_MODEL_DIR
+    from studio.sweep.cells import CELLS
+    from studio.sweep.evaluate import evaluate_text
+
+    if not (TEXT_MODEL_DIR / "model_index.json").is_file():
+        pytest.skip("the digits-text model is not in this checkout")
+    kw = dict(n=10, groups=["cfg"], cfg_scales=(1, 3), seed=3, steps=2, batch=4)  # 2 settings × 3 chunks
+
+    def run(out, stop_after=None):
+        seen, stop = [], threading.Event()
+
+        def on_chunk(chunk, computed):
+            seen.append((chunk.setting, chunk.index, computed))
+            if stop_after is not None and len(seen) == stop_after:
+                stop.set()
+
+        with cancellable(stop):
+            res = evaluate_text(TEXT_MODEL_DIR, out=out, on_chunk=on_chunk, **kw)
+        return res, seen
+
+    with pytest.raises(Cancelled):
+        run(tmp_path / "a", stop_after=4)
+    assert len(list((tmp_path / "a" / CELLS).rglob("result.json"))) == 4
+    resumed, seen = run(tmp_path / "a")
+    assert [computed for _, _, computed in seen] == [False] * 4 + [True] * 2  # only the missing chunks drawn
+    whole, seen = run(tmp_path / "b")
+    assert all(computed for _, _, computed in seen) and len(seen) == 6
+    drop = lambda res: [{k: v for k, v in r.items() if k != "seconds"} for r in res["results"]]  # noqa: E731
+    assert drop(resumed) == drop(whole) and len(drop(whole)) == 2
+    assert [r["n"] for r in whole["results"]] == [10, 10]

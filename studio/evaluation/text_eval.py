@@ -16,7 +16,10 @@ Every caption word is a property that can be read back from pixels:
 they score there bounds what any model can be credited with.
 
 Samples come from :func:`generate` (diffusers ``StableDiffusionPipeline`` with DDIM,
-fixed seeds, batched); it is one small function so another generator can replace it.
+fixed seeds, batched); it is one small function so another generator can replace it. Each batch of a
+setting is a :class:`Chunk`; :func:`evaluate` takes a ``store`` that keeps every chunk's images as it
+is drawn, so an interrupted evaluation continues with the chunks it lacks (``studio eval`` keeps them
+as cells of a sweep's folder: studio/sweep/evaluate.py).
 
     studio eval --model digits-text --n 500 --json      (or python -m studio.evaluation.text_eval)
 """
@@ -27,7 +30,9 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -165,20 +170,104 @@ def load_pipeline(folder):
 
 
 @torch.no_grad()
+def batch_images(pipe, prompts, guidance: float, negative: list[str] | None, steps: int, seed: int) -> np.ndarray:
+    """uint8 samples (N, H, W, 3) of one batch: DDIM ``steps`` (η = 0), CFG ``guidance`` (w = 1: none), the
+    noise drawn from ``torch.Generator().manual_seed(seed)``."""
+    g = torch.Generator().manual_seed(seed)
+    img = pipe(list(prompts), negative_prompt=negative, num_inference_steps=steps, guidance_scale=guidance,
+               generator=g, output_type="np").images
+    return np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)
+
+
 def generate(pipe, prompts: list[str], guidance: float, negative: list[str] | str | None = None,
              steps: int = 50, seed: int = 0, batch: int = 100) -> np.ndarray:
-    """uint8 samples (N, 32, 32, 3): DDIM ``steps`` (η = 0), CFG ``guidance`` (w = 1: none),
-    batch ``k`` drawn from ``torch.Generator().manual_seed(seed + k)``."""
+    """uint8 samples (N, 32, 32, 3): :func:`batch_images` of each batch of ``batch`` prompts, batch ``k``
+    drawn with seed ``seed + k``."""
     out = []
     for k, i in enumerate(range(0, len(prompts), batch)):
         p = prompts[i:i + batch]
         neg = negative[i:i + batch] if isinstance(negative, list) else (
             [negative] * len(p) if negative is not None else None)
-        g = torch.Generator().manual_seed(seed + k)
-        img = pipe(p, negative_prompt=neg, num_inference_steps=steps, guidance_scale=guidance,
-                   generator=g, output_type="np").images
-        out.append(np.clip(np.rint(img * 255), 0, 255).astype(np.uint8))
+        out.append(batch_images(pipe, p, guidance, neg, steps, seed + k))
     return np.concatenate(out)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One batch of one setting, as :func:`generate` draws it: the unit of work an interrupted evaluation
+    continues from (a ``store`` keeps each chunk's images as it finishes; the next run computes only the
+    chunks it does not find)."""
+    setting: str
+    index: int  # the batch's number within its setting: its noise is drawn with seed + index
+    prompts: tuple[str, ...]
+    guidance: float
+    negative: Optional[str]
+    steps: int
+    seed: int
+
+    def to_dict(self) -> dict:
+        """Everything that decides the chunk's images (the model aside: the store's identity holds it)."""
+        return {"setting": self.setting, "index": self.index, "prompts": list(self.prompts), "batch": len(self.prompts),
+                "guidance": self.guidance, "negative_prompt": self.negative, "steps": self.steps,
+                "seed": self.seed + self.index}
+
+    @property
+    def work(self) -> float:
+        """Network evaluations: images × steps, twice with classifier-free guidance (w ≠ 1)."""
+        return len(self.prompts) * self.nfe
+
+    @property
+    def nfe(self) -> int:
+        """Network evaluations per image."""
+        return self.steps * (2 if self.guidance != 1 else 1)
+
+    def images(self, pipe) -> np.ndarray:
+        neg = [self.negative] * len(self.prompts) if self.negative is not None else None
+        return batch_images(pipe, self.prompts, self.guidance, neg, self.steps, self.seed + self.index)
+
+
+@dataclass(frozen=True)
+class TextSetting:
+    """One row of the results: ``n`` prompts (with their (digit, fg, bg) rows; −1: not asked) at guidance
+    ``guidance``, with an optional negative prompt, drawn in :class:`Chunk` s of at most ``batch``."""
+    name: str
+    prompts: tuple[str, ...]
+    rows: np.ndarray
+    guidance: float
+    negative: Optional[str] = None
+    colour: Optional[str] = None  # the negative group's colour, whose fg share is reported
+    steps: int = 50
+    seed: int = 0
+    batch: int = 100
+
+    @property
+    def chunks(self) -> list[Chunk]:
+        return [Chunk(self.name, k, self.prompts[i:i + self.batch], self.guidance, self.negative, self.steps,
+                      self.seed) for k, i in enumerate(range(0, len(self.prompts), self.batch))]
+
+
+def planned_settings(n: int, groups=DEFAULT_GROUPS, cfg_scales=DEFAULT_CFG_SCALES, negative_colours=("red",),
+                     seed: int = 0, steps: int = 50, batch: int = 100) -> list[TextSetting]:
+    """The sample-drawing settings of ``groups`` (``vae`` and ``floor`` draw none), in the order they run."""
+    out: list[TextSetting] = []
+
+    def add(name, prompts, rows, w, negative=None, colour=None):
+        out.append(TextSetting(name, tuple(prompts), rows, float(w), negative, colour, steps, seed, batch))
+
+    if "cfg" in groups:
+        prompts, rows = held_in_prompts(n, seed)
+        for w in cfg_scales:
+            add(f"held-in w={w:g}", prompts, rows, w)
+    if "held_out" in groups:
+        add("held-out w=3", *held_out_prompts(n, seed), 3.0)
+    if "negative" in groups:
+        for c in negative_colours:
+            prompts, rows = no_fg_prompts(n, c, seed)
+            for neg in (None, c):
+                add(f"fg open, negative {neg!r} w=3", prompts, rows, 3.0, neg, c)
+    if "uncond" in groups:
+        add("unconditional (empty prompt)", [""] * n, np.zeros((n, 3), dtype=np.int64) - 1, 1.0)
+    return out
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -226,47 +315,55 @@ def vae_psnr(pipe, n: int = 1000, evaluator=None) -> dict:
 
 
 def evaluate(folder, n: int = 500, groups=DEFAULT_GROUPS, cfg_scales=DEFAULT_CFG_SCALES,
-             negative_colours=("red",), seed: int = 0, steps: int = 50, log=sys.stderr) -> dict:
-    """The settings of ``groups`` (:data:`GROUPS`), ``n`` samples each; ``floor`` alone needs no model."""
-    pipe = load_pipeline(folder) if set(groups) - {"floor"} else None
+             negative_colours=("red",), seed: int = 0, steps: int = 50, log=sys.stderr, store=None,
+             on_chunk: Optional[Callable[[Chunk, bool], None]] = None, batch: int = 100) -> dict:
+    """The settings of ``groups`` (:data:`GROUPS`), ``n`` samples each; ``floor`` alone needs no model.
+
+    ``store``: where the chunks' images are kept (``load(chunk)`` → images or None, ``save(chunk, images,
+    seconds)``),
+    so that a run that is stopped loses at most the chunk it was drawing and the next run draws only what
+    is missing; the model is opened only when a chunk must be drawn. ``on_chunk(chunk, computed)`` after
+    each chunk (``computed``: drawn now rather than found); between chunks ``core.cancel.check()`` stops
+    a run whose caller cancelled it."""
+    from ..core import cancel
+
+    settings = planned_settings(n, groups, cfg_scales, negative_colours, seed, steps, batch)
+    pipe = load_pipeline(folder) if set(groups) & {"vae"} else None
     ev = load_digit_reader()
     results: list[dict] = []
-
-    def run(name, prompts, rows, w, negative=None, extra=None):
+    for s in settings:
         t0 = time.perf_counter()
-        x = generate(pipe, prompts, w, negative, steps, seed)
+        parts = []
+        for chunk in s.chunks:
+            x = store.load(chunk) if store is not None else None
+            computed = x is None
+            if computed:
+                if pipe is None:
+                    pipe = load_pipeline(folder)
+                t_chunk = time.perf_counter()
+                x = chunk.images(pipe)
+                if store is not None:
+                    store.save(chunk, x, time.perf_counter() - t_chunk)
+            parts.append(x)
+            if on_chunk is not None:
+                on_chunk(chunk, computed)
+            cancel.check()
+        x, rows = np.concatenate(parts), s.rows
         fg = rows[:, 1] if (rows[:, 1] >= 0).all() else None
-        r = {"setting": name, "n": len(prompts), "guidance": w, "steps": steps,
-             "negative_prompt": negative if isinstance(negative, str) else None,
-             **score(ev, x, rows[:, 0], fg, rows[:, 2] if rows.shape[1] > 2 else None), **(extra or {})}
+        r = {"setting": s.name, "n": len(s.prompts), "guidance": s.guidance, "steps": steps,
+             "negative_prompt": s.negative, **score(ev, x, rows[:, 0], fg, rows[:, 2] if rows.shape[1] > 2 else None)}
+        if s.colour is not None:
+            r["colour"] = s.colour
+            r["colour_fg_share"] = r["fg_read"][COLOUR_NAMES.index(s.colour)] / r["n"]
+        if not (rows >= 0).any():  # unconditional: nothing was asked for
+            for k in ("digit_accuracy", "bg_accuracy"):
+                r.pop(k, None)
+            r["digit_fractions"] = [round(v / n, 4) for v in r["digit_read"]]
         r["seconds"] = round(time.perf_counter() - t0, 1)
         results.append(r)
         if log:
             log.write(json.dumps({k: v for k, v in r.items() if not k.endswith("_read")}) + "\n")
             log.flush()
-        return r
-
-    if "cfg" in groups:
-        prompts, rows = held_in_prompts(n, seed)
-        for w in cfg_scales:
-            run(f"held-in w={w:g}", prompts, rows, float(w))
-    if "held_out" in groups:
-        prompts, rows = held_out_prompts(n, seed)
-        run("held-out w=3", prompts, rows, 3.0)
-    if "negative" in groups:
-        for c in negative_colours:
-            prompts, rows = no_fg_prompts(n, c, seed)
-            ci = COLOUR_NAMES.index(c)
-            for neg in (None, c):
-                r = run(f"fg open, negative {neg!r} w=3", prompts, rows, 3.0, neg)
-                r["colour"] = c
-                r["colour_fg_share"] = r["fg_read"][ci] / r["n"]
-    if "uncond" in groups:
-        rows = np.zeros((n, 3), dtype=np.int64) - 1
-        r = run("unconditional (empty prompt)", [""] * n, rows, 1.0)
-        for k in ("digit_accuracy", "bg_accuracy"):  # nothing was asked for
-            r.pop(k, None)
-        r["digit_fractions"] = [round(v / n, 4) for v in r["digit_read"]]
     out = {"model": str(folder), "n_per_setting": n, "seed": seed, "results": results}
     if "vae" in groups:
         out["vae_psnr"] = vae_psnr(pipe, evaluator=ev)

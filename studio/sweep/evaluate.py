@@ -7,6 +7,11 @@ accuracy (the fraction of samples read as the requested digit), within-class div
 Salimans' trade-off), the class fractions of unconditional (null-label) samples, and the Fréchet
 distance between sample and held-out-data feature Gaussians (Heusel et al. 2017, "FID", here in
 the evaluator's features: FD = ‖μ₁−μ₂‖² + tr(Σ₁ + Σ₂ − 2(Σ₁Σ₂)^{1/2})).
+
+``--model digits-text`` runs studio/evaluation/text_eval.py instead, its batches of images kept as cells
+of the same cell store (:class:`ChunkCells`). Either way the work goes to a folder of the user's cache
+named by the model's weights, n and seed (``default_out``), so the same command continues a stopped
+evaluation, and :class:`OverallProgress` prints the time left for all of it.
 """
 from __future__ import annotations
 
@@ -77,18 +82,19 @@ def setting_work(s: Setting, n: int) -> float:
 
 
 class OverallProgress:
-    """One line after each setting: settings done and the time left for all of them, from the time the
-    work computed so far took (settings continued from an earlier run count only what was computed now).
-    ``clock`` is injectable, so the estimate can be tested without waiting."""
+    """One line after each unit of work (a digits model's setting, a text model's chunk): units done and
+    the time left for all of them, from the time the work computed so far took (units continued from an
+    earlier run count only what was computed now). ``clock`` is injectable, so the estimate can be tested
+    without waiting."""
 
-    def __init__(self, works: list[float], stream=None, clock=time.perf_counter):
-        self.works, self.stream, self.clock = works, stream, clock
+    def __init__(self, works: list[float], stream=None, clock=time.perf_counter, unit: str = "settings"):
+        self.works, self.stream, self.clock, self.unit = works, stream, clock, unit
         self.t0 = clock()
         self.computed = 0.0  # work computed by this run
-        self.done = 0  # settings finished
+        self.done = 0  # units finished
 
-    def setting_done(self, computed_share: float) -> str:
-        """Setting ``self.done`` finished, ``computed_share`` of its cells computed now (the rest found)."""
+    def unit_done(self, computed_share: float) -> str:
+        """Unit ``self.done`` finished, ``computed_share`` of it computed now (the rest found on disk)."""
         from .progress import duration
 
         self.computed += self.works[self.done] * computed_share
@@ -101,16 +107,17 @@ class OverallProgress:
             eta = f"about {duration(elapsed / self.computed * left_work)} left"
         else:
             eta = "time left not known yet"
-        line = f"studio eval: {self.done}/{len(self.works)} settings, {duration(elapsed)} so far, {eta}"
+        line = f"studio eval: {self.done}/{len(self.works)} {self.unit}, {duration(elapsed)} so far, {eta}"
         if self.stream is not None:
             print(line, file=self.stream, flush=True)
         return line
 
 
 def default_out(model_dir: Path, n: int, seed: int, fd_reference: Optional[int]) -> Path:
-    """Where ``studio eval`` keeps its sweeps without --out: a folder of the user's cache named by what
-    decides the results (the model's weights, n, seed, the Fréchet reference), so running the same
-    command again continues an interrupted evaluation and a retrained model starts afresh."""
+    """Where ``studio eval`` keeps its work without --out (a digits model's sweeps, a text model's chunks):
+    a folder of the user's cache named by what decides the results (the model's weights, n, seed, the
+    Fréchet reference), so running the same command again continues an interrupted evaluation and a
+    retrained model starts afresh."""
     import hashlib
 
     from ..core.file_hashes import user_cache_dir
@@ -148,7 +155,7 @@ def evaluate(settings: list[Setting], n: int, seed: int = 0, model_dir: Path = D
             with open(os.devnull, "w") as devnull:
                 stats = run_sweep(spec, folder, workers=workers, threads=threads, stream=progress_stream or devnull,
                                   report=False, progress_every_s=5.0)
-            overall.setting_done((stats.total - stats.already) / max(stats.total, 1))
+            overall.unit_done((stats.total - stats.already) / max(stats.total, 1))
             doc = load_sweep(folder)
             (row,) = summarise(folder, doc, cell_results(folder, doc))
             out_row = {"setting": s.name, "sampler": s.sampler, "steps": s.steps, "eta": s.eta,
@@ -206,8 +213,9 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--workers", type=positive(int), default=None,
                    help="worker processes (default: one per core; each setting is a sweep, studio sweep)")
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
-                   help="keep each setting's sweep in DIR/<setting> (a re-run continues it); default: a folder of "
-                        "the user cache ($STUDIO_CACHE_DIR/eval/…) named by the model's weights, --n and --seed")
+                   help="keep the work in DIR (each setting's sweep in DIR/<setting>; a text model's image chunks "
+                        "in DIR/cells), so a re-run continues it; default: a folder of the user cache "
+                        "($STUDIO_CACHE_DIR/eval/…) named by the model's weights, --n and --seed")
     p.set_defaults(func=cmd_eval)
 
 
@@ -243,9 +251,80 @@ def cmd_eval(args) -> int:
     return 0
 
 
+class ChunkCells:
+    """A text evaluation's chunks (``text_eval.Chunk``) kept in ``out`` as cells of a sweep's cell store
+    (cells.py): each written atomically as it finishes, keyed by the chunk and the model's weights, and
+    checked when found, so a damaged chunk is drawn again, as a resumed sweep computes a damaged cell again."""
+
+    def __init__(self, out: Path, model_dir: Path):
+        import hashlib
+
+        from ..session.provenance import weights_fingerprint
+        from .cells import remove_stale_staging
+
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        remove_stale_staging(self.out)
+        self.identity = {"model": str(Path(model_dir).resolve()), "weights": weights_fingerprint(str(model_dir))}
+        self._hash = hashlib.sha256
+
+    def key(self, chunk: text_eval.Chunk) -> str:
+        from .cells import KEY_CHARS
+
+        text = json.dumps({**self.identity, **chunk.to_dict()}, sort_keys=True)
+        return self._hash(text.encode()).hexdigest()[:KEY_CHARS]
+
+    def load(self, chunk: text_eval.Chunk) -> Optional[np.ndarray]:
+        """The chunk's images, or None when they are not here (or damaged: then removed, to be drawn again)."""
+        from .cells import BrokenCell, check_cell, is_done, read_arrays, remove_cell
+
+        key = self.key(chunk)
+        if not is_done(self.out, key):
+            return None
+        try:
+            check_cell(self.out, key)
+            return read_arrays(self.out, key)["images"]
+        except (BrokenCell, KeyError):
+            remove_cell(self.out, key)
+            return None
+
+    def save(self, chunk: text_eval.Chunk, images: np.ndarray, seconds: float) -> None:
+        from .cells import npz_bytes, write_cell
+
+        key = self.key(chunk)
+        result = {"key": key, "values": {"setting": chunk.setting, "chunk": chunk.index}, "status": "ok",
+                  "recipe": chunk.to_dict(), "seconds": seconds,
+                  "metrics": {"seconds_per_image": seconds / len(images), "nfe": chunk.nfe}}
+        write_cell(self.out, key, result, json.dumps({**self.identity, **chunk.to_dict()}, indent=1),
+                   npz=npz_bytes({"images": images}))
+
+
+def evaluate_text(folder: Path, n: int, groups, cfg_scales, seed: int = 0, out: Optional[Path] = None,
+                  progress_stream=None, log=None, steps: int = 50, batch: int = 100, on_chunk=None) -> dict:
+    """:func:`studio.evaluation.text_eval.evaluate` with its chunks kept in ``out`` (:class:`ChunkCells`; None:
+    a temporary folder), so an interrupted evaluation continues, and the overall estimate
+    (:class:`OverallProgress`, per chunk) on ``progress_stream``. ``on_chunk(chunk, computed)`` after each."""
+    import tempfile
+
+    chunks = [c for s in text_eval.planned_settings(n, groups, cfg_scales, seed=seed, steps=steps, batch=batch)
+              for c in s.chunks]
+    overall = OverallProgress([c.work for c in chunks], progress_stream, unit="chunks")
+
+    def chunk_done(chunk, computed: bool) -> None:
+        overall.unit_done(1.0 if computed else 0.0)
+        if on_chunk is not None:
+            on_chunk(chunk, computed)
+
+    with tempfile.TemporaryDirectory(prefix="studio-eval-") as tmp:
+        store = ChunkCells(Path(out) if out is not None else Path(tmp), folder)
+        return text_eval.evaluate(folder, n, groups, cfg_scales, seed=seed, steps=steps, log=log, store=store,
+                                  on_chunk=chunk_done, batch=batch)
+
+
 def cmd_eval_text(args) -> int:
     """``studio eval --model digits-text``: :func:`studio.evaluation.text_eval.evaluate` (prompt
-    adherence read back from pixels), with the same --n, --seed, --cfg-scales, --json, --threads."""
+    adherence read back from pixels), with the same --n, --seed, --cfg-scales, --json, --threads, --out
+    (default: a folder of the user cache, as for the digits models) and overall estimate."""
     folder = TEXT_MODEL_DIR if args.model == TEXT_MODEL_NAME else Path(args.model).expanduser()
     if args.n < 10:
         raise ValueError("--n must be at least 10")
@@ -254,8 +333,11 @@ def cmd_eval_text(args) -> int:
         raise ValueError(f"--only: a text model has the groups {' '.join(text_eval.GROUPS)}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    res = text_eval.evaluate(folder, args.n, groups, args.cfg_scales or text_eval.DEFAULT_CFG_SCALES,
-                             seed=args.seed, log=None if args.json else sys.stderr)
+    out = args.out if args.out is not None else default_out(folder, args.n, args.seed, None)
+    print(f"studio eval: {', '.join(groups)} on {folder.name}, {args.n} samples per setting, kept in {out} (run the "
+          "same command again to continue an interrupted evaluation)", file=sys.stderr)
+    res = evaluate_text(folder, args.n, groups, args.cfg_scales or text_eval.DEFAULT_CFG_SCALES, args.seed, out,
+                        progress_stream=sys.stderr, log=None if args.json else sys.stderr)
     if args.json:
         print(json.dumps(res, indent=2))
     else:
