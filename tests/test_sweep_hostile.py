@@ -176,7 +176,22 @@ def test_report_on_a_sweep_file_that_is_a_device_is_one_line(tmp_path, capsys):
     assert "is a character device" in one_error_line(capsys.readouterr().err)
 
 
-def test_a_value_the_model_refuses_leaves_no_folder(tmp_path, capsys):
+@pytest.fixture
+def pools_started(monkeypatch):
+    """The local worker pools a sweep starts, as they start (the pool is started as usual)."""
+    from studio.sweep import local
+
+    started, start = [], local.LocalPool._start
+
+    def record_then_start(pool):
+        started.append(pool)
+        start(pool)
+
+    monkeypatch.setattr(local.LocalPool, "_start", record_then_start)
+    return started
+
+
+def test_a_value_the_model_refuses_leaves_no_folder_and_starts_no_worker(tmp_path, capsys, pools_started):
     spec = tmp_path / "labels.toml"
     spec.write_text('model = "gmm"\n[fixed]\nbatch = 1\nsteps = 2\n[axes]\nlabel = [0, 9]\n')
     out = tmp_path / "out"
@@ -184,10 +199,25 @@ def test_a_value_the_model_refuses_leaves_no_folder(tmp_path, capsys):
     line = one_error_line(capsys.readouterr().err)
     assert "labels.toml line 6: axes.label: the model refuses the cell label=9" in line
     assert not out.exists()
+    assert pools_started == []  # checked against the model's description, in the driver
 
 
-@pytest.mark.slow
-def test_weights_cut_short_leave_no_folder(tmp_path, capsys):
+@pytest.mark.parametrize("axes, words", [
+    ('guidance = ["none", "classifier"]\nlabel = [1]', "axes.guidance: the model refuses the cell guidance=classifier"),
+    ('prompt = ["a seven"]', "axes.prompt: the model refuses the cell prompt=a seven"),
+])
+def test_a_setting_the_model_cannot_run_is_refused_from_its_configs(tmp_path, capsys, pools_started, axes, words):
+    from _models import make_unet, save_model_folder
+
+    folder = save_model_folder(make_unet(num_class_embeds=3), tmp_path / "model", class_names=["a", "b"])
+    spec = tmp_path / "s.toml"
+    spec.write_text(f'model = "model"\n[fixed]\nbatch = 1\nsteps = 2\n[axes]\n{axes}\n')
+    assert folder.is_dir() and sweep(spec, tmp_path / "out") == 2
+    assert words in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "out").exists() and pools_started == []
+
+
+def test_weights_cut_short_leave_no_folder(tmp_path, capsys, pools_started):
     from _models import make_unet, save_model_folder
 
     folder = tmp_path / "model"
@@ -199,8 +229,9 @@ def test_weights_cut_short_leave_no_folder(tmp_path, capsys):
     spec.write_text(f'model = "{folder}"\n[fixed]\nbatch = 1\n[axes]\nsteps = [2, 3]\n')
     out = tmp_path / "out"
     assert sweep(spec, out) == 2
-    assert "cannot open the model" in one_error_line(capsys.readouterr().err)
-    assert not out.exists()
+    line = one_error_line(capsys.readouterr().err)
+    assert "cannot open the model" in line and "diffusion_pytorch_model.safetensors" in line and "truncated" in line
+    assert not out.exists() and pools_started == []
 
 
 @pytest.mark.slow

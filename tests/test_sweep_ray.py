@@ -245,3 +245,60 @@ def test_the_heads_own_token_passes_the_check(protected_head):
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_a_spec_the_model_refuses_starts_no_ray_worker(local_ray, tmp_path, monkeypatch):
+    """The cells are checked against the model's description in the driver: no actor is ever asked for."""
+    from studio.sweep import ray_exec
+    from studio.sweep.spec import SpecError
+
+    asked, new_actor = [], ray_exec.RayPool._new_actor
+
+    def record_then_create(pool, slot):
+        asked.append(slot)
+        new_actor(pool, slot)
+
+    monkeypatch.setattr(ray_exec.RayPool, "_new_actor", record_then_create)
+    spec = write_spec(tmp_path, "labels.toml", 'model = "gmm"\n[fixed]\nbatch = 1\nsteps = 2\n[axes]\nlabel = [0, 9]\n')
+    with pytest.raises(SpecError, match="axes.label: the model refuses the cell label=9"):
+        quiet_sweep(spec, tmp_path / "out", workers=1, ray="auto")
+    assert asked == [] and not (tmp_path / "out").exists()
+
+
+def test_rays_own_messages_stay_off_the_terminal_for_the_whole_sweep(local_ray, tmp_path, monkeypatch, capfd):
+    """A message the raylet sends the driver in the middle of a sweep (as when a node is lost or a request
+    cannot be scheduled) goes to the sweep's Ray log, not the terminal; the sweep's own lines still reach
+    the terminal. The message is published from the driver's result handler, and the handler waits until
+    Ray's listener has written it, so it surely arrives while the sweep runs."""
+    import sys
+    import time
+
+    from ray._private.utils import publish_error_to_driver
+
+    from studio.sweep import driver
+    from studio.sweep.ray_exec import ray_log_path
+
+    spec = write_spec(tmp_path, "g.toml", 'model = "gmm"\nreference_steps = 20\n[fixed]\nbatch = 1\n'
+                                          'sampler = "ddim"\n[axes]\nsteps = [2, 3, 4]\n')
+    message = f"a message from the raylet to driver {os.getpid()}"
+    log = Path(ray_log_path())
+    write_cell = driver.write_cell
+
+    def write_then_publish(*args, **kw):
+        write_cell(*args, **kw)
+        if not write_then_publish.sent:
+            write_then_publish.sent = True
+            publish_error_to_driver("studio_test", message, ray._private.worker.global_worker.gcs_client)
+            deadline = time.monotonic() + 60  # a hang guard: the listener prints it within moments
+            while message not in (log.read_text() if log.exists() else ""):
+                assert time.monotonic() < deadline, "Ray's listener never wrote the message"
+                time.sleep(0.05)
+
+    write_then_publish.sent = False
+    monkeypatch.setattr(driver, "write_cell", write_then_publish)
+    stats = run_sweep(spec, tmp_path / "out", workers=1, ray="auto", stream=sys.stderr, report=False)
+    terminal = capfd.readouterr()
+    assert write_then_publish.sent and stats.computed == 3
+    assert message not in terminal.out + terminal.err and message in log.read_text()
+    assert "3 of 3 cells to compute" in terminal.err  # the sweep's own lines
+    assert sys.stdout is not None and logging.getLogger("ray").handlers  # put back as they were

@@ -120,8 +120,8 @@ def test_studio_sweep_refuses_a_bad_spec_before_anything_runs(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_a_value_only_the_model_refuses_is_caught_before_any_cell_runs(tmp_path, capsys):
-    """The gmm has 4 classes: label 7 passes the recipe's checks but not the model's; the first worker
-    checks every distinct setting against the opened model before any cell is computed."""
+    """The gmm has 4 classes: label 7 passes the recipe's checks but not the model's; the driver checks
+    every distinct setting against the model's description before any cell is computed."""
     spec = tmp_path / "grid.toml"
     spec.write_text('model = "gmm"\n[fixed]\nbatch = 2\nsteps = 3\n\n[axes]\nlabel = [0, 7]\nseeds = [0, 1]\n')
     out = tmp_path / "out"
@@ -181,3 +181,73 @@ def test_the_help_lists_every_spec_key_and_metric_from_their_declarations(capsys
     assert "an integer from 1 to 100000; default 500" in text
     for name, m in METRICS.items():
         assert f" {name} " in text and m.label in text
+
+
+def _image(path, colour):
+    from PIL import Image
+
+    Image.new("RGB", (24, 20), colour).save(path)
+    return path
+
+
+def test_files_a_spec_names_are_read_relative_to_its_folder(tmp_path, monkeypatch):
+    """init_image, init_noise, vae, classifier and each LoRA's file, in [fixed] and [axes], as model is."""
+    import numpy as np
+
+    (tmp_path / "in").mkdir()
+    _image(tmp_path / "in" / "a.png", (200, 20, 20))
+    np.save(tmp_path / "in" / "x.npy", np.zeros((1, 3, 16, 16), np.float32))
+    spec_file = tmp_path / "s.toml"
+    spec_file.write_text('model = "gmm"\n[fixed]\nbatch = 1\nsteps = 4\nclassifier = "in/clf"\n'
+                         'loras = ["in/l.safetensors:0.5"]\nvae = "in/vae"\n[axes]\ninit_image = ["in/a.png"]\n')
+    monkeypatch.chdir(tmp_path / "in")  # the working folder plays no part
+    spec = load_spec(spec_file)
+    assert spec.fixed["classifier"] == str(tmp_path / "in" / "clf")
+    assert spec.fixed["vae"] == str(tmp_path / "in" / "vae")
+    assert spec.fixed["loras"] == [f"{tmp_path / 'in' / 'l.safetensors'}:0.5"]
+    assert [c.recipe.init_image for c in spec.cells] == [str(tmp_path / "in" / "a.png")]
+    spec_file.write_text('model = "gmm"\n[fixed]\nbatch = 1\nsteps = 4\n[axes]\ninit_noise = ["in/x.npy"]\n')
+    assert load_spec(spec_file).cells[0].recipe.init_noise == str(tmp_path / "in" / "x.npy")
+
+
+def test_an_image_to_start_from_and_the_strength_are_axes_and_each_cell_records_the_images_digest(tmp_path):
+    import hashlib
+
+    a, b = _image(tmp_path / "a.png", (200, 20, 20)), _image(tmp_path / "b.png", (20, 20, 200))
+    spec_file = tmp_path / "img.toml"
+    spec_file.write_text('model = "gmm"\n[fixed]\nbatch = 1\nsteps = 4\n[axes]\n'
+                         'init_image = ["a.png", "b.png"]\nstrength = [0.5, 1.0]\n')
+    spec = load_spec(spec_file)
+    assert [a.name for a in spec.axes] == ["init_image", "strength"] and len(spec.cells) == 4
+    for cell in spec.cells:
+        path = cell.recipe.init_image
+        assert cell.recipe.init_image_sha256 == hashlib.sha256(open(path, "rb").read()).hexdigest()
+        assert cell.values == {"init_image": path, "strength": cell.recipe.strength}
+    keys = [c.key for c in spec.cells]
+    _image(a, (10, 200, 10))  # an edited image: its cells are other cells, not the ones computed before
+    assert [c.key for c in load_spec(spec_file).cells][:2] != keys[:2]
+    assert [c.key for c in load_spec(spec_file).cells][2:] == keys[2:]
+    b.unlink()
+    msg = str(pytest.raises(SpecError, load_spec, spec_file).value)
+    assert msg.startswith(f"{spec_file} line 6: axes.init_image: the cell init_image=") and "b.png" in msg
+
+
+@pytest.mark.slow
+def test_an_image_to_image_sweep_runs_each_image_and_strength(tmp_path):
+    import contextlib
+    import io
+
+    from studio.sweep.cells import read_result
+
+    _image(tmp_path / "a.png", (200, 20, 20))
+    _image(tmp_path / "b.png", (20, 20, 200))
+    spec_file = tmp_path / "img.toml"
+    spec_file.write_text('model = "gmm"\nmetrics = ["nfe"]\n[fixed]\nbatch = 1\nsteps = 10\n[axes]\n'
+                         'init_image = ["a.png", "b.png"]\nstrength = [0.3, 0.8]\n')
+    with contextlib.redirect_stderr(io.StringIO()):
+        assert main(["sweep", str(spec_file), "--out", str(tmp_path / "out"), "--workers", "1", "--no-report"]) == 0
+    spec = load_spec(spec_file)
+    for cell in spec.cells:
+        r = read_result(tmp_path / "out", cell.key)
+        assert r["status"] == "ok" and r["recipe"]["init_image_sha256"] == cell.recipe.init_image_sha256
+        assert r["metrics"]["nfe"] == int(10 * cell.recipe.strength)  # int(N·s) steps, as diffusers' img2img

@@ -6,12 +6,13 @@ a time), records the spec in ``sweep.json``, asks the executor — the local poo
 workers only compute, so a cluster's nodes need no shared file system. A cell is written once: a
 result for a key already written (a replaced Ray worker's cell that finished after all) is dropped.
 
-Before ``--out`` is created or written, the first worker checks every distinct setting against the
-opened model (a label beyond its classes, a prompt for a class model, weights that do not open): a
-refusal is one line naming the spec's line, like the spec's own errors, and leaves the folder as it
-was. A folder whose sweep measures its cells otherwise (other metrics, another reference solve) is
-refused, since its cells would be taken as this spec's; a resumed sweep checks the cells it finds
-and computes damaged ones again.
+Before ``--out`` is created or written and before any worker starts, the driver checks every distinct
+setting against the model's description, read from its configs and weight-file headers without loading
+a weight (session/model_description.py): a label beyond its classes, a prompt for a class model, a
+guidance it cannot run, weights cut short. A refusal is one line naming the spec's line, like the
+spec's own errors, and leaves the folder as it was. A folder whose sweep measures its cells otherwise
+(other metrics, another reference solve) is refused, since its cells would be taken as this spec's; a
+resumed sweep checks the cells it finds and computes damaged ones again.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..session.atomic import OutputError, Reservation
+from ..session.model_description import check_recipe, describe_model
 from ..session.provenance import added_files, weights_fingerprint
 from ..session.recipe import versions
 from .cells import (canonical_dict, canonical_json, is_done, recipe_document_json, remove_cell, remove_stale_staging,
@@ -33,6 +35,7 @@ from .progress import SweepProgress
 from .spec import SpecError, SweepSpec, describe, refusal_path
 from .summary import SWEEP_FILE, ReportError, load_sweep, measured_by
 from .toml_lines import key_lines, line_of
+from .worker import cannot_open, one_line
 
 SWEEP_FORMAT = "sampling-studio/sweep@1"
 
@@ -145,11 +148,12 @@ def _run(spec, out: Path, workers, ray, gpus_per_worker, stream, report, allow_p
     todo = [c for c in spec.cells if c.key not in done]
     executor, fingerprint, progress = None, {}, None
     try:
-        if todo:  # open the model and check every setting against it before --out is created or written
+        if todo:  # every setting checked against the model's description before a worker or --out exists
+            check_cells(spec, todo, allow_pickle)
             fingerprint = weights_fingerprint(spec.model, spec.fixed.get("classifier"))
             executor = make_executor(spec, workers, ray, gpus_per_worker, fingerprint, len(todo), allow_pickle,
                                      cpus_per_worker, threads)
-            _preflight(spec, todo, executor)
+            stream = executor.terminal(stream)  # Ray's own output is kept off the terminal, the sweep's is not
         with Reservation(out / SWEEP_FILE, overwrite=True) as lock:
             remove_stale_staging(out)
             for key, _ in broken:
@@ -171,11 +175,11 @@ def _run(spec, out: Path, workers, ray, gpus_per_worker, stream, report, allow_p
             else:
                 progress.note(f"all {stats.total} cells are already in {out}")
     finally:
+        if progress is not None:
+            progress.end_line()
         if executor is not None:
             stats.replaced_workers = executor.replaced
             executor.close()
-        if progress is not None:
-            progress.end_line()
     stats.seconds = time.perf_counter() - t0
     if report:
         from .report import write_report
@@ -184,25 +188,29 @@ def _run(spec, out: Path, workers, ray, gpus_per_worker, stream, report, allow_p
     return stats
 
 
-def _preflight_items(todo) -> list:
-    unique: dict[str, tuple] = {}
-    for c in todo:  # the seed changes no check: one recipe per distinct setting
-        unique.setdefault(canonical_json(c.recipe.replace(seed=0)), (c.values, canonical_dict(c.recipe)))
-    return list(unique.values())
-
-
-def _preflight(spec: SweepSpec, todo, executor) -> None:
-    """Every distinct setting checked against the opened model (label range, prompt or label, size, …);
-    a refusal is one line naming the spec's line."""
-    refused = executor.preflight(_preflight_items(todo))
-    if refused:
-        message, values = refused
-        if not values:
-            raise CellRefused(message)
-        path = refusal_path(spec, message)
-        line = line_of(key_lines(spec.text), *path)
-        raise SpecError(f"{spec.path} line {line}: {'.'.join(path)}: the model refuses the cell "
-                        f"{describe(values)}: {message}")
+def check_cells(spec: SweepSpec, todo, allow_pickle: bool = False) -> None:
+    """Every distinct setting of ``todo`` (the seed changes no check) against the model's description
+    (``describe_model``: configs and weight headers, no weights): a model that would not open is a
+    ``CellRefused``, a setting it refuses a ``SpecError`` naming the spec's line."""
+    fixed = spec.fixed
+    try:
+        model = describe_model(spec.model, fixed.get("classifier"), fixed.get("prediction_type"), allow_pickle)
+    except (ValueError, OSError) as e:
+        raise CellRefused(cannot_open(spec.model, e)) from None
+    seen: set[str] = set()
+    for c in todo:
+        distinct = canonical_json(c.recipe.replace(seed=0))
+        if distinct in seen:
+            continue
+        seen.add(distinct)
+        try:
+            check_recipe(model, c.recipe)
+        except (ValueError, OSError) as e:
+            message = one_line(e)
+            path = refusal_path(spec, message)
+            line = line_of(key_lines(spec.text), *path)
+            raise SpecError(f"{spec.path} line {line}: {'.'.join(path)}: the model refuses the cell "
+                            f"{describe(c.values)}: {message}") from None
 
 
 def _compute(spec: SweepSpec, out: Path, todo, executor, fingerprint: dict, stats: SweepStats,

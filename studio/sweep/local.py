@@ -61,10 +61,6 @@ def _ready() -> int:
     return os.getpid()
 
 
-def _preflight(items: list) -> Optional[tuple]:
-    return _WORKER.preflight(items)
-
-
 # -- the pool's named semaphores --------------------------------------------------------------------
 # A spawn pool's queues are locked by POSIX named semaphores (/dev/shm/sem.mp-…), unlinked at exit by
 # multiprocessing's resource tracker. A sweep killed with SIGKILL as a process group takes the tracker
@@ -211,6 +207,10 @@ class LocalPool:
         self.replaced = 0
         self._pool: Optional[cf.ProcessPoolExecutor] = None
 
+    def terminal(self, stream):
+        """Where the driver's own lines go: ``stream`` (a local sweep has no cluster output to keep off it)."""
+        return stream
+
     def describe(self) -> str:
         return f"{self.workers} local worker process{'es' if self.workers != 1 else ''}, " \
                f"{self.config['threads']} thread{'s' if self.config['threads'] != 1 else ''} each"
@@ -248,15 +248,6 @@ class LocalPool:
                 p.join(5)
             except (OSError, AssertionError, ValueError):
                 pass
-
-    def preflight(self, items: list) -> Optional[tuple]:
-        if self._pool is None:
-            self._start()
-        try:
-            return self._pool.submit(_preflight, items).result()
-        except BrokenProcessPool:
-            raise SweepError("the worker process died while opening the model (out of memory? a script that "
-                             "starts a sweep needs `if __name__ == \"__main__\":`)") from None
 
     def run(self, tasks: list[tuple[str, dict]], on_result: Callable[[dict], None]) -> None:
         """Run every (key, recipe dict); ``on_result(payload)`` in this thread as each finishes."""
@@ -298,7 +289,8 @@ class LocalPool:
             self._stop()
             if restarts > MAX_POOL_RESTARTS:
                 raise SweepError(f"worker processes died {restarts} times; the machine may be out of memory "
-                                 "(try fewer --workers)")
+                                 "(try fewer --workers), or a script that starts a sweep lacks "
+                                 "`if __name__ == \"__main__\":`")
 
     def close(self) -> None:
         self._stop()

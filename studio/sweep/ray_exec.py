@@ -15,7 +15,9 @@ extra); it is imported only here.
 Connecting is bounded and quiet: the address must answer a gRPC handshake within ``HANDSHAKE_S``
 (a port where nothing, or something other than Ray, answers is one line, not minutes of Ray's
 retries), a token the head refuses is reported as such at once, and Ray's own log lines while
-connecting go to a temporary file rather than the terminal.
+connecting go to a temporary file rather than the terminal. For the rest of the sweep, what Ray
+writes (worker and raylet messages, its loggers) goes to a log file in the user's cache
+(:class:`RayOutputKeptOff`); workers' output is not forwarded (``log_to_driver=False``).
 """
 from __future__ import annotations
 
@@ -70,6 +72,77 @@ def ray_logs_kept_off_the_terminal():
                 os.dup2(saved, 2)
     finally:
         os.close(saved)
+
+
+class RayOutputKeptOff:
+    """Ray's own output kept off the terminal for as long as the sweep uses the cluster, in a log file.
+
+    Once connected, Ray still writes to this process's terminal: the raylet's and the autoscaler's messages
+    (a node lost, a worker killed, a request that cannot be scheduled) through its error listener on
+    ``sys.stdout``, its loggers on ``sys.stderr``, its C++ core on file descriptor 2. So for the pool's life
+    file descriptors 1 and 2, ``sys.stdout`` and ``sys.stderr`` and the ``ray`` logger's handlers all write
+    to ``path``; the studio's own lines reach the terminal through :meth:`terminal`, and a task's error
+    reaches the user as the sweep's one line, as it does on the local pool. The file is removed at the end
+    when Ray wrote nothing."""
+
+    def __init__(self, path: str):
+        self.path = path
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self._file = open(path, "a", buffering=1, encoding="utf-8", errors="replace")
+        self._saved_fds = {fd: os.dup(fd) for fd in (1, 2)}
+        for fd in self._saved_fds:
+            os.dup2(self._file.fileno(), fd)
+        self._saved_streams = (sys.stdout, sys.stderr)
+        sys.stdout = sys.stderr = self._file
+        logger = logging.getLogger("ray")
+        self._saved_handlers = logger.handlers
+        logger.handlers = [logging.StreamHandler(self._file)]
+        self._terminals: list = []
+
+    def terminal(self, stream):
+        """``stream``, or a writer to where it wrote before (the terminal) when it writes to file descriptor 1
+        or 2 (a stream of another file, a test's capture, goes on writing there)."""
+        try:
+            fd = stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            return stream
+        if fd not in self._saved_fds:
+            return stream
+        out = open(os.dup(self._saved_fds[fd]), "w", buffering=1, encoding=getattr(stream, "encoding", None) or "utf-8",
+                   errors="replace")
+        self._terminals.append(out)
+        return out
+
+    def restore(self) -> None:
+        """Everything back as it was; the log file removed when empty."""
+        if self._file.closed:
+            return
+        logging.getLogger("ray").handlers = self._saved_handlers
+        sys.stdout, sys.stderr = self._saved_streams
+        for t in self._terminals:
+            t.flush()
+        self._file.flush()
+        for fd, saved in self._saved_fds.items():
+            os.dup2(saved, fd)
+            os.close(saved)
+        for t in self._terminals:
+            t.close()
+        self._file.close()
+        try:
+            if os.path.getsize(self.path) == 0:
+                os.unlink(self.path)
+        except OSError:
+            pass
+
+
+def ray_log_path() -> str:
+    """Where a sweep's Ray output goes: ``ray-logs/sweep-<pid>.log`` in the user's cache."""
+    from ..core.file_hashes import user_cache_dir
+
+    folder = user_cache_dir() / "ray-logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    return str(folder / f"sweep-{os.getpid()}.log")
 
 
 def _resolve(address: str) -> Optional[str]:
@@ -205,12 +278,25 @@ class RayPool:
     def __init__(self, config: dict, address: str, workers: Optional[int], gpus_per_worker: float = 0.0,
                  cpus_per_worker: float = 1.0, todo: int = 1):
         self.ray = _ray()
+        self.owns = False
+        self.output = RayOutputKeptOff(ray_log_path())
+        try:
+            self._start(config, address, workers, gpus_per_worker, cpus_per_worker, todo)
+        except BaseException:
+            self.close()
+            raise
+
+    def terminal(self, stream):
+        """Where the driver's own lines go while Ray's output is kept off the terminal."""
+        return self.output.terminal(stream)
+
+    def _start(self, config: dict, address: str, workers: Optional[int], gpus_per_worker: float,
+               cpus_per_worker: float, todo: int) -> None:
         self.owns = connect(address)
         self.address = address
         self.gpus, self.cpus = float(gpus_per_worker), float(cpus_per_worker)
         resources = self.ray.cluster_resources()
         if self.gpus > 0 and resources.get("GPU", 0) < self.gpus:
-            self.close()
             raise SweepError(f"the Ray cluster has {resources.get('GPU', 0):g} GPUs; --gpus-per-worker "
                              f"{self.gpus:g} cannot be placed")
         if workers is None:
@@ -231,7 +317,7 @@ class RayPool:
     def describe(self) -> str:
         gpus = f", {self.gpus:g} GPU" if self.gpus else ""
         return f"{self.workers} Ray worker actor{'s' if self.workers != 1 else ''} ({self.cpus:g} CPU{gpus} each) " \
-               f"on the cluster at {self.address}"
+               f"on the cluster at {self.address} (Ray's own messages: {self.output.path})"
 
     def _new_actor(self, slot: int) -> None:
         self._count += 1
@@ -250,14 +336,6 @@ class RayPool:
             raise SweepError(f"Ray worker actors died {self.replaced} times; the cluster may be out of memory "
                              "or losing nodes (see `ray status`)")
         self._new_actor(slot)
-
-    def preflight(self, items: list) -> Optional[tuple]:
-        for _ in range(3):
-            try:
-                return self.ray.get(self.actors[0].preflight.remote(items))
-            except self.ray.exceptions.RayActorError:
-                self._replace(0)
-        raise SweepError("the first Ray worker actor died three times while opening the model")
 
     def run(self, tasks: list[tuple[str, dict]], on_result: Callable[[dict], None]) -> None:
         ray = self.ray
@@ -307,3 +385,4 @@ class RayPool:
         if self.owns and self.ray.is_initialized():
             self.ray.shutdown()
             self.owns = False
+        self.output.restore()

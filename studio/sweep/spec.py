@@ -24,6 +24,11 @@ every axis), validated by ``Recipe.validate`` before anything runs, so any cell 
 alone with ``studio sample --recipe``. Ranges: ``{start, count[, step]}`` for integer settings,
 ``{start, stop, count}`` (evenly spaced, both ends included) for numbers.
 
+Settings that name files (``FILE_SETTINGS``, each LoRA's file) are read relative to the spec's folder, as
+``model`` is, in [fixed] and in [axes] alike. An image to start from (``init_image``, image-to-image; it and
+``strength`` may be axes) is recorded in each cell's recipe with its SHA-256, so a cell is of that image:
+an edited image makes new cells, and a worker refuses an image changed since the spec was read.
+
 Every problem is a :class:`SpecError` of one line naming the spec's line and the problem, raised
 before any cell runs. A sweep holds at most ``MAX_CELLS`` cells, counted from the axes' lengths
 before any value is expanded; the spec file is read bounded (file_reading.py). Without ``scale`` in the spec, guided cells take the scale the model folder
@@ -32,6 +37,7 @@ recommends (its ``recommended.json``), else the studio's fallback (``core.guidan
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import itertools
 import math
@@ -46,6 +52,8 @@ from ..core.guidance import FALLBACK_SCALES, default_scale
 from ..core.loading import BUILTINS, ModelLoadError, read_recommended_scales
 from ..core.options import Option, OptionError
 from ..evaluation.metrics import available_metrics
+from ..checkpoints.lora_files import parse_lora
+from ..session.init_image import image_sha256_or_error
 from ..session.provenance import model_folder
 from ..session.recipe import Recipe, RecipeError
 from .cells import cell_key
@@ -71,6 +79,7 @@ NOT_AXES = {"model": "one sweep opens one model; run one sweep per model",
             "classifier": "set it in [fixed]", "prediction_type": "set it in [fixed]"}
 NOT_FIELDS = {"branch": "a sweep's cells are fresh runs", "model": "set it at the top of the spec (model = …)"}
 SEED_NAMES = ("seeds", "seed")
+FILE_SETTINGS = ("init_noise", "init_image", "vae", "classifier")  # read relative to the spec's folder
 MAX_CELLS = 100_000  # cells in one sweep: counted from the axes before any is expanded
 SPEC_LIMIT = CONFIG_LIMIT  # bytes of a spec file
 
@@ -186,7 +195,7 @@ def parse_spec(text: str, name: str = "spec.toml", base: Optional[Path] = None) 
     title = _value(doc, "title", where)
     model = _model(doc, base, where)
     fixed = _fixed(doc.get("fixed", SPEC_KEYS["fixed"].default), base, where)
-    axes = _axes(doc.get("axes", SPEC_KEYS["axes"].default), fixed, where)
+    axes = _axes(doc.get("axes", SPEC_KEYS["axes"].default), fixed, base, where)
     metrics = _metrics(doc, model, where)
     pool = _pool(doc, axes, where)
     reference_steps = _value(doc, "reference_steps", where)
@@ -237,13 +246,32 @@ def _fixed(table: Any, base: Path, where: _Where) -> dict:
         if name not in schema:
             raise where.error(("fixed", name), f"unknown recipe setting {name!r}{_suggest(name, schema)}; "
                                                "`studio sample --help` lists them")
-        if name == "init_noise" and isinstance(value, str):
-            value = str((base / Path(value).expanduser()).resolve())
         try:
-            out[name] = schema[name].check(value)
+            out[name] = schema[name].check(relative_to_spec(name, value, base))
         except OptionError as e:
             raise where.error(("fixed", name), str(e)) from None
     return out
+
+
+def relative_to_spec(name: str, value: Any, base: Path) -> Any:
+    """A setting that names a file (``FILE_SETTINGS``, and each LoRA's file) read relative to the spec's
+    folder, as ``model`` is; anything else as it is (a malformed value is left for its check to name)."""
+    def resolved(path: str) -> str:
+        return str((base / Path(path).expanduser()).resolve())
+
+    if name in FILE_SETTINGS and isinstance(value, str) and value:
+        return resolved(value)
+    if name == "loras" and isinstance(value, list):
+        out = []
+        for entry in value:
+            try:
+                choice = parse_lora(entry)
+            except OptionError:
+                out.append(entry)
+                continue
+            out.append(str(dataclasses.replace(choice, path=resolved(choice.path))))
+        return out
+    return value
 
 
 def _expand(name: str, raw: Any, kind: str, where: _Where) -> list:
@@ -297,7 +325,7 @@ def _count_cells(table: dict, where: _Where) -> None:
                                      "split it into smaller sweeps")
 
 
-def _axes(table: Any, fixed: dict, where: _Where) -> list[Axis]:
+def _axes(table: Any, fixed: dict, base: Path, where: _Where) -> list[Axis]:
     if not isinstance(table, dict):
         raise where.error(("axes",), "must be a table of recipe settings to cross ([axes])")
     schema = Recipe.schema()
@@ -327,7 +355,7 @@ def _axes(table: Any, fixed: dict, where: _Where) -> list[Axis]:
         checked, seen = [], set()
         for v in values:
             try:
-                c = opt.check(v)
+                c = opt.check(relative_to_spec(name, v, base))
             except OptionError as e:
                 raise where.error(path, str(e)) from None
             k = repr(_jsonable(c))
@@ -406,6 +434,7 @@ def _cells(spec: SweepSpec, where: _Where) -> tuple[list[Cell], int]:
     base = Recipe(model=spec.model, **spec.fixed)
     cells: list[Cell] = []
     seen: set[str] = set()
+    digests: dict[str, str] = {}  # SHA-256 of each image to start from
     merged = 0
     names = [a.name for a in spec.axes]
     for combo in itertools.product(*(a.values for a in spec.axes)):
@@ -415,6 +444,10 @@ def _cells(spec: SweepSpec, where: _Where) -> tuple[list[Cell], int]:
             recipe = recipe.replace(scale=default_scale(recipe.guidance_mode(), recommended))
         try:
             recipe = recipe.validate().resolved()
+            if recipe.init_image is not None and recipe.init_image_sha256 is None:  # the cell is of this image
+                if recipe.init_image not in digests:
+                    digests[recipe.init_image] = image_sha256_or_error(recipe.init_image)
+                recipe = recipe.replace(init_image_sha256=digests[recipe.init_image])
         except (RecipeError, OptionError) as e:
             path = refusal_path(spec, str(e))
             raise where.error(path, f"the cell {describe(changes)} is refused: {e}") from None

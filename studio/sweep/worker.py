@@ -23,6 +23,11 @@ def one_line(e: BaseException) -> str:
     return text[0] if text else e.__class__.__name__
 
 
+def cannot_open(model: str, e: BaseException) -> str:
+    """The one line of a model that does not open (the driver's check, a worker's load)."""
+    return f"cannot open the model {model!r}: {one_line(e)}"
+
+
 class CellWorker:
     """``config``: model, device, dtype, classifier, prediction_type, metrics, reference_steps, threads,
     fingerprint, allow_pickle."""
@@ -52,23 +57,7 @@ class CellWorker:
                                     prediction_type=c.get("prediction_type"))
             self.metrics = CellMetrics(c["model"], self.model, tuple(c["metrics"]), int(c["reference_steps"]))
         except Exception as e:  # reported with the first cell (a process pool's initializer cannot)
-            self.load_error = f"cannot open the model {c['model']!r}: {one_line(e)}"
-
-    def preflight(self, items: list[tuple[dict, dict]]) -> Optional[tuple[str, dict]]:
-        """Check every distinct recipe (``(values, recipe dict)`` pairs) against the opened model without
-        running a step (label range, prompt or label, image size, …): the first refusal as (one line,
-        the cell's values), or None."""
-        if self.load_error:
-            return self.load_error, {}
-        from ..session.recipe import Recipe
-        from ..session.runner import Run
-
-        for values, d in items:
-            try:
-                Run(Recipe.from_dict(d), model=self.model).trajectory.close()
-            except Exception as e:
-                return one_line(e), values
-        return None
+            self.load_error = cannot_open(c["model"], e)
 
     def run(self, key: str, recipe_dict: dict) -> dict:
         if self.load_error:
