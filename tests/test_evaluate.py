@@ -179,3 +179,20 @@ def test_an_interrupted_text_evaluation_continues_with_only_the_missing_chunks(t
     drop = lambda res: [{k: v for k, v in r.items() if k != "seconds"} for r in res["results"]]  # noqa: E731
     assert drop(resumed) == drop(whole) and len(drop(whole)) == 2
     assert [r["n"] for r in whole["results"]] == [10, 10]
+
+
+def test_word_order_settings_ask_for_the_held_in_rows_in_other_orders():
+    """The word-order group draws the held-in (digit, fg, bg) rows, worded with the background first or the
+    colour after the digit; what each prompt says, read by the words around each colour, is its row."""
+    from studio.evaluation import text_eval
+    from studio.training.text_pretrain import caption_targets
+
+    settings = text_eval.planned_settings(20, groups=("cfg", "word_order"), cfg_scales=(3,))
+    held_in, reordered = settings[0], settings[1:]
+    assert [s.name for s in reordered] == [f"held-in, {o} w=3" for o in text_eval.WORD_ORDERS]
+    for s in reordered:
+        assert np.array_equal(s.rows, held_in.rows) and s.guidance == 3.0
+        assert s.prompts != held_in.prompts
+        for prompt, row in zip(s.prompts, s.rows):
+            assert caption_targets(prompt)[:3] == tuple(int(v) for v in row), prompt
+    assert reordered[0].prompts[0].startswith("on a ") and " in " in reordered[1].prompts[0]

@@ -42,7 +42,9 @@ from ..data.captions import (ALLOWED_PAIRS, COLOUR_NAMES, HELD_OUT, HELD_OUT_SET
                        make_captioned_dataset)
 
 FG_FRACTION = 0.6
-GROUPS = ("cfg", "held_out", "negative", "uncond", "vae", "floor")  # floor: the readers on real images
+GROUPS = ("cfg", "held_out", "word_order", "negative", "uncond", "vae", "floor")  # floor: the readers on real images
+# the held-in prompts in other word orders ('word_order'): the background named first, the colour after the digit
+WORD_ORDERS = {"background first": "on a {bg} background, a {fg} {d}", "colour after the digit": "a {d} in {fg} on {bg}"}
 DEFAULT_GROUPS = GROUPS[:-1]
 DEFAULT_CFG_SCALES = (1, 3, 5)
 DIGITS_EVALUATOR = Path(__file__).resolve().parents[2] / "assets" / "models" / "digits" / "evaluator"
@@ -144,6 +146,11 @@ def held_out_prompts(n: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
         rows.append((d, COLOUR_NAMES.index(f), COLOUR_NAMES.index(bgs[int(rng.integers(len(bgs)))])))
     rows = np.array(rows)
     return [full_caption(d, COLOUR_NAMES[f], COLOUR_NAMES[b]) for d, f, b in rows], rows
+
+
+def reworded(rows: np.ndarray, template: str) -> list[str]:
+    """The prompts of (digit, fg, bg) ``rows`` in another word order (a :data:`WORD_ORDERS` template)."""
+    return [template.format(d=d, fg=COLOUR_NAMES[f], bg=COLOUR_NAMES[b]) for d, f, b in rows]
 
 
 def no_fg_prompts(n: int, colour: str, seed: int = 0) -> tuple[list[str], np.ndarray]:
@@ -260,6 +267,10 @@ def planned_settings(n: int, groups=DEFAULT_GROUPS, cfg_scales=DEFAULT_CFG_SCALE
             add(f"held-in w={w:g}", prompts, rows, w)
     if "held_out" in groups:
         add("held-out w=3", *held_out_prompts(n, seed), 3.0)
+    if "word_order" in groups:  # the same (digit, fg, bg) rows as held-in, worded otherwise
+        _, rows = held_in_prompts(n, seed)
+        for order, template in WORD_ORDERS.items():
+            add(f"held-in, {order} w=3", reworded(rows, template), rows, 3.0)
     if "negative" in groups:
         for c in negative_colours:
             prompts, rows = no_fg_prompts(n, c, seed)

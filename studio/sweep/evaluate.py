@@ -197,8 +197,8 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--n", type=int, default=500, help="samples per setting (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first batch of each setting (default 0)")
     p.add_argument("--only", nargs="+", choices=sorted(set(DIGITS_GROUPS) | set(text_eval.GROUPS)),
-                   help="run only these groups of settings (digits models: cfg classifier uncond ddim_table; "
-                        "digits-text: cfg held_out negative uncond vae floor)")
+                   help=f"run only these groups of settings (digits models: {' '.join(DIGITS_GROUPS)}; "
+                        f"digits-text: {' '.join(text_eval.GROUPS)})")
     p.add_argument("--classifier-scale", type=float, default=None,
                    help="classifier guidance scale (default: the model card's recommendation)")
     p.add_argument("--cfg-scales", type=positive(float), nargs="+", default=None, metavar="W",
