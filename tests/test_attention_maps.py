@@ -187,6 +187,8 @@ def test_weighted_prompt_tokens_are_its_text_without_brackets(models):
     plain = prompt_tokens(models["sd"], "a red 7")
     weighted = prompt_tokens(models["sd"], "a (red:1.3) 7")
     assert weighted[1] == plain[1] and weighted[0] == plain[0]
+    negative = prompt_tokens(models["sd"], "a (red:-0.5) 7")  # a negative weight keeps its token (and the end token)
+    assert negative[0] == plain[0] and negative[2][2] == -0.5
 
 
 def fake_step(batch: int, tokens: int, side: int) -> StepAttention:

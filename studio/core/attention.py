@@ -66,7 +66,8 @@ def prompt_tokens(model, prompt: str) -> tuple[list[int], list[str], list[float]
     from .prompt_weights import parse_weights
 
     tok = model.tokenizers[0]
-    plain = "".join(text for text, weight in parse_weights(prompt) if weight >= 0)
+    # A1111 marks BREAK with weight −1 (refused before a run); a genuinely negative weight is a token like any
+    plain = "".join(text for text, weight in parse_weights(prompt) if not (text == "BREAK" and weight == -1))
     ids = list(tok(plain, truncation=True, max_length=int(tok.model_max_length)).input_ids)
     weights = [1.0] * len(ids)
     read = getattr(model, "prompt_tokens", None)
