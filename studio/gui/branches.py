@@ -4,6 +4,7 @@ from __future__ import annotations
 import shiboken6
 
 from . import jobs
+from .inversion_view import branch_refusal
 from .view import TrajectoryView
 
 
@@ -32,6 +33,10 @@ class Branching:
         source = self._active_view()
         if self.busy or source.traj is None or len(source.traj) == 0:
             return
+        refusal = branch_refusal(source.traj)
+        if refusal is not None:
+            self.show_error(f"Continue from here: {refusal}")
+            return
         recipe = self._valid_recipe()
         if recipe is None:
             return
@@ -53,6 +58,16 @@ class Branching:
                         preview=self.panel.preview_setting(),
                         on_yield=self._on_step, on_end=lambda w: self._run_ended(view, w))
         w.view = view
+
+    def _offer_branching(self, possible: bool) -> None:
+        """Enable "Continue from here" where a run can be continued; on an inversion's trajectory it is off,
+        its tooltip saying why (``inversion_view.branch_refusal``)."""
+        button = self.branchButton
+        if not button.property("offerTip"):
+            button.setProperty("offerTip", button.toolTip())
+        refusal = branch_refusal(self.trajectory) if possible else None
+        button.setEnabled(possible and refusal is None)
+        button.setToolTip(f"Not offered: {refusal}" if refusal else button.property("offerTip"))
 
     def _close_branch(self, index: int) -> None:
         w = self.branchTabs.widget(index)

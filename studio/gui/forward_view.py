@@ -284,6 +284,7 @@ class ForwardPanel(QWidget):
         buttons.addWidget(self.fillButton)
         buttons.addStretch(1)
         buttons.addWidget(self.denoiseButton)
+        self.buttonRow = buttons  # inversion_view.py puts Invert beside "Denoise from here"
 
         lay = QVBoxLayout(self)
         lay.setContentsMargins(4, 4, 4, 4)

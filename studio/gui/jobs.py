@@ -1,4 +1,4 @@
-"""What the worker thread runs: open a model, iterate a Run, run a comparison.
+"""What the worker thread runs: open a model, iterate a Run or an inversion, run a comparison.
 
 These generators run off the GUI thread and hand back only plain data: uint8
 frames (numpy), StepMeta and the Trajectory object (read-only for the GUI).
@@ -93,6 +93,33 @@ def run_job(cache: ModelCache, recipe: Recipe, parent=None, from_step: Optional[
     finally:
         run.stop()
     return traj
+
+
+def inversion_job(cache: ModelCache, recipe: Recipe, tag: Any = None, preview: Optional[tuple] = None):
+    """Invert the image of ``recipe`` (an inversion recipe, session/inversion.py) as ``run_job`` runs a
+    sampling run: Started, one Step per inversion step (position 0 is the image, the last x_T); return the
+    ``Inversion`` (its model, x₀ and x_T are what a regeneration and its round trip need)."""
+    from ..session.inversion import Inversion
+
+    model = cache.get(recipe)
+    if preview is not None and model.info.text_conditioned:
+        model.set_preview(*preview)
+    inversion = Inversion(recipe, model=model)
+    traj = inversion.trajectory
+    try:
+        # the plan's timesteps in the order the inversion visits them: from the image up to the first one
+        plan_t = np.asarray(inversion.plan.timesteps, dtype=np.float64)[::-1].copy()
+        yield Started(tag, traj, inversion.total_steps, plan_t, summarize(recipe.model, recipe, model),
+                      [f"the image was {n}" for n in inversion.notes])
+        for _ in inversion:
+            pos = len(traj)
+            yield Step(tag, traj, pos, traj.frame_xt(pos), traj.frame_x0(pos - 1), traj.meta[pos - 1])
+    except Exception as e:
+        traj.error = str(e)
+        raise
+    finally:
+        inversion.stop()
+    return inversion
 
 
 def compare_job(cache: ModelCache, recipes: list[Recipe]):
