@@ -94,7 +94,7 @@ ROUND_TRIPS = [
     ("text", Recipe(model="/models/sd", sampler="ddpm", variance="fixed_large", guidance="cfg", scale=5.5,
                     prompt="a red 7", negative_prompt="blue", width=72, height=56, guidance_rescale=0.7,
                     karras=False, loras=["/loras/style.safetensors:0.6"], vae="/vae/sd15-mse.safetensors",
-                    prediction_type="v_prediction")),
+                    prediction_type="v_prediction", attention=True)),
     ("class", Recipe(model="gmm", sampler="heun", s_churn=40.0, s_tmin=0.05, s_tmax=50.0, s_noise=1.003,
                      karras=False)),
     ("class", Recipe(model="gmm", sampler="lms", order=2, karras=False, init_image="/images/cat.png",

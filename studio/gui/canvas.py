@@ -1,6 +1,11 @@
-"""A pixel-exact image canvas: the batch as a grid, enlarged by an integer factor, nearest neighbour."""
+"""A pixel-exact image canvas: the batch as a grid, enlarged by an integer factor, nearest neighbour.
+
+A canvas may carry a heat-map overlay (``set_overlay``: one map per sample, e.g. a prompt token's
+cross-attention): each map is coloured and blended over its sample as the attention export draws it
+(``session.attention_export.heat_tile``), so the window and the exported PNGs agree."""
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import numpy as np
@@ -8,11 +13,18 @@ from PySide6.QtCore import QRect, QRectF, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QFont, QImage, QPainter
 from PySide6.QtWidgets import QSizePolicy, QToolTip, QWidget
 
+from ..session.attention_export import inferno, heat_tile
 from ..session.frames import make_grid
 
 BACKGROUND = QColor(30, 30, 34)
 TEXT = QColor(225, 225, 230)
 DIM = QColor(150, 150, 160)
+
+
+@functools.lru_cache(maxsize=1)
+def inferno_lut() -> np.ndarray:
+    """(256, 3) uint8: the attention export's colour map (perceptual, dark = no attention)."""
+    return inferno()
 
 
 def fit_scale(img_w: int, img_h: int, avail_w: int, avail_h: int) -> float:
@@ -47,6 +59,9 @@ class ImageCanvas(QWidget):
         self._qimage: Optional[QImage] = None
         self.scale = 1.0
         self.solo: Optional[int] = None
+        self.overlay: Optional[np.ndarray] = None  # (B, h, w) float32 heat maps, one per sample: the source
+        self.overlay_top: Optional[np.ndarray] = None  # (B,) the value drawn at the colour map's top
+        self.overlay_name = ""  # what the overlay shows (a token), for the hover text
         self._drawn = QRectF()
         self.setMouseTracking(True)
         self.setMinimumSize(140, 140)
@@ -64,12 +79,44 @@ class ImageCanvas(QWidget):
         if frames is None:
             self._grid = self._qimage = None
         else:
-            shown = frames[self.solo:self.solo + 1] if self.solo is not None and self.solo < len(frames) else frames
+            shown = slice(self.solo, self.solo + 1) if self.solo is not None and self.solo < len(frames) else slice(None)
+            shown = self._blended(frames, shown)
             grid = np.ascontiguousarray(make_grid(shown, pad=1, pad_value=30))
             self._grid = grid
             h, w, _ = grid.shape
             self._qimage = QImage(grid.data, w, h, 3 * w, QImage.Format.Format_RGB888).copy()
         self.update()
+
+    def set_overlay(self, heat: Optional[np.ndarray], top: Optional[np.ndarray] = None, name: str = "") -> None:
+        """Blend ``heat`` (B, h, w), one map per sample at any resolution, over the frames; ``top`` (B,) is
+        the value at the colour map's top (default: each map's maximum). None removes the overlay."""
+        if heat is None and self.overlay is None:
+            return  # nothing to remove: no repaint
+        if heat is None:
+            self.overlay = self.overlay_top = None
+        else:
+            self.overlay = np.asarray(heat, dtype=np.float32)
+            self.overlay_top = (np.asarray(top, dtype=np.float32) if top is not None
+                                else self.overlay.reshape(len(self.overlay), -1).max(axis=1))
+        self.overlay_name = name if heat is not None else ""
+        self.set_frames(self.frames, self.caption, self.placeholder)
+
+    def _blended(self, frames: np.ndarray, shown: slice) -> np.ndarray:
+        """The ``shown`` samples of ``frames``, the overlay drawn over each (none without one, or when the
+        batch differs)."""
+        if self.overlay is None or len(self.overlay) != len(frames):
+            return frames[shown]
+        lut = inferno_lut()
+        return np.stack([heat_tile(f, m, float(t), max(f.shape[:2]), lut)
+                         for f, m, t in zip(frames[shown], self.overlay[shown], self.overlay_top[shown])])
+
+    def overlay_value(self, k: int, r: int, c: int) -> Optional[float]:
+        """The overlay's value under pixel (r, c) of sample ``k`` (nearest map cell), None without one."""
+        if self.overlay is None or self.frames is None or k >= len(self.overlay):
+            return None
+        h, w = self.frames.shape[1:3]
+        mh, mw = self.overlay.shape[1:]
+        return float(self.overlay[k, min(r * mh // h, mh - 1), min(c * mw // w, mw - 1)])
 
     def set_solo(self, index: Optional[int]) -> None:
         if index != self.solo:
@@ -100,8 +147,10 @@ class ImageCanvas(QWidget):
             return
         k, r, c = hit
         rgb = self.frames[k, r, c]
+        heat = self.overlay_value(k, r, c)
+        attention = f"\nattention to {self.overlay_name!r}: {heat:.3g}" if heat is not None else ""
         QToolTip.showText(event.globalPosition().toPoint(),
-                          f"sample {k}  pixel ({c}, {r})  RGB {int(rgb[0])}, {int(rgb[1])}, {int(rgb[2])}"
+                          f"sample {k}  pixel ({c}, {r})  RGB {int(rgb[0])}, {int(rgb[1])}, {int(rgb[2])}{attention}"
                           "\ndouble-click: show this sample alone / the whole batch", self)
 
     def mouseDoubleClickEvent(self, event) -> None:  # noqa: N802
@@ -115,7 +164,7 @@ class ImageCanvas(QWidget):
         self.soloChanged.emit(self.solo)
 
     def image(self) -> Optional[np.ndarray]:
-        """The grid currently shown, at 1:1 (for tests and export)."""
+        """The grid currently shown (with its overlay), at 1:1 (for tests and export)."""
         return self._grid
 
     # -- painting -----------------------------------------------------------------------

@@ -9,6 +9,7 @@ from PySide6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QFileDialog
                                QLineEdit, QMessageBox, QPushButton, QSpinBox, QVBoxLayout)
 
 from ..session import export as ex
+from ..session.attention_export import export_attention
 
 # where each export keeps the recipe (session/export.py): in the PNG's text chunk, and/or beside it
 RECIPE_NOTE = {"frames": "Every PNG carries the recipe, and recipe.json is in the folder.",
@@ -16,10 +17,14 @@ RECIPE_NOTE = {"frames": "Every PNG carries the recipe, and recipe.json is in th
                "contact": "The PNG carries the recipe; a .recipe.json goes beside it.",
                "apng": "The APNG carries the recipe; a .recipe.json goes beside it.",
                "gif": "A GIF has no place for the recipe: it goes beside it, as a .recipe.json.",
-               "mp4": "An MP4 does not carry the recipe: it goes beside it, as a .recipe.json."}
-SUFFIX = {"frames": "", "gif": ".gif", "apng": ".png", "mp4": ".mp4", "contact": ".png", "final": ".png"}
+               "mp4": "An MP4 does not carry the recipe: it goes beside it, as a .recipe.json.",
+               "attention": "The maps carry no recipe (the other kinds do); attention.json indexes them."}
+SUFFIX = {"frames": "", "gif": ".gif", "apng": ".png", "mp4": ".mp4", "contact": ".png", "final": ".png",
+          "attention": ""}
 DEFAULT_NAME = {"frames": "frames", "gif": "run", "apng": "run-anim", "mp4": "run", "contact": "contact-sheet",
-                "final": "final"}
+                "final": "final", "attention": "attention"}
+# a run that kept cross-attention maps (--attention, the panel's Attention maps) offers them as one more kind
+ATTENTION_KIND = "attention maps: heat maps, animation, arrays (folder)"
 
 
 def export_with_confirm(parent, do_export, path) -> bool:
@@ -50,10 +55,13 @@ def export_with_confirm(parent, do_export, path) -> bool:
 class ExportDialog(QDialog):
     exported = Signal(str)
 
-    def __init__(self, trajectory, parent=None, settings=None, source: str = ""):
+    def __init__(self, trajectory, parent=None, settings=None, source: str = "", attention_step=None):
+        """``attention_step``: the 1-based step whose attention heat maps are written beside the last
+        step's (the view's scrubbed step; None: the middle kept step)."""
         super().__init__(parent)
         self.setWindowTitle("Export")
         self.traj = trajectory
+        self.attention_step = attention_step
         self.settings = settings
         done = len(trajectory)
         steps = f"{done} of {trajectory.steps} steps" if done < trajectory.steps else f"all {done} steps"
@@ -67,6 +75,9 @@ class ExportDialog(QDialog):
             i = self.kind.findData("mp4")
             self.kind.model().item(i).setEnabled(False)
             self.kind.setItemText(i, "MP4 video (needs imageio-ffmpeg)")
+        maps = getattr(trajectory, "attention", None)
+        if maps is not None and len(maps):
+            self.kind.addItem(ATTENTION_KIND, "attention")
         self.which = QComboBox(objectName="exportWhich")
         for key, text in (("both", "x_t and x̂₀ side by side"), ("x0", "x̂₀ (predicted clean image)"),
                           ("xt", "x_t (noisy state)")):
@@ -111,14 +122,21 @@ class ExportDialog(QDialog):
         self.which.setEnabled(k in ("frames", "gif", "apng", "mp4"))
         self.fps.setEnabled(k in ("gif", "apng", "mp4"))
         self.every.setEnabled(k == "contact")
+        self.scale.setEnabled(k != "attention")
         self.scale.setValue(1 if k in ("frames", "final") else 4 if k != "contact" else 2)
         self.name.setText(DEFAULT_NAME[k] + SUFFIX[k])
         notes = {"frames": "A folder of numbered PNGs with recipe.json: xt_0000.png is the initial noise, xt_000k.png "
                            "the state after step k, x0_000k.png the x̂₀ predicted during step k (as the CLI's "
                            "xt/ and x0/ folders).",
                  "contact": "x_t on top, x̂₀ below, every k-th step.",
-                 "mp4": "" if ex.mp4_available() else "MP4 needs imageio-ffmpeg: pip install imageio-ffmpeg"}
+                 "mp4": "" if ex.mp4_available() else "MP4 needs imageio-ffmpeg: pip install imageio-ffmpeg",
+                 "attention": self._attention_note()}
         self.note.setText(notes.get(k, "") + f"  {RECIPE_NOTE[k]} A folder that does not exist yet is created.")
+
+    def _attention_note(self) -> str:
+        step = f"step {self.attention_step}" if self.attention_step else "the middle kept step"
+        return ("A folder: each token's heat map over the final image and over x̂₀ at " + step + " (PNGs and "
+                "grids), attention.gif over the kept steps, maps.npz with every map (float16) and attention.json.")
 
     def _browse(self) -> None:
         d = QFileDialog.getExistingDirectory(self, "Export to folder", self.folder.text())
@@ -132,7 +150,13 @@ class ExportDialog(QDialog):
         kind, path = self.kind.currentData(), self.target()
         kw = dict(which=self.which.currentData(), scale=self.scale.value(), fps=self.fps.value(),
                   every=self.every.value())
-        if export_with_confirm(self, lambda overwrite: ex.export(self.traj, kind, path, overwrite=overwrite, **kw), path):
+        if kind == "attention":
+            def write(overwrite):
+                return export_attention(self.traj, path, step=self.attention_step, overwrite=overwrite)
+        else:
+            def write(overwrite):
+                return ex.export(self.traj, kind, path, overwrite=overwrite, **kw)
+        if export_with_confirm(self, write, path):
             if self.settings is not None:
                 self.settings.setValue("export_folder", self.folder.text())
             self.exported.emit(str(path))

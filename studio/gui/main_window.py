@@ -11,12 +11,14 @@ from PySide6.QtWidgets import (QHBoxLayout, QLabel, QMainWindow, QMessageBox, QP
 
 import shiboken6
 
+from ..session.inversion import caption as inversion_caption
 from ..session.recipe import Recipe, RecipeError
 from ..session.runner import ModelCache
 from . import jobs
 from .branches import Branching
 from .files import RecipeFiles
 from .forward_view import install as install_forward_view
+from .inversion_view import install as install_inversion
 from .models import ModelHandling
 from .panel import SamplerPanel
 from .plots import GuidancePlot, SchedulePlot
@@ -62,6 +64,8 @@ def describe(r: Recipe) -> str:
         parts.append(f"{'CFG' if r.guidance == 'cfg' else 'classifier'} {r.scale:g}")
     if r.init_image is not None:
         parts.append(f"from an image at plan step {r.first_step()}")
+    if r.inversion is not None:  # an inversion or a run from its x_T: the caption says which; no seed is used
+        return ", ".join(parts) + "; " + inversion_caption(r)
     parts.append(f"seed {r.seed}")
     return ", ".join(parts)
 
@@ -115,6 +119,7 @@ class MainWindow(Branching, ModelHandling, RecipeFiles, QMainWindow):
     # == construction ===================================================================================
     def _build(self) -> None:
         self.panel = SamplerPanel()
+        self.panel.loraList.model_source = lambda: self.cache.model  # a LoRA's family is checked against it
         scroll = QScrollArea(objectName="panelScroll")
         scroll.setWidget(self.panel)
         scroll.setWidgetResizable(True)
@@ -207,6 +212,7 @@ class MainWindow(Branching, ModelHandling, RecipeFiles, QMainWindow):
         self.loadBar.hide()
         self.statusBar().addPermanentWidget(self.loadBar)
         self.forwardPanel = install_forward_view(self)  # a dock, shown once an image is opened
+        self.inversionTool = install_inversion(self)  # Invert / Regenerate in that dock (gui/inversion_view.py)
         self._menus()
 
         self.panel.modelRequested.connect(self._model_requested)
@@ -253,12 +259,15 @@ class MainWindow(Branching, ModelHandling, RecipeFiles, QMainWindow):
         m.addSeparator()
         self._action(m, "Continue from here", self.branch, "Ctrl+B")
         self._action(m, "Compare…", self.compare, "Ctrl+K")
+        self._action(m, "Invert image…", self.inversionTool.invert_from_menu)  # gui/inversion_view.py
+        self._action(m, "Regenerate from x_T", self.inversionTool.regenerate)
         m = self.menuBar().addMenu("&View")
         self._action(m, "Step back", lambda: self._active_view().scrubberBar.step(-1), "Left")
         self._action(m, "Step forward", lambda: self._active_view().scrubberBar.step(+1), "Right")
         self._action(m, "First step", lambda: self._active_view().scrubberBar.set_position(0), "Home")
         self._action(m, "Last step", lambda: self._active_view().scrubberBar.set_position(10**9), "End")
         m.addAction(self.forwardDock.toggleViewAction())
+        self._action(m, "Attention grid…", lambda: self._active_view().attentionStrip.open_grid())  # attention_view.py
         m = self.menuBar().addMenu("&Help")
         self._action(m, "Keyboard shortcuts", self._shortcuts_help)
 
@@ -332,7 +341,7 @@ class MainWindow(Branching, ModelHandling, RecipeFiles, QMainWindow):
         loaded = self.summary is not None
         loading = self.worker is not None and self.worker.kind == "load"
         self.runButton.setEnabled((not busy and loaded) or loading)  # Run while loading: runs once it is open
-        self.branchButton.setEnabled(not busy and loaded and self.trajectory is not None)
+        self._offer_branching(not busy and loaded and self.trajectory is not None)  # branches.py
         self.compareButton.setEnabled(loaded)
         self.exportButton.setEnabled(self.trajectory is not None and len(self.trajectory) > 0 and not busy)
         self.stopButton.setEnabled(busy)
@@ -474,14 +483,14 @@ class MainWindow(Branching, ModelHandling, RecipeFiles, QMainWindow):
             left = (self._run_total - pos) / rate if rate > 0 else 0
             self.rateLabel.setText(f"{rate:.1f} steps/s · {left:.0f} s left")
 
-    def _run_ended(self, view: TrajectoryView, w: GeneratorWorker) -> None:
+    def _run_ended(self, view: TrajectoryView, w: GeneratorWorker, what: str = "run") -> None:
         is_main = view is self.mainView
         if not shiboken6.isValid(view):  # its tab was closed during the run
             self._run_total = 0
             self._set_busy(self.busy)
             return
         if w.outcome == "error":
-            self.show_error(f"The run failed: {w.message}")
+            self.show_error(f"The {what} failed: {w.message}")
             if not is_main and view.traj is None:  # failed before starting: drop the empty tab
                 i = self.branchTabs.indexOf(view)
                 if i >= 0:
@@ -542,7 +551,8 @@ class MainWindow(Branching, ModelHandling, RecipeFiles, QMainWindow):
             return
         view = self._active_view()
         source = self._run_name(view) if view.traj is traj else "main run"
-        dlg = ExportDialog(traj, self, self.settings, source=f"{source} ({describe(traj.recipe)})")
+        at = view.position if view.traj is traj and view.position >= 1 else None  # its attention heat maps' step
+        dlg = ExportDialog(traj, self, self.settings, source=f"{source} ({describe(traj.recipe)})", attention_step=at)
         dlg.exported.connect(lambda p: self.statusBar().showMessage(f"Exported {p}", 10000))
         dlg.open()
 

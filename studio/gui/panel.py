@@ -13,6 +13,7 @@ from ..core.guidance import default_scale
 from ..core.samplers import OPTION_SCHEMA, SAMPLERS
 from ..session.recipe import Recipe
 from . import option_widgets as ow
+from .lora_list import LoraList, VaeChooser
 from .prompt_box import PromptEdit
 from .sampler_combo import sampler_combo
 
@@ -55,10 +56,11 @@ NOT_SHOWN = {
     "model": "the window's open model (recipe(model=…), show_model)",
     "classifier_form": "the last recipe set", "classifier": "the last recipe set",
     "schedule": "the last recipe set", "init_noise": "the last recipe set",
-    "loras": "the last recipe set", "vae": "the last recipe set", "prediction_type": "the last recipe set",
+    "prediction_type": "the last recipe set",
     "init_image": "the last recipe set", "init_image_fit": "the last recipe set", "strength": "the last recipe set",
     "start_step": "the last recipe set", "init_image_sha256": "the last recipe set",
     "branch": "none: the panel describes a new run (a branch is made from the window's run)",
+    "inversion": "the last recipe set (a run from an inverted image's x_T, session/inversion.py)",
 }
 
 
@@ -122,6 +124,20 @@ class SamplerPanel(QWidget):
         dev.addWidget(self.deviceCombo)
         dev.addWidget(self.dtypeCombo)
         f.addRow("Device", dev)
+        # text-to-image models: a VAE in place of the checkpoint's own, LoRAs with weight sliders (lora_list.py)
+        self.vaeCombo = VaeChooser()
+        self.loraList = LoraList()
+        self.modelFiles = QWidget(objectName="modelFiles")
+        files = QVBoxLayout(self.modelFiles)
+        files.setContentsMargins(0, 0, 0, 0)
+        files.setSpacing(2)
+        top = QHBoxLayout()
+        top.addWidget(self.vaeCombo, 1)
+        top.addWidget(self.loraList.addButton)
+        files.addLayout(top)
+        files.addWidget(self.loraList)
+        f.addRow("VAE", self.modelFiles)
+        self._model_form = f
 
         # sampler ---------------------------------------------------------------------------
         self.samplerCombo = sampler_combo("samplerCombo")  # grouped by family, a description per sampler
@@ -233,7 +249,14 @@ class SamplerPanel(QWidget):
         iv.addWidget(QLabel("to"))
         iv.addWidget(self.intervalEnd)
         f.addRow("Interval", iv)
-        f.addRow("Rescale φ", self.rescaleSpin)
+        # attention maps (text-to-image models): the run keeps them, the view's token strip shows them
+        self.attentionCheck = ow.make_widget(schema["attention"])
+        self.attentionCheck.setText("Attention maps")
+        rescale = QHBoxLayout()  # φ and the attention toggle share a row: the panel stays one screen high
+        rescale.addWidget(self.rescaleSpin, 1)
+        rescale.addWidget(self.attentionCheck)
+        f.addRow("Rescale φ", rescale)
+        self._rescale_layout = rescale
         f.addRow("Preview", self.previewCombo)
 
         lay = QVBoxLayout(self)
@@ -266,9 +289,11 @@ class SamplerPanel(QWidget):
         self.epsCheck.toggled.connect(self.changed)
         for w in (self.promptEdit, self.negativeEdit):
             w.edited.connect(self.changed)
-        for w in (self.widthSpin, self.heightSpin, self.rescaleSpin):
+        for w in (self.widthSpin, self.heightSpin, self.rescaleSpin, self.attentionCheck):
             ow.changed_signal(w).connect(self.changed)
         self.previewCombo.activated.connect(self._preview_chosen)
+        self.loraList.changed.connect(self.changed)
+        self.vaeCombo.changed.connect(self.changed)
         self.bindings = self._make_bindings()  # recipe field → (read, show): what recipe() and set_recipe() use
         self._sampler_changed()
         self._mode_changed()
@@ -373,10 +398,14 @@ class SamplerPanel(QWidget):
             b[name] = (lambda spin=spin: spin.value() if self.is_text else None,
                        lambda v, spin=spin: self._show_size(spin, v))
         b["guidance_rescale"] = (lambda: ow.value(self.rescaleSpin) if self.is_text else 0.0, self.rescaleSpin.setValue)
+        b["attention"] = (lambda: self.attentionCheck.isChecked() if self.is_text else False,
+                          lambda v: self.attentionCheck.setChecked(bool(v)))
         b["seed"] = (self._read_seed, lambda v: self.seedSpin.setValue(min(v, SEED_MAX)))
         b["batch"] = (self.batchSpin.value, lambda v: self.batchSpin.setValue(min(v, self.batchSpin.maximum())))
         b["karras"] = (lambda: self.karrasCheck.isChecked() and self.karrasCheck.isEnabled(),
                        lambda v: self.karrasCheck.setChecked(bool(v)))
+        b["loras"] = (lambda: self.loraList.loras() if self.is_text else [], self.loraList.set_loras)
+        b["vae"] = (lambda: self.vaeCombo.value() if self.is_text else None, self.vaeCombo.set_value)
         return b
 
     def recipe(self, model: Optional[str] = None) -> Recipe:
@@ -438,9 +467,10 @@ class SamplerPanel(QWidget):
 
     def _show_text_rows(self, text: bool) -> None:
         f = self._cond_form
-        for field in (self.promptEdit, self.negativeEdit, self._size_layout, self.rescaleSpin, self.previewCombo):
+        for field in (self.promptEdit, self.negativeEdit, self._size_layout, self._rescale_layout, self.previewCombo):
             f.setRowVisible(field, text)
         f.setRowVisible(self.labelCombo, not text)
+        self._model_form.setRowVisible(self.modelFiles, text)  # LoRAs and VAEs are for text-to-image models
 
     def preview_setting(self) -> tuple[str, Optional[str]]:
         """(mode, AutoencoderTiny folder) for the next run of a text-to-image model."""

@@ -1,4 +1,5 @@
-"""A trajectory view: x_t and x̂₀ canvases side by side, a caption, and its own scrubber."""
+"""A trajectory view: x_t and x̂₀ canvases side by side, a caption, its prompt's attention strip
+(attention_view.py; text-to-image runs only) and its own scrubber."""
 from __future__ import annotations
 
 from typing import Optional
@@ -9,6 +10,7 @@ from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QVBoxLayout, QWidg
 
 from ..session.decodes import FULL, shown
 from ..session.latent_views import channel_mosaic
+from .attention_view import AttentionStrip
 from .canvas import ImageCanvas
 from .full_decode import shared_decoder
 from .scrubber import ScrubberBar
@@ -21,12 +23,21 @@ def _t(v: float) -> str:
     return "0" if v < 0 else f"{v:.0f}" if float(v).is_integer() else f"{v:.1f}"
 
 
+def start_state(traj) -> str:
+    """What position 0 holds: the image an inversion starts from, an image-to-image run's noised image, or
+    noise."""
+    r = traj.recipe
+    if getattr(r, "inversion", None) is not None and r.init_noise is None:
+        return "image"
+    return "noised image" if getattr(r, "init_image", None) is not None else "noise"
+
+
 def xt_caption(traj, pos: int) -> str:
     if not traj.meta:
-        return "x_T: initial noise"
+        return f"x_T: initial {start_state(traj)}" if start_state(traj) == "noise" else start_state(traj)
     if pos == 0:
         m = traj.meta[0]
-        return f"noise  t={_t(m.t)}  σ={m.sigma:.3g}  ᾱ={m.alpha_bar:.4g}"
+        return f"{start_state(traj)}  t={_t(m.t)}  σ={m.sigma:.3g}  ᾱ={m.alpha_bar:.4g}"
     m = traj.meta[pos - 1]
     return f"step {m.index + 1}  t={_t(m.t_next)}  σ={m.sigma_next:.3g}  ᾱ={m.alpha_bar_next:.4g}"
 
@@ -70,6 +81,8 @@ class TrajectoryView(QWidget):
         top.addWidget(self.channelsCheck)
         lay.addLayout(top)
         lay.addLayout(row, 1)
+        self.attentionStrip = AttentionStrip(self)  # follows positionChanged: the overlay moves with the scrubber
+        lay.addWidget(self.attentionStrip)
         lay.addWidget(self.scrubberBar)
         self.traj = None
         self.total = 0
@@ -100,6 +113,7 @@ class TrajectoryView(QWidget):
         self.scrubberBar.reset(0)
         self.xtCanvas.set_frames(None, "", message)
         self.x0Canvas.set_frames(None, "", "")
+        self.attentionStrip.refresh()
 
     def begin(self, traj, total: int) -> None:
         """A new run starts: its trajectory holds the initial state at position 0."""
@@ -180,8 +194,9 @@ class TrajectoryView(QWidget):
             if self.channelsCheck.isChecked():
                 xt, xt_note = channel_mosaic(self.traj.full_state(pos - 1)["x"]), "  · latent channels"
         self.xtCanvas.set_frames(xt, xt_caption(self.traj, pos) + xt_note)
+        start = start_state(self.traj)
         self.x0Canvas.set_frames(x0, x0_caption(self.traj, pos) + (x0_note if pos else ""),
-                                 "no prediction yet (initial noise)")
+                                 f"no prediction yet ({'initial noise' if start == 'noise' else 'the ' + start})")
 
     def _decode_settled(self) -> None:
         """The position has stayed put: decode it, unless it is the head of a run still streaming."""

@@ -40,7 +40,7 @@ HEAT_SHARE = 0.6  # how much of a tile is the heat map; the rest is the image un
 ANIMATION_FPS = 6
 
 
-def _inferno() -> np.ndarray:
+def inferno() -> np.ndarray:
     from matplotlib import colormaps
 
     return (colormaps["inferno"](np.linspace(0.0, 1.0, 256))[:, :3] * 255).round().astype(np.uint8)
@@ -123,7 +123,7 @@ def write_attention(traj, folder: Path, step: Optional[int] = None, decodes=None
                           + (f" ({maps.notes[0]})" if maps is not None and maps.notes else ""))
     folder = Path(folder)
     folder.mkdir(exist_ok=True)
-    lut = _inferno()
+    lut = inferno()
     last, chosen = maps.steps[-1], chosen_step(maps, step)
     arrays = maps.arrays()
     np.savez(folder / "maps.npz", **arrays)
