@@ -17,6 +17,13 @@ of the window in one backing-store sync and flushes it to the screen only after 
 ``visible_*`` — until the ``processEvents`` call in which the canvases painted has returned, i.e. the
 whole window repainted (schedule/guidance plot markers, labels) and flushed — is what a user sees.
 Target: p99 ≤ 16 ms (``meets_target`` on the canvases, ``visible_meets_target`` on the whole pass).
+
+Scrubbing the forward view (issue 28: "the window's stall targets hold while scrubbing"): an image open in the
+forward view (File → Open image) on the digits model (label 7) and on digits-text (a prompt), both with CFG
+(guided and unguided x̂₀), the view's scrubber dragged across t and back at a human rate (a new position every
+30 ms, 67 per sweep: the whole range in 2 s), each new t's x̂₀ evaluated in the view's worker thread, under the
+same heartbeat and interleaved with the idle window as above. Same statistics, same targets
+(``forward_scrub_*``; ``python -m benchmarks.bench_gui --forward-scrub`` measures only these).
 """
 from __future__ import annotations
 
@@ -296,6 +303,124 @@ def scrubbing(w, steps: int, batch: int, samples: int, seed: int = 0) -> dict:
     return out
 
 
+# -- stalls while scrubbing the forward view ----------------------------------------------------------------
+FORWARD_RECIPES = {"default": dict(label=7, guidance="cfg", scale=3.0),
+                   "digits-text": dict(prompt="a red seven on a blue background", guidance="cfg", scale=3.0)}
+
+
+def sweep_positions(steps: int, moves: int, sweep: int, sweeps: int) -> list[int]:
+    """One sweep of a drag across t = 0 … steps − 1 in ``moves`` moves, left to right on even sweeps and back on
+    odd ones, shifted by a fraction of a move per sweep so that each sweep also lands on t not computed yet."""
+    stride = (steps - 1) / (moves - 1)
+    shift = stride * (sweep % max(sweeps, 1)) / max(sweeps, 1)
+    ts = [min(steps - 1, int(round(i * stride + shift))) for i in range(moves)]
+    return ts if sweep % 2 == 0 else ts[::-1]
+
+
+def drag(fp, positions: list[int], interval_ms: int, timeout: float = 120.0) -> dict:
+    """Move the forward view's scrubber through ``positions``, one every ``interval_ms`` (a precise timer on the
+    GUI thread, as a mouse drag delivers its moves), then wait until the last position's x̂₀ is on screen.
+    Returns how many x̂₀ were shown and the drag's seconds."""
+    from PySide6.QtCore import Qt, QTimer
+
+    todo = list(positions)
+    shown = []
+    fp.pointShown.connect(shown.append)
+    timer = QTimer()
+    timer.setTimerType(Qt.TimerType.PreciseTimer)
+    timer.setInterval(interval_ms)
+
+    def move():
+        if todo:
+            fp.slider.setValue(todo.pop(0))
+        else:
+            timer.stop()
+
+    timer.timeout.connect(move)
+    t0 = time.perf_counter()
+    timer.start()
+    last = positions[-1]
+    ok = wait(lambda: not todo and fp.worker.pending == 0 and fp.view.cached(last) is not None
+              and shown and shown[-1] == last, timeout)
+    timer.stop()
+    fp.pointShown.disconnect(shown.append)
+    if not ok:
+        raise RuntimeError(f"the forward view did not show t={last} within {timeout:.0f} s")
+    return {"shown": len(shown), "seconds": time.perf_counter() - t0}
+
+
+def forward_scrub_stalls(w, image: str, repeats: int, moves: int = 67, interval_ms: int = 30) -> dict:
+    """Event-loop stalls while a person drags the forward view's scrubber across t (a new position every
+    ``interval_ms``, ``moves`` per sweep, sweeps back and forth) with an image open, each new t's x̂₀ computed in
+    the view's worker thread; interleaved with the idle window (the view open, nothing moving) held as long as
+    the previous drag took. The first sweep (first evaluations, first pictures) is reported apart."""
+    fp = w.forwardPanel
+    opened = {}
+    fp.viewOpened.connect(lambda v: opened.setdefault("view", v))
+    fp.open_image(image)
+    if not wait(lambda: "view" in opened and fp.worker.pending == 0, timeout=300):
+        raise RuntimeError(f"the image did not open in the forward view ({w.errorLabel.text()})")
+    view = fp.view
+    steps, sweeps = view.steps, repeats + 1
+    hb = Heartbeat()
+    hb.start()
+    first_drag = drag(fp, sweep_positions(steps, moves, 0, sweeps), interval_ms)
+    first = hb.stop()
+    idle, busy, drags = [], [], []
+    idle_s = first_drag["seconds"]
+    for k in range(1, sweeps):
+        hb.start()
+        wait(seconds=idle_s, timeout=idle_s + 5)
+        idle.append(hb.stop())
+        hb.start()
+        d = drag(fp, sweep_positions(steps, moves, k, sweeps), interval_ms)
+        busy.append(hb.stop())
+        drags.append(d)
+        idle_s = d["seconds"]
+    out = {"model": view.model.info.name, "guidance": view.guidance.mode, "latent": view.latent,
+           "guided": view.guided, "timesteps": steps, "moves_per_sweep": moves, "interval_ms": interval_ms,
+           "repeats": repeats, "heartbeat_ms": HEARTBEAT_MS, "evaluations": view.evaluations,
+           "drag_s": statistics.median(d["seconds"] for d in drags),
+           "shown_per_sweep": statistics.median(d["shown"] for d in drags)}
+    for key in ("longest_ms", "p99_ms", "p50_ms", "mean_ms"):
+        out[f"idle_{key}"] = statistics.median(r[key] for r in idle)
+        out[f"scrub_{key}"] = statistics.median(r[key] for r in busy)
+    for key in ("longest_ms", "p99_ms"):
+        rs = [b[key] / max(a[key], 0.1) for a, b in zip(idle, busy)]
+        out[f"ratio_{key.removesuffix('_ms')}"] = statistics.median(rs)
+    out["first_sweep_longest_ms"], out["first_sweep_p99_ms"] = first["longest_ms"], first["p99_ms"]
+    out["first_sweep_s"] = first_drag["seconds"]
+    out["scrub_ticks_fraction"] = statistics.median(r["ticks"] / max(r["expected_ticks"], 1) for r in busy)
+    out["meets_longest_target"] = out["scrub_longest_ms"] <= TARGET_LONGEST_MS
+    out["meets_p99_target"] = out["scrub_p99_ms"] <= TARGET_P99_MS
+    out["per_repeat"] = {"idle": idle, "scrub": busy}
+    return out
+
+
+def forward_scrubbing(quick: bool = False, models=tuple(FORWARD_RECIPES)) -> dict:
+    """``forward_scrub_stalls`` on each model (the digits model is the spec ``default``), in a 1280×800 window."""
+    from studio.session.recipe import Recipe
+
+    from .bench_forward_view import write_image
+
+    app = make_app()
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="studio-bench-forward-scrub-") as tmp:
+        image = write_image(Path(tmp) / "picture.png")
+        for spec in models:
+            w = open_window(spec)
+            w.resize(1280, 800)
+            try:
+                w.panel.set_recipe(Recipe(model=w.model_spec, steps=20, seed=0, **FORWARD_RECIPES.get(spec, {})))
+                results[f"forward_scrub_{'digits' if spec == 'default' else spec}"] = forward_scrub_stalls(
+                    w, image, repeats=2 if quick else 5, moves=30 if quick else 67)
+            finally:
+                w.close()
+                w.deleteLater()
+                app.processEvents()
+    return results
+
+
 # -- entry point --------------------------------------------------------------------------------------------
 def run(quick: bool = False) -> dict:
     from .common import machine
@@ -325,13 +450,19 @@ def run(quick: bool = False) -> dict:
             w.close()
             w.deleteLater()
     app.processEvents()
+    results.update(forward_scrubbing(quick))
     return results
 
 
 if __name__ == "__main__":
     import json
 
-    res = run(quick="--quick" in sys.argv)
+    if "--forward-scrub" in sys.argv:  # only the forward view's scrubbing stalls
+        from .common import machine
+
+        res = {"machine": machine(), **forward_scrubbing(quick="--quick" in sys.argv)}
+    else:
+        res = run(quick="--quick" in sys.argv)
     if "--per-repeat" not in sys.argv:
         for k, v in res.items():
             if isinstance(v, dict):
