@@ -210,6 +210,12 @@ def panel(qtbot, gmm):
     p.shutdown()
 
 
+
+def curve_points(panel) -> int:
+    """How many points the error plot shows (pyqtgraph gives None for an empty curve)."""
+    xs = panel.errorPlot.curve.getData()[0]
+    return 0 if xs is None else len(xs)
+
 def test_the_widget_opens_an_image_and_scrubs(qtbot, panel, tmp_path):
     path = str(write_picture(tmp_path / "pic.png"))
     with qtbot.waitSignal(panel.pointShown, timeout=15000) as shown:
@@ -227,8 +233,11 @@ def test_the_widget_opens_an_image_and_scrubs(qtbot, panel, tmp_path):
     assert np.array_equal(panel.x0Canvas.frames, p.x0_frame)
     assert np.array_equal(panel.unguidedCanvas.frames, p.unguided_frame)
     assert "t=640" in panel.levelLabel.text() and "SNR=" in panel.levelLabel.text()
+    # the plot repaints at most every PLOT_MS: its points land within that
+    qtbot.waitUntil(lambda: curve_points(panel) == 2, timeout=5000)
     xs, ys = panel.errorPlot.curve.getData()
     assert list(xs) == [0, 640] and ys[1] == pytest.approx(p.error)
+    qtbot.waitUntil(lambda: panel.errorPlot.line.value() == 640, timeout=5000)
     evaluations = view.evaluations
     with qtbot.waitSignal(panel.pointShown, timeout=5000):
         panel.set_t(0)  # kept: shown from the cache, no evaluation
@@ -241,7 +250,7 @@ def test_compute_all_fills_the_error_curve(qtbot, panel, tmp_path):
     with qtbot.waitSignal(panel.pointShown, timeout=15000):
         panel.open_image(str(write_picture(tmp_path / "pic.png")))
     panel.compute_all()
-    qtbot.waitUntil(lambda: len(panel.errorPlot.curve.getData()[0]) == FILL_POINTS, timeout=30000)
+    qtbot.waitUntil(lambda: curve_points(panel) == FILL_POINTS, timeout=30000)
     xs, ys = panel.errorPlot.curve.getData()
     assert xs[0] == 0 and xs[-1] == 999 and np.all(np.isfinite(ys))
     _, ung = panel.errorPlot.unguided.getData()

@@ -28,11 +28,13 @@ from ..session.frames import to_uint8
 from ..session.recipe import RecipeError
 from .canvas import ImageCanvas
 from .plots import ACCENT, MARK, cache_axes
+from .throttle import Throttle
 from .worker import one_line
 
 # a position not computed yet keeps the previous x̂₀ on screen this long before "computing…" replaces it:
 # a fast model's result comes first, and the canvas is painted once instead of twice
 PLACEHOLDER_MS = 60
+PLOT_MS = 100  # the error plot repaints at most this often (gui/throttle.py), as the main window's plots
 CANVAS_MIN = 110  # pixels a side: three canvases and their gaps fit a 1366-pixel screen beside the panel
 UNGUIDED = (120, 220, 140)
 
@@ -297,6 +299,9 @@ class ForwardPanel(QWidget):
         lay.addLayout(buttons)
         self.slider.valueChanged.connect(self.show_t)
         self._placeholder = QTimer(self, singleShot=True, interval=PLACEHOLDER_MS)
+        # the error plot's marker and points repaint at most every PLOT_MS while scrubbing or filling: a plot
+        # repaint per move, beside the worker's evaluations, is what stalls the window
+        self._plotSync = Throttle(PLOT_MS, self)
         self._placeholder.timeout.connect(self._show_computing)
 
     # -- opening ---------------------------------------------------------------------------------------
@@ -411,7 +416,7 @@ class ForwardPanel(QWidget):
         level = view.level(t)
         self.tLabel.setText(f"t = {t}")
         self.levelLabel.setText(level.caption())
-        self.errorPlot.set_current(t)
+        self._plotSync.request("marker", lambda: self.errorPlot.set_current(t))
         hit = view.cached(t)
         if hit is not None:
             self._placeholder.stop()
@@ -446,7 +451,7 @@ class ForwardPanel(QWidget):
     def _point_ready(self, view: ForwardView, t: int) -> None:
         if view is not self.view:
             return
-        self.errorPlot.update_points(view)
+        self._plotSync.request("points", lambda: self.errorPlot.update_points(view))
         if t == self.t:
             self._placeholder.stop()
             self._paint(view.cached(t))
