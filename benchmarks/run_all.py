@@ -64,6 +64,14 @@ def markdown(res: dict) -> str:
             if r:
                 out.append(f"| {key.split('_', 1)[1]} ({r['steps']} steps) | {r['paint_p50_ms']:.1f} / "
                            f"**{r['paint_p99_ms']:.1f}** | {r['visible_p50_ms']:.1f} / {r['visible_p99_ms']:.1f} | ≤ 16 |")
+        scrub = [(k.removeprefix("forward_scrub_"), r) for k, r in gui.items() if k.startswith("forward_scrub_")]
+        if scrub:
+            out += ["", "| scrubbing the forward view (a new t every 30 ms, CFG) | x̂₀ evaluations | idle longest / p99 ms | "
+                    "scrub longest ms | scrub p99 ms | targets |", "|---|---|---|---|---|---|"]
+            for name, r in scrub:
+                out.append(f"| {name} ({r['moves_per_sweep']} moves a sweep, {r['repeats']} sweeps) | {r['evaluations']} | "
+                           f"{r['idle_longest_ms']:.1f} / {r['idle_p99_ms']:.1f} | **{r['scrub_longest_ms']:.1f}** | "
+                           f"**{r['scrub_p99_ms']:.1f}** | ≤ 50 / ≤ 20 |")
         out.append("")
     mem = res.get("memory") or {}
     if mem:
@@ -92,26 +100,9 @@ def markdown(res: dict) -> str:
                 f"{st['first_frame_ratio']:.1f} |", ""]
     acc = res.get("accuracy")
     if acc:
-        out += ["## 7. Accuracy per cost on the exact gmm model", "",
-                f"{acc['batch']} samples from the same noise per sampler. `ode err` = median per-sample RMS distance to a "
-                "Heun 1000-step solve of the probability-flow ODE (meaningful for deterministic samplers); `flips` = "
-                "fraction of samples ending in another component than the reference; `dist err` = L1 error of the "
-                "component weights + mean relative error of the per-component spread (exact samples score "
-                f"{acc['exact_sample_dist_err']:.3f}: the sampling-noise floor).", "",
-                "![accuracy per cost](accuracy.png)", "",
-                "| sampler | NFE | ode err | flips | dist err |", "|---|---|---|---|---|"]
-        for r in acc["rows"]:
-            out.append(f"| {r['sampler']} | {r['nfe']} | {r['ode_rmse']:.5f} | {r['flip_frac']:.3f} | {r['dist_err']:.3f} |")
-        out.append("")
-        best = {}
-        for r in acc["rows"]:
-            if r["deterministic"]:
-                b = best.get(r["nfe_budget"])
-                if b is None or r["ode_rmse"] < b["ode_rmse"]:
-                    best[r["nfe_budget"]] = r
-        out.append("Best deterministic sampler per budget: " + ", ".join(
-            f"{k} NFE → {v['sampler']} ({v['ode_rmse']:.4f})" for k, v in sorted(best.items())) + ".")
-        out.append("")
+        from .bench_accuracy import section  # the figure's text and tables, also printed by the benchmark itself
+
+        out.append(section(acc))
     al = res.get("allocator")
     if al:
         out += ["## 8. Allocator tuning (studio/runtime.py)", "",
