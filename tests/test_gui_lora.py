@@ -183,6 +183,7 @@ def test_a_file_that_is_no_lora_is_refused_in_one_line_and_the_list_is_unchanged
 
 # -- runs in the window ---------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_run_at_the_sliders_weight_is_the_clis_and_a_new_weight_reloads_nothing(qtbot, win, loras, tmp_path):
     from studio.checkpoints.lora import loaded_loras
 

@@ -82,6 +82,7 @@ def test_no_keeps_the_model_and_nothing_is_read(qtbot, win, tiny_ckpt):
     assert "Did not open the pickle file" in win.statusBar().currentMessage()
 
 
+@pytest.mark.slow
 def test_load_opens_it_with_weights_only_and_asks_once(qtbot, win, tiny_ckpt, tiny_sd1_file):
     answers = Answers(pickle_consent.LOAD)
     try:

@@ -86,6 +86,7 @@ def test_text_to_image_matches_diffusers_refiner(refiner, kind, scale):
     assert relative_error(ours, ref) < TOL
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scale", [5.0, 1.0], ids=["cfg", "no-cfg"])
 @pytest.mark.parametrize("kind,strength", [("ddim", 0.3), ("ddim", 0.8), ("dpmpp_2m", 0.8)])
 def test_image_to_image_matches_diffusers_refiner(refiner, kind, strength, scale):
@@ -98,6 +99,7 @@ def test_image_to_image_matches_diffusers_refiner(refiner, kind, strength, scale
     assert relative_error(ours, ref) < TOL
 
 
+@pytest.mark.slow
 def test_studio_sample_runs_a_refiner_file_from_an_image(tmp_path, monkeypatch):
     from PIL import Image
     from test_checkpoint_loading import sample_args

@@ -146,6 +146,7 @@ def settings_rows(out: Path) -> list[dict]:
     return json.loads((out / "results.json").read_text())["settings"]
 
 
+@pytest.mark.slow
 def test_the_distance_to_the_reference_solve_falls_at_each_sampler_order(small_sweep):
     """DDIM is a first-order solver of the probability-flow ODE (Song et al. 2021; Euler in σ), Heun
     second order (Karras et al. 2022): doubling the steps halves DDIM's error and quarters Heun's."""

@@ -251,3 +251,15 @@ def test_an_image_to_image_sweep_runs_each_image_and_strength(tmp_path):
         r = read_result(tmp_path / "out", cell.key)
         assert r["status"] == "ok" and r["recipe"]["init_image_sha256"] == cell.recipe.init_image_sha256
         assert r["metrics"]["nfe"] == int(10 * cell.recipe.strength)  # int(N·s) steps, as diffusers' img2img
+
+
+def test_a_loras_weight_is_an_axis(tmp_path):
+    """Issue 27: "the weight is an axis": ``loras`` takes one LoRA list per cell, each file read relative to
+    the spec, so a sweep over a LoRA's weight is an axis of lists."""
+    spec_file = tmp_path / "lora.toml"
+    spec_file.write_text('model = "gmm"\n[fixed]\nbatch = 1\nsteps = 4\n[axes]\n'
+                         'loras = [["l.safetensors:0"], ["l.safetensors:0.5"], ["l.safetensors:1"]]\n')
+    spec = load_spec(spec_file)
+    lora = tmp_path / "l.safetensors"
+    assert [c.recipe.loras for c in spec.cells] == [[f"{lora}:0"], [f"{lora}:0.5"], [f"{lora}:1"]]
+    assert len({c.key for c in spec.cells}) == 3

@@ -45,6 +45,7 @@ def sweep(tmp_path_factory):
     return spec, folder / "out"
 
 
+@pytest.mark.slow
 def test_the_grid_its_metric_and_a_double_clicked_cell_run_in_the_window(qtbot, sweep):
     from studio.gui.sweep_view import SweepDialog, open_sweep
 
