@@ -348,6 +348,18 @@ def read_class_names(path: Path, num_class_embeds: int) -> tuple[list[str], Opti
     return names, null_label
 
 
+def unet_weights_file(unet_dir: Path) -> Path:
+    """A UNet folder's weights: ``WEIGHT_NAME``, else the first pickled name present (opened only with the
+    opt-in); refused in one line when there is neither."""
+    weights = unet_dir / WEIGHT_NAME
+    if weights.exists():
+        return weights
+    pickled = [unet_dir / n for n in PICKLE_NAMES if (unet_dir / n).exists()]
+    if not pickled:
+        raise ModelLoadError(f"{unet_dir}: no {WEIGHT_NAME} beside config.json")
+    return pickled[0]
+
+
 def load_diffusers_folder(path: str | os.PathLike, device: torch.device, dtype: torch.dtype,
                           allow_pickle: bool = False, classifier: Optional[str] = None, name: Optional[str] = None):
     """Open a diffusers UNet2DModel folder (flat layout, or pipeline layout with unet/ and scheduler/)."""
@@ -375,13 +387,7 @@ def load_diffusers_folder(path: str | os.PathLike, device: torch.device, dtype: 
     class_names, null_label = (read_class_names(names_path, ncls_embeds)
                                if names_path.exists() or names_path.is_symlink() else ([], None))
     verify_checksums(folder)
-    unet_dir = cfg_path.parent
-    weights = unet_dir / WEIGHT_NAME
-    if not weights.exists():
-        pickled = [unet_dir / n for n in PICKLE_NAMES if (unet_dir / n).exists()]
-        if not pickled:
-            raise ModelLoadError(f"{unet_dir}: no {WEIGHT_NAME} beside config.json")
-        weights = pickled[0]
+    weights = unet_weights_file(cfg_path.parent)
     from diffusers import UNet2DModel
 
     cfg = {k: v for k, v in config.items() if not k.startswith("_")}

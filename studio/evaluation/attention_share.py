@@ -47,6 +47,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..core.arg_types import positive
 from ..core.attention import CrossAttentionCapture
 from ..data.captions import COLOUR_NAMES, DIGIT_WORDS
 from .text_eval import (
@@ -339,16 +340,6 @@ def report(results: list[dict], labels: list[str] | None = None) -> str:
 
 
 # ----------------------------------------------------------------------------- command
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{v} is not a positive whole number")
-    return v
-
-
 def _guidance(text: str) -> float:
     try:
         v = float(text)
@@ -364,14 +355,14 @@ def parser() -> argparse.ArgumentParser:
                                 description="share of the digit, colour and background words' cross-attention "
                                             "on the digit's pixels, for prompts in several word orders")
     p.add_argument("--model", default=str(DEFAULT_MODEL), help="a digits-text pipeline folder (default: the shipped one)")
-    p.add_argument("--n", type=_positive, default=DEFAULT_N, help=f"(digit, fg, bg) triples per form (default {DEFAULT_N})")
+    p.add_argument("--n", type=positive(int), default=DEFAULT_N, help=f"(digit, fg, bg) triples per form (default {DEFAULT_N})")
     p.add_argument("--forms", nargs="+", choices=list(PROMPT_FORMS), default=list(PROMPT_FORMS),
                    help="the word orders measured (default: all)")
     p.add_argument("--guidance", type=_guidance, default=DEFAULT_GUIDANCE, help=f"CFG scale w (default {DEFAULT_GUIDANCE:g})")
-    p.add_argument("--steps", type=_positive, default=DEFAULT_STEPS, help=f"DDIM steps (default {DEFAULT_STEPS})")
+    p.add_argument("--steps", type=positive(int), default=DEFAULT_STEPS, help=f"DDIM steps (default {DEFAULT_STEPS})")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"triples' and noise's seed (default {DEFAULT_SEED})")
-    p.add_argument("--batch", type=_positive, default=DEFAULT_BATCH, help=f"samples per batch (default {DEFAULT_BATCH})")
-    p.add_argument("--threads", type=_positive, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--batch", type=positive(int), default=DEFAULT_BATCH, help=f"samples per batch (default {DEFAULT_BATCH})")
+    p.add_argument("--threads", type=positive(int), default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--json", metavar="OUT.json", help="write the results there (default: print them)")
     p.add_argument("--report", nargs="+", metavar="JSON", help="print a markdown table of saved results and exit")
     p.add_argument("--labels", nargs="+", metavar="NAME", help="with --report: each file's model name in the table "

@@ -80,19 +80,26 @@ def run_job(cache: ModelCache, recipe: Recipe, parent=None, from_step: Optional[
     if preview is not None and model.info.text_conditioned:
         model.set_preview(*preview)
     run = Run(recipe, model=model, parent=parent, from_step=from_step)
-    traj = run.trajectory
+    yield from streamed(run, lambda: Started(
+        tag, run.trajectory, run.total_steps, np.asarray(run.plan.timesteps, dtype=np.float64)[run.offset:],
+        summarize(recipe.model, recipe, model), list(run.notes)), tag)
+    return run.trajectory
+
+
+def streamed(chain, started, tag: Any = None):
+    """Drive ``chain`` (a ``Run`` or an ``Inversion``): ``started()``'s Started, then one Step per step; an
+    error is kept on the trajectory (and raised), and the chain is stopped whatever happens."""
+    traj = chain.trajectory
     try:
-        yield Started(tag, traj, run.total_steps, np.asarray(run.plan.timesteps, dtype=np.float64)[run.offset:],
-                      summarize(recipe.model, recipe, model), list(run.notes))
-        for _ in run:
+        yield started()
+        for _ in chain:
             pos = len(traj)
             yield Step(tag, traj, pos, traj.frame_xt(pos), traj.frame_x0(pos - 1), traj.meta[pos - 1])
     except Exception as e:
         traj.error = str(e)
         raise
     finally:
-        run.stop()
-    return traj
+        chain.stop()
 
 
 def inversion_job(cache: ModelCache, recipe: Recipe, tag: Any = None, preview: Optional[tuple] = None):
@@ -105,20 +112,11 @@ def inversion_job(cache: ModelCache, recipe: Recipe, tag: Any = None, preview: O
     if preview is not None and model.info.text_conditioned:
         model.set_preview(*preview)
     inversion = Inversion(recipe, model=model)
-    traj = inversion.trajectory
-    try:
-        # the plan's timesteps in the order the inversion visits them: from the image up to the first one
-        plan_t = np.asarray(inversion.plan.timesteps, dtype=np.float64)[::-1].copy()
-        yield Started(tag, traj, inversion.total_steps, plan_t, summarize(recipe.model, recipe, model),
-                      [f"the image was {n}" for n in inversion.notes])
-        for _ in inversion:
-            pos = len(traj)
-            yield Step(tag, traj, pos, traj.frame_xt(pos), traj.frame_x0(pos - 1), traj.meta[pos - 1])
-    except Exception as e:
-        traj.error = str(e)
-        raise
-    finally:
-        inversion.stop()
+    # the plan's timesteps in the order the inversion visits them: from the image up to the first one
+    plan_t = np.asarray(inversion.plan.timesteps, dtype=np.float64)[::-1].copy()
+    yield from streamed(inversion, lambda: Started(
+        tag, inversion.trajectory, inversion.total_steps, plan_t, summarize(recipe.model, recipe, model),
+        [f"the image was {n}" for n in inversion.notes]), tag)
     return inversion
 
 

@@ -35,7 +35,7 @@ from ..core.samplers import OPTION_SCHEMA, get_sampler
 from .decodes import DecodeCache
 from .init_image import image_sha256_or_error
 from .recipe import Recipe, RecipeError
-from .runner import ModelCache, Run, image_size
+from .runner import ModelCache, Run, SteppedChain, image_size
 from .trajectory import Trajectory
 
 X_T_KEY = "x_T"  # the tensor's name in an x_T file
@@ -67,7 +67,7 @@ def inversion_recipe(base: Recipe, image: str, method: str = INVERSION.default,
                         inversion={"method": method, "iters": int(iters), "image": str(image)}).validate()
 
 
-class Inversion:
+class Inversion(SteppedChain):
     """One inversion: iterate to advance step by step; ``trajectory`` keeps everything (the image first, x_T
     last). ``x0`` is the image in the model's state space, ``pixels`` the fitted image in [−1, 1]."""
 
@@ -136,14 +136,6 @@ class Inversion:
                 break
         else:
             self.trajectory.finished = True
-
-    def stop(self) -> None:
-        self.stopped = True
-
-    def run_to_end(self) -> Trajectory:
-        for _ in self:
-            pass
-        return self.trajectory
 
     @property
     def x_T(self) -> torch.Tensor:

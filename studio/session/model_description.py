@@ -35,9 +35,9 @@ from ..checkpoints.models import apply_model_files, is_checkpoint_spec
 from ..core import engine, images
 from ..core.file_reading import CONFIG_LIMIT, read_json
 from ..core.forward import tail_plan
-from ..core.loading import (DEFAULT_MODEL_DIR, PICKLE_NAMES, TEXT_MODEL_DIR, TEXT_MODEL_NAME, WEIGHT_NAME,
-                            ModelLoadError, _text_only, _unet_shape, load_weights, read_class_names,
-                            read_recommended_scales)
+from ..core.loading import (DEFAULT_MODEL_DIR, TEXT_MODEL_DIR, TEXT_MODEL_NAME, ModelLoadError, _text_only,
+                            _unet_shape, load_weights, read_class_names, read_recommended_scales,
+                            unet_weights_file)
 from ..core.model import ModelInfo
 from ..core.schedule import ScheduleError, check_scheduler_config
 from ..core.samplers import get_sampler
@@ -153,13 +153,7 @@ def describe_unet_folder(path, allow_pickle: bool = False, classifier: Optional[
     names_path = folder / "class_names.json"
     class_names, null_label = (read_class_names(names_path, embeds)
                                if names_path.exists() or names_path.is_symlink() else ([], None))
-    unet_dir = cfg_path.parent
-    weights = unet_dir / WEIGHT_NAME
-    if not weights.exists():
-        pickled = [unet_dir / n for n in PICKLE_NAMES if (unet_dir / n).exists()]
-        if not pickled:
-            raise ModelLoadError(f"{unet_dir}: no {WEIGHT_NAME} beside config.json")
-        weights = pickled[0]
+    weights = unet_weights_file(cfg_path.parent)
     check_weight_header(weights, allow_pickle)
     if embeds:
         if null_label is None and class_names and len(class_names) == embeds - 1:

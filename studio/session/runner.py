@@ -139,7 +139,23 @@ def same_plan(a: Recipe, b: Recipe) -> bool:
     return all(getattr(a, k) == getattr(b, k) for k in PLAN_KEYS) and a.sampler_options() == b.sampler_options()
 
 
-class Run:
+class SteppedChain:
+    """A chain the window and the CLI iterate step by step into ``trajectory`` (a ``Run``, an ``Inversion``):
+    ``stop()`` ends the iteration after the current step; ``run_to_end()`` iterates to the end."""
+
+    stopped = False
+    trajectory: Trajectory
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def run_to_end(self) -> Trajectory:
+        for _ in self:
+            pass
+        return self.trajectory
+
+
+class Run(SteppedChain):
     """One reverse chain: iterate it to advance step by step; ``trajectory`` keeps everything."""
 
     def __init__(self, recipe: Recipe, model=None, cache: Optional[ModelCache] = None,
@@ -224,14 +240,6 @@ class Run:
             yield rec
             if self.stopped:
                 break
-
-    def stop(self) -> None:
-        self.stopped = True
-
-    def run_to_end(self) -> Trajectory:
-        for _ in self:
-            pass
-        return self.trajectory
 
 
 def execute(recipe: Recipe, cache: Optional[ModelCache] = None, progress=None, notify=None) -> Trajectory:

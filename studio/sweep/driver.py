@@ -32,6 +32,7 @@ from .cells import (canonical_dict, canonical_json, is_done, recipe_document_jso
                     verified_done, write_cell)
 from .local import LocalPool, SweepError, default_workers
 from .progress import SweepProgress
+from .ray_exec import ClusterLost
 from .spec import SpecError, SweepSpec, describe, refusal_path
 from .summary import SWEEP_FILE, ReportError, load_sweep, measured_by
 from .toml_lines import key_lines, line_of
@@ -247,4 +248,7 @@ def _compute(spec: SweepSpec, out: Path, todo, executor, fingerprint: dict, stat
             stats.failed += 1
         progress.update(stats.computed + len(stats.errors), stats.failed)
 
-    executor.run([(c.key, canonical_dict(c.recipe)) for c in todo], on_result)
+    try:
+        executor.run([(c.key, canonical_dict(c.recipe)) for c in todo], on_result)
+    except ClusterLost as e:  # the cells written so far stay; the same command continues
+        raise SweepError(e.told(stats.already + stats.computed, out)) from None

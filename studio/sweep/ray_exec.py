@@ -29,6 +29,7 @@ import os
 import secrets
 import sys
 import tempfile
+import time
 from typing import Callable, Optional
 
 from .local import SweepError
@@ -170,6 +171,23 @@ def _resolve(address: str) -> Optional[str]:
     return hostport
 
 
+def answers_as_grpc(hostport: str, timeout_s: float) -> bool:
+    """Whether a gRPC server (Ray's GCS) answers at HOST:PORT: the HTTP/2 preface sent, a SETTINGS frame
+    back within ``timeout_s``. Raises ``OSError`` (``TimeoutError`` included) when nothing accepts or answers."""
+    import socket
+
+    host, _, port = hostport.rpartition(":")
+    with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s) as sock:
+        sock.sendall(_HTTP2_PREFACE)
+        head = b""
+        while len(head) < 9:
+            chunk = sock.recv(9 - len(head))
+            if not chunk:
+                break
+            head += chunk
+    return len(head) == 9 and head[3] == _SETTINGS
+
+
 def check_reachable(address: str, timeout_s: float = HANDSHAKE_S) -> Optional[str]:
     """One line at once for an address nothing answers on, or where something other than a gRPC server
     (Ray's) answers (Ray itself would retry for minutes); returns the HOST:PORT checked. Plain socket
@@ -179,16 +197,8 @@ def check_reachable(address: str, timeout_s: float = HANDSHAKE_S) -> Optional[st
     hostport = _resolve(address)
     if hostport is None:
         return None
-    host, _, port = hostport.rpartition(":")
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s) as sock:
-            sock.sendall(_HTTP2_PREFACE)
-            head = b""
-            while len(head) < 9:
-                chunk = sock.recv(9 - len(head))
-                if not chunk:
-                    break
-                head += chunk
+        answers = answers_as_grpc(hostport, timeout_s)
     except (socket.timeout, TimeoutError):
         raise SweepError(f"{address}: no answer as a Ray cluster within {timeout_s:g}s (something accepts "
                          "connections there, but not Ray's head); check the address and port "
@@ -196,7 +206,7 @@ def check_reachable(address: str, timeout_s: float = HANDSHAKE_S) -> Optional[st
     except OSError as e:
         raise SweepError(f"cannot reach a Ray cluster at {address} ({e.strerror or e}); is `ray start --head` "
                          "running there, and is the port open?") from None
-    if len(head) < 9 or head[3] != _SETTINGS:
+    if not answers:
         raise SweepError(f"{address}: something answers there, but it is not a Ray cluster; check the address and "
                          "port (`ray start --head` prints it)")
     return hostport
@@ -270,8 +280,56 @@ def connect(address: str) -> bool:
     return True
 
 
+PROBE_EVERY_S = 5.0  # how often the driver asks the head (its GCS) whether it is still there
+HEAD_SILENCE_S = 15.0  # a head silent this long is gone (a restarting GCS, a network blip, answer within it)
+HEAD_GONE_S = HEAD_SILENCE_S + PROBE_EVERY_S + HANDSHAKE_S  # the most a sweep runs on after its head is gone
+
+
+class ClusterLost(SweepError):
+    """The Ray head stopped answering during the sweep. Ray's driver would wait for its GCS (the head's
+    control store) for a minute and then end the process with a log line; the sweep stops sooner and says
+    so, and the driver, which knows the folder, words the user's line (:meth:`told`)."""
+
+    def __init__(self, address: str):
+        super().__init__(f"the Ray cluster at {address} stopped answering during the sweep")
+        self.address = address
+
+    def told(self, kept: int, out) -> str:
+        return (f"{self}; {kept} cell{'s are' if kept != 1 else ' is'} kept in {out}, run the same command again "
+                "to continue once the cluster is back")
+
+
+class HeadWatch:
+    """Whether the cluster's head still answers, asked at most every ``PROBE_EVERY_S`` with the gRPC handshake
+    of :func:`check_reachable`: one that has not answered for ``HEAD_SILENCE_S`` is gone. ``clock`` is
+    injectable (tests)."""
+
+    def __init__(self, address: str, gcs_address: str, clock: Callable[[], float] = time.monotonic):
+        self.address, self.gcs_address, self.clock = address, gcs_address, clock
+        self.answered_at = self.asked_at = clock()
+
+    def answers(self) -> bool:
+        """Ask now; whether the head answered."""
+        self.asked_at = self.clock()
+        try:
+            ok = answers_as_grpc(self.gcs_address, HANDSHAKE_S)
+        except OSError:
+            ok = False
+        if ok:
+            self.answered_at = self.clock()
+        return ok
+
+    def check(self) -> None:
+        """Raise :class:`ClusterLost` once the head has been silent for ``HEAD_SILENCE_S``."""
+        if self.clock() - self.asked_at < PROBE_EVERY_S:
+            return
+        if not self.answers() and self.clock() - self.answered_at >= HEAD_SILENCE_S:
+            raise ClusterLost(self.address)
+
+
 class RayPool:
-    """One Ray actor per worker; replaced when it dies."""
+    """One Ray actor per worker; replaced when it dies. The head is watched (:class:`HeadWatch`): a sweep
+    whose cluster is gone stops within ``HEAD_GONE_S`` with :class:`ClusterLost`."""
 
     name = "ray"
 
@@ -294,6 +352,8 @@ class RayPool:
                cpus_per_worker: float, todo: int) -> None:
         self.owns = connect(address)
         self.address = address
+        self.lost = False
+        self.watch = HeadWatch(address, self.ray.get_runtime_context().gcs_address)
         self.gpus, self.cpus = float(gpus_per_worker), float(cpus_per_worker)
         resources = self.ray.cluster_resources()
         if self.gpus > 0 and resources.get("GPU", 0) < self.gpus:
@@ -338,6 +398,13 @@ class RayPool:
         self._new_actor(slot)
 
     def run(self, tasks: list[tuple[str, dict]], on_result: Callable[[dict], None]) -> None:
+        try:
+            self._run(tasks, on_result)
+        except ClusterLost:
+            self.lost = True  # its actors went with it: nothing to kill, nothing to ask the head
+            raise
+
+    def _run(self, tasks: list[tuple[str, dict]], on_result: Callable[[dict], None]) -> None:
         ray = self.ray
         queue = collections.deque(tasks)
         inflight: dict = {}  # ObjectRef -> (slot, task)
@@ -349,6 +416,7 @@ class RayPool:
                     inflight[actor.run.remote(*task)] = (slot, task)
                     load[slot] += 1
             ready, _ = ray.wait(list(inflight), num_returns=1, timeout=WAIT_S)
+            self.watch.check()
             for ref in ready:
                 if ref not in inflight:
                     continue
@@ -358,6 +426,8 @@ class RayPool:
                 except ray.exceptions.RayTaskError as e:  # CellWorker.run does not raise: a bug, not a cell
                     raise SweepError(f"a Ray worker failed: {one_line(e)}") from None
                 except ray.exceptions.RayError:  # the actor (or its node) died: replace it, re-run its cells
+                    if not self.watch.answers():  # with the head: no actor can be made (Ray would block on it)
+                        raise ClusterLost(self.address) from None
                     queue.appendleft(task)
                     for other, (s, t) in list(inflight.items()):
                         if s != slot:
@@ -376,6 +446,8 @@ class RayPool:
                 on_result(payload)
 
     def close(self) -> None:
+        if getattr(self, "lost", False):
+            self.actors = {}
         for actor in getattr(self, "actors", {}).values():
             try:
                 self.ray.kill(actor, no_restart=True)
