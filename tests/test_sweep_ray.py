@@ -4,6 +4,7 @@ killed mid-sweep is replaced with nothing lost or written twice."""
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -302,3 +303,159 @@ def test_rays_own_messages_stay_off_the_terminal_for_the_whole_sweep(local_ray, 
     assert message not in terminal.out + terminal.err and message in log.read_text()
     assert "3 of 3 cells to compute" in terminal.err  # the sweep's own lines
     assert sys.stdout is not None and logging.getLogger("ray").handlers  # put back as they were
+
+
+def test_the_head_watch_tells_a_silent_head_from_a_live_one(local_ray):
+    """A head that answers is never taken for gone, however long the sweep; one that stops answering is gone
+    once it has been silent for HEAD_SILENCE_S, not before. The clock is the test's."""
+    import socket
+
+    from studio.sweep.ray_exec import HEAD_SILENCE_S, PROBE_EVERY_S, ClusterLost, HeadWatch
+
+    now = [0.0]
+    live = HeadWatch("live", ray.get_runtime_context().gcs_address, clock=lambda: now[0])
+    for _ in range(10):
+        now[0] += PROBE_EVERY_S
+        live.check()
+    with socket.socket() as s:  # a port on which nothing listens: refused at once
+        s.bind(("127.0.0.1", 0))
+        silent_port = s.getsockname()[1]
+    now[0] = 0.0
+    silent = HeadWatch("silent", f"127.0.0.1:{silent_port}", clock=lambda: now[0])
+    while now[0] + PROBE_EVERY_S < HEAD_SILENCE_S:
+        now[0] += PROBE_EVERY_S
+        silent.check()
+    now[0] = HEAD_SILENCE_S
+    with pytest.raises(ClusterLost, match="the Ray cluster at silent stopped answering"):
+        silent.check()
+
+
+def free_ports(n: int) -> list[int]:
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+@pytest.fixture
+def killable_head(tmp_path):
+    """A head started as a user would, `ray start --head --block`, on 127.0.0.1 with free ports, in its own
+    session (process group), home and Ray folder: (its address, its home, a function that kills it). The kill is
+    SIGKILL to that process group and to the head's worker processes (the GCS, the raylet and the actors at
+    once, as when the machine is lost); only this head's processes, never `ray stop`."""
+    import signal
+    import subprocess
+    import time
+
+    psutil = pytest.importorskip("psutil")
+    folder = os.path.join(os.environ["RAY_TMPDIR"], f"dies-{os.getpid()}")  # short: Ray's socket paths
+    os.makedirs(folder, exist_ok=True)
+    port, dashboard, agent, metrics, runtime_env = free_ports(5)  # none of Ray's fixed defaults (6379, 8265…)
+    log = tmp_path / "head.log"
+    home = tmp_path / "home"  # no token there: `ray start --head` would turn token auth on if there were one
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}  # a local ray.init may set them
+    env["HOME"] = str(home)
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", f"--port={port}",
+         "--node-ip-address=127.0.0.1", "--num-cpus=1", "--include-dashboard=false", f"--temp-dir={folder}",
+         f"--object-store-memory={80 * 2**20}", f"--dashboard-port={dashboard}",
+         f"--dashboard-agent-listen-port={agent}",
+         f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={runtime_env}"],
+        env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+    def kill() -> None:
+        try:  # frozen first, so that no process is started while its workers are listed
+            os.killpg(proc.pid, signal.SIGSTOP)
+            workers = psutil.Process(proc.pid).children(recursive=True)  # Ray's workers have groups of their own
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            workers = []
+        for p in workers:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(60)
+
+    try:
+        deadline = time.monotonic() + 120  # a hang guard: the head starts within seconds
+        while "Ray runtime started" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, f"the head did not start:\n{log.read_text()}"
+            time.sleep(0.1)
+        yield f"127.0.0.1:{port}", home, kill
+    finally:
+        kill()
+
+
+# The sweep's own command line, with the driver made to wait, after writing its first cell, until the test has
+# killed the head: the head surely dies mid-sweep, whatever the machine's speed.
+WAIT_AFTER_FIRST_CELL = """\
+import sys, time
+from pathlib import Path
+from studio.cli import console_main
+from studio.sweep import driver
+write_cell, gone = driver.write_cell, Path(sys.argv.pop(1))
+def write_then_wait(*args, **kw):
+    write_cell(*args, **kw)
+    deadline = time.monotonic() + 120  # a hang guard: the test kills the head at once
+    while not gone.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+driver.write_cell = write_then_wait
+sys.argv[0] = "studio"
+sys.exit(console_main())
+"""
+
+
+def test_a_ray_head_that_dies_mid_sweep_ends_it_in_one_line_and_keeps_its_cells(killable_head, tmp_path):
+    """`studio sweep --ray ADDRESS` whose head is killed once the first cell is written: the sweep stops within
+    HEAD_GONE_S (instead of Ray's minute of retries and a silent exit), says so in one line with the cells
+    kept, exits with status 1, and the same command (here on the local pool) computes only the rest."""
+    import subprocess
+    import time
+
+    from studio.sweep.ray_exec import HEAD_GONE_S
+
+    address, home, kill = killable_head
+    spec_path = tmp_path / "g.toml"
+    spec_path.write_text('model = "gmm"\nreference_steps = 20\n[fixed]\nbatch = 2\nsampler = "ddim"\n'
+                         '[axes]\nsteps = [20, 21, 22, 23, 24, 25, 26, 27]\n')
+    out, gone = tmp_path / "out", tmp_path / "head-gone"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    env.update(HOME=str(home), PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    sweep = subprocess.Popen([sys.executable, "-c", WAIT_AFTER_FIRST_CELL, str(gone), "sweep", str(spec_path),
+                              "--out", str(out), "--ray", address, "--workers", "1"],
+                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300  # a hang guard: the first cell takes seconds
+        while not list((out / CELLS).glob("*/*/result.json")):
+            assert sweep.poll() is None and time.monotonic() < deadline, sweep.communicate()
+            time.sleep(0.1)
+        kill()
+        gone.touch()
+        _, err = sweep.communicate(timeout=HEAD_GONE_S + 120)  # a hang guard, well past the bound
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+            sweep.communicate()
+    lines = err.strip().splitlines()
+    kept = len(list((out / CELLS).glob("*/*/result.json")))
+    assert sweep.returncode == 1, err
+    assert all(line.startswith("studio: ") for line in lines), err  # no traceback, none of Ray's lines
+    errors = [line for line in lines if line.startswith("studio: error:")]
+    assert errors == [f"studio: error: the Ray cluster at {address} stopped answering during the sweep; "
+                      f"{kept} cell{'s are' if kept != 1 else ' is'} kept in {out}, run the same command again "
+                      "to continue once the cluster is back"], err
+    assert 1 <= kept < 8
+    spec = load_spec(spec_path)
+    stats = quiet_sweep(spec, out, workers=1, report=False)
+    assert stats.already == kept and stats.computed == 8 - kept and not stats.errors

@@ -12,7 +12,8 @@ a weight (session/model_description.py): a label beyond its classes, a prompt fo
 guidance it cannot run, weights cut short. A refusal is one line naming the spec's line, like the
 spec's own errors, and leaves the folder as it was. A folder whose sweep measures its cells otherwise
 (other metrics, another reference solve) is refused, since its cells would be taken as this spec's; a
-resumed sweep checks the cells it finds and computes damaged ones again.
+resumed sweep checks the cells it finds and computes damaged ones again. A Ray cluster lost mid-sweep
+(ray_exec.py's ``ClusterLost``) is one line saying how many cells the folder keeps.
 """
 from __future__ import annotations
 

@@ -9,8 +9,10 @@ the studio installed and the model at the same path.
 
 An actor that dies (its node lost, killed, out of memory) is replaced by a fresh one and the cells
 it held are queued again; a result that had already arrived is kept, and the driver writes each
-cell once, so nothing is lost or counted twice. ``ray`` is an optional dependency (the ``cluster``
-extra); it is imported only here.
+cell once, so nothing is lost or counted twice. A head that stops answering (its machine lost, its
+GCS killed) ends the sweep within ``HEAD_GONE_S`` with :class:`ClusterLost`, one line, the cells written
+so far kept: Ray's driver would otherwise wait a minute for its GCS and then end the process itself.
+``ray`` is an optional dependency (the ``cluster`` extra); it is imported only here.
 
 Connecting is bounded and quiet: the address must answer a gRPC handshake within ``HANDSHAKE_S``
 (a port where nothing, or something other than Ray, answers is one line, not minutes of Ray's
@@ -398,16 +400,31 @@ class RayPool:
         self._new_actor(slot)
 
     def run(self, tasks: list[tuple[str, dict]], on_result: Callable[[dict], None]) -> None:
+        inflight: dict = {}  # ObjectRef -> (slot, task)
         try:
-            self._run(tasks, on_result)
+            self._run(tasks, on_result, inflight)
         except ClusterLost:
             self.lost = True  # its actors went with it: nothing to kill, nothing to ask the head
+            self._keep_arrived(inflight, on_result)
             raise
 
-    def _run(self, tasks: list[tuple[str, dict]], on_result: Callable[[dict], None]) -> None:
+    def _keep_arrived(self, inflight: dict, on_result: Callable[[dict], None]) -> None:
+        """Results already in this process when the cluster was lost are written, not computed again."""
+        ray = self.ray
+        try:
+            arrived, _ = ray.wait(list(inflight), num_returns=len(inflight), timeout=0) if inflight else ([], [])
+        except ray.exceptions.RayError:
+            return
+        for ref in arrived:
+            try:
+                payload = ray.get(ref, timeout=0)
+            except (ray.exceptions.RayError, TimeoutError):
+                continue
+            on_result(payload)
+
+    def _run(self, tasks: list[tuple[str, dict]], on_result: Callable[[dict], None], inflight: dict) -> None:
         ray = self.ray
         queue = collections.deque(tasks)
-        inflight: dict = {}  # ObjectRef -> (slot, task)
         while queue or inflight:
             load = collections.Counter(slot for slot, _ in inflight.values())
             for slot, actor in self.actors.items():
@@ -416,7 +433,6 @@ class RayPool:
                     inflight[actor.run.remote(*task)] = (slot, task)
                     load[slot] += 1
             ready, _ = ray.wait(list(inflight), num_returns=1, timeout=WAIT_S)
-            self.watch.check()
             for ref in ready:
                 if ref not in inflight:
                     continue
@@ -444,6 +460,7 @@ class RayPool:
                     self._replace(slot)
                     continue
                 on_result(payload)
+            self.watch.check()
 
     def close(self) -> None:
         if getattr(self, "lost", False):
