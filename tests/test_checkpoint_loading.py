@@ -190,7 +190,7 @@ def diffusers_final(pipe, latents, scale):
     return out.images
 
 
-@pytest.mark.parametrize("scale", [5.0, 1.0], ids=["cfg", "no-cfg"])
+@pytest.mark.parametrize("scale", [5.0, pytest.param(1.0, marks=pytest.mark.slow)], ids=["cfg", "no-cfg"])
 @pytest.mark.parametrize("kind", ["sd1", "sdxl"])
 def test_ddim_final_latents_match_diffusers_from_single_file(tiny, opened, kind, scale):
     _, path, root = tiny[kind]

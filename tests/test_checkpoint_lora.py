@@ -106,9 +106,9 @@ def relative_error(ours, ref) -> float:
 
 # -- agreement with diffusers ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("scale", [5.0, 1.0], ids=["cfg", "no-cfg"])
-@pytest.mark.parametrize("weights", [{"peft": 1.0}, {"peft": 0.5}, {"kohya": 1.0}, {"peft": 0.5, "kohya": 1.0}],
-                         ids=["peft-1", "peft-0.5", "kohya-1", "both"])
+@pytest.mark.parametrize("scale", [5.0, pytest.param(1.0, marks=pytest.mark.slow)], ids=["cfg", "no-cfg"])
+@pytest.mark.parametrize("weights", [{"peft": 1.0}] + [pytest.param(w, marks=pytest.mark.slow) for w in (
+    {"peft": 0.5}, {"kohya": 1.0}, {"peft": 0.5, "kohya": 1.0})], ids=["peft-1", "peft-0.5", "kohya-1", "both"])
 def test_ddim_final_latents_with_loras_match_diffusers(tiny, model, reference, weights, scale):
     files = tiny[3]
     apply_loras(model, [f"{files[name]}:{w}" for name, w in weights.items()])

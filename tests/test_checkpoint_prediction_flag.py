@@ -32,6 +32,7 @@ def sample_args(model, out, *extra):
             "--width", str(SIZE), "--height", str(SIZE), "--quiet", "--save-raw", "--out", str(out), *extra]
 
 
+@pytest.mark.slow
 def test_v_prediction_samples_differently_and_the_recipe_replays_it(tiny_sd1_file, tiny_configs, tmp_path, capsys):
     path = tiny_sd1_file[0]
     eps, v, replay = tmp_path / "eps", tmp_path / "v", tmp_path / "replay"

@@ -76,8 +76,8 @@ def test_the_refiner_opens_as_a_text_model_with_aesthetic_scores(refiner):
     assert torch.equal(cond.embeds, embeds) and torch.equal(cond.pooled, pooled)
 
 
-@pytest.mark.parametrize("scale", [5.0, 1.0], ids=["cfg", "no-cfg"])
-@pytest.mark.parametrize("kind", ["ddim", "dpmpp_2m"])
+@pytest.mark.parametrize("scale", [5.0, pytest.param(1.0, marks=pytest.mark.slow)], ids=["cfg", "no-cfg"])
+@pytest.mark.parametrize("kind", ["ddim", pytest.param("dpmpp_2m", marks=pytest.mark.slow)])
 def test_text_to_image_matches_diffusers_refiner(refiner, kind, scale):
     pipe, model = refiner
     x_T = torch.randn(BATCH, 4, SIZE // 2, SIZE // 2, generator=torch.Generator().manual_seed(1))

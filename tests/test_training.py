@@ -147,6 +147,7 @@ def test_diffusion_tiny_trains_checkpoints_and_resumes(tmp_path, cache):
     assert (tmp_path / "exp" / "diffusion_pytorch_model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_diffusion_resume_is_exact(tmp_path, cache):
     """20 straight steps == a run of 20 stopped after step 10 (its time limit run out by a stall)
     and resumed to 20 (same weights)."""
@@ -360,6 +361,7 @@ TIMED = dict(batch_size=4, lr=1e-3, unet_config=TINY_UNET_CONFIG, dataset_n=64, 
              warmup_steps=5, log_every=1, grid_per_class=1, grid_steps=2, export=False, lr_schedule="cosine")
 
 
+@pytest.mark.slow
 def test_time_limited_run_ends_its_schedule_in_time(tmp_path, cache):
     """A time-limited run on a clock where each step takes 0.125 s: the schedule is shortened to
     the limit, run to its end (the learning rate reaches its floor), and the checkpoint records from

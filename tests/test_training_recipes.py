@@ -107,6 +107,7 @@ def test_every_documented_train_command_parses(doc, command):
     assert isinstance(cli_train.config_from_args(args), cli_train.TRAINERS[args.trainer].config)
 
 
+@pytest.mark.slow
 def test_the_documents_name_every_trainer_and_shipped_run():
     named = {parse(c).trainer for _, c in DOC_COMMANDS}
     assert named == set(cli_train.TRAINERS)
