@@ -21,6 +21,16 @@ import tempfile
 import time
 
 
+def pumper(app):
+    """pump(until, seconds): process the window's events until ``until()`` or ``seconds`` have passed."""
+    def pump(until=lambda: False, seconds: float = 0.6) -> None:
+        end = time.time() + seconds
+        while not until() and time.time() < end:
+            app.processEvents()
+            time.sleep(0.01)
+    return pump
+
+
 def forward(out: str) -> int:
     """The forward view: a rendered digit opened as an image on the default model."""
     import numpy as np
@@ -33,12 +43,7 @@ def forward(out: str) -> int:
     from studio.gui.main_window import MainWindow
 
     app = make_app(["studio"])
-
-    def pump(until=lambda: False, seconds: float = 0.6) -> None:
-        end = time.time() + seconds
-        while not until() and time.time() < end:
-            app.processEvents()
-            time.sleep(0.01)
+    pump = pumper(app)
 
     folder = tempfile.mkdtemp()
     image = f"{folder}/three.png"
@@ -82,14 +87,9 @@ def main(out: str, text: bool = False) -> int:
     from studio.gui.app import make_app
 
     app = make_app(["studio"])
+    pump = pumper(app)
     from studio.gui.full_decode import shared_decoder
     from studio.gui.main_window import MainWindow
-
-    def pump(until=lambda: False, seconds: float = 0.6) -> None:
-        end = time.time() + seconds
-        while not until() and time.time() < end:
-            app.processEvents()
-            time.sleep(0.01)
 
     settings = QSettings(tempfile.mkdtemp() + "/settings.ini", QSettings.Format.IniFormat)
     w = MainWindow(model="digits-text" if text else "default", settings=settings)

@@ -14,14 +14,17 @@ def temp_settings(tmp_path):
     yield
 
 
-def open_window(qtbot, steps: int, batch: int = 2):
-    """A MainWindow on gmm, shown, model loaded, with few steps so runs are quick."""
+def open_window(qtbot, steps: int, batch: int = 2, model: str = "gmm", timeout: int = 15000):
+    """A MainWindow on ``model`` (gmm), shown, model loaded, with few steps so runs are quick. A text model
+    previews linearly, whatever this machine's timing chose by default (test_the_default_preview_*)."""
     from studio.gui import MainWindow
 
-    w = MainWindow(model="gmm")
+    w = MainWindow(model=model)
     qtbot.addWidget(w)
     w.show()
-    qtbot.waitUntil(lambda: w.summary is not None and not w.busy, timeout=15000)
+    qtbot.waitUntil(lambda: w.summary is not None and not w.busy, timeout=timeout)
+    if w.panel.is_text:
+        w.panel.previewCombo.setCurrentIndex(w.panel.previewCombo.findData("linear"))
     w.panel.stepsSpin.setValue(steps)
     w.panel.batchSpin.setValue(batch)
     return w

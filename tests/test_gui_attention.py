@@ -19,14 +19,13 @@ from PySide6.QtCore import Qt  # noqa: E402
 from PySide6.QtWidgets import QMessageBox  # noqa: E402
 
 from studio.core.attention import StepAttention  # noqa: E402
-from studio.gui import MainWindow  # noqa: E402
 from studio.gui.attention_view import NO_MAPS, token_label  # noqa: E402
 from studio.gui.export_dialog import ExportDialog  # noqa: E402
 from studio.gui.panel import SamplerPanel  # noqa: E402
 from studio.session.attention_maps import AttentionMaps  # noqa: E402
 from text_pipelines import make_sd_pipeline  # noqa: E402
 
-from _gui import temp_settings  # noqa: E402,F401
+from _gui import open_window, temp_settings  # noqa: E402,F401
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning")
 
@@ -41,13 +40,7 @@ def pipeline(tmp_path_factory):
 
 @pytest.fixture
 def win(qtbot, pipeline):
-    w = MainWindow(model=str(pipeline))
-    qtbot.addWidget(w)
-    w.show()
-    qtbot.waitUntil(lambda: w.summary is not None and not w.busy, timeout=30000)
-    w.panel.previewCombo.setCurrentIndex(w.panel.previewCombo.findData("linear"))
-    w.panel.stepsSpin.setValue(STEPS)
-    w.panel.batchSpin.setValue(BATCH)
+    w = open_window(qtbot, STEPS, BATCH, model=str(pipeline), timeout=30000)
     w.panel.promptEdit.setText(PROMPT)
     return w
 

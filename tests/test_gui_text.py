@@ -14,7 +14,7 @@ from studio.gui import MainWindow  # noqa: E402
 from studio.gui.full_decode import shared_decoder  # noqa: E402
 from text_pipelines import make_sd_pipeline  # noqa: E402
 
-from _gui import temp_settings  # noqa: E402,F401
+from _gui import open_window, temp_settings  # noqa: E402,F401
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning")
 
@@ -26,15 +26,7 @@ def pipeline(tmp_path_factory):
 
 @pytest.fixture
 def win(qtbot, pipeline):
-    w = MainWindow(model=str(pipeline))
-    qtbot.addWidget(w)
-    w.show()
-    qtbot.waitUntil(lambda: w.summary is not None and not w.busy, timeout=30000)
-    # the linear preview, whatever this machine's timing chose by default (test_the_default_preview_*)
-    w.panel.previewCombo.setCurrentIndex(w.panel.previewCombo.findData("linear"))
-    w.panel.stepsSpin.setValue(5)
-    w.panel.batchSpin.setValue(2)
-    return w
+    return open_window(qtbot, 5, 2, model=str(pipeline), timeout=30000)
 
 
 def test_text_model_shows_prompt_boxes_and_hides_class(win):
