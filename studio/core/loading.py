@@ -63,7 +63,7 @@ def resolve_dtype(name: str) -> torch.dtype:
         raise ModelLoadError(f"unknown dtype {name!r}; use float32, float16 or bfloat16") from None
 
 
-def _read_json(path: Path) -> dict:
+def read_config_json(path: Path) -> dict:
     """A JSON object from a model folder: a bounded read of a regular file (file_reading.py)."""
     data = read_json(path, CONFIG_LIMIT, ModelLoadError)
     if not isinstance(data, dict):
@@ -262,7 +262,7 @@ def load_classifier_folder(folder: Path, device, dtype, num_classes: Optional[in
     from .classifier_net import load_classifier  # imported here: classifier_net imports this module
 
     cfg_path = Path(folder) / "config.json"
-    config = _read_json(cfg_path)  # bounded and regular-file-only, before the trainer's own reader runs
+    config = read_config_json(cfg_path)  # bounded and regular-file-only, before the trainer's own reader runs
     if num_classes:
         n = config.get("num_classes")
         if not isinstance(n, int) or isinstance(n, bool) or n != num_classes:
@@ -287,7 +287,7 @@ def read_recommended_scales(folder: Path) -> dict[str, float]:
     if not path.exists():
         return {}
     out = {}
-    for key, value in _read_json(path).items():
+    for key, value in read_config_json(path).items():
         if key not in RECOMMENDED_KEYS:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
@@ -372,13 +372,13 @@ def load_diffusers_folder(path: str | os.PathLike, device: torch.device, dtype: 
     cfg_path = _find(folder, "unet", "config.json")
     if cfg_path is None:
         raise ModelLoadError(f"{folder}: no config.json (looked in the folder and in unet/); this is not a diffusers model folder")
-    config = _read_json(cfg_path)
+    config = read_config_json(cfg_path)
     cls = config.get("_class_name", "UNet2DModel")
     if cls != "UNet2DModel":
         raise ModelLoadError(f"{cfg_path}: model class {cls!r} is not supported; the studio opens UNet2DModel folders")
     sample_size, in_channels, ncls_embeds = _unet_shape(cfg_path, config)
     sched_path = _find(folder, "scheduler", "scheduler_config.json")
-    sched_cfg = _read_json(sched_path) if sched_path else {}
+    sched_cfg = read_config_json(sched_path) if sched_path else {}
     try:
         check_scheduler_config(sched_cfg)
     except ScheduleError as e:

@@ -15,7 +15,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .loading import ModelLoadError, _read_json, check_state_dict, fix_dtype, load_weights, read_recommended_scales, verify_checksums
+from .loading import ModelLoadError, read_config_json, check_state_dict, fix_dtype, load_weights, read_recommended_scales, verify_checksums
 from .memory_check import MAX_SAMPLE_SIZE, check_fits, count_parameters
 from .model import ModelInfo
 from .text_model import TextToImageModel
@@ -71,7 +71,7 @@ def check_vae_folder(folder: Path, device: torch.device) -> None:
     from diffusers import AutoencoderKL
 
     cfg_path = folder / "config.json"
-    config = {k: v for k, v in _read_json(cfg_path).items() if not k.startswith("_")}
+    config = {k: v for k, v in read_config_json(cfg_path).items() if not k.startswith("_")}
     check_config_limits(config, VAE_LIMITS, cfg_path)
     n = _count(cfg_path, "AutoencoderKL", lambda: AutoencoderKL.from_config(config))
     check_fits(n, {}, device, torch.float32, str(cfg_path), ModelLoadError)
@@ -80,7 +80,7 @@ def check_vae_folder(folder: Path, device: torch.device) -> None:
 def _model_config(folder: Path, name: str, cls) -> tuple[Path, dict]:
     """A diffusers component's config.json, checked to name ``cls``; the constructor's arguments."""
     cfg_path = _component(folder, name) / "config.json"
-    config = _read_json(cfg_path)
+    config = read_config_json(cfg_path)
     want = cls.__name__
     if config.get("_class_name", want) != want:
         raise ModelLoadError(f"{cfg_path}: {name} is a {config.get('_class_name')!r}; the studio needs a {want}")
@@ -113,7 +113,7 @@ def check_pipeline_size(folder: Path, kind: str, device: torch.device, dtype: to
     total += _count(vae_path, "AutoencoderKL", lambda: AutoencoderKL.from_config(vae_cfg))
     for name in [c for c in PIPELINES[kind] if c.startswith("text_encoder")]:
         cfg_path = _component(folder, name) / "config.json"
-        config = _read_json(cfg_path)
+        config = read_config_json(cfg_path)
         check_config_limits(config, TEXT_ENCODER_LIMITS, cfg_path)
         arch = _text_encoder_class(cfg_path, config)
         total += _count(cfg_path, "CLIP text encoder", lambda: arch(transformers.CLIPTextConfig.from_dict(config)))
@@ -138,7 +138,7 @@ def _weights_file(folder: Path, stem: str, allow_pickle: bool) -> list[Path]:
         return [single]
     index = folder / f"{stem}.safetensors.index.json"
     if index.is_file():
-        weight_map = _read_json(index).get("weight_map")
+        weight_map = read_config_json(index).get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise ModelLoadError(f"{index}: no weight_map; the shard index is malformed")
         shards = sorted({folder / str(v) for v in weight_map.values()})
@@ -201,7 +201,7 @@ def _text_encoder(folder: Path, name: str, allow_pickle: bool):
 
     sub = _component(folder, name)
     cfg_path = sub / "config.json"
-    config = _read_json(cfg_path)
+    config = read_config_json(cfg_path)
     arch = _text_encoder_class(cfg_path, config)
     try:
         cfg = transformers.CLIPTextConfig.from_dict(config)
@@ -231,15 +231,11 @@ def _tokenizer(folder: Path, name: str):
         raise ModelLoadError(f"{sub}: the tokenizer cannot be read ({e.__class__.__name__}: {str(e).splitlines()[0][:200]})") from None
 
 
-def load_pipeline_folder(path, device: torch.device, dtype: torch.dtype, allow_pickle: bool = False,
-                         name: Optional[str] = None) -> TextToImageModel:
-    """Open a ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline`` folder."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-
-    folder = Path(path).expanduser()
-    verify_checksums(folder)
+def checked_index(folder: Path) -> tuple[dict, str]:
+    """A pipeline folder's ``model_index.json`` and the class it names, refused in one line when the studio
+    does not open that class or when the index leaves out a component the class needs."""
     index_path = folder / "model_index.json"
-    index = _read_json(index_path)
+    index = read_config_json(index_path)
     kind = index.get("_class_name")
     if kind not in PIPELINES:
         raise ModelLoadError(f"{index_path}: pipeline {kind!r} is not supported; the studio opens "
@@ -248,6 +244,17 @@ def load_pipeline_folder(path, device: torch.device, dtype: torch.dtype, allow_p
         entry = index.get(comp)
         if not (isinstance(entry, list) and len(entry) == 2 and entry[1]):
             raise ModelLoadError(f"{index_path}: component {comp!r} is missing; a {kind} needs {', '.join(PIPELINES[kind])}")
+    return index, kind
+
+
+def load_pipeline_folder(path, device: torch.device, dtype: torch.dtype, allow_pickle: bool = False,
+                         name: Optional[str] = None) -> TextToImageModel:
+    """Open a ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline`` folder."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    folder = Path(path).expanduser()
+    verify_checksums(folder)
+    index, kind = checked_index(folder)
     check_pipeline_size(folder, kind, device, dtype)
     unet = _diffusers_module(folder, "unet", UNet2DConditionModel, allow_pickle)
     vae = _diffusers_module(folder, "vae", AutoencoderKL, allow_pickle)
@@ -274,8 +281,8 @@ def load_pipeline_folder(path, device: torch.device, dtype: torch.dtype, allow_p
     sched_path = folder / "scheduler" / "scheduler_config.json"
     if not sched_path.is_file():
         raise ModelLoadError(f"{folder}: component scheduler/ is missing (no scheduler_config.json)")
-    sched_cfg = _read_json(sched_path)
-    recommended = _read_json(folder / "recommended.json") if (folder / "recommended.json").is_file() else {}
+    sched_cfg = read_config_json(sched_path)
+    recommended = read_config_json(folder / "recommended.json") if (folder / "recommended.json").is_file() else {}
     prompt = recommended.get("prompt", "")
     if not isinstance(prompt, str):
         raise ModelLoadError(f"{folder / 'recommended.json'}: prompt must be a string, got {prompt!r}")

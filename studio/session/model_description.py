@@ -36,7 +36,7 @@ from ..core import engine, images
 from ..core.file_reading import CONFIG_LIMIT, read_json
 from ..core.forward import tail_plan
 from ..core.loading import (DEFAULT_MODEL_DIR, TEXT_MODEL_DIR, TEXT_MODEL_NAME, ModelLoadError, _text_only,
-                            _unet_shape, load_weights, read_class_names, read_recommended_scales,
+                            _unet_shape, load_weights, read_class_names, read_config_json, read_recommended_scales,
                             unet_weights_file)
 from ..core.model import ModelInfo
 from ..core.schedule import ScheduleError, check_scheduler_config
@@ -118,15 +118,8 @@ def component_weights(folder: Path, stem: str, allow_pickle: bool) -> list[Path]
     raise ModelLoadError(f"{folder}: no {stem}.safetensors (component weights are missing)")
 
 
-def _json(path: Path) -> dict:
-    data = read_json(path, CONFIG_LIMIT, ModelLoadError)
-    if not isinstance(data, dict):
-        raise ModelLoadError(f"{path}: expected a JSON object")
-    return data
-
-
 def _scheduler(path: Optional[Path]) -> dict:
-    config = _json(path) if path is not None else {}
+    config = read_config_json(path) if path is not None else {}
     try:
         check_scheduler_config(config)
     except ScheduleError as e:
@@ -142,7 +135,7 @@ def describe_unet_folder(path, allow_pickle: bool = False, classifier: Optional[
     folder = Path(path).expanduser()
     cfg_path = next((p for p in (folder / "config.json", folder / "unet" / "config.json") if p.exists()),
                     folder / "config.json")
-    config = _json(cfg_path)  # a missing folder or config.json: one line naming the path
+    config = read_config_json(cfg_path)  # a missing folder or config.json: one line naming the path
     cls = config.get("_class_name", "UNet2DModel")
     if cls != "UNet2DModel":
         raise ModelLoadError(f"{cfg_path}: model class {cls!r} is not supported; the studio opens UNet2DModel folders")
@@ -165,7 +158,7 @@ def describe_unet_folder(path, allow_pickle: bool = False, classifier: Optional[
     clf_dir = Path(classifier).expanduser() if classifier else folder / "classifier"
     clf = None
     if classifier or (clf_dir / "config.json").exists():
-        n = _json(clf_dir / "config.json").get("num_classes")
+        n = read_config_json(clf_dir / "config.json").get("num_classes")
         if num_classes and (not isinstance(n, int) or isinstance(n, bool) or n != num_classes):
             raise ModelLoadError(f"{clf_dir / 'config.json'}: the classifier has num_classes {n!r} but the model has "
                                  f"{num_classes} classes; use a classifier trained for this model's classes")
@@ -184,7 +177,7 @@ def _pipeline_info(folder: Path, kind: str, *, name: str, source: str, recommend
     from ..core.pipeline import UNET_LIMITS, VAE_LIMITS, check_config_limits
 
     unet_path, vae_path = folder / "unet" / "config.json", folder / "vae" / "config.json"
-    unet, vae = _json(unet_path), _json(vae_path)
+    unet, vae = read_config_json(unet_path), read_config_json(vae_path)
     check_config_limits(unet, UNET_LIMITS, unet_path)
     check_config_limits(vae, VAE_LIMITS, vae_path)
     size, channels = unet.get("sample_size", 64), unet.get("in_channels", 4)
@@ -201,11 +194,11 @@ def _pipeline_info(folder: Path, kind: str, *, name: str, source: str, recommend
     tokens = TOKENS_DEFAULT
     tok_cfg = folder / "tokenizer" / "tokenizer_config.json"
     if tok_cfg.is_file():
-        n = _json(tok_cfg).get("model_max_length", TOKENS_DEFAULT)
+        n = read_config_json(tok_cfg).get("model_max_length", TOKENS_DEFAULT)
         tokens = n if isinstance(n, int) and not isinstance(n, bool) and 0 < n < 1 << 20 else TOKENS_DEFAULT
     encoders = []
     for sub in ("text_encoder", "text_encoder_2")[:2 if kind == "StableDiffusionXLPipeline" else 1]:
-        c = _json(folder / sub / "config.json")
+        c = read_config_json(folder / sub / "config.json")
         arch = (c.get("architectures") or ["CLIPTextModel"])[0]
         encoders.append(f"{arch}, hidden size {c.get('hidden_size')}, {c.get('num_hidden_layers')} layers")
     sched = _scheduler(folder / "scheduler" / "scheduler_config.json")
@@ -218,28 +211,19 @@ def _pipeline_info(folder: Path, kind: str, *, name: str, source: str, recommend
 
 def describe_pipeline_folder(path, allow_pickle: bool = False, name: Optional[str] = None) -> DescribedModel:
     """A StableDiffusion(XL)Pipeline folder, as ``core.pipeline.load_pipeline_folder`` reads it up to the weights."""
-    from ..core.pipeline import DIFFUSERS_WEIGHTS, PIPELINES, TRANSFORMERS_WEIGHTS
+    from ..core.pipeline import DIFFUSERS_WEIGHTS, PIPELINES, TRANSFORMERS_WEIGHTS, checked_index
 
     folder = Path(path).expanduser()
-    index_path = folder / "model_index.json"
-    index = _json(index_path)
-    kind = index.get("_class_name")
-    if kind not in PIPELINES:
-        raise ModelLoadError(f"{index_path}: pipeline {kind!r} is not supported; the studio opens "
-                             f"{' and '.join(PIPELINES)} folders")
+    _, kind = checked_index(folder)
     weights: list[Path] = []
     for comp in PIPELINES[kind]:
-        entry = index.get(comp)
-        if not (isinstance(entry, list) and len(entry) == 2 and entry[1]):
-            raise ModelLoadError(f"{index_path}: component {comp!r} is missing; a {kind} needs "
-                                 f"{', '.join(PIPELINES[kind])}")
         sub = folder / comp
         if not sub.is_dir():
             raise ModelLoadError(f"{folder}: component {comp}/ is missing (model_index.json lists it)")
         if not comp.startswith("tokenizer"):
             stem = TRANSFORMERS_WEIGHTS if comp.startswith("text_encoder") else DIFFUSERS_WEIGHTS
             weights += component_weights(sub, stem, allow_pickle)
-    recommended = _json(folder / "recommended.json") if (folder / "recommended.json").is_file() else {}
+    recommended = read_config_json(folder / "recommended.json") if (folder / "recommended.json").is_file() else {}
     prompt = recommended.get("prompt", "")
     if not isinstance(prompt, str):
         raise ModelLoadError(f"{folder / 'recommended.json'}: prompt must be a string, got {prompt!r}")
