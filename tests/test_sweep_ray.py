@@ -272,8 +272,9 @@ def test_rays_own_messages_stay_off_the_terminal_for_the_whole_sweep(local_ray, 
     the terminal. The message is published from the driver's result handler, and the handler waits until
     Ray's listener has written it, so it surely arrives while the sweep runs."""
     import sys
-    import time
+    import threading
 
+    import ray._private.worker as ray_worker
     from ray._private.utils import publish_error_to_driver
 
     from studio.sweep import driver
@@ -283,19 +284,22 @@ def test_rays_own_messages_stay_off_the_terminal_for_the_whole_sweep(local_ray, 
                                           'sampler = "ddim"\n[axes]\nsteps = [2, 3, 4]\n')
     message = f"a message from the raylet to driver {os.getpid()}"
     log = Path(ray_log_path())
-    write_cell = driver.write_cell
+    write_cell, print_to_stdstream, printed = driver.write_cell, ray_worker.print_to_stdstream, threading.Event()
+
+    def print_then_tell(data, *args, **kw):  # Ray's listener prints the driver's messages through this
+        print_to_stdstream(data, *args, **kw)
+        if any(message in line for line in data.get("lines", ())):
+            printed.set()
 
     def write_then_publish(*args, **kw):
         write_cell(*args, **kw)
         if not write_then_publish.sent:
             write_then_publish.sent = True
             publish_error_to_driver("studio_test", message, ray._private.worker.global_worker.gcs_client)
-            deadline = time.monotonic() + 60  # a hang guard: the listener prints it within moments
-            while message not in (log.read_text() if log.exists() else ""):
-                assert time.monotonic() < deadline, "Ray's listener never wrote the message"
-                time.sleep(0.05)
+            assert printed.wait(60), "Ray's listener never printed the message"  # a hang guard
 
     write_then_publish.sent = False
+    monkeypatch.setattr(ray_worker, "print_to_stdstream", print_then_tell)
     monkeypatch.setattr(driver, "write_cell", write_then_publish)
     stats = run_sweep(spec, tmp_path / "out", workers=1, ray="auto", stream=sys.stderr, report=False)
     terminal = capfd.readouterr()
@@ -351,7 +355,7 @@ def killable_head(tmp_path):
     once, as when the machine is lost); only this head's processes, never `ray stop`."""
     import signal
     import subprocess
-    import time
+    import threading
 
     psutil = pytest.importorskip("psutil")
     folder = os.path.join(os.environ["RAY_TMPDIR"], f"dies-{os.getpid()}")  # short: Ray's socket paths
@@ -368,7 +372,20 @@ def killable_head(tmp_path):
          f"--object-store-memory={80 * 2**20}", f"--dashboard-port={dashboard}",
          f"--dashboard-agent-listen-port={agent}",
          f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={runtime_env}"],
-        env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    started, ended = threading.Event(), threading.Event()
+
+    def keep_log() -> None:  # the head's output into its log, telling when the runtime has started or the head ended
+        with log.open("w") as f:
+            for line in proc.stdout:
+                f.write(line)
+                f.flush()
+                if "Ray runtime started" in line:
+                    started.set()
+        ended.set()
+        started.set()
+
+    threading.Thread(target=keep_log, daemon=True).start()
 
     def kill() -> None:
         try:  # frozen first, so that no process is started while its workers are listed
@@ -388,28 +405,27 @@ def killable_head(tmp_path):
         proc.wait(60)
 
     try:
-        deadline = time.monotonic() + 120  # a hang guard: the head starts within seconds
-        while "Ray runtime started" not in log.read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, f"the head did not start:\n{log.read_text()}"
-            time.sleep(0.1)
+        assert started.wait(120) and not ended.is_set(), f"the head did not start:\n{log.read_text()}"  # hang guard
         yield f"127.0.0.1:{port}", home, kill
     finally:
         kill()
 
 
-# The sweep's own command line, with the driver made to wait, after writing its first cell, until the test has
-# killed the head: the head surely dies mid-sweep, whatever the machine's speed.
+# The sweep's own command line, with the driver made to say, after writing its first cell, that it has (a byte on
+# the pipe whose descriptor is its first argument) and to wait until the test, having killed the head, writes a
+# line to its stdin: the head surely dies mid-sweep, whatever the machine's speed.
 WAIT_AFTER_FIRST_CELL = """\
-import sys, time
-from pathlib import Path
+import os, sys
 from studio.cli import console_main
 from studio.sweep import driver
-write_cell, gone = driver.write_cell, Path(sys.argv.pop(1))
+write_cell, told = driver.write_cell, int(sys.argv.pop(1))
 def write_then_wait(*args, **kw):
     write_cell(*args, **kw)
-    deadline = time.monotonic() + 120  # a hang guard: the test kills the head at once
-    while not gone.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    if told >= 0:
+        os.write(told, b"1")
+        os.close(told)
+        sys.stdin.readline()
+    globals()["told"] = -1
 driver.write_cell = write_then_wait
 sys.argv[0] = "studio"
 sys.exit(console_main())
@@ -420,8 +436,8 @@ def test_a_ray_head_that_dies_mid_sweep_ends_it_in_one_line_and_keeps_its_cells(
     """`studio sweep --ray ADDRESS` whose head is killed once the first cell is written: the sweep stops within
     HEAD_GONE_S (instead of Ray's minute of retries and a silent exit), says so in one line with the cells
     kept, exits with status 1, and the same command (here on the local pool) computes only the rest."""
+    import select
     import subprocess
-    import time
 
     from studio.sweep.ray_exec import HEAD_GONE_S
 
@@ -429,21 +445,22 @@ def test_a_ray_head_that_dies_mid_sweep_ends_it_in_one_line_and_keeps_its_cells(
     spec_path = tmp_path / "g.toml"
     spec_path.write_text('model = "gmm"\nreference_steps = 20\n[fixed]\nbatch = 2\nsampler = "ddim"\n'
                          '[axes]\nsteps = [20, 21, 22, 23, 24, 25, 26, 27]\n')
-    out, gone = tmp_path / "out", tmp_path / "head-gone"
+    out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     env.update(HOME=str(home), PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    sweep = subprocess.Popen([sys.executable, "-c", WAIT_AFTER_FIRST_CELL, str(gone), "sweep", str(spec_path),
-                              "--out", str(out), "--ray", address, "--workers", "1"],
-                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first_cell, told = os.pipe()
+    sweep = subprocess.Popen([sys.executable, "-c", WAIT_AFTER_FIRST_CELL, str(told), "sweep", str(spec_path),
+                              "--out", str(out), "--ray", address, "--workers", "1"], pass_fds=(told,),
+                             cwd=tmp_path, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    os.close(told)
     try:
-        deadline = time.monotonic() + 300  # a hang guard: the first cell takes seconds
-        while not list((out / CELLS).glob("*/*/result.json")):
-            assert sweep.poll() is None and time.monotonic() < deadline, sweep.communicate()
-            time.sleep(0.1)
+        ready, _, _ = select.select([first_cell], [], [], 300)  # a hang guard: the first cell takes seconds
+        assert ready and os.read(first_cell, 1) == b"1", sweep.communicate()  # empty read: the sweep ended first
         kill()
-        gone.touch()
-        _, err = sweep.communicate(timeout=HEAD_GONE_S + 120)  # a hang guard, well past the bound
+        _, err = sweep.communicate(input="the head is gone\n", timeout=HEAD_GONE_S + 120)  # a hang guard
     finally:
+        os.close(first_cell)
         if sweep.poll() is None:
             sweep.kill()
             sweep.communicate()
