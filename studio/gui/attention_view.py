@@ -22,7 +22,6 @@ the strip says so. A text-to-image run without maps says how to get them; a run 
 from __future__ import annotations
 
 import math
-import re
 from typing import Optional
 
 import numpy as np
@@ -30,7 +29,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (QComboBox, QDialog, QGridLayout, QHBoxLayout, QLabel, QScrollArea, QSizePolicy,
                                QToolButton, QVBoxLayout, QWidget)
 
-from ..session.attention_maps import mib
+from ..session.attention_maps import mib, token_label
 from .canvas import ImageCanvas
 from .prompt_box import weight_tint
 from .throttle import Throttle
@@ -43,17 +42,6 @@ GRID_SIDE = 128  # px: the grid's images are subsampled to at most this (its cel
 GRID_INTERVAL_MS = 150  # the grid redraws at most this often while a run streams or the scrubber plays
 NO_MAPS = "No attention maps in this run: tick Attention maps (in the panel) and run again"
 CHECKED_STYLE = "QToolButton:checked { border: 2px solid #e8a000; font-weight: bold; }"  # the overlaid token
-SPECIAL = re.compile(r"<\|?[^<>|]*\|?>|</?s>|\[CLS\]|\[SEP\]")  # a tokenizer's start / end token as decoded
-
-
-def token_label(i: int, token: str, count: int, weight: float = 1.0) -> str:
-    """What a token's button says: ``<start>`` and ``<end>`` for the tokenizer's own, and a weight ≠ 1."""
-    label = token
-    if SPECIAL.fullmatch(token):
-        label = "<start>" if i == 0 else "<end>" if i == count - 1 else token
-    return label if weight == 1.0 else f"{label} ×{weight:.3g}"
-
-
 def kept_step(maps, pos: int) -> Optional[int]:
     """The kept step (0-based) whose maps go with view position ``pos``; None at the initial noise or
     before any step is kept."""

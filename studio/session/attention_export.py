@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from .atomic import OutputError, write_folder
+from .attention_maps import token_label
 from .compose import captioned, hstack, vstack
 from .frames import make_grid
 
@@ -71,11 +72,13 @@ def token_slug(i: int, token: str) -> str:
 def _grid(maps, step: int, images: np.ndarray, lut: np.ndarray, tops: Optional[np.ndarray] = None) -> np.ndarray:
     """Every token's tile at kept ``step`` (a column per token captioned with it, a row per sample)."""
     rows = []
+    n = len(maps.tokens)  # captions as the window's token strip labels them: <start>, red ×1.3, <end>
+    labels = [token_label(i, tok, n, w)[:12] for i, (tok, w) in enumerate(zip(maps.tokens, maps.token_weights))]
     for b in range(maps.batch):
         token_maps = maps.token_maps(step, b)
         tiles = [heat_tile(images[b], m, float(m.max() if tops is None else tops[i]), GRID_SIDE, lut)
                  for i, m in enumerate(token_maps)]
-        rows.append(hstack([captioned(t, maps.tokens[i][:10]) if b == 0 else t for i, t in enumerate(tiles)], gap=2))
+        rows.append(hstack([captioned(t, labels[i]) if b == 0 else t for i, t in enumerate(tiles)], gap=2))
     return vstack(rows, gap=2)
 
 

@@ -20,6 +20,7 @@ when one step alone exceeds it, nothing is kept and ``notes`` says that. ``nbyte
 from __future__ import annotations
 
 import math
+import re
 from typing import Optional
 
 import numpy as np
@@ -37,6 +38,17 @@ def kept_count(steps: int, stride: int) -> int:
     """How many of ``steps`` steps are kept keeping every ``stride``-th one and the last."""
     return math.ceil(steps / stride) + (1 if (steps - 1) % stride else 0)
 
+
+
+SPECIAL = re.compile(r"<\|?[^<>|]*\|?>|</?s>|\[CLS\]|\[SEP\]")  # a tokenizer's start / end token as decoded
+
+
+def token_label(i: int, token: str, count: int, weight: float = 1.0) -> str:
+    """What a token's button says: ``<start>`` and ``<end>`` for the tokenizer's own, and a weight ≠ 1."""
+    label = token
+    if SPECIAL.fullmatch(token):
+        label = "<start>" if i == 0 else "<end>" if i == count - 1 else token
+    return label if weight == 1.0 else f"{label} ×{weight:.3g}"
 
 class AttentionMaps:
     """The maps of one run (module docstring). Appending and reading may happen on different threads:
