@@ -1,4 +1,4 @@
-"""Make docs/attention_v8.png (and its v9 twin): where the digit and colour words look, per word order.
+"""Make docs/attention_v9.png and docs/attention_v8.png: where the digit and colour words look, per word order.
 
 Rows are prompts for one (digit, foreground, background) triple: the canonical caption and the
 background-first one (``--forms`` adds the colour-after one), each drawn from the same noise (DDIM 50
@@ -8,7 +8,12 @@ upsampled to the image and overlaid on the sample (inferno, each map to its own 
 digit's pixels outlined (text_eval's foreground pixels) and each map's share on them against the
 digit's area (studio/evaluation/attention_share.py measures the same over many samples).
 
-    .venv/bin/python docs/make_attention_evidence.py --model assets/models/digits-text --out docs/attention_v8.png
+    .venv/bin/python docs/make_attention_evidence.py --label "digits-text v9"    # the shipped folder
+    .venv/bin/python docs/make_attention_evidence.py --model V8_FOLDER --out docs/attention_v8.png \
+        --label "digits-text v8 (shipped)"
+
+where V8_FOLDER is ``assets/models/digits-text`` as of git d5b5b14 (``git archive d5b5b14
+assets/models/digits-text | tar -x -C /tmp/v8``).
 """
 
 from __future__ import annotations
@@ -90,7 +95,7 @@ def draw(rows, out: Path, title: str) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="figure of the digit and colour words' attention maps, per word order")
     p.add_argument("--model", default=str(ROOT / "assets" / "models" / "digits-text"))
-    p.add_argument("--out", default=str(ROOT / "docs" / "attention_v8.png"))
+    p.add_argument("--out", default=str(ROOT / "docs" / "attention_v9.png"))
     p.add_argument("--digit", type=int, default=1, choices=range(10))
     p.add_argument("--fg", default="red", choices=COLOUR_NAMES)
     p.add_argument("--bg", default="grey", choices=COLOUR_NAMES)

@@ -26,6 +26,8 @@ PROMPTS = [
     ("a bold blue five on a white background", None),
     ("the digit 8 in black on orange", None),
     ("a green 2 on a white background", None),  # (2, green) is held out of training
+    ("on a grey background, a red 1", None),  # the background named first (v8: grey digits on red)
+    ("a 6 in purple on yellow", None),  # the colour after the digit
     ("a 4 on a pink background", None),
     ("a 4 on a pink background", "blue"),
     ("seven", None),

@@ -26,7 +26,7 @@ DOCS = [ROOT / "README.md", ROOT / "assets" / "models" / "digits" / "README.md",
 # the --out folder of each shipped run's command in the model cards
 SHIPPED_RUNS = {"diffusion": "training-runs/diffusion-c24-cos", "classifier": "training-runs/classifier",
                 "evaluator": "training-runs/evaluator", "vae": "training-runs/v6-vae",
-                "text-encoder": "training-runs/v6-text", "text-diffusion": "training-runs/v8-unet"}
+                "text-encoder": "training-runs/v9-text", "text-diffusion": "training-runs/v9-unet"}
 PREFIXES = ("studio train ", "python -m studio.training.cli_train train ")
 
 
@@ -133,6 +133,8 @@ def test_the_cards_commands_give_the_fingerprinted_recipes(trainer):
         assert getattr(configs[0], name) == value, name
     if trainer == "text-diffusion":
         assert configs[0].text_encoder_init is not None  # conditioned on the pretrained encoder, frozen
+    if trainer in ("text-encoder", "text-diffusion"):  # v9: captions in every word order (issue #30)
+        assert configs[0].caption_orders == "varied"
 
 
 def test_the_diffusion_defaults_are_the_shipped_recipe():
