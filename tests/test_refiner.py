@@ -115,3 +115,62 @@ def test_studio_sample_runs_a_refiner_file_from_an_image(tmp_path, monkeypatch):
     assert main(sample_args(path, tmp_path / "i2i", "--init-image", str(start), "--strength", "0.5")) == 0
     xt = np.load(tmp_path / "i2i" / "trajectory.npz")["xt"]
     assert len(xt) == 2  # int(2 · 0.5) = 1 step after the noised image
+
+
+# == the refiner as a diffusers pipeline folder ==============================================================
+@pytest.fixture(scope="module")
+def refiner_folder(refiner, tmp_path_factory):
+    """The tiny refiner written by diffusers' own ``save_pretrained``: model_index.json names
+    StableDiffusionXLImg2ImgPipeline, text_encoder and tokenizer are [null, null]."""
+    from studio.checkpoints.convert import write_sha256sums
+
+    pipe, _ = refiner
+    folder = tmp_path_factory.mktemp("refiner-folder") / "refiner"
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+    write_sha256sums(folder)
+    return folder
+
+
+def test_a_refiner_folder_opens_as_the_refiner(refiner, refiner_folder):
+    import json
+
+    from studio.checkpoints.models import load_model
+    from studio.session.model_description import describe_model
+
+    index = json.loads((refiner_folder / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionXLImg2ImgPipeline" and index["text_encoder"] == [None, None]
+    model = load_model(str(refiner_folder), "cpu")
+    assert model.info.pipeline == "StableDiffusionXLImg2ImgPipeline" and len(model.text_encoders) == 1
+    cond, uncond, _ = model.conditions(PROMPT, None, 1, SIZE, SIZE)
+    assert cond.time_ids.tolist() == [[SIZE, SIZE, 0, 0, 6.0]] and uncond.time_ids.tolist() == [[SIZE, SIZE, 0, 0, 2.5]]
+    described = describe_model(str(refiner_folder))  # what a sweep's driver checks, weights-free
+    assert described.info.pipeline == model.info.pipeline
+    assert described.info.text_encoders == model.info.text_encoders
+
+
+def test_a_refiner_folder_samples_as_diffusers_refiner(refiner, refiner_folder):
+    from studio.checkpoints.models import load_model
+
+    pipe, _ = refiner
+    model = load_model(str(refiner_folder), "cpu")
+    x_T = torch.randn(BATCH, 4, SIZE // 2, SIZE // 2, generator=torch.Generator().manual_seed(1))
+    ours = studio_run(model, "ddim", 0, lambda plan: x_T, 5.0)
+    ref = diffusers_refiner(pipe, "ddim", x_T, 1.0, 5.0, denoising_start=0.0)
+    assert relative_error(ours, ref) < TOL
+
+
+def test_the_base_saved_as_an_image_to_image_folder_opens_as_the_base(tmp_path):
+    """``StableDiffusionXLImg2ImgPipeline(**base.components).save_pretrained``: both encoders and no
+    aesthetic score; it is SDXL base, and opens as such."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+    from studio.checkpoints.convert import write_sha256sums
+    from studio.checkpoints.models import load_model
+
+    base, _, _ = make_tiny_checkpoint("sdxl", tmp_path / "base")
+    folder = tmp_path / "img2img"
+    StableDiffusionXLImg2ImgPipeline(**base.components, requires_aesthetics_score=False).save_pretrained(
+        str(folder), safe_serialization=True)
+    write_sha256sums(folder)
+    model = load_model(str(folder), "cpu")
+    assert model.info.pipeline == "StableDiffusionXLPipeline" and len(model.text_encoders) == 2

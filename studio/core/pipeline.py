@@ -23,7 +23,16 @@ from .text_model import TextToImageModel
 PIPELINES = {
     "StableDiffusionPipeline": ("unet", "vae", "text_encoder", "tokenizer"),
     "StableDiffusionXLPipeline": ("unet", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"),
+    # SDXL's refiner: the second text encoder only (its index lists text_encoder as [null, null])
+    "StableDiffusionXLImg2ImgPipeline": ("unet", "vae", "text_encoder_2", "tokenizer_2"),
 }
+XL_KINDS = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline")
+
+
+def text_components(kind: str) -> list[tuple[str, str]]:
+    """(text encoder, tokenizer) component pairs of a pipeline class, in the order its prompts use them."""
+    comps = PIPELINES[kind]
+    return [(c, c.replace("text_encoder", "tokenizer")) for c in comps if c.startswith("text_encoder")]
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model"
 TRANSFORMERS_WEIGHTS = "model"
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
@@ -237,6 +246,9 @@ def checked_index(folder: Path) -> tuple[dict, str]:
     index_path = folder / "model_index.json"
     index = read_config_json(index_path)
     kind = index.get("_class_name")
+    if kind == "StableDiffusionXLImg2ImgPipeline" and not index.get("requires_aesthetics_score", False):
+        # the base model's networks saved as an image-to-image pipeline: both encoders, no aesthetic score
+        kind = "StableDiffusionXLPipeline"
     if kind not in PIPELINES:
         raise ModelLoadError(f"{index_path}: pipeline {kind!r} is not supported; the studio opens "
                              f"{' and '.join(PIPELINES)} folders")
@@ -249,7 +261,8 @@ def checked_index(folder: Path) -> tuple[dict, str]:
 
 def load_pipeline_folder(path, device: torch.device, dtype: torch.dtype, allow_pickle: bool = False,
                          name: Optional[str] = None) -> TextToImageModel:
-    """Open a ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline`` folder."""
+    """Open a ``StableDiffusionPipeline``, ``StableDiffusionXLPipeline`` or SDXL refiner
+    (``StableDiffusionXLImg2ImgPipeline``) folder."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     folder = Path(path).expanduser()
@@ -258,26 +271,26 @@ def load_pipeline_folder(path, device: torch.device, dtype: torch.dtype, allow_p
     check_pipeline_size(folder, kind, device, dtype)
     unet = _diffusers_module(folder, "unet", UNet2DConditionModel, allow_pickle)
     vae = _diffusers_module(folder, "vae", AutoencoderKL, allow_pickle)
-    encoders = [_text_encoder(folder, "text_encoder", allow_pickle)]
-    tokenizers = [_tokenizer(folder, "tokenizer")]
-    if kind == "StableDiffusionXLPipeline":
-        encoders.append(_text_encoder(folder, "text_encoder_2", allow_pickle))
-        tokenizers.append(_tokenizer(folder, "tokenizer_2"))
+    encoders = [_text_encoder(folder, enc, allow_pickle) for enc, _ in text_components(kind)]
+    tokenizers = [_tokenizer(folder, tok) for _, tok in text_components(kind)]
     ucfg = unet.config
     hidden = sum(int(e.config.hidden_size) for e in encoders)
     if int(ucfg.cross_attention_dim) != hidden:
         sizes = " + ".join(str(e.config.hidden_size) for e in encoders)
-        raise ModelLoadError(f"{folder / 'text_encoder'}: hidden size {sizes} does not match the UNet's "
+        raise ModelLoadError(f"{folder / text_components(kind)[0][0]}: hidden size {sizes} does not match the UNet's "
                              f"cross_attention_dim {ucfg.cross_attention_dim}; the components come from different models")
     if int(vae.config.latent_channels) != int(ucfg.in_channels):
         raise ModelLoadError(f"{folder / 'vae'}: latent_channels {vae.config.latent_channels} does not match the UNet's "
                              f"in_channels {ucfg.in_channels}; the components come from different models")
-    if kind == "StableDiffusionXLPipeline":
-        want = int(ucfg.addition_time_embed_dim or 0) * 6 + int(encoders[1].config.projection_dim)
+    if kind in XL_KINDS:
+        # six time ids (size, crop, target size), or five with the refiner's aesthetic score in place of the target
+        n_ids = 5 if kind == "StableDiffusionXLImg2ImgPipeline" else 6
+        want = int(ucfg.addition_time_embed_dim or 0) * n_ids + int(encoders[-1].config.projection_dim)
         got = getattr(unet, "add_embedding", None)
         if got is None or int(got.linear_1.in_features) != want:
-            raise ModelLoadError(f"{folder / 'text_encoder_2'}: projection_dim {encoders[1].config.projection_dim} does not "
-                                 "match the UNet's added-conditioning input; the components come from different models")
+            raise ModelLoadError(f"{folder / 'text_encoder_2'}: projection_dim {encoders[-1].config.projection_dim} "
+                                 "does not match the UNet's added-conditioning input; the components come from "
+                                 "different models")
     sched_path = folder / "scheduler" / "scheduler_config.json"
     if not sched_path.is_file():
         raise ModelLoadError(f"{folder}: component scheduler/ is missing (no scheduler_config.json)")

@@ -192,12 +192,14 @@ def _pipeline_info(folder: Path, kind: str, *, name: str, source: str, recommend
                              f"{channels}; the components come from different models")
     blocks = vae.get("block_out_channels", [64])
     tokens = TOKENS_DEFAULT
-    tok_cfg = folder / "tokenizer" / "tokenizer_config.json"
+    from ..core.pipeline import text_components
+
+    tok_cfg = folder / text_components(kind)[0][1] / "tokenizer_config.json"
     if tok_cfg.is_file():
         n = read_config_json(tok_cfg).get("model_max_length", TOKENS_DEFAULT)
         tokens = n if isinstance(n, int) and not isinstance(n, bool) and 0 < n < 1 << 20 else TOKENS_DEFAULT
     encoders = []
-    for sub in ("text_encoder", "text_encoder_2")[:2 if kind == "StableDiffusionXLPipeline" else 1]:
+    for sub, _ in text_components(kind):
         c = read_config_json(folder / sub / "config.json")
         arch = (c.get("architectures") or ["CLIPTextModel"])[0]
         encoders.append(f"{arch}, hidden size {c.get('hidden_size')}, {c.get('num_hidden_layers')} layers")
