@@ -111,3 +111,23 @@ def test_command_line_opens_the_window_on_a_checkpoint(qtbot, tiny_sd1_file, mon
         w.show()
     assert blocker.args[0].spec == path
     w.close()
+
+
+def test_a_damaged_weight_is_refused_and_the_window_keeps_its_model(qtbot, win, tiny_sd1_file, tmp_path):
+    """A NaN weight is found when it first makes an output NaN (core/weight_health.py). The window times
+    one UNet evaluation when a model opens, so the damaged file fails its open there: one line naming the
+    file and the weight, and the model the window had stays."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(tiny_sd1_file[0]))
+    state["model.diffusion_model.out.2.bias"][0] = float("nan")
+    damaged = tmp_path / "damaged.safetensors"
+    save_file(state, str(damaged))
+    before, model = win.model_spec, win.cache.model
+    with qtbot.waitSignal(win.modelFailed, timeout=60000):
+        drop(win, damaged)
+    shown = win.errorLabel.text()
+    assert "\n" not in shown and shown.startswith(f"Could not open model {damaged}: ")
+    assert f"{damaged}: weight unet.conv_out.bias holds NaN or infinite values; the file is damaged" in shown
+    assert shown.endswith(f"still using {before}")
+    assert win.model_spec == before and win.cache.model is model

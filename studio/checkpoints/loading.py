@@ -4,16 +4,21 @@ The steps, each refusing in one line that names the file:
 
 1. ``inspect_checkpoint``: the header, the family and the prediction type (no weight is read);
 2. the config folder of that family and prediction type (configs.py; shipped, never fetched);
-3. the header's shapes, converted by diffusers' own converters, against the networks of that config
-   (architecture.py);
-4. the memory the weights take as they will be loaded, against the memory available;
-5. diffusers' own single-file loader, ``<Pipeline>.from_single_file(path, config=FOLDER,
+3. the memory the weights take as they will be loaded, against the memory available;
+4. diffusers' own single-file loader, ``<Pipeline>.from_single_file(path, config=FOLDER,
    local_files_only=True, torch_dtype=DTYPE)`` (``diffusers.loaders.single_file``): it reads the file
    (``safetensors``, or a pickle with ``torch.load(weights_only=True)``), converts each component from
    the original CompVis/Stability layout and builds it from the folder's configs. No key is mapped here;
-6. every weight finite (a NaN or an infinity would make every image NaN);
-7. the components handed to ``studio.core.pipeline.build_text_model``: what a pipeline folder opens
+5. every weight loaded: with accelerate (a dependency of peft) diffusers builds the networks empty and
+   fills them, so a weight the file lacks stays on the meta device. When the loader fails or leaves
+   one, the header is compared with the configured networks (architecture.py) and the refusal names the
+   component and a differing key; a file that loads cleanly is not compared again, which keeps the
+   open as cheap as diffusers' own;
+6. the components handed to ``studio.core.pipeline.build_text_model``: what a pipeline folder opens
    to, so sampling, previews and prompts are the same code.
+
+Weights holding NaN are found when an output is first not finite (``core/weight_health.py``), not by
+a pass over every weight at open; ``studio convert`` makes that pass before it writes a folder.
 
 The networks are loaded directly in the chosen dtype where diffusers can (with accelerate installed it
 builds them empty and fills them in ``torch_dtype``); without accelerate, diffusers first builds them
@@ -30,6 +35,7 @@ import torch
 from studio.core import memory_check
 from studio.core.loading import ModelLoadError
 from studio.core.memory_check import human_bytes
+from studio.core.weight_health import first_non_finite as first_non_finite_of
 
 from .architecture import check_architecture
 from .configs import SCHEDULER_CONFIG, config_folder
@@ -116,23 +122,18 @@ def from_single_file(info: CheckpointInfo, folder: Path, dtype: torch.dtype):
                              f"{_first_line(e)})") from None
 
 
-def is_finite(t: torch.Tensor) -> bool:
-    """Whether every element of ``t`` is finite: its minimum and maximum are (a NaN propagates into both;
-    one pass over memory, no elementwise mask)."""
-    if t.numel() == 0:
-        return True
-    low, high = torch.aminmax(t.detach().reshape(-1))
-    return bool(torch.isfinite(low) & torch.isfinite(high))
-
-
 def first_non_finite(pipe) -> Optional[str]:
-    """``component.weight`` of the first parameter or buffer holding a NaN or an infinity, or None."""
+    """``component.weight`` of the first parameter or buffer of ``pipe`` holding a NaN or an infinity, or None."""
+    return first_non_finite_of((name, getattr(pipe, name, None)) for name in COMPONENTS)
+
+
+def first_unloaded(pipe) -> Optional[str]:
+    """``component.weight`` of the first parameter or buffer still on the meta device (the file lacked it)."""
     for name in COMPONENTS:
         module = getattr(pipe, name, None)
-        if module is None:
-            continue
-        for key, value in module.state_dict().items():
-            if value.is_floating_point() and not is_finite(value):
+        if module is not None:
+            key = next((k for k, v in module.state_dict().items() if v.is_meta), None)
+            if key is not None:
                 return f"{name}.{key}"
     return None
 
@@ -156,23 +157,42 @@ def inspect_for_loading(path: str | os.PathLike, allow_pickle: bool = False, pre
     return info
 
 
-def open_pipeline(path: str | os.PathLike, dtype: torch.dtype = torch.float32, allow_pickle: bool = False,
-                  prediction_type: Optional[str] = None, device: torch.device = torch.device("cpu"),
-                  config_root: Optional[Path] = None, available: Optional[Available] = None, sampling: bool = False):
-    """(info, config folder, diffusers pipeline) of a single-file checkpoint: steps 1–6 of the module
-    docstring. ``config_root`` replaces ``assets/configs`` (a folder per family, laid out the same)."""
-    info = inspect_for_loading(path, allow_pickle, prediction_type, sampling)
+def _explain_mismatch(info: CheckpointInfo, folder: Path) -> None:
+    """Raise the architecture check's one line if the header does not fit ``folder``'s networks."""
     try:
-        folder = config_folder(info.family, info.prediction, root=config_root)
         check_architecture(info.header, info.family, folder)
     except CheckpointError as e:
         raise ModelLoadError(str(e)) from None
+
+
+def open_pipeline(path: str | os.PathLike, dtype: torch.dtype = torch.float32, allow_pickle: bool = False,
+                  prediction_type: Optional[str] = None, device: torch.device = torch.device("cpu"),
+                  config_root: Optional[Path] = None, available: Optional[Available] = None, sampling: bool = False,
+                  check_finite: bool = True):
+    """(info, config folder, diffusers pipeline) of a single-file checkpoint: steps 1–5 of the module
+    docstring. ``config_root`` replaces ``assets/configs`` (a folder per family, laid out the same).
+    ``check_finite``: scan every weight for NaN now (a model that samples watches its outputs instead)."""
+    info = inspect_for_loading(path, allow_pickle, prediction_type, sampling)
+    try:
+        folder = config_folder(info.family, info.prediction, root=config_root)
+    except CheckpointError as e:
+        raise ModelLoadError(str(e)) from None
     check_memory(info, device, dtype, available)
-    pipe = from_single_file(info, folder, dtype)
-    bad = first_non_finite(pipe)
-    if bad is not None:
-        raise ModelLoadError(f"{info.path}: weight {bad} holds NaN or infinite values; the file is damaged, "
-                             "download it again")
+    try:
+        pipe = from_single_file(info, folder, dtype)
+    except ModelLoadError:
+        _explain_mismatch(info, folder)  # a layout the config does not build says so first
+        raise
+    missing = first_unloaded(pipe)
+    if missing is not None:
+        _explain_mismatch(info, folder)
+        raise ModelLoadError(f"{info.path}: holds no weight {missing}; the file is damaged or a variant the studio "
+                             "has no config for")
+    if check_finite:
+        bad = first_non_finite(pipe)
+        if bad is not None:
+            raise ModelLoadError(f"{info.path}: weight {bad} holds NaN or infinite values; the file is damaged, "
+                                 "download it again")
     return info, folder, pipe
 
 
@@ -185,7 +205,7 @@ def open_checkpoint(path: str | os.PathLike, device: torch.device = torch.device
     from studio.core.pipeline import build_text_model
 
     info, folder, pipe = open_pipeline(path, dtype, allow_pickle, prediction_type, device, config_root, available,
-                                       sampling=True)
+                                       sampling=True, check_finite=False)
     encoders = [e for e in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if e is not None]
     tokenizers = [t for t in (pipe.tokenizer, getattr(pipe, "tokenizer_2", None)) if t is not None]
     force_zeros = bool(getattr(pipe.config, "force_zeros_for_empty_prompt", True))

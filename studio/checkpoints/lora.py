@@ -58,7 +58,7 @@ def read_lora(path: Path, model) -> tuple[LoraLayout, dict[str, torch.Tensor]]:
     """The file's layout and tensors, refused in one line when it is not a LoRA for ``model``."""
     from studio.core.loading import load_weights
 
-    from .loading import is_finite
+    from studio.core.weight_health import is_finite
 
     try:
         header = read_header(path)

@@ -84,7 +84,7 @@ def _from_file(path: Path, model):
     from studio.core.loading import load_weights
     from studio.core.text_model import quiet_libraries
 
-    from .loading import is_finite
+    from studio.core.weight_health import is_finite
 
     try:
         header = read_header(path)

@@ -29,11 +29,15 @@ from .file_hashes import user_cache_dir  # the one cache folder ($STUDIO_CACHE_D
 from .model import ModelInfo
 from .prompt_emphasis import ChunkTokens, chunk_tokens, emphasise
 from .prompt_weights import checked_runs, is_plain, parse_weights
+from .weight_health import NonFiniteGuard
 
 
 PREVIEW_MODES = ("linear", "tiny", "full")
 REFINER_PIPELINE = "StableDiffusionXLImg2ImgPipeline"
 XL_PIPELINES = ("StableDiffusionXLPipeline", REFINER_PIPELINE)
+# UNets up to this size run channels-last on the CPU: the digits-text UNet (3.4 M) steps faster so, SD 1.5's
+# (860 M) does not, and copying its weights into the layout takes longer than it could win back
+CHANNELS_LAST_MAX_PARAMETERS = 100_000_000
 REFINER_AESTHETIC_SCORES = (6.0, 2.5)  # StableDiffusionXLImg2ImgPipeline's aesthetic_score, negative_aesthetic_score
 
 
@@ -97,15 +101,18 @@ def apply_linear_preview(weights: torch.Tensor, z: torch.Tensor) -> torch.Tensor
 class TextToImageModel:
     """UNet2DConditionModel + AutoencoderKL + CLIP text encoder(s), behind the engine's model protocol.
 
-    ``predict(x, t, cond, σ)`` takes a ``TextCondition`` where pixel models take labels. On CPU the
-    UNet runs channels-last, as the pixel models do."""
+    ``predict(x, t, cond, σ)`` takes a ``TextCondition`` where pixel models take labels. On CPU a small
+    UNet (the built-in digits-text) runs channels-last, as the pixel models do; a Stable-Diffusion-size
+    one keeps the default layout, in which it steps as fast and which spares the copy of its weights
+    (``benchmarks/bench_memory_format.py``)."""
 
     classifier = None
 
     def __init__(self, unet, vae, text_encoders: list, tokenizers: list, info: ModelInfo,
                  device=torch.device("cpu"), dtype=torch.float32, force_zeros_for_empty_prompt: bool = True):
         self.device, self.dtype = device, dtype
-        self.channels_last = device.type == "cpu"
+        self.channels_last = device.type == "cpu" and \
+            sum(p.numel() for p in unet.parameters()) <= CHANNELS_LAST_MAX_PARAMETERS
         with quiet_libraries():
             unet = unet.to(device=device, dtype=dtype)
             if self.channels_last:
@@ -121,13 +128,22 @@ class TextToImageModel:
         self._preview: Optional[torch.Tensor] = None
         self.xl = info.pipeline in XL_PIPELINES
         self.refiner = info.pipeline == REFINER_PIPELINE  # SDXL's refiner: the second encoder, aesthetic scores
+        # the weights are scanned for NaN only when an output is not finite (weight_health.py)
+        self.weights_guard = NonFiniteGuard(info.source or info.name, self.weight_modules)
+
+    def weight_modules(self):
+        """(component, module) of every network, in the order a damaged weight is looked for."""
+        yield "unet", self.unet
+        for i, encoder in enumerate(self.text_encoders):
+            yield ("text_encoder", "text_encoder_2")[min(i, 1)], encoder
+        yield "vae", self.vae
 
     # -- the network ---------------------------------------------------------
     @torch.no_grad()
     def predict(self, x: torch.Tensor, t: torch.Tensor, cond: TextCondition, sigma: float) -> torch.Tensor:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.unet(x, t, **cond.unet_kwargs(self.dtype)).sample
+        return self.weights_guard.check(self.unet(x, t, **cond.unet_kwargs(self.dtype)).sample)
 
     # -- prompts -------------------------------------------------------------
     def _pipeline(self):
@@ -281,7 +297,7 @@ class TextToImageModel:
         outs = []
         for chunk in z.split(batch_size):
             zz = chunk.to(self.device, torch.float32) / float(cfg.scaling_factor) + shift
-            outs.append(self.vae.decode(zz).sample.float().clamp(-1, 1).cpu())
+            outs.append(self.weights_guard.check(self.vae.decode(zz).sample).float().clamp(-1, 1).cpu())
         return torch.cat(outs)
 
     def replace_vae(self, vae, source: Optional[str]) -> None:
@@ -291,6 +307,7 @@ class TextToImageModel:
             self.vae = vae.to(device=self.device, dtype=torch.float32)
         self.vae_source = source
         self._pipe, self._preview = None, None
+        self.weights_guard.forget()
 
     vae_source: Optional[str] = None  # a VAE given apart from the model (--vae), or None
 

@@ -63,12 +63,17 @@ def summarize(spec: str, recipe: Recipe, model) -> ModelSummary:
 def load_job(cache: ModelCache, recipe: Recipe) -> ModelSummary:
     """Open the model and fingerprint its weights (digests cached per file; cancellable); time a text
     model's full decode against a UNet evaluation to choose its default preview."""
+    before = cache.key, cache.model
     model = cache.get(recipe)
-    summary = summarize(recipe.model, recipe, model)
-    summary.weights = weights_fingerprint(recipe.model, recipe.classifier, recipe.loras, recipe.vae)
-    if model.info.text_conditioned:
-        summary.decode_share = decode_share(model)
-        summary.preview = preview_for(summary.decode_share)
+    try:
+        summary = summarize(recipe.model, recipe, model)
+        summary.weights = weights_fingerprint(recipe.model, recipe.classifier, recipe.loras, recipe.vae)
+        if model.info.text_conditioned:  # its first evaluations: a damaged weight shows here
+            summary.decode_share = decode_share(model)
+            summary.preview = preview_for(summary.decode_share)
+    except BaseException:  # the window keeps the model it had, so the cache does too
+        cache.restore(*before)
+        raise
     return summary
 
 

@@ -63,6 +63,11 @@ class ModelCache:
         self._key = self.key_for(recipe)
         self._model = model
 
+    def restore(self, key, model) -> None:
+        """Put back the (``key``, ``model``) read earlier: a model that opened but failed what followed
+        (a damaged weight found by its first evaluation) is not kept in place of the one before it."""
+        self._key, self._model = key, model
+
 
 def load_init_noise(path: str) -> torch.Tensor:
     """Initial noise from a ``.npy`` file, or a ``.safetensors`` file holding one tensor (an inverted

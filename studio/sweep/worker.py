@@ -71,8 +71,11 @@ class CellWorker:
             return {"key": key, "status": "error", "fatal": False, "error": "out of memory"}
         except Exception as e:  # a worker never dies of a cell; the driver decides
             from ..core.records import SamplingError
+            from ..core.weight_health import DamagedWeights
             from ..session.recipe import RecipeError
 
+            if isinstance(e, DamagedWeights):  # every cell of this model would fail the same way
+                return {"key": key, "status": "error", "fatal": True, "error": one_line(e)}
             if isinstance(e, SamplingError):
                 return {"key": key, "status": "failed", "error": one_line(e), "worker": self.where}
             fatal = isinstance(e, (RecipeError, ValueError)) and "out of memory" not in str(e).lower()
