@@ -100,3 +100,25 @@ def test_finite_checks_agree_with_torch():
     with torch.no_grad():
         m[1].bias[0] = float("nan")
     assert first_non_finite([("net", m)]) == "net.1.bias"
+
+
+def test_a_sweep_cell_on_damaged_weights_is_fatal(tiny, monkeypatch):
+    """Every cell of a damaged model would fail the same way, so the worker marks the error fatal and the
+    driver stops the sweep with the one line (a NaN from a guidance scale only fails its own cell)."""
+    from studio.checkpoints import configs as configs_module
+    from studio.session.recipe import Recipe
+    from studio.sweep.worker import CellWorker
+
+    pipe, configs, root = tiny
+    monkeypatch.setattr(configs_module, "CONFIG_ROOT", configs)
+    state = original_state_dict("sd1", pipe)
+    state["model.diffusion_model.out.2.bias"][0] = float("nan")
+    path = write_checkpoint(root / "nan-sweep.safetensors", state)
+    worker = CellWorker({"model": str(path), "device": "cpu", "metrics": [], "reference_steps": 2})
+    assert worker.load_error is None  # opens: nothing scans the weights at open
+    recipe = Recipe(model=str(path), sampler="ddim", steps=2, batch=1, prompt=CLEAN, width=SIZE, height=SIZE,
+                    device="cpu")
+    out = worker.run("cell-0", recipe.to_dict())
+    assert out["status"] == "error" and out["fatal"] is True
+    assert out["error"] == f"{path}: weight unet.conv_out.bias holds NaN or infinite values; the file is damaged, " \
+                           "download it again"
