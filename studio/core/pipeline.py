@@ -9,6 +9,7 @@ component and the problem.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Callable, Optional
@@ -180,18 +181,38 @@ def _component(folder: Path, name: str) -> Path:
     return sub
 
 
+@contextlib.contextmanager
+def empty_parameters():
+    """Build networks with their parameters on the meta device (buffers real): no random initialisation,
+    which for an SD-size pipeline took longer than reading its weights. ``load_state_dict(assign=True)``
+    then puts the file's tensors in place; the names and shapes are checked first, so none stays empty."""
+    from accelerate import init_empty_weights  # a dependency of peft (and of diffusers' own loaders)
+
+    with init_empty_weights(include_buffers=False):
+        yield
+
+
+def as_float32(module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` in float32, as built from its config: assigned tensors keep the file's dtype (an fp16
+    variant), and the model casts to the run's dtype itself."""
+    if any(p.is_floating_point() and p.dtype != torch.float32 for p in module.parameters()):
+        module = module.to(torch.float32)
+    return module
+
+
 def _diffusers_module(folder: Path, name: str, cls, allow_pickle: bool):
     cfg_path, config = _model_config(folder, name, cls)
     sub, want = cfg_path.parent, cls.__name__
     try:
-        module = cls.from_config(config)
+        with empty_parameters():
+            module = cls.from_config(config)
     except Exception as e:  # noqa: BLE001 - diffusers raises many types for bad configs
         raise ModelLoadError(f"{cfg_path}: not a valid {want} config ({e.__class__.__name__}: {str(e).splitlines()[0][:200]})") from None
     files = _weights_file(sub, DIFFUSERS_WEIGHTS, allow_pickle)
     sd = _load_state(files, allow_pickle)
-    check_state_dict(files[0], module, sd)
-    module.load_state_dict(sd)
-    return module.eval()
+    check_state_dict(files[0], module, sd, check_finite=False)
+    module.load_state_dict(sd, assign=True)
+    return as_float32(module).eval()
 
 
 def _text_encoder_class(cfg_path: Path, config: dict):
@@ -214,7 +235,8 @@ def _text_encoder(folder: Path, name: str, allow_pickle: bool):
     arch = _text_encoder_class(cfg_path, config)
     try:
         cfg = transformers.CLIPTextConfig.from_dict(config)
-        module = arch(cfg)
+        with empty_parameters():
+            module = arch(cfg)
     except Exception as e:  # noqa: BLE001
         raise ModelLoadError(f"{cfg_path}: not a valid CLIP text encoder config ({e.__class__.__name__}: {str(e).splitlines()[0][:200]})") from None
     files = _weights_file(sub, TRANSFORMERS_WEIGHTS, allow_pickle)
@@ -222,9 +244,9 @@ def _text_encoder(folder: Path, name: str, allow_pickle: bool):
     expected = module.state_dict()
     # older exports keep the position-id buffer transformers now computes itself
     sd = {k: v for k, v in sd.items() if k in expected or not k.endswith("position_ids")}
-    check_state_dict(files[0], module, sd)
-    module.load_state_dict(sd, strict=False)
-    return module.eval()
+    check_state_dict(files[0], module, sd, check_finite=False)
+    module.load_state_dict(sd, strict=False, assign=True)
+    return as_float32(module).eval()
 
 
 def _tokenizer(folder: Path, name: str):
