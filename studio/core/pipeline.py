@@ -19,7 +19,7 @@ import torch
 from .loading import ModelLoadError, read_config_json, check_state_dict, fix_dtype, load_weights, read_recommended_scales, verify_checksums
 from .memory_check import MAX_SAMPLE_SIZE, check_fits, count_parameters
 from .model import ModelInfo
-from .text_model import TextToImageModel
+from .text_model import TextToImageModel, quiet_libraries
 
 PIPELINES = {
     "StableDiffusionPipeline": ("unet", "vae", "text_encoder", "tokenizer"),
@@ -196,7 +196,8 @@ def as_float32(module: torch.nn.Module) -> torch.nn.Module:
     """``module`` in float32, as built from its config: assigned tensors keep the file's dtype (an fp16
     variant), and the model casts to the run's dtype itself."""
     if any(p.is_floating_point() and p.dtype != torch.float32 for p in module.parameters()):
-        module = module.to(torch.float32)
+        with quiet_libraries():  # diffusers' advice to cast in from_pretrained, which is not used here
+            module = module.to(torch.float32)
     return module
 
 
