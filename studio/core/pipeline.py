@@ -9,7 +9,6 @@ component and the problem.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 from typing import Callable, Optional
@@ -181,15 +180,13 @@ def _component(folder: Path, name: str) -> Path:
     return sub
 
 
-@contextlib.contextmanager
 def empty_parameters():
     """Build networks with their parameters on the meta device (buffers real): no random initialisation,
     which for an SD-size pipeline took longer than reading its weights. ``load_state_dict(assign=True)``
     then puts the file's tensors in place; the names and shapes are checked first, so none stays empty."""
     from accelerate import init_empty_weights  # a dependency of peft (and of diffusers' own loaders)
 
-    with init_empty_weights(include_buffers=False):
-        yield
+    return init_empty_weights(include_buffers=False)
 
 
 def as_float32(module: torch.nn.Module) -> torch.nn.Module:
@@ -294,13 +291,14 @@ def load_pipeline_folder(path, device: torch.device, dtype: torch.dtype, allow_p
     check_pipeline_size(folder, kind, device, dtype)
     unet = _diffusers_module(folder, "unet", UNet2DConditionModel, allow_pickle)
     vae = _diffusers_module(folder, "vae", AutoencoderKL, allow_pickle)
-    encoders = [_text_encoder(folder, enc, allow_pickle) for enc, _ in text_components(kind)]
-    tokenizers = [_tokenizer(folder, tok) for _, tok in text_components(kind)]
+    texts = text_components(kind)
+    encoders = [_text_encoder(folder, enc, allow_pickle) for enc, _ in texts]
+    tokenizers = [_tokenizer(folder, tok) for _, tok in texts]
     ucfg = unet.config
     hidden = sum(int(e.config.hidden_size) for e in encoders)
     if int(ucfg.cross_attention_dim) != hidden:
         sizes = " + ".join(str(e.config.hidden_size) for e in encoders)
-        raise ModelLoadError(f"{folder / text_components(kind)[0][0]}: hidden size {sizes} does not match the UNet's "
+        raise ModelLoadError(f"{folder / texts[0][0]}: hidden size {sizes} does not match the UNet's "
                              f"cross_attention_dim {ucfg.cross_attention_dim}; the components come from different models")
     if int(vae.config.latent_channels) != int(ucfg.in_channels):
         raise ModelLoadError(f"{folder / 'vae'}: latent_channels {vae.config.latent_channels} does not match the UNet's "

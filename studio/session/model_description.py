@@ -174,7 +174,7 @@ def _pipeline_info(folder: Path, kind: str, *, name: str, source: str, recommend
                    sample_prompt: str = "") -> ModelInfo:
     """A pipeline's ModelInfo from its configs, as ``core.pipeline.build_text_model`` makes it from the
     loaded components (whose configs these are)."""
-    from ..core.pipeline import UNET_LIMITS, VAE_LIMITS, check_config_limits
+    from ..core.pipeline import UNET_LIMITS, VAE_LIMITS, check_config_limits, text_components
 
     unet_path, vae_path = folder / "unet" / "config.json", folder / "vae" / "config.json"
     unet, vae = read_config_json(unet_path), read_config_json(vae_path)
@@ -192,8 +192,6 @@ def _pipeline_info(folder: Path, kind: str, *, name: str, source: str, recommend
                              f"{channels}; the components come from different models")
     blocks = vae.get("block_out_channels", [64])
     tokens = TOKENS_DEFAULT
-    from ..core.pipeline import text_components
-
     tok_cfg = folder / text_components(kind)[0][1] / "tokenizer_config.json"
     if tok_cfg.is_file():
         n = read_config_json(tok_cfg).get("model_max_length", TOKENS_DEFAULT)
